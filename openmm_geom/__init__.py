@@ -1,0 +1,19 @@
+"""openmm-geom: geometric deep-learning potentials and collective variables inside OpenMM.
+
+Data flows data -> models -> training -> export -> openmm (forces, biasing, reporters) ->
+analysis. The public entry points for the OpenMM bridge are
+:func:`openmm_geom.export.export_model`, :func:`openmm_geom.openmm.torch_force`,
+:func:`openmm_geom.openmm.python_force` and :func:`openmm_geom.export.check_export`.
+"""
+__version__ = "0.1.0"
+
+from ._threads import set_threads  # noqa: E402
+
+__all__ = ["__version__", "set_threads", "native_build_info"]
+
+
+def native_build_info() -> dict:
+    """What the compiled extension ``openmm_geom._native`` was built against (raises if absent)."""
+    from . import _native
+
+    return dict(_native.build_info())

@@ -1,0 +1,215 @@
+"""The export contract, as a module that wraps any model.
+
+openmm-torch (and our own forces) call ``forward(positions[N,3] nm[, box[3,3] nm])`` and expect
+an energy in kJ/mol (a potential) or a ``(k,)`` tensor (a CV module). Models are written in
+whatever units they like; :class:`OpenMMBoundary` converts at the boundary, casts to the
+model's dtype and back, checks the atom count, the box against the cutoff and the output, and
+carries the model-file metadata. The same wrapper is scripted by the TorchScript bridge and
+called eagerly by the ``PythonForce`` bridge, so both bridges give the same numbers.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .modelfile import METADATA_ATTRIBUTE, ModelMetadata
+from .ops.neighbors import check_box_holds_cutoff
+from .units import energy_to_kj_per_mol, length_to_nm
+
+__all__ = ["OpenMMBoundary", "PeriodicOpenMMBoundary", "boundary_for"]
+
+
+class _BoundaryBase(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, metadata: ModelMetadata):
+        super().__init__()
+        self.model = model
+        self.nm_per_model_length = float(length_to_nm(metadata.model_length_unit))
+        self.kj_per_model_energy = (
+            float(energy_to_kj_per_mol(metadata.model_energy_unit))
+            if metadata.kind == "potential" else 1.0
+        )
+        self.is_potential = metadata.kind == "potential"
+        self.n_atoms = int(metadata.n_atoms)
+        self.output_dim = int(metadata.output_dim)
+        self.cutoff_nm = float(metadata.cutoff_nm) if metadata.cutoff_nm else 0.0
+        self.model_dtype = getattr(torch, metadata.dtype)
+        setattr(self, METADATA_ATTRIBUTE, metadata.to_json())
+
+    def _to_model(self, positions: torch.Tensor) -> torch.Tensor:
+        if positions.dim() != 2 or positions.size(1) != 3:
+            raise ValueError("positions must have shape (N, 3), got " + str(list(positions.shape)))
+        if positions.size(0) != self.n_atoms:
+            raise ValueError("wrong atom count: the model was exported for "
+                             + str(self.n_atoms) + " atoms, got " + str(positions.size(0)))
+        return positions.to(self.model_dtype) / self.nm_per_model_length
+
+    def _from_model(self, output: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if self.is_potential:
+            if output.numel() != 1:
+                raise ValueError("a potential must return one energy, got shape "
+                                 + str(list(output.shape)))
+            output = output.reshape(()) * self.kj_per_model_energy
+        elif output.dim() != 1 or output.size(0) != self.output_dim:
+            raise ValueError("the CV module must return shape (" + str(self.output_dim)
+                             + ",), got " + str(list(output.shape)))
+        if not bool(torch.isfinite(output.detach()).all()):
+            raise ValueError("the model returned NaN or infinite values (blown-up coordinates, "
+                             "or a configuration outside what the model can handle)")
+        return output.to(like.dtype)
+
+
+class OpenMMBoundary(_BoundaryBase):
+    """Contract wrapper of a non-periodic model: ``forward(positions nm) -> kJ/mol or cv[k]``."""
+
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        output = self.model(self._to_model(positions))
+        return self._from_model(output, positions)
+
+
+class PeriodicOpenMMBoundary(_BoundaryBase):
+    """Contract wrapper of a periodic model: ``forward(positions nm, box nm) -> ...``.
+
+    The wrapped model is called as ``model(positions, box)`` in its own length unit, box rows
+    being the vectors a, b, c.
+    """
+
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if box is None:
+            raise ValueError("this model is periodic and needs the box vectors; use a TorchForce "
+                             "with setUsesPeriodicBoundaryConditions(True) and a periodic System")
+        if self.cutoff_nm > 0.0:
+            check_box_holds_cutoff(box, self.cutoff_nm)
+        model_box = box.to(self.model_dtype) / self.nm_per_model_length
+        output = self.model(self._to_model(positions), model_box)
+        return self._from_model(output, positions)
+
+
+def boundary_for(model: torch.nn.Module, metadata: ModelMetadata) -> _BoundaryBase:
+    """The contract wrapper matching ``metadata`` (periodic or not) around ``model``."""
+    cls = PeriodicOpenMMBoundary if metadata.periodic else OpenMMBoundary
+    return cls(model, metadata)
+
+
+def as_nm_array(value, shape_name: str, expected_tail: tuple):
+    """A float64 numpy array in nm from an array, nested lists, Vec3s or an OpenMM Quantity."""
+    import numpy as np
+    import openmm.unit as unit
+
+    if unit.is_quantity(value):
+        value = value.value_in_unit(unit.nanometer)
+    array = np.asarray([[float(c) for c in row] for row in value] if not hasattr(value, "shape")
+                       else value, dtype=np.float64)
+    if array.ndim != 1 + len(expected_tail) or tuple(array.shape[1:]) != expected_tail:
+        raise ValueError(f"{shape_name} must have shape (N, {', '.join(map(str, expected_tail))})"
+                         f" in nm, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{shape_name} contains NaN or infinite values")
+    return array
+
+
+def _infer_dtype(module: torch.nn.Module) -> torch.dtype:
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float64
+
+
+def describe(
+    module: torch.nn.Module,
+    *,
+    kind: str,
+    length_unit,
+    energy_unit,
+    periodic: bool,
+    example_positions,
+    example_box=None,
+    cutoff: Optional[float] = None,
+    atom_types=None,
+    masses=None,
+    cv_names=None,
+    hyperparameters: Optional[dict] = None,
+    mapping: Optional[dict] = None,
+    training_data_hash: Optional[str] = None,
+    extra: Optional[dict] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> ModelMetadata:
+    """Build the metadata of ``module`` for export, evaluating it once on the example.
+
+    ``example_positions``/``example_box`` are in nm; ``cutoff`` is in the model's own length unit.
+    """
+    from . import __version__
+    from .units import canonical_energy_unit, canonical_length_unit
+
+    if kind == "potential" and energy_unit is None:
+        raise ValueError("energy_unit is required for a potential (e.g. 'kJ/mol', 'eV')")
+    if kind == "cv" and energy_unit is not None:
+        raise ValueError("a CV module returns CV values, not energies: leave energy_unit unset")
+    if not isinstance(periodic, bool):
+        raise TypeError("periodic must be True or False")
+    positions = as_nm_array(example_positions, "example_positions", (3,))
+    box = None
+    if periodic:
+        if example_box is None:
+            raise ValueError("a periodic model needs example_box (3x3, nm)")
+        box = as_nm_array(example_box, "example_box", (3,))
+        if box.shape != (3, 3):
+            raise ValueError(f"example_box must have shape (3, 3), got {box.shape}")
+    elif example_box is not None:
+        raise ValueError("example_box given for a non-periodic model (periodic=False)")
+    dtype = dtype or _infer_dtype(module)
+    nm_per_unit = length_to_nm(length_unit)
+    cutoff_nm = None
+    if cutoff is not None:
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be positive, got {cutoff}")
+        cutoff_nm = float(cutoff) * nm_per_unit
+        if box is not None:
+            check_box_holds_cutoff(torch.as_tensor(box), cutoff_nm)
+
+    output_dim = 1
+    if kind == "cv":
+        with torch.no_grad():
+            x = torch.as_tensor(positions, dtype=dtype) / nm_per_unit
+            args = (x,) if box is None else (x, torch.as_tensor(box, dtype=dtype) / nm_per_unit)
+            out = module(*args)
+        if out.dim() != 1:
+            raise ValueError(f"a CV module must return a 1-D tensor (k,), got shape {tuple(out.shape)}")
+        output_dim = int(out.shape[0])
+    if hyperparameters is None:
+        found = getattr(module, "hyperparameters", None)
+        hyperparameters = dict(found) if isinstance(found, dict) else {}
+
+    return ModelMetadata(
+        kind=kind,
+        n_atoms=int(positions.shape[0]),
+        periodic=periodic,
+        output_dim=output_dim,
+        model_length_unit=canonical_length_unit(length_unit),
+        model_energy_unit=None if energy_unit is None else canonical_energy_unit(energy_unit),
+        dtype=str(dtype).replace("torch.", ""),
+        cutoff_nm=cutoff_nm,
+        atom_types=None if atom_types is None else [_plain(t) for t in atom_types],
+        masses_amu=None if masses is None else [float(m) for m in masses],
+        cv_names=None if cv_names is None else [str(n) for n in cv_names],
+        hyperparameters=hyperparameters,
+        mapping=mapping,
+        training_data_hash=training_data_hash,
+        example_positions_nm=positions.tolist(),
+        example_box_nm=None if box is None else box.tolist(),
+        extra=dict(extra or {}),
+        package_version=__version__,
+        torch_version=torch.__version__,
+    )
+
+
+def _plain(value):
+    """JSON-friendly atom type (ints stay ints, anything else becomes its string)."""
+    try:
+        import numpy as np
+
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+    except ImportError:
+        pass
+    return str(value)

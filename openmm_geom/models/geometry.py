@@ -1,0 +1,67 @@
+"""Geometric collective variables written as scriptable torch modules."""
+from typing import List, Sequence
+
+import torch
+
+__all__ = ["Dihedrals", "dihedral_angles", "backbone_quadruplets"]
+
+
+def dihedral_angles(positions: torch.Tensor, quadruplets: torch.Tensor) -> torch.Tensor:
+    """Dihedral angles (radians, in (-pi, pi]) of atom quadruplets, IUPAC sign convention.
+
+    Parameters
+    ----------
+    positions : Tensor (N, 3)
+    quadruplets : Tensor (k, 4) int64, atom indices i-j-k-l
+
+    Returns
+    -------
+    Tensor (k,), smooth except where three consecutive atoms are collinear.
+    """
+    p = positions.index_select(0, quadruplets.reshape(-1)).reshape(-1, 4, 3)
+    b1 = p[:, 1] - p[:, 0]
+    b2 = p[:, 2] - p[:, 1]
+    b3 = p[:, 3] - p[:, 2]
+    n2 = torch.linalg.cross(b2, b3)
+    # atan2(|b2| b1.(b2 x b3), (b1 x b2).(b2 x b3)): well conditioned at every angle.
+    y = torch.linalg.vector_norm(b2, dim=-1) * (b1 * n2).sum(-1)
+    x = (torch.linalg.cross(b1, b2) * n2).sum(-1)
+    return torch.atan2(y, x)
+
+
+class Dihedrals(torch.nn.Module):
+    """CV module: positions (N, 3) -> the (k,) dihedral angles of fixed quadruplets, radians.
+
+    Lengths do not matter to angles, so the module works in any length unit.
+    """
+
+    def __init__(self, quadruplets: Sequence[Sequence[int]]):
+        super().__init__()
+        quads = torch.as_tensor(quadruplets, dtype=torch.int64).reshape(-1, 4)
+        if quads.numel() == 0:
+            raise ValueError("at least one quadruplet is needed")
+        if bool((quads < 0).any()):
+            raise ValueError("atom indices must be non-negative")
+        self.register_buffer("quadruplets", quads)
+        self.hyperparameters = {"quadruplets": quads.tolist()}
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        if int(self.quadruplets.max()) >= positions.size(0):
+            raise ValueError("a dihedral quadruplet indexes atom "
+                             + str(int(self.quadruplets.max())) + " but there are only "
+                             + str(positions.size(0)) + " atoms")
+        return dihedral_angles(positions, self.quadruplets)
+
+
+def backbone_quadruplets(topology) -> List[List[int]]:
+    """(phi, psi) quadruplets of every residue of an OpenMM topology that has both."""
+    atoms = {(a.residue.index, a.name): a.index for a in topology.atoms()}
+    quads = []
+    for res in topology.residues():
+        r = res.index
+        phi = [(r - 1, "C"), (r, "N"), (r, "CA"), (r, "C")]
+        psi = [(r, "N"), (r, "CA"), (r, "C"), (r + 1, "N")]
+        if all(k in atoms for k in phi + psi):
+            quads.append([atoms[k] for k in phi])
+            quads.append([atoms[k] for k in psi])
+    return quads

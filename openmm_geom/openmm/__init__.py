@@ -1,0 +1,19 @@
+"""OpenMM side of openmm-geom: forces from exported models, reporters and in-Context checks.
+
+Reads model files (:mod:`openmm_geom.modelfile`); never imports training or export code.
+"""
+from .forces import CVComponent, check_system, load_exported, python_force, torch_force
+from .reporters import CVReporter
+from .validation import CheckResult, ExportReport, check_export
+
+__all__ = [
+    "torch_force",
+    "python_force",
+    "load_exported",
+    "check_system",
+    "CVComponent",
+    "CVReporter",
+    "check_export",
+    "ExportReport",
+    "CheckResult",
+]
