@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import time
+from importlib import metadata
 from pathlib import Path
 
 
@@ -51,15 +52,15 @@ def environment() -> dict:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    for name, module in (("openmm", "openmm"), ("openmm_torch", "openmmtorch"),
-                         ("vesin_torch", "vesin_torch"), ("torchmd_net", "torchmdnet"),
-                         ("openmm_geom", "openmm_geom")):
+    for distribution in ("openmm", "acellera-openmmtorch-cpu", "vesin-torch", "torchmd-net",
+                         "openmm-geom"):
         try:
-            env[name] = getattr(__import__(module), "__version__", "unknown")
-        except ImportError:
-            env[name] = None
+            env[distribution] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            env[distribution] = None
     return env
 
 
@@ -72,6 +73,42 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+class LoadMonitor:
+    """Share of the machine's CPU time used by *other* processes since construction.
+
+    Timings taken while other processes compete for the cores are unreliable (on 2 cores a
+    second busy process can slow a multi-threaded step by 10x); every benchmark records this.
+    """
+
+    def __init__(self):
+        self._start = (time.perf_counter(), self._busy_seconds(), self._own_seconds())
+
+    @staticmethod
+    def _busy_seconds() -> float:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_seconds() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def result(self) -> dict:
+        wall = time.perf_counter() - self._start[0]
+        other = (self._busy_seconds() - self._start[1]) - (self._own_seconds() - self._start[2])
+        fraction = max(0.0, other) / (wall * cores())
+        return {"wall_seconds": wall, "other_processes_cpu_fraction": round(fraction, 3)}
+
+    def warn(self, result: dict, limit: float = 0.1) -> str:
+        fraction = result["other_processes_cpu_fraction"]
+        if fraction <= limit:
+            return ""
+        return (f"WARNING: other processes used {100 * fraction:.0f}% of the CPUs during this "
+                "run; the timings are not reliable (rerun on an idle machine)")
 
 
 def write_json(path, data: dict) -> None:

@@ -24,11 +24,8 @@ class _BoundaryBase(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, metadata: ModelMetadata):
         super().__init__()
         self.model = model
-        self.nm_per_model_length = float(length_to_nm(metadata.model_length_unit))
-        self.kj_per_model_energy = (
-            float(energy_to_kj_per_mol(metadata.model_energy_unit))
-            if metadata.kind == "potential" else 1.0
-        )
+        self.nm_per_model_length = float(metadata.nm_per_model_length)
+        self.kj_per_model_energy = float(metadata.kj_per_mol_per_model_energy or 1.0)
         self.is_potential = metadata.kind == "potential"
         self.n_atoms = int(metadata.n_atoms)
         self.output_dim = int(metadata.output_dim)
@@ -187,6 +184,8 @@ def describe(
         output_dim=output_dim,
         model_length_unit=canonical_length_unit(length_unit),
         model_energy_unit=None if energy_unit is None else canonical_energy_unit(energy_unit),
+        nm_per_model_length=nm_per_unit,
+        kj_per_mol_per_model_energy=None if energy_unit is None else energy_to_kj_per_mol(energy_unit),
         dtype=str(dtype).replace("torch.", ""),
         cutoff_nm=cutoff_nm,
         atom_types=None if atom_types is None else [_plain(t) for t in atom_types],

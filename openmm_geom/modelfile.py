@@ -64,6 +64,8 @@ class ModelMetadata:
     output_dim: int
     model_length_unit: str
     model_energy_unit: Optional[str]
+    nm_per_model_length: float
+    kj_per_mol_per_model_energy: Optional[float]
     dtype: str
     cutoff_nm: Optional[float] = None
     atom_types: Optional[list] = None

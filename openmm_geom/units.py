@@ -58,7 +58,9 @@ def _resolve(unit, kind: str) -> tuple[str, float]:
         (_LENGTH_TO_NM, _LENGTH_ALIASES) if kind == "length" else (_ENERGY_TO_KJ_PER_MOL, _ENERGY_ALIASES)
     )
     if isinstance(unit, u.Unit):
-        return f"openmm:{unit.get_symbol()}", _openmm_unit_factor(unit, kind)
+        factor = _openmm_unit_factor(unit, kind)
+        known = [n for n, f in table.items() if math.isclose(f, factor, rel_tol=1e-9)]
+        return (known[0] if known else f"openmm:{unit.get_symbol()}"), factor
     if not isinstance(unit, str):
         raise TypeError(f"{kind} unit must be a string or an openmm.unit.Unit, got {unit!r}")
     key = unit.strip()

@@ -107,7 +107,7 @@ class CVReporter:
         if self._step:
             row.append(str(simulation.currentStep))
         if self._time:
-            row.append(repr(round(state.getTime().value_in_unit(unit.picosecond), 10)))
+            row.append(repr(state.getTime().value_in_unit(unit.picosecond)))
         row.extend(repr(float(v)) for v in self.values(state))
         print(self._separator.join(row), file=self._out)
         self._out.flush()

@@ -42,6 +42,11 @@ class CheckResult:
     tolerance: Optional[float]
     detail: str = ""
 
+    def __post_init__(self):  # plain Python types, so that reports are JSON-serialisable
+        self.passed = bool(self.passed)
+        self.error = None if self.error is None else float(self.error)
+        self.tolerance = None if self.tolerance is None else float(self.tolerance)
+
 
 @dataclasses.dataclass
 class ExportReport:

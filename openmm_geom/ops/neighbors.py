@@ -20,6 +20,8 @@ def check_box_holds_cutoff(box: torch.Tensor, cutoff: float) -> None:
     when the cutoff is at most half of the smallest distance between opposite faces of the
     cell: ``width_a = V / |b x c|`` and cyclic.
     """
+    if not (cutoff > 0.0 and cutoff < float("inf")):
+        raise ValueError("cutoff must be positive and finite, got " + str(cutoff))
     if box.dim() != 2 or box.size(0) != 3 or box.size(1) != 3:
         raise ValueError("box must have shape (3, 3) (rows are the box vectors a, b, c), got "
                          + str(list(box.shape)))
@@ -38,8 +40,8 @@ def check_box_holds_cutoff(box: torch.Tensor, cutoff: float) -> None:
     min_width = float((volume / face_areas).min())
     if 2.0 * cutoff > min_width:
         raise ValueError(
-            "box too small for the cutoff: cutoff " + str(cutoff) + " exceeds half the smallest "
-            "box width (" + str(min_width) + ", same length unit), so pairs would interact with "
+            "box too small for the cutoff: 2 x cutoff = " + str(2.0 * cutoff) + " exceeds the "
+            "smallest box width " + str(min_width) + " (same length unit), so pairs would see "
             "more than one periodic image. Use a larger box or a smaller cutoff."
         )
 
@@ -93,6 +95,9 @@ def neighbor_pairs(
         check_box_holds_cutoff(box, cutoff)
         cell = box.to(dtype=positions.dtype, device=positions.device)
 
+    if positions.size(0) == 0:  # vesin refuses empty inputs; nothing to pair
+        empty = positions.new_zeros((0, 3))
+        return torch.zeros(2, 0, dtype=torch.int64, device=positions.device), empty, empty[:, 0]
     search = NeighborList(cutoff=cutoff, full_list=False, n_threads=n_threads)
     found = search.compute(points=positions.detach(), box=cell.detach(), periodic=periodic,
                            quantities="PS", copy=True)

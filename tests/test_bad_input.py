@@ -1,0 +1,221 @@
+"""Every bad input gets a clear error that names the problem, and nothing is written half-way."""
+import zipfile
+
+import numpy as np
+import openmm
+import openmm.unit as unit
+import pytest
+import torch
+from analytic import LJHarmonic, jittered_lattice
+
+from openmm_geom.export import ExportError, ModelFileError, export_model, load_model
+from openmm_geom.modelfile import TopologyMismatchError
+from openmm_geom.models import Dihedrals
+from openmm_geom.openmm import CVReporter, torch_force
+
+
+@pytest.fixture
+def lattice(rng):
+    return jittered_lattice(3, 0.36, rng)  # 27 atoms, nm
+
+
+@pytest.fixture
+def periodic_model(lattice, tmp_path):
+    path = tmp_path / "lj.pt"
+    export_model(LJHarmonic([], cutoff=4.0), path, length_unit="angstrom", energy_unit="eV",
+                 periodic=True, example_positions=lattice, example_box=np.eye(3) * 1.08,
+                 cutoff=4.0)
+    return path
+
+
+def _context(path, n_atoms, box=None):
+    system = openmm.System()
+    for _ in range(n_atoms):
+        system.addParticle(1.0)
+    if box is not None:
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    system.addForce(torch_force(path))
+    return openmm.Context(system, openmm.VerletIntegrator(0.001),
+                          openmm.Platform.getPlatformByName("Reference"))
+
+
+def _energy_error(context, positions):
+    context.setPositions(positions)
+    with pytest.raises(openmm.OpenMMException) as info:
+        context.getState(getEnergy=True)
+    return str(info.value)
+
+
+# --- inside a running Context -------------------------------------------------------------
+
+def test_wrong_atom_count_in_context(periodic_model, lattice):
+    context = _context(periodic_model, 28, np.eye(3) * 1.08)
+    message = _energy_error(context, np.vstack([lattice, [[0.5, 0.5, 0.5]]]))
+    assert "wrong atom count: the model was exported for 27 atoms, got 28" in message
+
+
+def test_wrong_atom_count_checked_against_system(periodic_model):
+    system = openmm.System()
+    for _ in range(30):
+        system.addParticle(1.0)
+    with pytest.raises(TopologyMismatchError, match="exported for 27 atoms but the system has 30"):
+        torch_force(periodic_model, system=system)
+
+
+def test_nan_coordinates_in_context(periodic_model, lattice):
+    context = _context(periodic_model, 27, np.eye(3) * 1.08)
+    bad = lattice.copy()
+    bad[3, 1] = np.nan
+    assert "positions contain NaN or infinite values (first bad atoms: [3])" in _energy_error(context, bad)
+
+
+def test_box_too_small_for_cutoff_in_context(periodic_model, lattice):
+    context = _context(periodic_model, 27, np.eye(3) * 0.7)
+    assert "box too small for the cutoff" in _energy_error(context, lattice)
+
+
+def test_box_too_small_checked_against_system(periodic_model):
+    system = openmm.System()
+    for _ in range(27):
+        system.addParticle(1.0)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.eye(3) * 0.7])
+    with pytest.raises(ValueError, match="box too small for the cutoff"):
+        torch_force(periodic_model, system=system)
+
+
+def test_periodic_model_without_box_is_refused(periodic_model, lattice):
+    module, _ = load_model(periodic_model)
+    with pytest.raises(Exception, match="this model is periodic and needs the box vectors"):
+        module(torch.as_tensor(lattice))
+
+
+# --- at export time -----------------------------------------------------------------------
+
+def test_unknown_units_are_refused(lattice, tmp_path):
+    model = LJHarmonic([], cutoff=4.0)
+    with pytest.raises(ValueError, match="unknown length unit 'furlong'"):
+        export_model(model, tmp_path / "x.pt", length_unit="furlong", energy_unit="eV",
+                     periodic=False, example_positions=lattice)
+    with pytest.raises(ValueError, match="unknown energy unit 'kJ'"):
+        export_model(model, tmp_path / "x.pt", length_unit="nm", energy_unit="kJ",
+                     periodic=False, example_positions=lattice)
+    with pytest.raises(ValueError, match="energy_unit is required for a potential"):
+        export_model(model, tmp_path / "x.pt", length_unit="nm", periodic=False,
+                     example_positions=lattice)
+    with pytest.raises(ValueError, match="is not a length unit"):
+        export_model(model, tmp_path / "x.pt", length_unit=unit.kilojoule_per_mole,
+                     energy_unit="eV", periodic=False, example_positions=lattice)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_positions_with_wrong_units_are_refused(lattice, tmp_path):
+    with pytest.raises(TypeError, match="not compatible"):
+        export_model(LJHarmonic([]), tmp_path / "x.pt", length_unit="nm", energy_unit="eV",
+                     periodic=False, example_positions=lattice * unit.kilojoule_per_mole)
+
+
+def test_cv_module_with_energy_unit_is_refused(alanine_pdb, tmp_path):
+    with pytest.raises(ValueError, match="leave energy_unit unset"):
+        export_model(Dihedrals([[4, 6, 8, 14]]), tmp_path / "x.pt", kind="cv", length_unit="nm",
+                     energy_unit="eV", periodic=False, example_positions=alanine_pdb.positions)
+
+
+def test_box_too_small_at_export(lattice, tmp_path):
+    with pytest.raises(ValueError, match="box too small for the cutoff"):
+        export_model(LJHarmonic([], cutoff=6.0), tmp_path / "x.pt", length_unit="angstrom",
+                     energy_unit="eV", periodic=True, example_positions=lattice,
+                     example_box=np.eye(3) * 1.08, cutoff=6.0)
+
+
+def test_nan_example_positions(lattice, tmp_path):
+    lattice[0, 0] = np.inf
+    with pytest.raises(ValueError, match="example_positions contains NaN or infinite"):
+        export_model(LJHarmonic([]), tmp_path / "x.pt", length_unit="nm", energy_unit="eV",
+                     periodic=False, example_positions=lattice)
+
+
+class _NotScriptable(torch.nn.Module):
+    def forward(self, positions):
+        return torch.tensor(float(np.sum(positions.detach().numpy() ** 2)))
+
+
+def test_unscriptable_model_points_to_python_force(lattice, tmp_path):
+    with pytest.raises(ExportError, match="python_force"):
+        export_model(_NotScriptable(), tmp_path / "x.pt", length_unit="nm", energy_unit="eV",
+                     periodic=False, example_positions=lattice)
+    assert not (tmp_path / "x.pt").exists()
+
+
+class _Matrix(torch.nn.Module):
+    def forward(self, positions):
+        return positions[:2, :2].sum(1, keepdim=True)
+
+
+def test_cv_with_wrong_output_shape(lattice, tmp_path):
+    with pytest.raises(ValueError, match=r"must return a 1-D tensor \(k,\), got shape \(2, 1\)"):
+        export_model(_Matrix(), tmp_path / "x.pt", kind="cv", length_unit="nm", periodic=False,
+                     example_positions=lattice)
+
+
+def test_eager_module_is_not_a_torch_force():
+    with pytest.raises(TypeError, match="export it first"):
+        torch_force(LJHarmonic([]))
+
+
+def test_multi_cv_module_needs_output_index(alanine_pdb, tmp_path):
+    path = tmp_path / "cv.pt"
+    export_model(Dihedrals([[4, 6, 8, 14], [6, 8, 14, 16]]), path, kind="cv", length_unit="nm",
+                 periodic=False, example_positions=alanine_pdb.positions)
+    with pytest.raises(ValueError, match="returns 2 CVs; a TorchForce takes one"):
+        torch_force(path)
+    with pytest.raises(IndexError, match="output_index 2 out of range"):
+        torch_force(path, output_index=2)
+    with pytest.raises(ValueError, match="2 names for 1|1 names for 2"):
+        CVReporter(tmp_path / "log.csv", 10, path, names=["phi"])
+
+
+# --- model files --------------------------------------------------------------------------
+
+def test_missing_file():
+    with pytest.raises(ModelFileError, match="model file not found"):
+        load_model("/nonexistent/model.pt")
+
+
+def test_not_a_model_file(tmp_path):
+    (tmp_path / "notes.pt").write_text("these are not weights")
+    with pytest.raises(ModelFileError, match="not a TorchScript model file"):
+        load_model(tmp_path / "notes.pt")
+
+
+def test_truncated_file(periodic_model, tmp_path):
+    data = periodic_model.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="not a TorchScript model file|could not be loaded"):
+        load_model(tmp_path / "cut.pt")
+
+
+def test_corrupted_member(periodic_model, tmp_path):
+    """A zip that is intact but whose TorchScript code was damaged."""
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(periodic_model) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename.endswith("code/__torch__/openmm_geom/contract.py"):
+                data = b"def broken(:\n"
+            target.writestr(item, data)
+    with pytest.raises(ModelFileError, match="could not be loaded as TorchScript"):
+        load_model(damaged)
+
+
+def test_torchscript_without_metadata(tmp_path):
+    torch.jit.save(torch.jit.script(Dihedrals([[0, 1, 2, 3]])), str(tmp_path / "plain.pt"))
+    with pytest.raises(ModelFileError, match="carries no openmm-geom metadata"):
+        load_model(tmp_path / "plain.pt")
+
+
+def test_failed_export_keeps_the_previous_file(periodic_model, lattice):
+    before = periodic_model.read_bytes()
+    with pytest.raises(ExportError):
+        export_model(_NotScriptable(), periodic_model, length_unit="nm", energy_unit="eV",
+                     periodic=False, example_positions=lattice)
+    assert periodic_model.read_bytes() == before
