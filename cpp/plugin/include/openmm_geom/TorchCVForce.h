@@ -1,0 +1,103 @@
+#ifndef OPENMM_GEOM_TORCHCVFORCE_H_
+#define OPENMM_GEOM_TORCHCVFORCE_H_
+
+#include "openmm/Context.h"
+#include "openmm/Force.h"
+#include "openmm/TabulatedFunction.h"
+
+#include <string>
+#include <vector>
+
+namespace OpenMMGeom {
+
+/**
+ * A force whose energy is an arbitrary expression of k collective variables that one
+ * TorchScript module computes in one pass: positions[N,3] (nm) [, box[3,3] (nm)] -> cv[k].
+ *
+ * The energy expression is parsed by Lepton exactly as CustomCVForce does: the CVs appear
+ * under their names, together with global parameters and tabulated functions
+ * (Continuous1D/2D/3DFunction, Discrete*). Forces come from a single backward pass with
+ * grad_outputs dE/dcv, so the cost is one model evaluation whatever k is.
+ *
+ * The module is stored as its serialized TorchScript bytes, which is also how it is
+ * embedded in XML serialization.
+ */
+class TorchCVForce : public OpenMM::Force {
+public:
+    /**
+     * @param serializedModule  the bytes of a TorchScript file (torch.jit.save)
+     * @param energy            energy expression (kJ/mol) of the CVs and global parameters
+     * @param cvNames           names of the module's k outputs, in order
+     */
+    TorchCVForce(const std::string& serializedModule, const std::string& energy,
+                 const std::vector<std::string>& cvNames);
+    ~TorchCVForce();
+
+    const std::string& getSerializedModule() const { return serializedModule; }
+    int getNumCollectiveVariables() const { return static_cast<int>(cvNames.size()); }
+    const std::string& getCollectiveVariableName(int index) const;
+    const std::string& getEnergyFunction() const { return energyExpression; }
+    void setEnergyFunction(const std::string& energy) { energyExpression = energy; }
+
+    /** The particles passed to the module, in order; empty means all particles of the System. */
+    void setParticles(const std::vector<int>& particles);
+    const std::vector<int>& getParticles() const { return particles; }
+
+    void setUsesPeriodicBoundaryConditions(bool periodic) { periodic_ = periodic; }
+    bool usesPeriodicBoundaryConditions() const override { return periodic_; }
+
+    int getNumGlobalParameters() const { return static_cast<int>(globalParameters.size()); }
+    int addGlobalParameter(const std::string& name, double defaultValue);
+    const std::string& getGlobalParameterName(int index) const;
+    void setGlobalParameterName(int index, const std::string& name);
+    double getGlobalParameterDefaultValue(int index) const;
+    void setGlobalParameterDefaultValue(int index, double defaultValue);
+
+    int getNumEnergyParameterDerivatives() const { return static_cast<int>(parameterDerivatives.size()); }
+    void addEnergyParameterDerivative(const std::string& name);
+    const std::string& getEnergyParameterDerivativeName(int index) const;
+
+    /** Takes ownership of the function. */
+    int addTabulatedFunction(const std::string& name, OpenMM::TabulatedFunction* function);
+    int getNumTabulatedFunctions() const { return static_cast<int>(functions.size()); }
+    const OpenMM::TabulatedFunction& getTabulatedFunction(int index) const;
+    OpenMM::TabulatedFunction& getTabulatedFunction(int index);
+    const std::string& getTabulatedFunctionName(int index) const;
+
+    /**
+     * The CV values at the Context's current positions. If the force was last evaluated at
+     * exactly these positions (and box), the values it computed are returned without running
+     * the module again; otherwise the module runs once, without gradients.
+     */
+    void getCollectiveVariableValues(OpenMM::Context& context, std::vector<double>& values) const;
+
+    /** Copy changed tabulated functions (e.g. a metadynamics bias grid) into a Context. */
+    void updateParametersInContext(OpenMM::Context& context);
+
+protected:
+    OpenMM::ForceImpl* createImpl() const override;
+
+private:
+    struct GlobalParameter {
+        std::string name;
+        double defaultValue;
+    };
+    struct Function {
+        std::string name;
+        OpenMM::TabulatedFunction* function;
+    };
+    void checkIndex(int index, std::size_t size, const char* what) const;
+
+    std::string serializedModule;
+    std::string energyExpression;
+    std::vector<std::string> cvNames;
+    std::vector<int> particles;
+    bool periodic_ = false;
+    std::vector<GlobalParameter> globalParameters;
+    std::vector<std::string> parameterDerivatives;
+    std::vector<Function> functions;
+};
+
+} // namespace OpenMMGeom
+
+#endif

@@ -1,0 +1,241 @@
+#include "ReferenceTorchCVKernels.h"
+
+#include "lepton/Parser.h"
+#include <torch/csrc/autograd/autograd.h>
+#include "lepton/ExpressionTreeNode.h"
+#include "lepton/Operation.h"
+#include "lepton/ParsedExpression.h"
+#include "openmm/OpenMMException.h"
+#include "openmm/internal/ContextImpl.h"
+#include "openmm/reference/ReferencePlatform.h"
+#include "openmm/reference/ReferenceTabulatedFunction.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <sstream>
+
+using namespace OpenMM;
+using namespace OpenMMGeom;
+
+namespace {
+
+ReferencePlatform::PlatformData& platformData(ContextImpl& context) {
+    return *reinterpret_cast<ReferencePlatform::PlatformData*>(context.getPlatformData());
+}
+
+/** The informative part of a TorchScript error: its last non-empty line. */
+std::string lastLine(const std::string& text) {
+    std::istringstream lines(text);
+    std::string line, last;
+    while (std::getline(lines, line))
+        if (line.find_first_not_of(" \t\r") != std::string::npos)
+            last = line;
+    return last;
+}
+
+void collectVariables(const Lepton::ExpressionTreeNode& node, std::set<std::string>& names) {
+    if (node.getOperation().getId() == Lepton::Operation::VARIABLE)
+        names.insert(node.getOperation().getName());
+    for (const auto& child : node.getChildren())
+        collectVariables(child, names);
+}
+
+std::string shapeOf(const torch::Tensor& t) {
+    std::string s = "(";
+    for (int64_t i = 0; i < t.dim(); i++)
+        s += (i ? ", " : "") + std::to_string(t.size(i));
+    return s + (t.dim() == 1 ? ",)" : ")");
+}
+
+} // namespace
+
+ReferenceCalcTorchCVForceKernel::~ReferenceCalcTorchCVForceKernel() {
+    for (auto* f : functions)
+        delete f;
+}
+
+void ReferenceCalcTorchCVForceKernel::initialize(const System& system, const TorchCVForce& force) {
+    std::istringstream stream(force.getSerializedModule());
+    try {
+        module = torch::jit::load(stream, torch::kCPU);
+    } catch (const std::exception& e) {
+        throw OpenMMException("TorchCVForce: the module is not a loadable TorchScript file: " +
+                              lastLine(e.what()));
+    }
+    module.eval();
+    energyFunction = force.getEnergyFunction();
+    cvNames.clear();
+    for (int i = 0; i < force.getNumCollectiveVariables(); i++)
+        cvNames.push_back(force.getCollectiveVariableName(i));
+    globalParameterNames.clear();
+    for (int i = 0; i < force.getNumGlobalParameters(); i++)
+        globalParameterNames.push_back(force.getGlobalParameterName(i));
+    parameterDerivativeNames.clear();
+    for (int i = 0; i < force.getNumEnergyParameterDerivatives(); i++)
+        parameterDerivativeNames.push_back(force.getEnergyParameterDerivativeName(i));
+    particles = force.getParticles();
+    if (particles.empty())
+        for (int i = 0; i < system.getNumParticles(); i++)
+            particles.push_back(i);
+    periodic = force.usesPeriodicBoundaryConditions();
+    compileExpressions(force);
+}
+
+void ReferenceCalcTorchCVForceKernel::compileExpressions(const TorchCVForce& force) {
+    std::map<std::string, Lepton::CustomFunction*> byName;
+    std::vector<Lepton::CustomFunction*> created;
+    try {
+        for (int i = 0; i < force.getNumTabulatedFunctions(); i++) {
+            created.push_back(createReferenceTabulatedFunction(force.getTabulatedFunction(i)));
+            byName[force.getTabulatedFunctionName(i)] = created.back();
+        }
+        Lepton::ParsedExpression energy = Lepton::Parser::parse(energyFunction, byName).optimize();
+        std::set<std::string> known(cvNames.begin(), cvNames.end());
+        known.insert(globalParameterNames.begin(), globalParameterNames.end());
+        std::set<std::string> used;
+        collectVariables(energy.getRootNode(), used);
+        for (const std::string& name : used)
+            if (known.count(name) == 0) {
+                std::string cvs;
+                for (const auto& cv : cvNames)
+                    cvs += (cvs.empty() ? "" : ", ") + cv;
+                throw OpenMMException("TorchCVForce: the energy expression uses '" + name +
+                                      "', which is neither a collective variable (" + cvs +
+                                      ") nor a global parameter");
+            }
+        std::vector<Lepton::ExpressionProgram> cvDerivatives, parameterDerivatives;
+        for (const std::string& cv : cvNames)
+            cvDerivatives.push_back(energy.differentiate(cv).optimize().createProgram());
+        for (const std::string& p : parameterDerivativeNames)
+            parameterDerivatives.push_back(energy.differentiate(p).optimize().createProgram());
+        energyExpression = energy.createProgram();
+        cvDerivativeExpressions = cvDerivatives;
+        parameterDerivativeExpressions = parameterDerivatives;
+    } catch (const OpenMMException&) {
+        for (auto* f : created)
+            delete f;
+        throw;
+    } catch (const std::exception& e) {  // Lepton reports parse errors as Lepton::Exception
+        for (auto* f : created)
+            delete f;
+        throw OpenMMException("TorchCVForce: cannot use the energy expression '" + energyFunction +
+                              "': " + e.what());
+    }
+    for (auto* f : functions)
+        delete f;
+    functions = created;
+}
+
+void ReferenceCalcTorchCVForceKernel::gatherCoordinates(ContextImpl& context, std::vector<double>& coordinates,
+                                                        double box[9]) const {
+    const std::vector<Vec3>& positions = *platformData(context).positions;
+    coordinates.resize(3 * particles.size());
+    for (std::size_t i = 0; i < particles.size(); i++)
+        for (int d = 0; d < 3; d++)
+            coordinates[3 * i + d] = positions[particles[i]][d];
+    const Vec3* vectors = platformData(context).periodicBoxVectors;
+    for (int r = 0; r < 3; r++)
+        for (int d = 0; d < 3; d++)
+            box[3 * r + d] = periodic ? vectors[r][d] : 0.0;
+}
+
+torch::Tensor ReferenceCalcTorchCVForceKernel::evaluate(torch::Tensor positions, const double box[9]) {
+    std::vector<torch::jit::IValue> inputs{positions};
+    if (periodic)
+        inputs.emplace_back(torch::from_blob(const_cast<double*>(box), {3, 3}, torch::kFloat64).clone());
+    torch::Tensor cv;
+    try {
+        cv = module.forward(inputs).toTensor();
+    } catch (const std::exception& e) {
+        throw OpenMMException("TorchCVForce: the module failed: " + lastLine(e.what()));
+    }
+    const int64_t k = static_cast<int64_t>(cvNames.size());
+    if (cv.dim() != 1 || cv.size(0) != k)
+        throw OpenMMException("TorchCVForce: the module returned shape " + shapeOf(cv) +
+                              " but the force declares " + std::to_string(k) +
+                              " collective variables, shape (" + std::to_string(k) + ",)");
+    torch::Tensor values = cv.detach().to(torch::kFloat64).contiguous();
+    cvValues.assign(values.data_ptr<double>(), values.data_ptr<double>() + k);
+    for (int64_t i = 0; i < k; i++)
+        if (!std::isfinite(cvValues[i]))
+            throw OpenMMException("TorchCVForce: the module returned a non-finite value for " +
+                                  cvNames[i] + " (" + std::to_string(cvValues[i]) + ")");
+    return cv;
+}
+
+std::map<std::string, double> ReferenceCalcTorchCVForceKernel::variables(ContextImpl& context) const {
+    std::map<std::string, double> values;
+    for (const std::string& name : globalParameterNames)
+        values[name] = context.getParameter(name);
+    for (std::size_t i = 0; i < cvNames.size(); i++)
+        values[cvNames[i]] = cvValues[i];
+    return values;
+}
+
+double ReferenceCalcTorchCVForceKernel::execute(ContextImpl& context, bool includeForces, bool includeEnergy) {
+    std::vector<double> coordinates;
+    double box[9];
+    gatherCoordinates(context, coordinates, box);
+    const int64_t n = static_cast<int64_t>(particles.size());
+    torch::Tensor positions =
+        torch::from_blob(coordinates.data(), {n, 3}, torch::kFloat64).clone().requires_grad_(includeForces);
+    torch::Tensor cv = evaluate(positions, box);
+    cachedCoordinates = coordinates;
+    std::copy(box, box + 9, cachedBox);
+    cacheValid = true;
+
+    const std::map<std::string, double> values = variables(context);
+    const double energy = energyExpression.evaluate(values);
+    if (includeForces) {
+        std::vector<double> dEdcv(cvNames.size());
+        for (std::size_t i = 0; i < cvNames.size(); i++)
+            dEdcv[i] = cvDerivativeExpressions[i].evaluate(values);
+        if (cv.requires_grad()) {
+            // One backward pass for all CVs: dE/dx = sum_i dE/dcv_i * dcv_i/dx.
+            torch::Tensor weights =
+                torch::from_blob(dEdcv.data(), {(int64_t) dEdcv.size()}, torch::kFloat64).to(cv.dtype());
+            torch::Tensor gradient = torch::autograd::grad({cv}, {positions}, {weights},
+                                                           /*retain_graph=*/false,
+                                                           /*create_graph=*/false,
+                                                           /*allow_unused=*/true)[0];
+            if (gradient.defined()) {
+                gradient = gradient.to(torch::kFloat64).contiguous();
+                const double* g = gradient.data_ptr<double>();
+                std::vector<Vec3>& forces = *platformData(context).forces;
+                for (int64_t i = 0; i < n; i++)
+                    forces[particles[i]] -= Vec3(g[3 * i], g[3 * i + 1], g[3 * i + 2]);
+            }
+        }
+        std::map<std::string, double>& derivatives = *platformData(context).energyParameterDerivatives;
+        for (std::size_t i = 0; i < parameterDerivativeNames.size(); i++)
+            derivatives[parameterDerivativeNames[i]] += parameterDerivativeExpressions[i].evaluate(values);
+    }
+    return includeEnergy ? energy : 0.0;
+}
+
+void ReferenceCalcTorchCVForceKernel::getCollectiveVariableValues(ContextImpl& context, std::vector<double>& values) {
+    std::vector<double> coordinates;
+    double box[9];
+    gatherCoordinates(context, coordinates, box);
+    if (!(cacheValid && coordinates == cachedCoordinates && std::equal(box, box + 9, cachedBox))) {
+        torch::NoGradGuard noGrad;
+        torch::Tensor positions =
+            torch::from_blob(coordinates.data(), {(int64_t) particles.size(), 3}, torch::kFloat64).clone();
+        evaluate(positions, box);
+        cachedCoordinates = coordinates;
+        std::copy(box, box + 9, cachedBox);
+        cacheValid = true;
+    }
+    values = cvValues;
+}
+
+void ReferenceCalcTorchCVForceKernel::copyParametersToContext(ContextImpl& context, const TorchCVForce& force) {
+    if (force.getNumCollectiveVariables() != (int) cvNames.size())
+        throw OpenMMException("TorchCVForce.updateParametersInContext: the number of collective "
+                              "variables cannot change");
+    if (force.getEnergyFunction() != energyFunction)
+        throw OpenMMException("TorchCVForce.updateParametersInContext: the energy expression "
+                              "cannot change; call context.reinitialize(preserveState=True)");
+    compileExpressions(force);
+}

@@ -1,0 +1,64 @@
+#ifndef OPENMM_GEOM_REFERENCETORCHCVKERNELS_H_
+#define OPENMM_GEOM_REFERENCETORCHCVKERNELS_H_
+
+#include "openmm_geom/TorchCVKernels.h"
+
+#include "lepton/CustomFunction.h"
+#include "lepton/ExpressionProgram.h"
+#include "openmm/Vec3.h"
+
+#include <torch/script.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace OpenMMGeom {
+
+/**
+ * TorchCVForce on the Reference and CPU platforms (the CPU platform shares the Reference
+ * platform's position/force arrays). Positions are passed to the module as float64.
+ */
+class ReferenceCalcTorchCVForceKernel : public CalcTorchCVForceKernel {
+public:
+    ReferenceCalcTorchCVForceKernel(const std::string& name, const OpenMM::Platform& platform)
+        : CalcTorchCVForceKernel(name, platform) {}
+    ~ReferenceCalcTorchCVForceKernel();
+    void initialize(const OpenMM::System& system, const TorchCVForce& force) override;
+    double execute(OpenMM::ContextImpl& context, bool includeForces, bool includeEnergy) override;
+    void getCollectiveVariableValues(OpenMM::ContextImpl& context, std::vector<double>& values) override;
+    void copyParametersToContext(OpenMM::ContextImpl& context, const TorchCVForce& force) override;
+
+private:
+    /** Parse the energy and its derivatives with the force's current tabulated functions. */
+    void compileExpressions(const TorchCVForce& force);
+    /** Gather the module's input coordinates (nm) into `coordinates`. */
+    void gatherCoordinates(OpenMM::ContextImpl& context, std::vector<double>& coordinates, double box[9]) const;
+    /** Run the module; checks the output shape and values and records them in the cache. */
+    torch::Tensor evaluate(torch::Tensor positions, const double box[9]);
+    /** CV values and global parameters by name, as the expressions read them. */
+    std::map<std::string, double> variables(OpenMM::ContextImpl& context) const;
+
+    torch::jit::Module module;
+    std::string energyFunction;
+    std::vector<std::string> cvNames;
+    std::vector<std::string> globalParameterNames;
+    std::vector<std::string> parameterDerivativeNames;
+    std::vector<int> particles;
+    bool periodic = false;
+    std::vector<Lepton::CustomFunction*> functions;
+    // ExpressionProgram, not CompiledExpression: the latter's layout depends on whether OpenMM
+    // was built with Lepton's JIT (asmjit headers are not shipped), so it is not ABI-safe here.
+    Lepton::ExpressionProgram energyExpression;
+    std::vector<Lepton::ExpressionProgram> cvDerivativeExpressions;
+    std::vector<Lepton::ExpressionProgram> parameterDerivativeExpressions;
+    // The CVs of the last evaluation and the coordinates/box they belong to.
+    std::vector<double> cvValues;
+    std::vector<double> cachedCoordinates;
+    double cachedBox[9] = {0};
+    bool cacheValid = false;
+};
+
+} // namespace OpenMMGeom
+
+#endif

@@ -1,0 +1,117 @@
+// XML serialization of TorchCVForce. The TorchScript module is embedded as base64 so that a
+// serialized System is self-contained, as openmm-torch does for TorchForce.
+#include "TorchCVForceProxy.h"
+
+#include "openmm_geom/TorchCVForce.h"
+#include "openmm/OpenMMException.h"
+#include "openmm/serialization/SerializationNode.h"
+
+#include <cstdint>
+
+using namespace OpenMM;
+using namespace OpenMMGeom;
+
+namespace {
+
+const char* const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+std::string toBase64(const std::string& bytes) {
+    std::string out;
+    out.reserve(4 * ((bytes.size() + 2) / 3));
+    for (std::size_t i = 0; i < bytes.size(); i += 3) {
+        uint32_t chunk = static_cast<uint8_t>(bytes[i]) << 16;
+        if (i + 1 < bytes.size()) chunk |= static_cast<uint8_t>(bytes[i + 1]) << 8;
+        if (i + 2 < bytes.size()) chunk |= static_cast<uint8_t>(bytes[i + 2]);
+        out += alphabet[(chunk >> 18) & 63];
+        out += alphabet[(chunk >> 12) & 63];
+        out += i + 1 < bytes.size() ? alphabet[(chunk >> 6) & 63] : '=';
+        out += i + 2 < bytes.size() ? alphabet[chunk & 63] : '=';
+    }
+    return out;
+}
+
+std::string fromBase64(const std::string& text) {
+    int value[256];
+    std::fill(value, value + 256, -1);
+    for (int i = 0; i < 64; i++)
+        value[static_cast<uint8_t>(alphabet[i])] = i;
+    std::string out;
+    uint32_t buffer = 0;
+    int bits = 0;
+    for (char c : text) {
+        if (c == '=')
+            break;
+        int v = value[static_cast<uint8_t>(c)];
+        if (v < 0)
+            throw OpenMMException("TorchCVForce: the serialized module is not valid base64");
+        buffer = (buffer << 6) | v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out += static_cast<char>((buffer >> bits) & 0xFF);
+        }
+    }
+    return out;
+}
+
+} // namespace
+
+TorchCVForceProxy::TorchCVForceProxy() : SerializationProxy("TorchCVForce") {}
+
+void TorchCVForceProxy::serialize(const void* object, SerializationNode& node) const {
+    const TorchCVForce& force = *reinterpret_cast<const TorchCVForce*>(object);
+    node.setIntProperty("version", 1);
+    node.setStringProperty("name", force.getName());
+    node.setIntProperty("forceGroup", force.getForceGroup());
+    node.setStringProperty("energy", force.getEnergyFunction());
+    node.setBoolProperty("usesPeriodic", force.usesPeriodicBoundaryConditions());
+    node.setStringProperty("module", toBase64(force.getSerializedModule()));
+    SerializationNode& cvs = node.createChildNode("CollectiveVariables");
+    for (int i = 0; i < force.getNumCollectiveVariables(); i++)
+        cvs.createChildNode("Variable").setStringProperty("name", force.getCollectiveVariableName(i));
+    SerializationNode& particles = node.createChildNode("Particles");
+    for (int p : force.getParticles())
+        particles.createChildNode("Particle").setIntProperty("index", p);
+    SerializationNode& parameters = node.createChildNode("GlobalParameters");
+    for (int i = 0; i < force.getNumGlobalParameters(); i++)
+        parameters.createChildNode("Parameter")
+            .setStringProperty("name", force.getGlobalParameterName(i))
+            .setDoubleProperty("default", force.getGlobalParameterDefaultValue(i));
+    SerializationNode& derivatives = node.createChildNode("EnergyParameterDerivatives");
+    for (int i = 0; i < force.getNumEnergyParameterDerivatives(); i++)
+        derivatives.createChildNode("Parameter").setStringProperty("name", force.getEnergyParameterDerivativeName(i));
+    SerializationNode& functions = node.createChildNode("Functions");
+    for (int i = 0; i < force.getNumTabulatedFunctions(); i++)
+        functions.createChildNode("Function", &force.getTabulatedFunction(i))
+            .setStringProperty("name", force.getTabulatedFunctionName(i));
+}
+
+void* TorchCVForceProxy::deserialize(const SerializationNode& node) const {
+    if (node.getIntProperty("version") != 1)
+        throw OpenMMException("TorchCVForce: unsupported serialization version " +
+                              std::to_string(node.getIntProperty("version")));
+    std::vector<std::string> names;
+    for (const auto& cv : node.getChildNode("CollectiveVariables").getChildren())
+        names.push_back(cv.getStringProperty("name"));
+    auto* force = new TorchCVForce(fromBase64(node.getStringProperty("module")),
+                                   node.getStringProperty("energy"), names);
+    try {
+        force->setName(node.getStringProperty("name", force->getName()));
+        force->setForceGroup(node.getIntProperty("forceGroup", 0));
+        force->setUsesPeriodicBoundaryConditions(node.getBoolProperty("usesPeriodic"));
+        std::vector<int> particles;
+        for (const auto& p : node.getChildNode("Particles").getChildren())
+            particles.push_back(p.getIntProperty("index"));
+        force->setParticles(particles);
+        for (const auto& p : node.getChildNode("GlobalParameters").getChildren())
+            force->addGlobalParameter(p.getStringProperty("name"), p.getDoubleProperty("default"));
+        for (const auto& p : node.getChildNode("EnergyParameterDerivatives").getChildren())
+            force->addEnergyParameterDerivative(p.getStringProperty("name"));
+        for (const auto& f : node.getChildNode("Functions").getChildren())
+            force->addTabulatedFunction(f.getStringProperty("name"), f.decodeObject<TabulatedFunction>());
+    } catch (...) {
+        delete force;
+        throw;
+    }
+    return force;
+}
