@@ -2,11 +2,17 @@
 
 Reads model files (:mod:`openmm_geom.modelfile`); never imports training or export code.
 """
+from .biasing import GridAxis, Metadynamics, restraint_force
+from .cvforce import TorchCVForce
 from .forces import CVComponent, check_system, load_exported, python_force, torch_force
 from .reporters import CVReporter
 from .validation import CheckResult, ExportReport, check_export
 
 __all__ = [
+    "TorchCVForce",
+    "restraint_force",
+    "Metadynamics",
+    "GridAxis",
     "torch_force",
     "python_force",
     "load_exported",
