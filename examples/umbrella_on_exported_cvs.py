@@ -1,8 +1,9 @@
-"""Restrain capped alanine along two CVs of one exported module and log them on the fly.
+"""Drag capped alanine along two CVs of one exported module with a moving umbrella.
 
-The CV module returns (phi, psi). Each CV enters a CustomCVForce through its own TorchForce
-(openmm-torch's one-force-per-CV layout), the umbrella centre moves during the run through a
-global parameter, and CVReporter writes the CVs in StateDataReporter style.
+One CV module returns (phi, psi). A TorchCVForce evaluates it once per step and applies the
+restraint 0.5*k*(phi-phi0)^2 + 0.5*k*(psi-psi0)^2 (differences taken on the circle); the
+centre psi0 is a global parameter moved during the run, and CVReporter logs the CVs the force
+computed.
 
     python examples/umbrella_on_exported_cvs.py --steps 5000 --out out/umbrella
 """
@@ -17,7 +18,7 @@ import openmm.unit as unit
 from openmm_geom.data import bundled
 from openmm_geom.export import export_model
 from openmm_geom.models import Dihedrals, backbone_quadruplets
-from openmm_geom.openmm import CVReporter, torch_force
+from openmm_geom.openmm import CVReporter, restraint_force
 
 
 def main():
@@ -36,15 +37,9 @@ def main():
                  length_unit="nm", periodic=False, example_positions=pdb.positions,
                  cv_names=["phi", "psi"])
 
-    # Periodic distance on the circle, so the restraint is smooth at +-pi.
-    umbrella = openmm.CustomCVForce(
-        "0.5*k*(dphi^2 + dpsi^2);"
-        "dphi = atan2(sin(phi-phi0), cos(phi-phi0)); dpsi = atan2(sin(psi-psi0), cos(psi-psi0))")
-    umbrella.addGlobalParameter("k", 200.0)  # kJ/mol/rad^2
-    umbrella.addGlobalParameter("phi0", -1.4)
-    umbrella.addGlobalParameter("psi0", 2.6)
-    umbrella.addCollectiveVariable("phi", torch_force(cv_file, output_index=0))
-    umbrella.addCollectiveVariable("psi", torch_force(cv_file, output_index=1))
+    # Global parameters k_phi, phi0, k_psi, psi0 (kJ/mol/rad^2 and rad).
+    umbrella = restraint_force(cv_file, {"phi": (200.0, -1.4), "psi": (200.0, 2.6)},
+                               periodic=["phi", "psi"])
     system.addForce(umbrella)
 
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond,
@@ -53,9 +48,9 @@ def main():
                                 openmm.Platform.getPlatformByName("CPU"))
     simulation.context.setPositions(pdb.positions)
     simulation.minimizeEnergy()
-    simulation.reporters.append(CVReporter(str(args.out / "cvs.csv"), 50, cv_file))
+    simulation.reporters.append(CVReporter(str(args.out / "cvs.csv"), 50, umbrella))
 
-    # Drag the umbrella centre along psi from 2.6 to -0.7 rad in 10 stages.
+    # Move the umbrella centre along psi from 2.6 to -0.7 rad in 10 stages.
     stages = 10
     for stage in range(stages):
         psi0 = 2.6 + (-0.7 - 2.6) * stage / (stages - 1)
@@ -64,8 +59,8 @@ def main():
         phi, psi = umbrella.getCollectiveVariableValues(simulation.context)
         print(f"stage {stage}: psi0 {psi0:+.2f}  phi {phi:+.2f}  psi {psi:+.2f} rad")
     final_psi = umbrella.getCollectiveVariableValues(simulation.context)[1]
-    print(f"psi followed the umbrella: {abs(math.remainder(final_psi + 0.7, 2 * math.pi)):.2f} "
-          "rad from its final centre")
+    print(f"psi is {abs(math.remainder(final_psi + 0.7, 2 * math.pi)):.2f} rad from the "
+          "final umbrella centre")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Child process of ``openmm-geom doctor``: can a TorchForce (optionally inside a
-CustomCVForce) create a Context on a platform and give the right energy?
+"""Child process of ``openmm-geom doctor``: does a force holding a TorchScript module create a
+Context on a platform and give the right energy?
 
-Run as ``python -m openmm_geom._context_probe PLATFORM INSIDE_CV(0|1)``; prints ``ok``.
-Separate from the doctor because some version combinations segfault here.
+Run as ``python -m openmm_geom._context_probe PLATFORM KIND`` with KIND one of
+``torchforce``, ``customcv`` (a TorchForce inside a CustomCVForce) or ``torchcv`` (our
+TorchCVForce); prints ``ok``. A separate process because some version combinations segfault.
 """
+import io
 import sys
 
 import openmm
@@ -17,13 +19,27 @@ class Quadratic(torch.nn.Module):
         return (positions ** 2).sum()
 
 
-def main(platform_name: str, inside_cv: bool) -> None:
+class TwoCVs(torch.nn.Module):
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return torch.stack([(positions ** 2).sum(), positions[:, 0].sum()])
+
+
+def main(platform_name: str, kind: str) -> None:
     system = openmm.System()
     for _ in range(3):
         system.addParticle(1.0)
-    force = openmmtorch().TorchForce(torch.jit.script(Quadratic()))
     expected = 3.0
-    if inside_cv:
+    if kind == "torchcv":
+        from openmm_geom.openmm import TorchCVForce
+
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(TwoCVs()), buffer)
+        force = TorchCVForce(torch.jit.load(io.BytesIO(buffer.getvalue())), "2*q + r",
+                             cv_names=["q", "r"])
+        expected = 2 * 3.0 + 1.0
+    else:
+        force = openmmtorch().TorchForce(torch.jit.script(Quadratic()))
+    if kind == "customcv":
         cv_force = openmm.CustomCVForce("2*q")
         cv_force.addCollectiveVariable("q", force)
         force, expected = cv_force, 2 * expected
@@ -38,4 +54,4 @@ def main(platform_name: str, inside_cv: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] == "1")
+    main(sys.argv[1], sys.argv[2])

@@ -47,11 +47,10 @@ def _major_minor(version: str | None) -> tuple:
     return tuple(parts)
 
 
-def _context_check(platform_name: str, inside_cv: bool, timeout: float) -> dict:
+def _context_check(platform_name: str, kind: str, timeout: float) -> dict:
     try:
         done = subprocess.run([sys.executable, "-m", "openmm_geom._context_probe", platform_name,
-                               "1" if inside_cv else "0"], capture_output=True, text=True,
-                              timeout=timeout)
+                               kind], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "status": "timeout", "detail": f"no answer in {timeout} s"}
     if done.returncode == 0 and done.stdout.strip().endswith("ok"):
@@ -97,6 +96,10 @@ def _native_status(versions: dict) -> dict:
     except Exception as error:  # report, do not raise: this is a diagnosis tool
         return {"ok": False, "detail": f"{type(error).__name__}: {error}. Run `make native`."}
     problems = []
+    from . import plugin_error
+
+    if plugin_error() is not None:
+        problems.append(f"the TorchCVForce plugin did not load: {plugin_error()}")
     if info["built_against_torch"] != versions["torch"]["version"]:
         problems.append(f"built against torch {info['built_against_torch']}, running "
                         f"{versions['torch']['version']}: rebuild (`make native`)")
@@ -123,9 +126,11 @@ def run_doctor(timeout: float = 180.0) -> dict:
     if versions["openmm-torch"]["version"]:
         for name in platforms:
             contexts[name] = {
-                "TorchForce": _context_check(name, False, timeout),
-                "TorchForce in CustomCVForce": _context_check(name, True, timeout),
+                "TorchForce": _context_check(name, "torchforce", timeout),
+                "TorchForce in CustomCVForce": _context_check(name, "customcv", timeout),
             }
+            if name in ("Reference", "CPU"):  # the platforms TorchCVForce has kernels for
+                contexts[name]["TorchCVForce"] = _context_check(name, "torchcv", timeout)
     native = _native_status(versions)
     known_bad = _known_bad(versions)
     ok = (native["ok"] and not known_bad and bool(contexts)

@@ -22,6 +22,13 @@ extern "C" int openmmGeomRegister();
     openmmGeomRegister();
 %}
 
+%inline %{
+/** Register TorchCVForce's kernels with platforms loaded since (idempotent); returns how many. */
+int registerKernels() {
+    return openmmGeomRegister();
+}
+%}
+
 // C++ exceptions become openmm.OpenMMException, like errors from OpenMM itself.
 %exception {
     try {

@@ -77,6 +77,7 @@ class TorchCVForce(_plugin.TorchCVForce):
                  particles: Optional[Sequence[int]] = None,
                  global_parameters: Optional[Mapping[str, float]] = None,
                  periodic: Optional[bool] = None, force_group: Optional[int] = None):
+        _plugin.registerKernels()  # platforms loaded after import (e.g. plugins) get kernels too
         data, metadata = _module_bytes(model)
         names = self._names(metadata, cv_names)
         super().__init__(data, energy, names)

@@ -8,6 +8,7 @@ import numpy as np
 import openmm.unit as unit
 import torch
 
+from ..torchcv_plugin import TorchCVForce as TorchCVForceBase
 from .forces import load_exported
 
 __all__ = ["CVReporter"]
@@ -25,8 +26,11 @@ class CVReporter:
         Where to write. A path is opened (and owned) by the reporter.
     reportInterval : int
         Steps between reports.
-    model : path or exported ScriptModule
-        A module written by :func:`openmm_geom.export.export_model` (a CV module or potential).
+    model : path, exported ScriptModule, or a TorchCVForce in the simulated System
+        A module written by :func:`openmm_geom.export.export_model` (a CV module or potential)
+        is evaluated on the reported positions. A ``TorchCVForce`` is asked for its CVs
+        (``getCollectiveVariableValues``), which reuses the values of its last force
+        evaluation when the positions have not moved since.
     names : sequence of str, optional
         Column names; default the model's ``cv_names`` or ``cv0, cv1, ...``.
     atom_indices : sequence of int, optional
@@ -46,19 +50,25 @@ class CVReporter:
         if reportInterval < 1:
             raise ValueError(f"reportInterval must be >= 1, got {reportInterval}")
         self._interval = int(reportInterval)
-        self._module, self._meta = load_exported(model)
-        n_outputs = self._meta.output_dim
-        if names is None:
-            if self._meta.kind == "potential":
-                names = ["Model energy (kJ/mol)"]
-            else:
-                names = self._meta.cv_names or [f"cv{i}" for i in range(n_outputs)]
-        if len(names) != n_outputs:
-            raise ValueError(f"{len(names)} names for {n_outputs} model outputs")
+        self._force = model if isinstance(model, TorchCVForceBase) else None
         self._indices = None if atom_indices is None else np.asarray(atom_indices, dtype=np.int64)
-        n_used = self._meta.n_atoms if self._indices is None else len(self._indices)
-        if n_used != self._meta.n_atoms:
-            raise ValueError(f"{n_used} atom_indices for a model of {self._meta.n_atoms} atoms")
+        if self._force is not None:
+            if atom_indices is not None:
+                raise ValueError("atom_indices: the TorchCVForce already knows its particles")
+            default = [self._force.getCollectiveVariableName(i)
+                       for i in range(self._force.getNumCollectiveVariables())]
+        else:
+            self._module, self._meta = load_exported(model)
+            if self._meta.kind == "potential":
+                default = ["Model energy (kJ/mol)"]
+            else:
+                default = self._meta.cv_names or [f"cv{i}" for i in range(self._meta.output_dim)]
+            n_used = self._meta.n_atoms if self._indices is None else len(self._indices)
+            if n_used != self._meta.n_atoms:
+                raise ValueError(f"{n_used} atom_indices for a model of {self._meta.n_atoms} atoms")
+        names = default if names is None else list(names)
+        if len(names) != len(default):
+            raise ValueError(f"{len(names)} names for {len(default)} model outputs")
         self._columns = (["Step"] if step else []) + (["Time (ps)"] if time else []) + list(names)
         self._step, self._time, self._separator = step, time, separator
         self._own_file = isinstance(file, (str, os.PathLike))
@@ -74,16 +84,20 @@ class CVReporter:
 
     def describeNextReport(self, simulation):
         steps = self._interval - simulation.currentStep % self._interval
-        # Unwrapped positions: exactly what the Context's forces see.
-        return {"steps": steps, "periodic": False, "include": ["positions"]}
+        # Unwrapped positions: exactly what the Context's forces see. A TorchCVForce reads
+        # the Context itself and needs nothing from the State.
+        include = [] if self._force is not None else ["positions"]
+        return {"steps": steps, "periodic": False, "include": include}
 
     def _check(self, system) -> None:
+        self._checked = True
+        if self._force is not None:
+            return
         n = system.getNumParticles()
         if self._indices is None:
             self._meta.check_topology(n)
         elif self._indices.min() < 0 or self._indices.max() >= n:
             raise IndexError(f"atom_indices out of range for a system of {n} particles")
-        self._checked = True
 
     def values(self, state) -> np.ndarray:
         """Evaluate the module on a State (positions, and box when the model is periodic)."""
@@ -108,7 +122,9 @@ class CVReporter:
             row.append(str(simulation.currentStep))
         if self._time:
             row.append(repr(state.getTime().value_in_unit(unit.picosecond)))
-        row.extend(repr(float(v)) for v in self.values(state))
+        values = (self._force.getCollectiveVariableValues(simulation.context)
+                  if self._force is not None else self.values(state))
+        row.extend(repr(float(v)) for v in values)
         print(self._separator.join(row), file=self._out)
         self._out.flush()
 

@@ -1,0 +1,49 @@
+"""Random, smooth CV modules for TorchCVForce tests (scriptable, periodic or not)."""
+from typing import Optional
+
+import torch
+
+from openmm_geom.ops import neighbor_pairs
+
+
+class RandomPairCVs(torch.nn.Module):
+    """k smooth CVs of the pair distances: radial features under a smooth cutoff, a tanh layer
+    and a linear read-out with random weights (nm in, arbitrary units out)."""
+
+    def __init__(self, k: int, seed: int, cutoff: float = 0.6, features: int = 8):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.cutoff = cutoff
+        self.register_buffer("centers", torch.linspace(0.1, cutoff, features, dtype=torch.float64))
+        self.hidden = torch.nn.Parameter(torch.randn(features, 16, generator=g, dtype=torch.float64) * 0.3)
+        self.readout = torch.nn.Parameter(torch.randn(16, k, generator=g, dtype=torch.float64))
+
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        _, _, d = neighbor_pairs(positions, self.cutoff, box)
+        envelope = (1.0 - d / self.cutoff) ** 3
+        radial = torch.exp(-((d[:, None] - self.centers[None, :]) / 0.08) ** 2) * envelope[:, None]
+        return torch.tanh(radial.sum(0) @ self.hidden) @ self.readout
+
+
+class CountingCVs(torch.nn.Module):
+    """CV 0: sum of squared coordinates; CV 1: how many times forward has run."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.float64))
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        self.calls += 1.0
+        return torch.stack([(positions ** 2).sum(), self.calls.clone()])
+
+
+class NaNCV(torch.nn.Module):
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(-(positions ** 2).sum()).reshape(1)
+
+
+class Coordinates(torch.nn.Module):
+    """CVs = the x, y, z coordinates of atom 0 (nm)."""
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions[0]
