@@ -38,6 +38,23 @@ def timed(fn, warmup: int, repeats: int):
     return statistics.median(times), min(times), result
 
 
+def timed_interleaved(fns, warmup: int, repeats: int) -> list:
+    """Like :func:`timed` for several functions, called in turn (a, b, a, b, ...) so that
+    none of them is favoured by running first or by drifting machine state.
+
+    Returns one (median seconds, min seconds, last result) per function.
+    """
+    results = [None] * len(fns)
+    times = [[] for _ in fns]
+    for rep in range(warmup + repeats):
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            results[k] = fn()
+            if rep >= warmup:
+                times[k].append(time.perf_counter() - start)
+    return [(statistics.median(t), min(t), r) for t, r in zip(times, results)]
+
+
 def environment() -> dict:
     """Versions and machine state that the numbers depend on."""
     import numpy
@@ -103,12 +120,36 @@ class LoadMonitor:
         fraction = max(0.0, other) / (wall * cores())
         return {"wall_seconds": wall, "other_processes_cpu_fraction": round(fraction, 3)}
 
-    def warn(self, result: dict, limit: float = 0.1) -> str:
-        fraction = result["other_processes_cpu_fraction"]
-        if fraction <= limit:
-            return ""
-        return (f"WARNING: other processes used {100 * fraction:.0f}% of the CPUs during this "
-                "run; the timings are not reliable (rerun on an idle machine)")
+
+def wait_for_idle(limit_seconds: float, threshold: float = 0.1) -> float:
+    """Wait (up to ``limit_seconds``) until other processes use < threshold of the CPUs."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_seconds:
+        monitor = LoadMonitor()
+        time.sleep(2.0)
+        if monitor.result()["other_processes_cpu_fraction"] < threshold:
+            break
+    return time.perf_counter() - start
+
+
+CLEAN_RETRIES = 2  # set to 0 for smoke runs, which must stay short
+
+
+def measure_clean(measure, retries: int | None = None, limit: float = 0.1, wait: float = 30.0):
+    """Run ``measure()``; while other processes took > ``limit`` of the CPUs meanwhile, wait
+    for the machine to calm down and measure again (at most ``retries`` times, default
+    ``CLEAN_RETRIES``).
+
+    Returns (result of the last attempt, its other-process CPU fraction).
+    """
+    retries = CLEAN_RETRIES if retries is None else min(retries, CLEAN_RETRIES)
+    for attempt in range(retries + 1):
+        monitor = LoadMonitor()
+        result = measure()
+        fraction = monitor.result()["other_processes_cpu_fraction"]
+        if fraction <= limit or attempt == retries:
+            return result, fraction
+        wait_for_idle(wait, limit)
 
 
 def write_json(path, data: dict) -> None:

@@ -1,0 +1,113 @@
+"""Run every benchmark, each in its own process, and collect the results.
+
+Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py) and
+DIR/summary.json (headline numbers, pass/fail, machine load), and prints the tables. Exits
+non-zero if a benchmark fails, including any of its correctness checks.
+
+``--omp-passive`` also repeats both benchmarks (torchmd-net left out) with
+``OMP_WAIT_POLICY=PASSIVE`` into DIR/*_omp_passive.json: torch's OpenMP workers then sleep
+instead of spinning, which matters when another process competes for the cores (it must be
+set before torch starts, hence separate processes).
+
+``--wait-idle S`` first waits up to S seconds for other processes to leave the CPUs; each
+measurement is also retried when other processes took > 10% of the CPUs meanwhile, and the
+remaining contamination is recorded ("other_load") and flagged in the tables.
+
+    .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # ~3-4 minutes
+    .venv/bin/python benchmarks/run_all.py --out /tmp/bench --quick          # smoke, ~25 s
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import wait_for_idle, write_json  # noqa: E402
+
+
+def run(script: str, out: Path, extra_args: list, extra_env: dict) -> dict:
+    """Run one benchmark script; return its record for the summary."""
+    command = [sys.executable, str(HERE / script), "--out", str(out), *extra_args]
+    label = " ".join([*(f"{k}={v}" for k, v in extra_env.items()), script, *extra_args])
+    print(f"== {label}", flush=True)
+    out.unlink(missing_ok=True)  # never report a stale file
+    start = time.perf_counter()
+    process = subprocess.run(command, env={**os.environ, **extra_env})
+    record = {"command": label, "json": out.name, "returncode": process.returncode,
+              "seconds": round(time.perf_counter() - start, 1)}
+    if out.exists():
+        data = json.loads(out.read_text())
+        record.update(ok=data["ok"] and process.returncode == 0, load=data["load"],
+                      headline=headline(data))
+    else:
+        record.update(ok=False, error="the benchmark wrote no result file")
+    print(flush=True)
+    return record
+
+
+def headline(data: dict) -> list:
+    """The numbers worth reading first, one flat dict per row."""
+    if data["benchmark"] == "neighbors":
+        return [{"threads": run["threads"], "n_atoms": r["n_atoms"],
+                 "ours_ms": round(r["ours_ms"], 3), "vesin_ms": round(r["vesin_ms"], 3),
+                 "ours_over_vesin": round(r["overhead_ratio"], 3),
+                 "torchmdnet_ms": None if r["torchmdnet_ms"] is None
+                 else round(r["torchmdnet_ms"], 1),
+                 "slope_ours": run["scaling_exponent"]["ours"],
+                 "slope_vesin": run["scaling_exponent"]["vesin"]}
+                for run in data["runs"] for r in run["rows"]]
+    return [{"threads": r["threads"], "n_atoms": s["n_atoms"],
+             "floor_calls_per_s": round(r["floor_calls_per_s"], 1),
+             "torchforce_steps_per_s": round(r["torchforce_steps_per_s"], 1),
+             "torchforce_over_floor": round(r["ratio_torchforce_over_floor"], 3),
+             "pythonforce_steps_per_s": round(r["pythonforce_steps_per_s"], 1)}
+            for s in data["systems"] for r in s["by_threads"]]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
+    parser.add_argument("--quick", action="store_true", help="smoke run (small N, short)")
+    parser.add_argument("--threads", help="comma-separated thread counts (default: 1,cores)")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="also run both with OMP_WAIT_POLICY=PASSIVE (*_omp_passive.json)")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait up to SECONDS for other processes to leave the CPUs")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    waited = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
+    common = (["--quick"] if args.quick else []) + (["--threads", args.threads]
+                                                     if args.threads else [])
+    jobs = [("bench_neighbors.py", "neighbors.json", [], {}),
+            ("bench_bridge.py", "bridge.json", [], {})]
+    if args.omp_passive:
+        passive = {"OMP_WAIT_POLICY": "PASSIVE"}
+        jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],
+                  passive),
+                 ("bench_bridge.py", "bridge_omp_passive.json", [], passive)]
+    start = time.perf_counter()
+    records = [run(script, out / name, common + extra, env)
+               for script, name, extra, env in jobs]
+    ok = all(r["ok"] for r in records)
+    write_json(out / "summary.json", {"ok": ok, "quick": args.quick,
+                                      "waited_for_idle_seconds": round(waited, 1),
+                                      "seconds": round(time.perf_counter() - start, 1),
+                                      "benchmarks": records})
+    for r in records:
+        status = "ok" if r["ok"] else f"FAILED (exit {r['returncode']})"
+        load = r.get("load", {}).get("other_processes_cpu_fraction")
+        print(f"{r['command']:<60} {status:<18} {r['seconds']:>6.1f} s  other load {load}")
+    print(f"wrote {out / 'summary.json'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
