@@ -391,3 +391,18 @@ def test_pair_across_periodic_boundary(dtype):
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(vectors, expected, rtol=0, atol=tol)
     assert math.isclose(float(distances[0]), 0.1, abs_tol=tol)
+
+
+def test_second_derivatives_through_neighbor_pairs():
+    """Force matching differentiates forces: d2E/dx2 and d2E/dx dbox must be exact."""
+    torch.manual_seed(3)
+    positions = (torch.rand(20, 3, dtype=torch.float64) * 1.4).requires_grad_(True)
+    box = (torch.eye(3, dtype=torch.float64) * 1.4
+           + torch.tensor([[0, 0, 0], [0.2, 0, 0], [-0.1, 0.3, 0]], dtype=torch.float64))
+    box.requires_grad_(True)
+
+    def energy(x, b):
+        _, vectors, distances = neighbor_pairs(x, 0.45, b)
+        return (torch.exp(-4 * distances ** 2) + vectors[:, 1] ** 2 * 0.1).sum()
+
+    assert torch.autograd.gradgradcheck(energy, (positions, box))

@@ -1,4 +1,9 @@
-"""Low-level operations shared by every model (neighbour lists)."""
-from .neighbors import check_box_holds_cutoff, neighbor_pairs
+"""Low-level operations shared by every model (neighbour lists and their native kernels)."""
+from ._library import load_ops_library
 
-__all__ = ["neighbor_pairs", "check_box_holds_cutoff"]
+load_ops_library()
+
+from .neighbors import check_box_holds_cutoff, neighbor_pairs  # noqa: E402
+from .pair_geometry import pair_geometry  # noqa: E402
+
+__all__ = ["neighbor_pairs", "check_box_holds_cutoff", "pair_geometry", "load_ops_library"]

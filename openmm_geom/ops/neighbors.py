@@ -1,16 +1,29 @@
 """Neighbour pairs: the one entry point every model in openmm-geom uses.
 
 The pair search is vesin-torch's (cell lists, O(N), triclinic boxes, positions outside the
-cell); this wrapper adds the checks a simulation needs and recomputes the pair vectors with
-plain torch ops so that they are differentiable with respect to positions *and* box, in any
-dtype, inside TorchScript and inside an openmm-torch ``TorchForce``.
+cell); this wrapper adds the checks a simulation needs and computes the pair vectors and
+distances with our native ``torch.ops.openmm_geom.pair_geometry`` so that they have exact first
+*and second* derivatives with respect to positions and box (vesin's own vectors are wrong under
+double backward, which force matching needs), in any dtype, inside TorchScript and inside an
+openmm-torch ``TorchForce``.
 """
+import math
 from typing import List, Optional, Tuple
 
 import torch
 from vesin_torch import NeighborList
 
+from .pair_geometry import pair_geometry
+
 __all__ = ["neighbor_pairs", "check_box_holds_cutoff"]
+
+
+def _cross(u: List[float], v: List[float]) -> List[float]:
+    return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
+
+
+def _norm(u: List[float]) -> float:
+    return math.sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2])
 
 
 def check_box_holds_cutoff(box: torch.Tensor, cutoff: float) -> None:
@@ -25,19 +38,18 @@ def check_box_holds_cutoff(box: torch.Tensor, cutoff: float) -> None:
     if box.dim() != 2 or box.size(0) != 3 or box.size(1) != 3:
         raise ValueError("box must have shape (3, 3) (rows are the box vectors a, b, c), got "
                          + str(list(box.shape)))
-    if not bool(torch.isfinite(box).all()):
-        raise ValueError("box contains NaN or infinite values")
-    b = box.detach().to(torch.float64)
-    volume = torch.abs(torch.linalg.det(b))
-    if not bool(volume > 0.0):
-        rows: List[List[float]] = b.tolist()
+    # Nine numbers: one host transfer, then scalar arithmetic (cheaper than ~20 tiny tensor ops).
+    rows: List[List[float]] = box.detach().to(torch.float64).tolist()
+    for row in rows:
+        for value in row:
+            if not math.isfinite(value):
+                raise ValueError("box contains NaN or infinite values")
+    a, b, c = rows[0], rows[1], rows[2]
+    bc = _cross(b, c)
+    volume = abs(a[0] * bc[0] + a[1] * bc[1] + a[2] * bc[2])
+    if not volume > 0.0:
         raise ValueError("box is singular (zero volume): " + str(rows))
-    face_areas = torch.stack([
-        torch.linalg.cross(b[1], b[2]).norm(),
-        torch.linalg.cross(b[2], b[0]).norm(),
-        torch.linalg.cross(b[0], b[1]).norm(),
-    ])
-    min_width = float((volume / face_areas).min())
+    min_width = volume / max(_norm(bc), _norm(_cross(c, a)), _norm(_cross(a, b)))
     if 2.0 * cutoff > min_width:
         raise ValueError(
             "box too small for the cutoff: 2 x cutoff = " + str(2.0 * cutoff) + " exceeds the "
@@ -65,8 +77,8 @@ def neighbor_pairs(
         positions may lie outside the cell). ``None`` for a non-periodic system.
         The box must hold the cutoff under the minimum-image convention.
     n_threads : int
-        Threads for the pair search; 0 lets vesin decide (``OMP_NUM_THREADS`` if set, else all
-        cores; :func:`openmm_geom.set_threads` sets it).
+        Threads for the pair search; 0 means torch's intra-op thread count
+        (:func:`openmm_geom.set_threads` sets it).
 
     Returns
     -------
@@ -99,11 +111,12 @@ def neighbor_pairs(
         empty = positions.new_zeros((0, 3))
         return torch.zeros(2, 0, dtype=torch.int64, device=positions.device), empty, empty[:, 0]
     search = NeighborList(cutoff=cutoff, full_list=False, n_threads=n_threads)
+    # copy=True: the TorchScript interpreter drops `search` after its last use, which would
+    # free the buffers that views (copy=False) point into.
     found = search.compute(points=positions.detach(), box=cell.detach(), periodic=periodic,
-                           quantities="PS", copy=True)
-    pairs = found[0].t().to(torch.int64)
-    vectors = positions.index_select(0, pairs[1]) - positions.index_select(0, pairs[0])
-    if periodic:
-        vectors = vectors + found[1].to(positions.dtype) @ cell
-    distances = torch.linalg.vector_norm(vectors, dim=1)
+                           quantities="PS" if periodic else "P", copy=True)
+    shifts = found[1] if periodic else torch.zeros(0, 3, dtype=torch.int32)
+    # One native pass gives (2, P) pairs, the nearest-image vectors and the distances, with
+    # exact first and second derivatives with respect to positions and box.
+    pairs, vectors, distances = pair_geometry(positions, cell if periodic else None, found[0], shifts)
     return pairs, vectors, distances
