@@ -2,7 +2,7 @@
 
 Model: a periodic Lennard-Jones pair potential written in Angstrom and eV (argon-like:
 sigma 3.4 A, epsilon 0.0104 eV, cutoff 8.5 A) that finds its pairs with
-``openmm_geom.ops.neighbor_pairs``. Systems: jittered FCC lattices of 108 and 2048 atoms
+``openmm_geom.ops.NeighborPairs``. Systems: jittered FCC lattices of 108 and 2048 atoms
 (mass 39.948 amu) at liquid-argon density, 21 atoms/nm^3, so each atom has ~54 neighbours
 inside the cutoff; the 108-atom box (1.726 nm) just holds the 8.5 A cutoff.
 
@@ -49,7 +49,7 @@ import openmm_geom  # noqa: E402
 from openmm_geom.export import export_model  # noqa: E402
 from openmm_geom.modelfile import load_model  # noqa: E402
 from openmm_geom.openmm import python_force, torch_force  # noqa: E402
-from openmm_geom.ops import neighbor_pairs  # noqa: E402
+from openmm_geom.ops import NeighborPairs, neighbor_pairs  # noqa: E402
 
 DENSITY = 21.0  # atoms / nm^3, liquid argon near 85 K (1.40 g/cm^3)
 SIGMA = 3.4  # Angstrom
@@ -73,9 +73,10 @@ class LJ(torch.nn.Module):
     def __init__(self, eps: float = EPSILON, sigma: float = SIGMA, cutoff: float = CUTOFF):
         super().__init__()
         self.eps, self.sigma, self.cutoff = eps, sigma, cutoff
+        self.pairs = NeighborPairs(cutoff)
 
     def forward(self, pos: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-        _, _, d = neighbor_pairs(pos, self.cutoff, box)
+        _, _, d = self.pairs(pos, box)
         sr6 = (self.sigma / d) ** 6
         return (4 * self.eps * (sr6 * sr6 - sr6)).sum()
 

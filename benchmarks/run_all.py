@@ -1,10 +1,11 @@
 """Run every benchmark, each in its own process, and collect the results.
 
-Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py) and
-DIR/summary.json (headline numbers, pass/fail, machine load), and prints the tables. Exits
-non-zero if a benchmark fails, including any of its correctness checks.
+Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py),
+DIR/torchcv.json (bench_torchcv.py) and DIR/summary.json (headline numbers, pass/fail, machine
+load), and prints the tables. Exits non-zero if a benchmark fails, including any of its
+correctness checks.
 
-``--omp-passive`` also repeats both benchmarks (torchmd-net left out) with
+``--omp-passive`` also repeats every benchmark (torchmd-net neighbour lists left out) with
 ``OMP_WAIT_POLICY=PASSIVE`` into DIR/*_omp_passive.json: torch's OpenMP workers then sleep
 instead of spinning, which matters when another process competes for the cores (it must be
 set before torch starts, hence separate processes).
@@ -13,8 +14,8 @@ set before torch starts, hence separate processes).
 measurement is also retried when other processes took > 10% of the CPUs meanwhile, and the
 remaining contamination is recorded ("other_load") and flagged in the tables.
 
-    .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # ~3-4 minutes
-    .venv/bin/python benchmarks/run_all.py --out /tmp/bench --quick          # smoke, ~25 s
+    .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # ~6-7 minutes
+    .venv/bin/python benchmarks/run_all.py --out /tmp/bench --quick          # smoke, ~50 s
 """
 from __future__ import annotations
 
@@ -57,11 +58,23 @@ def headline(data: dict) -> list:
         return [{"threads": run["threads"], "n_atoms": r["n_atoms"],
                  "ours_ms": round(r["ours_ms"], 3), "vesin_ms": round(r["vesin_ms"], 3),
                  "ours_over_vesin": round(r["overhead_ratio"], 3),
+                 "functional_over_vesin": round(r["functional_over_vesin"], 3),
                  "torchmdnet_ms": None if r["torchmdnet_ms"] is None
                  else round(r["torchmdnet_ms"], 1),
                  "slope_ours": run["scaling_exponent"]["ours"],
                  "slope_vesin": run["scaling_exponent"]["vesin"]}
                 for run in data["runs"] for r in run["rows"]]
+    if data["benchmark"] == "torchcv":
+        return [{"threads": r["threads"], "k": r["k"],
+                 "floor_calls_per_s": round(r["floor_calls_per_s"], 1),
+                 "amber_steps_per_s": round(r["amber_steps_per_s"], 0),
+                 "ours_ns_per_day": round(r["ours_ns_per_day"], 2),
+                 "peer_ns_per_day": round(r["peer_ns_per_day"], 2),
+                 "speedup_ours_over_peer": round(r["speedup_ours_over_peer"], 3),
+                 "goal": r["goal"], "goal_met": r["goal_met"],
+                 "fused_ns_per_day": round(r["fused_ns_per_day"], 2),
+                 "ours_over_fused": round(r["ours_over_fused"], 3)}
+                for r in data["rows"]]
     return [{"threads": r["threads"], "n_atoms": s["n_atoms"],
              "floor_calls_per_s": round(r["floor_calls_per_s"], 1),
              "torchforce_steps_per_s": round(r["torchforce_steps_per_s"], 1),
@@ -76,7 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run (small N, short)")
     parser.add_argument("--threads", help="comma-separated thread counts (default: 1,cores)")
     parser.add_argument("--omp-passive", action="store_true",
-                        help="also run both with OMP_WAIT_POLICY=PASSIVE (*_omp_passive.json)")
+                        help="also run each with OMP_WAIT_POLICY=PASSIVE (*_omp_passive.json)")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for other processes to leave the CPUs")
     args = parser.parse_args(argv)
@@ -87,12 +100,14 @@ def main(argv=None) -> int:
     common = (["--quick"] if args.quick else []) + (["--threads", args.threads]
                                                      if args.threads else [])
     jobs = [("bench_neighbors.py", "neighbors.json", [], {}),
-            ("bench_bridge.py", "bridge.json", [], {})]
+            ("bench_bridge.py", "bridge.json", [], {}),
+            ("bench_torchcv.py", "torchcv.json", [], {})]
     if args.omp_passive:
         passive = {"OMP_WAIT_POLICY": "PASSIVE"}
         jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],
                   passive),
-                 ("bench_bridge.py", "bridge_omp_passive.json", [], passive)]
+                 ("bench_bridge.py", "bridge_omp_passive.json", [], passive),
+                 ("bench_torchcv.py", "torchcv_omp_passive.json", [], passive)]
     start = time.perf_counter()
     records = [run(script, out / name, common + extra, env)
                for script, name, extra, env in jobs]

@@ -18,7 +18,7 @@ import torch
 
 from openmm_geom.export import check_export, export_model
 from openmm_geom.openmm import torch_force
-from openmm_geom.ops import neighbor_pairs
+from openmm_geom.ops import NeighborPairs
 
 
 class LennardJones(torch.nn.Module):
@@ -27,10 +27,11 @@ class LennardJones(torch.nn.Module):
     def __init__(self, epsilon: float = 0.0104, sigma: float = 3.40, cutoff: float = 8.0):
         super().__init__()
         self.epsilon, self.sigma, self.cutoff = epsilon, sigma, cutoff
+        self.pairs = NeighborPairs(cutoff)  # a persistent neighbour search, called every step
         self.hyperparameters = {"epsilon_eV": epsilon, "sigma_A": sigma, "cutoff_A": cutoff}
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
-        _, _, r = neighbor_pairs(positions, self.cutoff, box)
+        _, _, r = self.pairs(positions, box)
         lj = (self.sigma / r) ** 6
         shift = (self.sigma / self.cutoff) ** 6
         return 4 * self.epsilon * ((lj * lj - lj) - (shift * shift - shift)).sum()

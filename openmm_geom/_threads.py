@@ -1,8 +1,9 @@
-"""One place that sets CPU threads for torch, vesin and OpenMM's CPU platform.
+"""One place that sets CPU threads for torch (and so vesin and our ops) and OpenMM's CPU platform.
 
-On CPU, oversubscription costs more than anything else: torch's intra-op pool, vesin's pair
-search and OpenMM's CPU platform each default to all cores, and running them side by side on
-2 cores was measured at 5 steps/s instead of 75-105 (blueprint section 4).
+On CPU, oversubscription costs more than anything else: torch's intra-op pool and OpenMM's
+CPU platform each default to all cores, and running them side by side on 2 cores was measured
+at 5 steps/s instead of 75-105 (blueprint section 4). vesin's pair search and our native ops
+use torch's intra-op thread count.
 """
 import os
 
@@ -23,16 +24,21 @@ def default_threads() -> int:
 
 
 def set_threads(n: int | None = None) -> int:
-    """Use ``n`` CPU threads in torch and vesin (and, via :func:`cpu_platform_properties`, OpenMM).
+    """Use ``n`` CPU threads in torch and as the default of OpenMM's CPU platform.
 
-    Returns the number set. ``None`` means :func:`default_threads`.
+    Returns the number set. ``None`` means :func:`default_threads`. Contexts created afterwards
+    on the CPU platform use ``n`` threads unless given a ``Threads`` property.
     """
+    import openmm
+
     n = default_threads() if n is None else int(n)
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
     torch.set_num_threads(n)
-    os.environ["OMP_NUM_THREADS"] = str(n)  # read by vesin at each neighbour search
-    os.environ["OPENMM_CPU_THREADS"] = str(n)  # OpenMM's CPU platform default
+    try:
+        openmm.Platform.getPlatformByName("CPU").setPropertyDefaultValue("Threads", str(n))
+    except Exception:  # no CPU platform in this OpenMM build: nothing to configure
+        pass
     return n
 
 
