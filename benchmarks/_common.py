@@ -1,10 +1,12 @@
 """Helpers shared by the benchmark scripts: timing, environment record, JSON output."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -161,3 +163,35 @@ def write_json(path, data: dict) -> None:
 def fmt(value, spec: str = ".2f") -> str:
     """Format a number for a table; ``-`` for None."""
     return "-" if value is None else format(value, spec)
+
+
+def parser(doc: str, default_out: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: --out, --quick, --threads."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / default_out))
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--threads", help="comma-separated thread counts (default: 1,cores)")
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse; smoke runs (--quick) must stay short, so they do not retry measurements."""
+    global CLEAN_RETRIES
+    args = p.parse_args(argv)
+    if args.quick:
+        CLEAN_RETRIES = 0
+    return args
+
+
+def report(table_text: str, measured_rows: list, checks: list, ok: bool, out) -> int:
+    """Print the table, flag contaminated rows and failed checks; the script's exit status."""
+    print(table_text)
+    dirty = sum(r["other_load"] > 0.1 for r in measured_rows)
+    if dirty:
+        print(f"WARNING: {dirty} measurement(s) ran while other processes used > 10% of the "
+              "CPUs (flagged above): rerun them on an idle machine")
+    for c in checks:
+        if not c["ok"]:
+            print(f"CHECK FAILED: {c}", file=sys.stderr)
+    print(f"checks: {'all passed' if ok else 'FAILED'} ({len(checks)}); wrote {out}")
+    return 0 if ok else 1

@@ -28,7 +28,6 @@ a mismatch makes the script exit with status 1.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -218,13 +217,8 @@ def table(systems: list) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results/bridge.json"))
-    parser.add_argument("--quick", action="store_true", help="108 and 500 atoms, short blocks")
-    parser.add_argument("--threads", help="comma-separated thread counts (default: 1,cores)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        _common.CLEAN_RETRIES = 0
+    args = _common.parse(_common.parser(__doc__, "bridge.json", "108 and 500 atoms, short blocks"),
+                         argv)
 
     mode = "quick" if args.quick else "full"
     env, monitor = environment(), LoadMonitor()
@@ -258,16 +252,8 @@ def main(argv=None) -> int:
         "checks": checks,
         "ok": ok,
     })
-    print(table(systems))
-    dirty = sum(r["other_load"] > 0.1 for r in [r for s in systems for r in s["by_threads"]])
-    if dirty:
-        print(f"WARNING: {dirty} measurement(s) ran while other processes used > 10% of the "
-              "CPUs (flagged above): rerun them on an idle machine")
-    for c in checks:
-        if not c["ok"]:
-            print(f"CHECK FAILED: {c}", file=sys.stderr)
-    print(f"checks: {'all passed' if ok else 'FAILED'} ({len(checks)}); wrote {args.out}")
-    return 0 if ok else 1
+    return _common.report(table(systems), [r for s in systems for r in s["by_threads"]], checks,
+                          ok, args.out)
 
 
 if __name__ == "__main__":

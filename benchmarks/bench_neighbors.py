@@ -30,7 +30,6 @@ of log time vs log N) of (a) and (b).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -165,15 +164,10 @@ def table(runs: list) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results/neighbors.json"))
-    parser.add_argument("--quick", action="store_true", help="N = 1000, 3000, few repeats")
-    parser.add_argument("--threads", help="comma-separated thread counts (default: 1,cores)")
-    parser.add_argument("--no-torchmdnet", action="store_true",
-                        help="skip torchmd-net (its 10k call takes 20-45 s)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        _common.CLEAN_RETRIES = 0
+    options = _common.parser(__doc__, "neighbors.json", "N = 1000, 3000, few repeats")
+    options.add_argument("--no-torchmdnet", action="store_true",
+                         help="skip torchmd-net (its 10k call takes 20-45 s)")
+    args = _common.parse(options, argv)
 
     sizes = QUICK if args.quick else FULL
     env, monitor = environment(), LoadMonitor()
@@ -201,16 +195,8 @@ def main(argv=None) -> int:
         "checks": checks,
         "ok": ok,
     })
-    print(table(runs))
-    dirty = sum(r["other_load"] > 0.1 for r in [r for run in runs for r in run["rows"]])
-    if dirty:
-        print(f"WARNING: {dirty} measurement(s) ran while other processes used > 10% of the "
-              "CPUs (flagged above): rerun them on an idle machine")
-    for c in checks:
-        if not c["ok"]:
-            print(f"CHECK FAILED: {c}", file=sys.stderr)
-    print(f"checks: {'all passed' if ok else 'FAILED'} ({len(checks)}); wrote {args.out}")
-    return 0 if ok else 1
+    return _common.report(table(runs), [r for run in runs for r in run["rows"]], checks, ok,
+                          args.out)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ The speedup ours/peer is compared with the goal 0.8*k; it is reported, not enfor
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import sys
@@ -321,13 +320,7 @@ def table(rows: list) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results/torchcv.json"))
-    parser.add_argument("--quick", action="store_true", help="k=2 only, short blocks")
-    parser.add_argument("--threads", help="comma-separated thread counts (default: 1,cores)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        _common.CLEAN_RETRIES = 0
+    args = _common.parse(_common.parser(__doc__, "torchcv.json", "k=2 only, short blocks"), argv)
 
     mode = "quick" if args.quick else "full"
     env, monitor = environment(), LoadMonitor()
@@ -386,16 +379,7 @@ def main(argv=None) -> int:
         "ok": ok,
     })
     if rows:
-        print(table(rows))
-    dirty = sum(r["other_load"] > 0.1 for r in rows)
-    if dirty:
-        print(f"WARNING: {dirty} measurement(s) ran while other processes used > 10% of the "
-              "CPUs (flagged above): rerun them on an idle machine")
-    for c in checks:
-        if not c["ok"]:
-            print(f"CHECK FAILED: {c}", file=sys.stderr)
-    print(f"checks: {'all passed' if ok else 'FAILED'} ({len(checks)}); wrote {args.out}")
-    return 0 if ok else 1
+        return _common.report(table(rows), rows, checks, ok, args.out)
 
 
 if __name__ == "__main__":
