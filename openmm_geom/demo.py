@@ -1,9 +1,11 @@
 """``openmm-geom demo``: the bridge end to end on bundled capped alanine.
 
 1. Export the backbone dihedrals (phi, psi) as a CV module, validate it in OpenMM Contexts.
-2. Bias phi with OpenMM's ``app.Metadynamics`` (CV = the exported module in a TorchForce).
-3. Log phi and psi on the fly with :class:`~openmm_geom.openmm.CVReporter`.
-4. Write the CSV, PNG figures and a JSON summary.
+2. Well-tempered metadynamics on (phi, psi) with one ``TorchCVForce``: the module runs once
+   per step, the bias is a tabulated 2D grid inside the same force.
+3. Log phi and psi on the fly with :class:`~openmm_geom.openmm.CVReporter` (reading the CVs
+   the force computed).
+4. Write the CSV, PNG figures (CV traces, free-energy surface) and a JSON summary.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def run_demo(out: Path, *, steps: int = 100_000, seed: int = 1, threads: int | N
     from .data import bundled
     from .export import check_export, export_model
     from .models import Dihedrals, backbone_quadruplets
-    from .openmm import CVReporter, torch_force
+    from .openmm import CVReporter, GridAxis, Metadynamics
     from .progress import ProgressReporter
 
     out = Path(out)
@@ -47,10 +49,10 @@ def run_demo(out: Path, *, steps: int = 100_000, seed: int = 1, threads: int | N
     (out / "check_export.json").write_text(report.to_json())
 
     temperature = 300 * unit.kelvin
-    phi = app.BiasVariable(torch_force(cv_path, output_index=0), -math.pi, math.pi,
-                           biasWidth=0.35, periodic=True, gridWidth=72)
-    meta = app.Metadynamics(system, [phi], temperature, biasFactor=6.0,
-                            height=1.5 * unit.kilojoule_per_mole, frequency=250)
+    axes = [GridAxis(name, -math.pi, math.pi, width=0.35, periodic=True, points=61)
+            for name in ("phi", "psi")]
+    meta = Metadynamics(system, cv_path, axes, temperature, bias_factor=6.0, height=1.5,
+                        frequency=250, force_group=5)
     integrator = openmm.LangevinMiddleIntegrator(temperature, 1 / unit.picosecond,
                                                  2 * unit.femtosecond)
     integrator.setRandomNumberSeed(seed)
@@ -60,10 +62,10 @@ def run_demo(out: Path, *, steps: int = 100_000, seed: int = 1, threads: int | N
     simulation.context.setPositions(pdb.positions)
     simulation.minimizeEnergy()
     simulation.context.setVelocitiesToTemperature(temperature, seed)
-    cv_log = CVReporter(out / "cvs.csv", 50, cv_path)
+    cv_log = CVReporter(out / "cvs.csv", 50, meta.force)
     simulation.reporters.append(cv_log)
     if progress:
-        simulation.reporters.append(ProgressReporter(steps, "metadynamics on phi"))
+        simulation.reporters.append(ProgressReporter(steps, "metadynamics on phi, psi"))
     start = time.perf_counter()
     meta.step(simulation, steps)
     elapsed = time.perf_counter() - start
@@ -71,9 +73,11 @@ def run_demo(out: Path, *, steps: int = 100_000, seed: int = 1, threads: int | N
 
     data = np.loadtxt(out / "cvs.csv", delimiter=",", comments="#")
     phi_series, psi_series = data[:, 2], data[:, 3]
-    free_energy = np.asarray(meta.getFreeEnergy().value_in_unit(unit.kilojoule_per_mole))
-    grid = np.linspace(-math.pi, math.pi, len(free_energy))
-    figures = _plot(out, data[:, 1], phi_series, psi_series, grid, free_energy)
+    free_energy = meta.free_energy()
+    free_energy -= free_energy.min()
+    np.savez(out / "free_energy.npz", phi=axes[0].grid, psi=axes[1].grid,
+             free_energy_kj_per_mol=free_energy)
+    figures = _plot(out, data[:, 1], phi_series, psi_series, axes[0].grid, free_energy)
     summary = {
         "steps": steps,
         "simulated_ps": steps * 0.002,
@@ -83,7 +87,8 @@ def run_demo(out: Path, *, steps: int = 100_000, seed: int = 1, threads: int | N
         "frames_logged": int(len(phi_series)),
         "fraction_phi_positive": float(np.mean(phi_series > 0)),
         "phi_sign_changes": int(np.sum(np.diff(np.sign(phi_series)) != 0)),
-        "free_energy_phi_range_kj_per_mol": float(free_energy.max() - free_energy.min()),
+        "hills": len(meta.hills),
+        "free_energy_range_kj_per_mol": float(free_energy.max()),
         "files": sorted(str(p.name) for p in out.iterdir()),
         "figures": figures,
     }
@@ -105,8 +110,11 @@ def _plot(out: Path, time_ps, phi, psi, grid, free_energy) -> list:
     axes[1].scatter(np.degrees(phi), np.degrees(psi), s=2, c=time_ps, cmap="viridis")
     axes[1].set(xlim=(-180, 180), ylim=(-180, 180), xlabel="phi (deg)", ylabel="psi (deg)",
                 title="Ramachandran (colour = time)")
-    axes[2].plot(np.degrees(grid), free_energy - free_energy.min())
-    axes[2].set(xlabel="phi (deg)", ylabel="F (kJ/mol)", title="metadynamics free energy")
+    image = axes[2].contourf(np.degrees(grid), np.degrees(grid), free_energy.T, levels=25,
+                             cmap="viridis")
+    fig.colorbar(image, ax=axes[2], label="F (kJ/mol)")
+    axes[2].set(xlabel="phi (deg)", ylabel="psi (deg)",
+                title="well-tempered metadynamics F(phi, psi)")
     fig.tight_layout()
     path = out / "demo.png"
     fig.savefig(path, dpi=110)
