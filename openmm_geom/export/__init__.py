@@ -6,10 +6,12 @@ The dependency points one way only: ``openmm_geom.openmm`` never imports this pa
 """
 from ..modelfile import ModelFileError, load_model, read_metadata
 from ..openmm.validation import ExportReport, check_export
+from .cg import export_cg_model
 from .torchscript import ExportError, export_model
 
 __all__ = [
     "export_model",
+    "export_cg_model",
     "check_export",
     "ExportReport",
     "ExportError",

@@ -1,4 +1,4 @@
 """Models: plain, scriptable ``torch.nn.Module``s. Training code never lives here."""
-from .geometry import Dihedrals, backbone_quadruplets, dihedral_angles
+from .geometry import Dihedrals, backbone_quadruplets, bond_angles, bond_lengths, dihedral_angles
 
-__all__ = ["Dihedrals", "dihedral_angles", "backbone_quadruplets"]
+__all__ = ["Dihedrals", "dihedral_angles", "bond_lengths", "bond_angles", "backbone_quadruplets"]

@@ -3,7 +3,28 @@ from typing import List, Sequence
 
 import torch
 
-__all__ = ["Dihedrals", "dihedral_angles", "backbone_quadruplets"]
+__all__ = ["Dihedrals", "dihedral_angles", "bond_lengths", "bond_angles", "backbone_quadruplets"]
+
+
+def _gather(positions: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+    """positions (..., n, 3), index (m, k) -> (..., m, k, 3)."""
+    shape = positions.shape[:-2] + (index.size(0), k, 3)
+    return positions.index_select(-2, index.reshape(-1)).reshape(shape)
+
+
+def bond_lengths(positions: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Distances of atom pairs: positions (..., n, 3), pairs (m, 2) -> (..., m)."""
+    p = _gather(positions, pairs, 2)
+    return torch.linalg.vector_norm(p[..., 1, :] - p[..., 0, :], dim=-1)
+
+
+def bond_angles(positions: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
+    """Angles i-j-k in radians: positions (..., n, 3), triplets (m, 3) -> (..., m)."""
+    p = _gather(positions, triplets, 3)
+    u = p[..., 0, :] - p[..., 1, :]
+    v = p[..., 2, :] - p[..., 1, :]
+    # atan2(|u x v|, u.v) is accurate near 0 and pi, unlike acos.
+    return torch.atan2(torch.linalg.vector_norm(torch.linalg.cross(u, v), dim=-1), (u * v).sum(-1))
 
 
 def dihedral_angles(positions: torch.Tensor, quadruplets: torch.Tensor) -> torch.Tensor:
@@ -11,17 +32,17 @@ def dihedral_angles(positions: torch.Tensor, quadruplets: torch.Tensor) -> torch
 
     Parameters
     ----------
-    positions : Tensor (N, 3)
+    positions : Tensor (..., N, 3)
     quadruplets : Tensor (k, 4) int64, atom indices i-j-k-l
 
     Returns
     -------
-    Tensor (k,), smooth except where three consecutive atoms are collinear.
+    Tensor (..., k), smooth except where three consecutive atoms are collinear.
     """
-    p = positions.index_select(0, quadruplets.reshape(-1)).reshape(-1, 4, 3)
-    b1 = p[:, 1] - p[:, 0]
-    b2 = p[:, 2] - p[:, 1]
-    b3 = p[:, 3] - p[:, 2]
+    p = _gather(positions, quadruplets, 4)
+    b1 = p[..., 1, :] - p[..., 0, :]
+    b2 = p[..., 2, :] - p[..., 1, :]
+    b3 = p[..., 3, :] - p[..., 2, :]
     n2 = torch.linalg.cross(b2, b3)
     # atan2(|b2| b1.(b2 x b3), (b1 x b2).(b2 x b3)): well conditioned at every angle.
     y = torch.linalg.vector_norm(b2, dim=-1) * (b1 * n2).sum(-1)

@@ -1,0 +1,1 @@
+"""Training: estimators that fit models to data. Models never import this package."""

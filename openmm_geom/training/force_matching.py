@@ -1,0 +1,209 @@
+"""Force matching (eq. 3 of the CGSchNet paper) with time-block k-fold cross-validation.
+
+Each fold trains one CGSchNet on all time blocks but one and validates on the held-out block
+(contiguous in time, with a gap on both sides so that correlated neighbouring frames do not
+leak into validation). Early stopping keeps a deep copy of the best state. The k fold models
+become one k-member ensemble (:func:`openmm_geom.models.cgschnet.stack_ensemble`), as in the
+paper (five models). Training is resumable: every fold checkpoints atomically each epoch.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+
+from ..modelfile import atomic_write_bytes
+from ..models.cgschnet import CGSchNet, stack_ensemble
+from ..progress import progress_bar
+
+__all__ = ["TrainConfig", "time_block_folds", "force_matching_loss", "train_fold",
+           "train_ensemble", "FoldResult"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Force-matching hyper-parameters (lengths nm, forces kJ/mol/nm)."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    final_learning_rate: float = 3e-4
+    weight_decay: float = 0.0
+    patience: int = 6
+    folds: int = 5
+    gap_frames: int = 10
+    seed: int = 0
+    max_train_frames: Optional[int] = None  # subsample training frames per epoch (stride)
+
+
+def time_block_folds(n_frames: int, folds: int, gap: int = 0) -> List[tuple]:
+    """(train_indices, validation_indices) per fold; validation = one contiguous time block.
+
+    ``gap`` frames on each side of the validation block are left out of training.
+    """
+    if folds < 2:
+        raise ValueError("cross-validation needs at least 2 folds")
+    if n_frames < folds * (2 * gap + 2):
+        raise ValueError(f"{n_frames} frames are too few for {folds} folds with gap {gap}")
+    edges = np.linspace(0, n_frames, folds + 1).astype(int)
+    result = []
+    for k in range(folds):
+        lo, hi = edges[k], edges[k + 1]
+        validation = np.arange(lo, hi)
+        keep = np.ones(n_frames, bool)
+        keep[max(0, lo - gap):min(n_frames, hi + gap)] = False
+        result.append((np.flatnonzero(keep), validation))
+    return result
+
+
+def force_matching_loss(model: torch.nn.Module, positions: torch.Tensor, forces: torch.Tensor,
+                        create_graph: bool = True) -> torch.Tensor:
+    """Eq. (3): mean over frames, beads and components of |F_mapped + grad U|^2."""
+    x = positions.detach().requires_grad_(True)
+    energy = model(x)
+    (gradient,) = torch.autograd.grad(energy.sum(), x, create_graph=create_graph)
+    return ((forces + gradient) ** 2).mean()
+
+
+def _evaluate(model, positions, forces, batch_size) -> float:
+    """Loss over the whole set (not a mean of batch means)."""
+    total, count = 0.0, 0
+    for start in range(0, len(positions), batch_size):
+        x, f = positions[start:start + batch_size], forces[start:start + batch_size]
+        loss = force_matching_loss(model, x, f, create_graph=False)
+        total += float(loss.detach()) * f.numel()
+        count += f.numel()
+    return total / count
+
+
+@dataclasses.dataclass
+class FoldResult:
+    fold: int
+    best_epoch: int
+    best_validation: float
+    history: dict
+    state: dict
+
+
+def _save(path: Path, payload: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def train_fold(make_model: Callable[[int], CGSchNet], positions: torch.Tensor,
+               forces: torch.Tensor, train_idx, val_idx, config: TrainConfig, fold: int,
+               checkpoint: Optional[Path] = None, progress: bool = True,
+               callback: Optional[Callable[[int, dict], None]] = None) -> FoldResult:
+    """Train one model; resumes from ``checkpoint`` if it exists. Returns the best state.
+
+    ``callback(epoch, history)`` runs after each epoch's checkpoint (logging, or stopping).
+    """
+    torch.manual_seed(config.seed + 1000 * fold)
+    model = make_model(config.seed + fold)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
+    gamma = (config.final_learning_rate / config.learning_rate) ** (1.0 / max(config.epochs - 1, 1))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
+    history = {"epoch": [], "train": [], "validation": [], "learning_rate": []}
+    best_state, best_val, best_epoch, start_epoch, stale = None, math.inf, -1, 0, 0
+    generator = torch.Generator().manual_seed(config.seed + 7919 * fold)
+    if checkpoint is not None and Path(checkpoint).exists():
+        saved = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        history = saved["history"]
+        best_state, best_val, best_epoch = saved["best_state"], saved["best_validation"], saved["best_epoch"]
+        start_epoch, stale = saved["epoch"] + 1, saved["stale"]
+        generator.set_state(saved["generator"])
+        if saved.get("finished"):
+            model.load_state_dict(best_state)
+            return FoldResult(fold, best_epoch, best_val, history, best_state)
+    train_idx = torch.as_tensor(train_idx)
+    if config.max_train_frames and len(train_idx) > config.max_train_frames:
+        stride = math.ceil(len(train_idx) / config.max_train_frames)
+    else:
+        stride = 1
+    x_val, f_val = positions[val_idx], forces[val_idx]
+    bar = progress_bar(config.epochs, f"fold {fold + 1}/{config.folds}", enabled=progress,
+                       unit="epoch")
+    bar.update(start_epoch)
+    for epoch in range(start_epoch, config.epochs):
+        offset = int(torch.randint(stride, (1,), generator=generator))
+        subset = train_idx[offset::stride]
+        order = subset[torch.randperm(len(subset), generator=generator)]
+        model.train()
+        total, count = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            loss = force_matching_loss(model, positions[batch], forces[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+        scheduler.step()
+        model.eval()
+        validation = _evaluate(model, x_val, f_val, 4 * config.batch_size)
+        history["epoch"].append(epoch)
+        history["train"].append(total / count)
+        history["validation"].append(validation)
+        history["learning_rate"].append(optimizer.param_groups[0]["lr"])
+        if validation < best_val:
+            best_val, best_epoch, stale = validation, epoch, 0
+            # A deep copy: state_dict() returns live references that later steps overwrite.
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        finished = stale >= config.patience or epoch == config.epochs - 1
+        if checkpoint is not None:
+            _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "history": history,
+                               "best_state": best_state, "best_validation": best_val,
+                               "best_epoch": best_epoch, "epoch": epoch, "stale": stale,
+                               "generator": generator.get_state(), "finished": finished})
+        bar.set_postfix(train=f"{total / count:.1f}", val=f"{validation:.1f}")
+        bar.update(1)
+        if callback is not None:
+            callback(epoch, history)
+        if finished:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    return FoldResult(fold, best_epoch, best_val, history, best_state)
+
+
+def train_ensemble(make_model: Callable[[int], CGSchNet], positions, forces, config: TrainConfig,
+                   out_dir: Optional[Path] = None, progress: bool = True):
+    """Train ``config.folds`` models by time-block cross-validation; returns (ensemble, results)."""
+    x = torch.as_tensor(np.asarray(positions))
+    f = torch.as_tensor(np.asarray(forces), dtype=x.dtype)
+    if x.shape != f.shape or x.dim() != 3 or x.shape[-1] != 3:
+        raise ValueError(f"positions {tuple(x.shape)} and forces {tuple(f.shape)} must both be "
+                         "(frames, beads, 3)")
+    if not (torch.isfinite(x).all() and torch.isfinite(f).all()):
+        raise ValueError("training data contain NaN or infinite values")
+    results, models = [], []
+    for fold, (train_idx, val_idx) in enumerate(time_block_folds(len(x), config.folds,
+                                                                 config.gap_frames)):
+        checkpoint = None if out_dir is None else Path(out_dir) / f"fold{fold}.ckpt"
+        result = train_fold(make_model, x, f, train_idx, val_idx, config, fold, checkpoint,
+                            progress)
+        model = make_model(config.seed + fold)
+        model.load_state_dict(result.state)
+        results.append(result)
+        models.append(model)
+    ensemble = stack_ensemble(models)
+    if out_dir is not None:
+        summary = [{"fold": r.fold, "best_epoch": r.best_epoch, "best_validation": r.best_validation,
+                    "history": r.history} for r in results]
+        atomic_write_bytes(Path(out_dir) / "training.json", json.dumps(summary, indent=1).encode())
+    return ensemble, results
