@@ -1,0 +1,260 @@
+"""PNG figures in the style of the CGSchNet paper (Figs. 4, 5 and 7).
+
+Every function draws on its own :class:`matplotlib.figure.Figure` with the Agg canvas (no
+pyplot, no global backend state), writes a PNG to ``path`` (creating parent directories) and
+returns ``path`` as a :class:`pathlib.Path`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .free_energy import (
+    NoiseCurve,
+    bin_edges,
+    free_energy_surface,
+    noise_equivalent_sigma,
+)
+
+__all__ = ["plot_free_energy_surfaces", "plot_noise_curve", "plot_tica_free_energy"]
+
+PathLike = Union[str, Path]
+_CMAP = "nipy_spectral"
+
+
+def _save(fig: Figure, path: PathLike, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def _finite_max(arrays) -> float:
+    values = [a[np.isfinite(a)] for a in arrays]
+    values = [v for v in values if v.size]
+    return float(max(v.max() for v in values)) if values else 1.0
+
+
+def plot_free_energy_surfaces(
+    histograms: Mapping[str, np.ndarray],
+    path: PathLike,
+    kT: float,
+    reference: Optional[str] = None,
+    fmax: Optional[float] = None,
+    dpi: int = 120,
+) -> Path:
+    """Fig. 4: 2D (phi, psi) free-energy surfaces side by side plus 1D phi and psi profiles.
+
+    Parameters
+    ----------
+    histograms : mapping of label to numpy.ndarray (bins, bins)
+        Periodic (phi, psi) counts from :func:`~openmm_geom.analysis.ramachandran_histogram`,
+        one column per entry, in order.
+    path : str or Path
+        Output PNG.
+    kT : float
+        Thermal energy, kJ/mol (free energies are ``-kT ln p``, minimum 0 per dataset).
+    reference : str, optional
+        Label of the reference dataset, shaded in every 1D panel; default the first entry.
+    fmax : float, optional
+        Top of the shared colour scale and 1D axes (kJ/mol); default the largest finite value.
+    dpi : int, default 120
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    if not histograms:
+        raise ValueError("no histograms given")
+    labels = list(histograms)
+    reference = labels[0] if reference is None else reference
+    if reference not in histograms:
+        raise KeyError(f"reference {reference!r} is not one of {labels}")
+    counts = {k: np.asarray(v, dtype=np.float64) for k, v in histograms.items()}
+    bins = counts[labels[0]].shape[0]
+    for label, c in counts.items():
+        if c.shape != (bins, bins):
+            raise ValueError(f"histogram {label!r} has shape {c.shape}, expected {(bins, bins)}")
+    surfaces = {k: free_energy_surface(c, kT) for k, c in counts.items()}
+    # 1D profiles from the marginals: axis 0 of the histogram is phi, axis 1 is psi.
+    profiles = {
+        k: (free_energy_surface(c.sum(axis=1), kT), free_energy_surface(c.sum(axis=0), kT))
+        for k, c in counts.items()
+    }
+    top = fmax if fmax is not None else _finite_max(surfaces.values())
+    edges = bin_edges(bins)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+
+    n = len(labels)
+    fig = Figure(figsize=(3.0 * n + 0.8, 8.4), layout="constrained")
+    axes = fig.subplots(3, n, squeeze=False)
+    image = None
+    for col, label in enumerate(labels):
+        ax = axes[0, col]
+        surface = np.ma.masked_invalid(surfaces[label].T)  # rows = psi for imshow
+        image = ax.imshow(surface, origin="lower", extent=(-math.pi, math.pi, -math.pi, math.pi),
+                          cmap=_CMAP, vmin=0.0, vmax=top, interpolation="nearest", aspect="equal")
+        ax.set_title(label)
+        ax.set_xlabel(r"$\phi$ (rad)")
+        if col == 0:
+            ax.set_ylabel(r"$\psi$ (rad)")
+        for row, name in ((1, r"$\phi$"), (2, r"$\psi$")):
+            ax = axes[row, col]
+            ref_profile = profiles[reference][row - 1]
+            finite = np.isfinite(ref_profile)
+            ax.fill_between(centres, 0.0, np.where(finite, ref_profile, np.nan), color="0.75",
+                            step="mid", label=reference)
+            ax.plot(centres, np.where(np.isfinite(profiles[label][row - 1]),
+                                      profiles[label][row - 1], np.nan),
+                    color="k", lw=1.6, drawstyle="steps-mid", label=label)
+            ax.set_ylim(0.0, 1.05 * _finite_max([p[row - 1] for p in profiles.values()]))
+            ax.set_xlabel(f"{name} (rad)")
+            if col == 0:
+                ax.set_ylabel(f"F({name}) (kJ/mol)")
+        axes[1, col].legend(fontsize=7, loc="upper right")
+    for ax in axes.ravel():
+        ax.set_xlim(-math.pi, math.pi)
+    fig.colorbar(image, ax=axes[0, :].tolist(), label="F (kJ/mol)", shrink=0.9)
+    return _save(fig, path, dpi)
+
+
+def plot_noise_curve(
+    curve: NoiseCurve,
+    path: PathLike,
+    cg_kl=None,
+    cg_mse=None,
+    label: str = "CG",
+    show_realisations: bool = True,
+    dpi: int = 120,
+) -> Path:
+    """Fig. 5: KL divergence and MSE versus noise sigma, with a CG run's values.
+
+    Parameters
+    ----------
+    curve : NoiseCurve
+        From :func:`~openmm_geom.analysis.noise_curve`.
+    path : str or Path
+        Output PNG.
+    cg_kl : float or KLResult, optional
+        KL(reference || CG) with the curve's empty-bin policy: drawn as a coloured horizontal
+        dashed line, its noise-equivalent sigma as a black vertical dashed line.
+    cg_mse : float or dict, optional
+        MSE of the CG run (:func:`~openmm_geom.analysis.mse_bin_energies`), drawn likewise.
+    label : str, default "CG"
+        Legend label of the CG run.
+    show_realisations : bool, default True
+        Draw every realisation's curve thinly under the mean (the paper shows all 50).
+    dpi : int, default 120
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    fig = Figure(figsize=(9.0, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    sigmas = curve.sigmas_angstrom
+    panels = (
+        (axes[0], curve.kl, curve.kl_mean, cg_kl, "kl", f"KL divergence ({curve.empty})"),
+        (axes[1], curve.mse, curve.mse_mean, cg_mse, "mse", r"MSE (kJ/mol)$^2$"),
+    )
+    for ax, per_seed, mean, cg_value, metric, ylabel in panels:
+        if show_realisations:
+            for line in per_seed:
+                ax.plot(sigmas, line, color="tab:blue", lw=0.5, alpha=0.3)
+        ax.plot(sigmas, mean, color="tab:blue", lw=2.0,
+                label=f"reference + noise (mean of {curve.seeds})")
+        if cg_value is not None:
+            value = cg_value["value"] if isinstance(cg_value, dict) else float(cg_value)
+            ax.axhline(value, color="tab:purple", ls="--", label=f"{label}: {value:.3g}")
+            if math.isfinite(value):
+                match = noise_equivalent_sigma(cg_value, curve, metric=metric)
+                bound = ">" if match.beyond_range else ""
+                ax.axvline(match.sigma_angstrom, color="k", ls="--",
+                           label=rf"$\sigma$ {bound}= {match.sigma_angstrom:.3f} $\AA$")
+        ax.set_xlabel(r"noise $\sigma$ ($\AA$)")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(sigmas[0], sigmas[-1])
+        ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path, dpi)
+
+
+def plot_tica_free_energy(
+    projections,
+    path: PathLike,
+    kT: float,
+    bins: int = 120,
+    weights=None,
+    fmax: Optional[float] = None,
+    dpi: int = 120,
+) -> Path:
+    """Fig. 7 (top row): free energy on the first two TICA coordinates, datasets side by side.
+
+    Parameters
+    ----------
+    projections : numpy.ndarray (T, >=2) or list of them, or mapping of label to those
+        TICA projections (e.g. :meth:`~openmm_geom.analysis.TICA.transform`); a list of
+        trajectories is concatenated. All datasets share the binning range and colour scale.
+    path : str or Path
+        Output PNG.
+    kT : float
+        Thermal energy, kJ/mol.
+    bins : int, default 120
+        Bins per axis (the paper uses 120).
+    weights : array_like or mapping of label to array_like, optional
+        Per-frame weights (e.g. MSM stationary weights, as in the paper), same layout as
+        ``projections``.
+    fmax : float, optional
+        Top of the shared colour scale (kJ/mol).
+    dpi : int, default 120
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    def stack(x):
+        if isinstance(x, np.ndarray):
+            return np.asarray(x, dtype=np.float64)
+        return np.concatenate([np.asarray(t, dtype=np.float64) for t in x])
+
+    datasets = dict(projections) if isinstance(projections, Mapping) else {"": projections}
+    data = {k: stack(v) for k, v in datasets.items()}
+    for label, x in data.items():
+        if x.ndim != 2 or x.shape[1] < 2:
+            raise ValueError(f"projections {label!r} must have shape (T, >=2), got {x.shape}")
+    if weights is None:
+        w = {k: None for k in data}
+    elif isinstance(weights, Mapping):
+        w = {k: stack(weights[k]).reshape(-1) for k in data}
+    else:
+        if len(data) != 1:
+            raise ValueError("pass weights as a mapping when plotting several datasets")
+        w = {next(iter(data)): stack(weights).reshape(-1)}
+    both = np.concatenate([x[:, :2] for x in data.values()])
+    lo, hi = both.min(axis=0), both.max(axis=0)
+    pad = 1e-9 * np.maximum(hi - lo, 1.0)
+    ranges = [(lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1])]
+    surfaces = {}
+    for label, x in data.items():
+        counts, xedges, yedges = np.histogram2d(x[:, 0], x[:, 1], bins=bins, range=ranges,
+                                                weights=w[label])
+        surfaces[label] = free_energy_surface(counts, kT)
+    top = fmax if fmax is not None else _finite_max(surfaces.values())
+
+    n = len(data)
+    fig = Figure(figsize=(3.6 * n + 0.8, 3.6), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    image = None
+    for ax, (label, surface) in zip(axes, surfaces.items()):
+        image = ax.pcolormesh(xedges, yedges, np.ma.masked_invalid(surface.T), cmap=_CMAP,
+                              vmin=0.0, vmax=top, shading="flat")
+        ax.set_title(label)
+        ax.set_xlabel("TIC 1")
+        ax.set_ylabel("TIC 2")
+    fig.colorbar(image, ax=axes.tolist(), label="F (kJ/mol)", shrink=0.9)
+    return _save(fig, path, dpi)
