@@ -70,6 +70,71 @@ def _cmd_demo(args) -> int:
     return 0 if summary["check_export_passed"] else 1
 
 
+def _cmd_datagen(args) -> int:
+    from .data.datagen import generate_reference, load_reference
+
+    path = generate_reference(
+        args.pdb, args.out, forcefield=tuple(args.forcefield), n_frames=args.frames,
+        save_interval_ps=args.interval_ps, timestep_fs=args.timestep_fs,
+        temperature_K=args.temperature, friction_per_ps=args.friction,
+        equilibration_ps=args.equilibration_ps, seed=args.seed, constraints=args.constraints,
+        platform=args.platform, threads=args.threads, progress=not args.no_progress)
+    data = load_reference(path)
+    summary = {"out": str(path), "frames": int(data["positions"].shape[0]),
+               "atoms": int(data["positions"].shape[1]),
+               "periodic": data.get("box_vectors") is not None}
+    _emit(args, summary, f"wrote {path}: {summary['frames']} frames of {summary['atoms']} atoms")
+    return 0
+
+
+def _cg_settings(args):
+    import dataclasses
+
+    from .workflows.coarse_grain import PRODUCTION, QUICK
+
+    base = QUICK if getattr(args, "quick", False) else PRODUCTION
+    overrides = {name: getattr(args, name) for name in
+                 ("folds", "epochs", "replicas", "steps", "noise_seeds", "integrator")
+                 if getattr(args, name, None) is not None}
+    if getattr(args, "timestep_fs", None) is not None:
+        overrides["timestep_ps"] = args.timestep_fs / 1000
+    return dataclasses.replace(base, **overrides)
+
+
+def _cmd_cg(args) -> int:
+    from .workflows import coarse_grain as cg
+
+    settings = _cg_settings(args)
+    from . import set_threads
+
+    set_threads(args.threads)
+    if args.cg_command == "train":
+        data = cg.load_cg_data(args.data, pdb=args.pdb, mapping=args.mapping)
+        result = cg.train(data, args.out, settings, seed=args.seed, progress=not args.no_progress)
+    elif args.cg_command == "simulate":
+        from .models.cgschnet import load_cgschnet
+
+        start = cg.load_cg_data(args.start, pdb=args.pdb, need_forces=False)
+        model, _ = load_cgschnet(args.model)
+        if start.mapping.n_beads != model.n_beads:
+            raise SystemExit(f"error: {args.model} is a {model.n_beads}-bead model but "
+                             f"{args.start} maps to {start.mapping.n_beads} beads")
+        result = cg.simulate(args.model, cg.start_configurations(start.positions, settings.replicas),
+                             args.out, settings, seed=args.seed, progress=not args.no_progress)
+    elif args.cg_command == "evaluate":
+        reference = cg.load_cg_data(args.reference, pdb=args.pdb, need_forces=False)
+        result = cg.evaluate(reference.positions, args.trajectory, args.out,
+                             temperature_K=reference.temperature_K, settings=settings, seed=args.seed)
+    else:  # reproduce
+        result = cg.reproduce(args.train, args.reference, args.out, settings=settings,
+                              seed=args.seed, threads=args.threads, pdb=args.pdb,
+                              progress=not args.no_progress)
+    text = "\n".join(f"{k}: {v}" for k, v in result.items()
+                     if not isinstance(v, (dict, list)))
+    _emit(args, result, text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="openmm-geom",
@@ -100,6 +165,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("datagen", help="all-atom OpenMM run saving positions + forces")
+    p.add_argument("pdb", help="input structure (PDB)")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--forcefield", nargs="+", default=["amber14-all.xml"],
+                   help="OpenMM force-field XML files")
+    p.add_argument("--frames", type=int, required=True)
+    p.add_argument("--interval-ps", type=float, default=1.0, help="ps between saved frames")
+    p.add_argument("--timestep-fs", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=300.0, help="K")
+    p.add_argument("--friction", type=float, default=1.0, help="1/ps")
+    p.add_argument("--equilibration-ps", type=float, default=100.0)
+    p.add_argument("--constraints", default=None, help="None (default), HBonds, AllBonds")
+    p.add_argument("--platform", default="CPU")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_datagen)
+
+    cgp = sub.add_parser("cg", help="coarse graining: train | simulate | evaluate | reproduce")
+    cgsub = cgp.add_subparsers(dest="cg_command", required=True)
+
+    def common(q):
+        q.add_argument("--out", required=True, help="output directory")
+        q.add_argument("--pdb", default=None, help="topology, if the data file has none")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--threads", type=int, default=None)
+        q.add_argument("--quick", action="store_true", help="the few-minute QUICK settings")
+        q.add_argument("--no-progress", action="store_true")
+        q.add_argument("--json", action="store_true")
+        q.set_defaults(func=_cmd_cg)
+
+    q = cgsub.add_parser("train", help="priors + k-fold CGSchNet ensemble by force matching")
+    q.add_argument("--data", required=True, help="all-atom npz with positions and forces")
+    q.add_argument("--mapping", default="auto", choices=["auto", "alanine", "ca"])
+    q.add_argument("--folds", type=int)
+    q.add_argument("--epochs", type=int)
+    common(q)
+    q = cgsub.add_parser("simulate", help="batched Langevin simulation of a trained model")
+    q.add_argument("--model", required=True, help="cg_model.pt from `cg train`")
+    q.add_argument("--start", required=True, help="npz whose mapped frames seed the replicas")
+    q.add_argument("--replicas", type=int)
+    q.add_argument("--steps", type=int)
+    q.add_argument("--timestep-fs", type=float)
+    q.add_argument("--integrator", choices=["baoab", "overdamped"])
+    common(q)
+    q = cgsub.add_parser("evaluate", help="KL, MSE, noise-equivalent sigma, figures")
+    q.add_argument("--reference", required=True, help="all-atom npz (held out)")
+    q.add_argument("--trajectory", required=True, help="cg_trajectory.h5 from `cg simulate`")
+    q.add_argument("--noise-seeds", type=int)
+    common(q)
+    q = cgsub.add_parser("reproduce", help="the whole job on all-atom data; one JSON of metrics")
+    q.add_argument("--train", required=True)
+    q.add_argument("--reference", required=True)
+    q.add_argument("--replicas", type=int)
+    q.add_argument("--steps", type=int)
+    q.add_argument("--folds", type=int)
+    q.add_argument("--epochs", type=int)
+    q.add_argument("--noise-seeds", type=int)
+    common(q)
     return parser
 
 

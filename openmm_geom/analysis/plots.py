@@ -21,7 +21,8 @@ from .free_energy import (
     noise_equivalent_sigma,
 )
 
-__all__ = ["plot_free_energy_surfaces", "plot_noise_curve", "plot_tica_free_energy"]
+__all__ = ["plot_free_energy_surfaces", "plot_noise_curve", "plot_tica_free_energy",
+           "plot_learning_curves"]
 
 PathLike = Union[str, Path]
 _CMAP = "nipy_spectral"
@@ -257,4 +258,25 @@ def plot_tica_free_energy(
         ax.set_xlabel("TIC 1")
         ax.set_ylabel("TIC 2")
     fig.colorbar(image, ax=axes.tolist(), label="F (kJ/mol)", shrink=0.9)
+    return _save(fig, path, dpi)
+
+
+def plot_learning_curves(histories, path: PathLike, dpi: int = 120) -> Path:
+    """Training and validation loss per epoch for each cross-validation fold.
+
+    ``histories``: one dict per fold with lists ``epoch``, ``train``, ``validation``.
+    """
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for fold, history in enumerate(histories):
+        line, = ax.plot(history["epoch"], history["train"], "--", lw=1.2,
+                        label=f"fold {fold + 1} train")
+        ax.plot(history["epoch"], history["validation"], "-", lw=1.6, color=line.get_color(),
+                label=f"fold {fold + 1} validation")
+        best = int(np.argmin(history["validation"]))
+        ax.plot(history["epoch"][best], history["validation"][best], "o", color=line.get_color())
+    ax.set(xlabel="epoch", ylabel="force-matching loss ((kJ/mol/nm)$^2$)",
+           title="learning curves (dots: restored best epoch)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
     return _save(fig, path, dpi)

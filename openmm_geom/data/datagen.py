@@ -893,13 +893,15 @@ def _check_per_atom(name: str, array: np.ndarray, n_atoms: int, path: Path) -> N
                          f"expected numbers of shape ({n_atoms},) for {n_atoms} atoms")
 
 
-def load_reference(path: Union[str, os.PathLike]) -> dict:
+def load_reference(path: Union[str, os.PathLike], require_forces: bool = True) -> dict:
     """Read and check a reference ``.npz`` (ours or the shared ``ala2_vacuum_300K_*.npz``).
 
     Parameters
     ----------
     path : path
         The file.
+    require_forces : bool
+        Whether a ``forces`` array is required (training needs it; evaluation does not).
 
     Returns
     -------
@@ -932,10 +934,10 @@ def load_reference(path: Union[str, os.PathLike]) -> dict:
         raise ValueError(f"{path} is corrupt or not a NumPy npz file: {error}") from error
 
     data = {_ALIASES.get(key, key): value for key, value in raw.items()}
-    for key in ("positions", "forces"):
+    for key in ("positions", "forces") if require_forces else ("positions",):
         if key not in data:
             raise ValueError(f"{path} has no {key!r} array (it has: {sorted(raw)})")
-    positions, forces = data["positions"], data["forces"]
+    positions, forces = data["positions"], data.get("forces", data["positions"])
     if positions.ndim != 3 or positions.shape[2] != 3 or 0 in positions.shape:
         raise ValueError(f"{path}: positions must have shape (frames > 0, atoms > 0, 3), "
                          f"got {positions.shape}")

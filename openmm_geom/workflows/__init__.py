@@ -1,0 +1,1 @@
+"""End-to-end jobs assembled from the library (what the CLI runs)."""

@@ -1,0 +1,287 @@
+"""The coarse-graining job: all-atom data -> mapping -> priors -> CGSchNet ensemble by force
+matching -> batched CG simulation -> free-energy comparison with a held-out reference.
+
+Every step writes its products into one output directory and can be run on its own
+(``openmm-geom cg train|simulate|evaluate``) or all together (``openmm-geom cg reproduce``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import set_threads
+from ..analysis import (ALANINE_CG_PHI_PSI, dihedrals, kl_divergence, mse_bin_energies,
+                        noise_curve, noise_equivalent_sigma, ramachandran_histogram)
+from ..data.datagen import load_reference, reference_topology
+from ..data.mapping import CGMapping, alanine_backbone_cb_mapping, ca_mapping
+from ..export import export_cg_model
+from ..modelfile import atomic_write_bytes, sha256_of_arrays
+from ..models.cgschnet import CGSchNet, load_cgschnet, save_cgschnet
+from ..models.priors import fit_priors
+from ..simulate import BatchedLangevin, EnsembleForces, TrajectoryWriter, read_trajectory
+from ..training.force_matching import TrainConfig, train_ensemble
+from ..units import MOLAR_GAS_CONSTANT_KJ
+
+__all__ = ["CGSettings", "PRODUCTION", "QUICK", "CGData", "load_cg_data", "train", "simulate",
+           "evaluate", "reproduce"]
+
+ALANINE_BONDS = [(0, 1), (1, 2), (2, 3), (3, 4), (2, 5)]  # C-N-CA-C-N backbone + CA-CB
+
+
+@dataclasses.dataclass
+class CGSettings:
+    """Everything the CG job needs besides data. Lengths nm, time ps, energies kJ/mol."""
+
+    # model
+    features: int = 32
+    filters: int = 32
+    interactions: int = 2
+    n_rbf: int = 16
+    output_hidden: int = 16
+    cutoff_nm: float = 1.0
+    dtype: str = "float32"
+    # priors
+    prior_method: str = "cgnet"
+    dihedral_harmonics: int = 3
+    # training
+    folds: int = 5
+    epochs: int = 15
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    final_learning_rate: float = 3e-4
+    patience: int = 5
+    max_train_frames: Optional[int] = 40_000
+    # simulation
+    replicas: int = 100
+    steps: int = 200_000
+    timestep_ps: float = 0.002
+    friction_per_ps: float = 1.0
+    save_interval: int = 250
+    integrator: str = "baoab"
+    # evaluation
+    noise_seeds: int = 50
+    equilibration_fraction: float = 0.1
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
+                           learning_rate=self.learning_rate,
+                           final_learning_rate=self.final_learning_rate, patience=self.patience,
+                           folds=self.folds, seed=seed, max_train_frames=self.max_train_frames)
+
+
+#: The documented production setting of ``openmm-geom cg reproduce`` (under 60 min, 2 cores).
+PRODUCTION = CGSettings()
+#: A few-minute setting for the demo and the tests.
+QUICK = CGSettings(folds=2, epochs=2, max_train_frames=4000, replicas=16, steps=4000,
+                   save_interval=50, noise_seeds=3)
+
+
+@dataclasses.dataclass
+class CGData:
+    """Mapped coordinates and forces of an all-atom dataset."""
+
+    mapping: CGMapping
+    positions: np.ndarray  # (frames, beads, 3) nm
+    forces: Optional[np.ndarray]  # (frames, beads, 3) kJ/mol/nm
+    temperature_K: float
+    masses: np.ndarray  # (beads,) amu
+    bonds: list
+    data_hash: str
+    source: str
+
+
+def _mapping(topology, kind: str) -> CGMapping:
+    if kind == "auto":
+        names = [r.name for r in topology.residues()]
+        kind = "alanine" if names == ["ACE", "ALA", "NME"] else "ca"
+    if kind == "alanine":
+        return alanine_backbone_cb_mapping(topology)
+    if kind == "ca":
+        return ca_mapping(topology)
+    raise ValueError(f"unknown mapping {kind!r}: use 'auto', 'alanine' or 'ca'")
+
+
+def load_cg_data(path, *, pdb=None, mapping: str = "auto", need_forces: bool = True) -> CGData:
+    """Load an all-atom npz (positions, forces; openmm-geom datagen or the shared layout) and
+    map it. The topology comes from ``pdb``, the file's ``topology_pdb``, or, for 22-atom
+    files, the bundled capped alanine."""
+    import openmm.app as app
+
+    from ..data import bundled
+
+    data = load_reference(path, require_forces=need_forces)
+    if pdb is not None:
+        topology = app.PDBFile(str(pdb)).topology
+    elif data.get("topology_pdb") is not None:
+        topology = reference_topology(data)
+    elif data["positions"].shape[1] == 22:
+        topology = app.PDBFile(str(bundled("alanine-dipeptide.pdb"))).topology
+    else:
+        raise ValueError(f"{path} carries no topology: pass the PDB it was made from")
+    if topology.getNumAtoms() != data["positions"].shape[1]:
+        raise ValueError(f"the topology has {topology.getNumAtoms()} atoms but {path} has "
+                         f"{data['positions'].shape[1]}")
+    cg = _mapping(topology, mapping)
+    x = cg.map_positions(data["positions"])
+    f = cg.map_forces(data["forces"]) if need_forces else None
+    masses = np.asarray(data["masses"], dtype=float)
+    bead_masses = np.array([masses[g].sum() for g in cg.groups])
+    bonds = ALANINE_BONDS if cg.bead_names[:2] == ["C(ACE)", "N"] else [
+        (i, i + 1) for i in range(cg.n_beads - 1)]
+    digest = sha256_of_arrays(data["positions"], data["forces"]) if need_forces else ""
+    return CGData(cg, x, f, float(data["temperature_K"]), bead_masses, bonds, digest, str(path))
+
+
+def _make_model_factory(data: CGData, priors, settings: CGSettings):
+    def make(seed: int) -> CGSchNet:
+        return CGSchNet(data.mapping.bead_types, priors, features=settings.features,
+                        filters=settings.filters, interactions=settings.interactions,
+                        n_rbf=settings.n_rbf, output_hidden=settings.output_hidden,
+                        cutoff=settings.cutoff_nm, seed=seed, dtype=getattr(torch, settings.dtype))
+    return make
+
+
+def train(data: CGData, out: Path, settings: CGSettings = PRODUCTION, *, seed: int = 0,
+          progress: bool = True) -> dict:
+    """Fit priors, train the k-fold ensemble, write cg_model.pt (+ OpenMM export, curves)."""
+    from ..analysis.plots import plot_learning_curves
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    priors = fit_priors(data.positions, data.temperature_K, bonds=data.bonds,
+                        method=settings.prior_method,
+                        dihedral_harmonics=settings.dihedral_harmonics)
+    atomic_write_bytes(out / "priors.json", json.dumps(priors.to_config(), indent=1).encode())
+    dtype = getattr(torch, settings.dtype)
+    x = torch.as_tensor(data.positions, dtype=dtype)
+    f = torch.as_tensor(data.forces, dtype=dtype)
+    ensemble, results = train_ensemble(_make_model_factory(data, priors, settings), x, f,
+                                       settings.train_config(seed), out_dir=out,
+                                       progress=progress)
+    metadata = {"mapping": data.mapping.to_dict(), "masses_amu": data.masses.tolist(),
+                "temperature_K": data.temperature_K, "training_data_hash": data.data_hash,
+                "training_data": data.source, "settings": dataclasses.asdict(settings),
+                "seed": seed}
+    save_cgschnet(ensemble, out / "cg_model.pt", metadata)
+    export_cg_model(ensemble, out / "cg_model_openmm.pt", example_positions=data.positions[0],
+                    masses=data.masses, mapping=data.mapping.to_dict(),
+                    training_data_hash=data.data_hash)
+    plot_learning_curves([r.history for r in results], out / "learning_curves.png")
+    return {"model": str(out / "cg_model.pt"), "openmm_model": str(out / "cg_model_openmm.pt"),
+            "folds": [{"fold": r.fold, "best_epoch": r.best_epoch,
+                       "best_validation_loss": r.best_validation} for r in results],
+            "training_seconds": time.perf_counter() - start}
+
+
+def start_configurations(positions: np.ndarray, replicas: int) -> np.ndarray:
+    """Replicas start from frames spread evenly over the data (so over its basins)."""
+    index = np.linspace(0, len(positions) - 1, replicas).astype(int)
+    return np.asarray(positions[index], dtype=np.float64)
+
+
+def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettings = PRODUCTION,
+             *, seed: int = 0, progress: bool = True) -> dict:
+    """Batched Langevin simulation of the ensemble from ``starts`` (replicas, beads, 3) nm."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, metadata = load_cgschnet(model_path)
+    model.eval()
+    starts = np.asarray(starts, dtype=np.float64)
+    if starts.ndim != 3 or starts.shape[1:] != (model.n_beads, 3):
+        raise ValueError(f"start configurations must be (replicas, {model.n_beads}, 3), "
+                         f"got {starts.shape}: a model file for a different bead count?")
+    forces = EnsembleForces(model)
+    sim = BatchedLangevin(forces, metadata["masses_amu"], metadata["temperature_K"],
+                          friction=settings.friction_per_ps, timestep=settings.timestep_ps,
+                          integrator=settings.integrator, seed=seed, dtype=torch.float64)
+    trajectory = out / "cg_trajectory.h5"
+    with TrajectoryWriter(trajectory, len(starts), model.n_beads, spread=True, mode="a") as writer:
+        summary = sim.run(torch.as_tensor(starts), settings.steps,
+                          save_interval=settings.save_interval, writer=writer,
+                          checkpoint=out / "cg_simulation.ckpt",
+                          checkpoint_interval=max(settings.save_interval,
+                                                  settings.steps // 20 // settings.save_interval
+                                                  * settings.save_interval),
+                          progress=progress)
+    result = summary.as_dict()
+    result.update(trajectory=str(trajectory), replicas=len(starts),
+                  simulated_ns_total=len(starts) * settings.steps * settings.timestep_ps / 1000)
+    return result
+
+
+def evaluate(reference: np.ndarray, trajectory: Path, out: Path, *, temperature_K: float,
+             settings: CGSettings = PRODUCTION, seed: int = 0) -> dict:
+    """phi/psi free energies of the CG run vs the reference: KL, MSE, noise-equivalent sigma."""
+    from ..analysis.plots import plot_free_energy_surfaces, plot_noise_curve
+
+    out = Path(out)
+    kT = MOLAR_GAS_CONSTANT_KJ * temperature_K
+    run = read_trajectory(trajectory)
+    frames = run.positions
+    first = int(settings.equilibration_fraction * len(frames))
+    cg = frames[first:].reshape(-1, frames.shape[2], 3)
+    ref_angles = dihedrals(reference, ALANINE_CG_PHI_PSI)
+    cg_angles = dihedrals(cg, ALANINE_CG_PHI_PSI)
+    p = ramachandran_histogram(ref_angles[:, 0], ref_angles[:, 1])
+    q = ramachandran_histogram(cg_angles[:, 0], cg_angles[:, 1])
+    kl = kl_divergence(p, q)
+    mse = mse_bin_energies(p, q, kT)
+    curve = noise_curve(reference, seeds=settings.noise_seeds, rng_seed=seed, kT=kT)
+    sigma_kl = noise_equivalent_sigma(kl, curve)
+    sigma_mse = noise_equivalent_sigma(mse["value"], curve, metric="mse")
+    histograms = {"reference": p, "CG": q}
+    for s in (0.1, 0.2, 0.3):
+        rng = np.random.default_rng(seed + 1)
+        noisy = dihedrals(reference + rng.normal(0, s / 10, reference.shape), ALANINE_CG_PHI_PSI)
+        histograms[f"reference + {s} Å noise"] = ramachandran_histogram(noisy[:, 0], noisy[:, 1])
+    plot_free_energy_surfaces(histograms, out / "free_energy_surfaces.png", kT, reference="reference")
+    plot_noise_curve(curve, out / "noise_curve.png", cg_kl=kl.value, cg_mse=mse["value"])
+    spread = run.spread[first:] if run.spread is not None else None
+    return {"kl": kl.value, "kl_details": kl.as_dict(), "mse": mse["value"],
+            "noise_equivalent_sigma_angstrom": sigma_kl.sigma_angstrom,
+            "noise_equivalent_sigma_beyond_range": sigma_kl.beyond_range,
+            "noise_equivalent_sigma_mse_angstrom": sigma_mse.sigma_angstrom,
+            "cg_frames": int(len(cg)), "reference_frames": int(len(reference)),
+            "ensemble_force_spread_kj_mol_nm": None if spread is None else float(np.mean(spread)),
+            "figures": ["free_energy_surfaces.png", "noise_curve.png"]}
+
+
+def reproduce(train_path, reference_path, out, *, settings: CGSettings = PRODUCTION,
+              seed: int = 0, threads: Optional[int] = None, pdb=None, progress: bool = True) -> dict:
+    """The whole job; returns (and writes to out/metrics.json) one dict of metrics."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_threads = set_threads(threads)
+    torch.manual_seed(seed)
+    timings = {}
+    t0 = time.perf_counter()
+    data = load_cg_data(train_path, pdb=pdb)
+    reference = load_cg_data(reference_path, pdb=pdb, need_forces=False)
+    if reference.mapping.to_dict() != data.mapping.to_dict():
+        raise ValueError("training and reference data map to different CG representations")
+    training = train(data, out, settings, seed=seed, progress=progress)
+    timings["train_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    starts = start_configurations(data.positions, settings.replicas)
+    simulation = simulate(out / "cg_model.pt", starts, out, settings, seed=seed, progress=progress)
+    timings["simulate_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    metrics = evaluate(reference.positions, out / "cg_trajectory.h5", out,
+                       temperature_K=reference.temperature_K, settings=settings, seed=seed)
+    timings["evaluate_s"] = time.perf_counter() - t2
+    timings["total_s"] = time.perf_counter() - t0
+    result = {**metrics, "replicas": simulation["replicas"],
+              "simulated_ns_total": simulation["simulated_ns_total"],
+              "replica_steps_per_second": simulation.get("replica_steps_per_second"),
+              "training": training, "timings": timings, "threads": n_threads, "seed": seed,
+              "settings": dataclasses.asdict(settings)}
+    atomic_write_bytes(out / "metrics.json", json.dumps(result, indent=2, default=float).encode())
+    return result
