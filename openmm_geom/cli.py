@@ -97,7 +97,8 @@ def _cg_settings(args):
 
     base = QUICK if getattr(args, "quick", False) else PRODUCTION
     overrides = {name: getattr(args, name) for name in
-                 ("folds", "epochs", "replicas", "steps", "noise_seeds", "integrator")
+                 ("folds", "epochs", "replicas", "steps", "noise_seeds", "integrator",
+                  "force_map")
                  if getattr(args, name, None) is not None}
     if getattr(args, "timestep_fs", None) is not None:
         overrides["timestep_ps"] = args.timestep_fs / 1000
@@ -112,7 +113,8 @@ def _cmd_cg(args) -> int:
 
     set_threads(args.threads)
     if args.cg_command == "train":
-        data = cg.load_cg_data(args.data, pdb=args.pdb, mapping=args.mapping)
+        data = cg.load_cg_data(args.data, pdb=args.pdb, mapping=args.mapping,
+                               force_map=settings.force_map)
         result = cg.train(data, args.out, settings, seed=args.seed, progress=not args.no_progress)
     elif args.cg_command == "simulate":
         from .models.cgschnet import load_cgschnet
@@ -208,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = cgsub.add_parser("train", help="priors + k-fold CGSchNet ensemble by force matching")
     q.add_argument("--data", required=True, help="all-atom npz with positions and forces")
     q.add_argument("--mapping", default="auto", choices=["auto", "alanine", "ca"])
+    q.add_argument("--force-map", choices=["optimized", "slice"],
+                   help="minimal-variance force aggregation (default) or the paper's slice")
     q.add_argument("--folds", type=int)
     q.add_argument("--epochs", type=int)
     common(q)
@@ -227,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = cgsub.add_parser("reproduce", help="the whole job on all-atom data; one JSON of metrics")
     q.add_argument("--train", required=True)
     q.add_argument("--reference", required=True)
+    q.add_argument("--force-map", choices=["optimized", "slice"])
     q.add_argument("--replicas", type=int)
     q.add_argument("--steps", type=int)
     q.add_argument("--folds", type=int)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from openmm_geom.data.mapping import (alanine_backbone_cb_mapping, ca_mapping, group_mapping,
-                                      slice_mapping)
+                                      optimized_force_map, slice_mapping)
 from openmm_geom.export import export_cg_model
 from openmm_geom.models.cgschnet import CGSchNet, load_cgschnet, save_cgschnet, stack_ensemble
 from openmm_geom.models.priors import CGPriors, chain_topology, fit_priors
@@ -47,6 +47,40 @@ def test_mapping_errors(rng, alanine_pdb):
     assert mapping.bead_types == [6, 7, 6, 6, 7, 6]
     assert mapping.groups == [[4], [6], [8], [14], [16], [10]]
     assert len(ca_mapping(alanine_pdb.topology).groups) == 1
+
+
+def test_optimized_force_map_keeps_the_mean_force_and_cuts_the_noise(rng):
+    """Gaussian all-atom model U = x^T K x / 2 (exactly samplable): bead = atom 0, which is
+    stiffly bonded to atom 1 (a 'hydrogen') and softly to atom 2. The CG mean force on x_0 is
+    -kT x_0 / Sigma_00 with Sigma = kT K^-1; both force maps must give it, the optimized one with
+    far less scatter."""
+    stiff, soft = 300.0 * KT, 1.0 * KT
+    k = np.array([[stiff + soft, -stiff, -soft],
+                  [-stiff, stiff + 0.1 * KT, 0.0],
+                  [-soft, 0.0, soft + 0.5 * KT]])
+    covariance = KT * np.linalg.inv(k)
+    x = rng.multivariate_normal(np.zeros(3), covariance, size=(20000, 3)).transpose(0, 2, 1)
+    f = -np.einsum("ab,mbc->mac", k, x)
+    sliced = slice_mapping(3, [0], bead_types=[1])
+    optimized = optimized_force_map(sliced, f)
+    np.testing.assert_allclose(optimized.force_map @ optimized.coordinate_map.T, [[1.0]],
+                               atol=1e-10)
+    np.testing.assert_array_equal(optimized.coordinate_map, sliced.coordinate_map)
+    x0 = sliced.map_positions(x).ravel()
+    expected_slope = -KT / covariance[0, 0]
+    residuals = {}
+    for name, mapping in (("slice", sliced), ("optimized", optimized)):
+        mapped = mapping.map_forces(f).ravel()
+        slope = np.dot(x0, mapped) / np.dot(x0, x0)
+        assert slope == pytest.approx(expected_slope, rel=0.05), name
+        residuals[name] = np.var(mapped - expected_slope * x0)
+    assert residuals["optimized"] < 0.05 * residuals["slice"]
+    again = type(optimized).from_dict(optimized.to_dict())
+    np.testing.assert_allclose(again.force_map, optimized.force_map)
+    with pytest.raises(ValueError, match="forces must have shape"):
+        optimized_force_map(sliced, f[:, :2])
+    with pytest.raises(ValueError, match="NaN"):
+        optimized_force_map(sliced, np.where(f > 1e9, 0, np.nan))
 
 
 # --- priors -------------------------------------------------------------------------------
