@@ -119,23 +119,32 @@ def _cmd_cg(args) -> int:
     elif args.cg_command == "simulate":
         from .models.cgschnet import load_cgschnet
 
-        start = cg.load_cg_data(args.start, pdb=args.pdb, need_forces=False)
-        model, _ = load_cgschnet(args.model)
+        from .data.mapping import CGMapping
+
+        model, metadata = load_cgschnet(args.model)
+        mapping = (CGMapping.from_dict(metadata["mapping"]) if "mapping" in metadata
+                   else "auto")
+        start = cg.load_cg_data(args.start, pdb=args.pdb, need_forces=False, mapping=mapping)
         if start.mapping.n_beads != model.n_beads:
             raise SystemExit(f"error: {args.model} is a {model.n_beads}-bead model but "
                              f"{args.start} maps to {start.mapping.n_beads} beads")
         result = cg.simulate(args.model, cg.start_configurations(start.positions, settings.replicas),
                              args.out, settings, seed=args.seed, progress=not args.no_progress)
     elif args.cg_command == "evaluate":
-        reference = cg.load_cg_data(args.reference, pdb=args.pdb, need_forces=False)
+        reference = cg.load_cg_data(args.reference, pdb=args.pdb, need_forces=False,
+                                    mapping=args.mapping)
         result = cg.evaluate(reference.positions, args.trajectory, args.out,
-                             temperature_K=reference.temperature_K, settings=settings, seed=args.seed)
+                             temperature_K=reference.temperature_K, settings=settings,
+                             seed=args.seed, kind=cg.evaluation_kind(reference.mapping))
     else:  # reproduce
         result = cg.reproduce(args.train, args.reference, args.out, settings=settings,
                               seed=args.seed, threads=args.threads, pdb=args.pdb,
+                              mapping=args.mapping,
                               progress=not args.no_progress)
     text = "\n".join(f"{k}: {v}" for k, v in result.items()
                      if not isinstance(v, (dict, list)))
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     _emit(args, result, text)
     return 0
 
@@ -227,10 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--reference", required=True, help="all-atom npz (held out)")
     q.add_argument("--trajectory", required=True, help="cg_trajectory.h5 from `cg simulate`")
     q.add_argument("--noise-seeds", type=int)
+    q.add_argument("--mapping", default="auto", choices=["auto", "alanine", "ca"],
+                   help="the mapping the model was trained with")
     common(q)
     q = cgsub.add_parser("reproduce", help="the whole job on all-atom data; one JSON of metrics")
     q.add_argument("--train", required=True)
     q.add_argument("--reference", required=True)
+    q.add_argument("--mapping", default="auto", choices=["auto", "alanine", "ca"])
     q.add_argument("--force-map", choices=["optimized", "slice"])
     q.add_argument("--replicas", type=int)
     q.add_argument("--steps", type=int)

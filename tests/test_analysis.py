@@ -1,4 +1,5 @@
 """openmm_geom.analysis against independent computations, mdtraj and deeptime (synthetic data)."""
+import dataclasses
 import math
 
 import mdtraj
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from openmm_geom import analysis as A
-from openmm_geom.analysis.free_energy import NoiseCurve
+from openmm_geom.analysis.free_energy import NoiseCurve, noise_equivalent_sigma
 
 KT = A.KT_300K
 
@@ -362,3 +363,72 @@ def test_plots_write_pngs(tmp_path, alanine_data, curve, rng):
                                    "noisy": tica.transform(features + 0.01)},
                                   str(tmp_path / "tica.png"), KT, bins=40)
     assert _is_png(out)
+
+
+# --- proteins: TICA free-energy comparison ----------------------------------------------------
+
+def _two_state_chain(rng, frames, p_switch=0.02, noise_nm=0.02, only_state=None):
+    """A 12-bead chain hopping between an extended and a bent conformation (Markov chain in
+    time), with Gaussian jitter: the slow process TICA must find."""
+    n = 12
+    extended = np.stack([np.arange(n) * 0.38, np.zeros(n), np.zeros(n)], axis=1)
+    bent = extended.copy()
+    angle = np.deg2rad(100)
+    hinge = bent[6]
+    rel = bent[6:] - hinge
+    bent[6:] = hinge + rel @ np.array([[np.cos(angle), np.sin(angle), 0],
+                                       [-np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    states = np.zeros(frames, dtype=int)
+    for t in range(1, frames):
+        states[t] = 1 - states[t - 1] if rng.random() < p_switch else states[t - 1]
+    if only_state is not None:
+        states[:] = only_state
+    templates = np.stack([extended, bent])
+    return templates[states] + rng.normal(0, noise_nm, (frames, n, 3))
+
+
+def test_tica_comparison_calibrates_a_known_noise_and_sees_a_missing_state(rng):
+    from openmm_geom.analysis.protein import compare, tica_free_energy, tica_noise_curve
+
+    kT = 2.494
+    reference = _two_state_chain(rng, 20000)
+    frame = tica_free_energy(reference, lagtime=5)
+    assert frame.reference_counts.sum() == len(reference)
+    curve = tica_noise_curve(frame, reference, kT=kT, seeds=2,
+                             sigmas_angstrom=np.arange(0, 0.61, 0.05))
+    assert np.all(np.diff(curve.kl_mean[2:]) > 0)  # more noise, larger divergence
+    same = compare(frame, _two_state_chain(rng, 20000), kT=kT)
+    noisy_copy = reference + rng.normal(0, 0.04, reference.shape)  # 0.4 Å
+    noisy = compare(frame, noisy_copy, kT=kT)
+    one_state = compare(frame, _two_state_chain(rng, 20000, only_state=0), kT=kT)
+    assert same["kl"].value < noisy["kl"].value
+    assert noise_equivalent_sigma(same["kl"], curve).sigma_angstrom < 0.2
+    assert noise_equivalent_sigma(noisy["kl"], curve).sigma_angstrom == pytest.approx(0.4,
+                                                                                       abs=0.06)
+    assert one_state["kl"].dropped_reference_mass > 0.3  # the missed state shows up here
+    assert same["kl"].dropped_reference_mass < 0.05
+    with pytest.raises(ValueError, match="at least 5 beads"):
+        tica_free_energy(reference[:, :4])
+    with pytest.raises(ValueError, match="NaN"):
+        tica_free_energy(np.where(reference > 100, 0, np.nan))
+    with pytest.raises(ValueError, match="beads"):
+        frame.project(reference[:, :8])
+
+
+def test_cg_evaluate_protein_kind(rng, tmp_path):
+    from openmm_geom.simulate import TrajectoryWriter
+    from openmm_geom.workflows import coarse_grain as cg
+
+    reference = _two_state_chain(rng, 6000)
+    run = _two_state_chain(rng, 4 * 500).reshape(500, 4, 12, 3)  # 500 frames x 4 replicas
+    with TrajectoryWriter(tmp_path / "t.h5", 4, 12) as writer:
+        for step, x in enumerate(run):
+            writer.append(step, step * 0.002, x, np.zeros(4))
+    settings = dataclasses.replace(cg.QUICK, noise_seeds=2, tica_lag_frames=5)
+    metrics = cg.evaluate(reference, tmp_path / "t.h5", tmp_path, temperature_K=300.0,
+                          settings=settings)
+    assert metrics["kind"] == "protein"
+    assert np.isfinite(metrics["kl"]) and np.isfinite(metrics["noise_equivalent_sigma_angstrom"])
+    assert metrics["cg_frames"] == int(0.9 * 500) * 4
+    for name in metrics["figures"]:
+        assert (tmp_path / name).stat().st_size > 0

@@ -31,7 +31,7 @@ from ..training.force_matching import TrainConfig, train_ensemble
 from ..units import MOLAR_GAS_CONSTANT_KJ
 
 __all__ = ["CGSettings", "PRODUCTION", "QUICK", "CGData", "load_cg_data", "train", "simulate",
-           "evaluate", "reproduce"]
+           "evaluate", "evaluation_kind", "reproduce"]
 
 ALANINE_BONDS = [(0, 1), (1, 2), (2, 3), (3, 4), (2, 5)]  # C-N-CA-C-N backbone + CA-CB
 # Dihedral priors on phi and psi only: the torsions through CB move rigidly with them, and a
@@ -77,6 +77,7 @@ class CGSettings:
     # evaluation
     noise_seeds: int = 50
     equilibration_fraction: float = 0.1
+    tica_lag_frames: int = 10  # proteins: TICA lag in reference frames
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
@@ -107,7 +108,12 @@ class CGData:
     source: str
 
 
-def _mapping(topology, kind: str) -> CGMapping:
+def _mapping(topology, kind) -> CGMapping:
+    if isinstance(kind, CGMapping):  # e.g. the one stored in a trained model's file
+        if kind.n_atoms != topology.getNumAtoms():
+            raise ValueError(f"the mapping is for {kind.n_atoms} atoms but the topology has "
+                             f"{topology.getNumAtoms()}")
+        return kind
     if kind == "auto":
         names = [r.name for r in topology.residues()]
         kind = "alanine" if names == ["ACE", "ALA", "NME"] else "ca"
@@ -118,11 +124,12 @@ def _mapping(topology, kind: str) -> CGMapping:
     raise ValueError(f"unknown mapping {kind!r}: use 'auto', 'alanine' or 'ca'")
 
 
-def load_cg_data(path, *, pdb=None, mapping: str = "auto", need_forces: bool = True,
+def load_cg_data(path, *, pdb=None, mapping="auto", need_forces: bool = True,
                  force_map: str = "optimized") -> CGData:
     """Load an all-atom npz (positions, forces; openmm-geom datagen or the shared layout) and
     map it. The topology comes from ``pdb``, the file's ``topology_pdb``, or, for 22-atom
-    files, the bundled capped alanine. ``force_map`` is ``"optimized"`` (minimal-variance
+    files, the bundled capped alanine. ``mapping`` is ``"auto"``, ``"alanine"``, ``"ca"`` or
+    a :class:`CGMapping` (e.g. a trained model's). ``force_map`` is ``"optimized"`` (minimal-variance
     aggregation fitted to these forces, see :func:`optimized_force_map`) or ``"slice"``."""
     import openmm.app as app
 
@@ -245,45 +252,112 @@ def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettin
     return result
 
 
-def evaluate(reference: np.ndarray, trajectory: Path, out: Path, *, temperature_K: float,
-             settings: CGSettings = PRODUCTION, seed: int = 0) -> dict:
-    """phi/psi free energies of the CG run vs the reference: KL, MSE, noise-equivalent sigma."""
-    from ..analysis.plots import plot_free_energy_surfaces, plot_noise_curve
+MISSED_MASS_WARNING = 0.05  # reference probability in bins the CG run never visits
 
+
+def evaluation_kind(mapping: CGMapping) -> str:
+    """``"alanine"`` (phi/psi protocol) for capped alanine's 6-bead map, else ``"protein"``."""
+    return "alanine" if mapping.bead_names[:2] == ["C(ACE)", "N"] else "protein"
+
+
+def evaluate(reference: np.ndarray, trajectory: Path, out: Path, *, temperature_K: float,
+             settings: CGSettings = PRODUCTION, seed: int = 0, kind: str = "auto") -> dict:
+    """Free energies of the CG run vs the reference: KL, MSE, noise-equivalent sigma, figures.
+
+    ``kind="alanine"`` compares phi/psi histograms (60 x 60, the paper's Figs. 4-5);
+    ``kind="protein"`` compares histograms on the first two TICA coordinates of the
+    reference's bead distances (Fig. 7), calibrated with the same Cartesian-noise curve.
+    ``"auto"`` picks alanine for 6 beads, protein otherwise.
+    """
     out = Path(out)
-    kT = MOLAR_GAS_CONSTANT_KJ * temperature_K
+    out.mkdir(parents=True, exist_ok=True)
+    reference = np.asarray(reference, dtype=np.float64)
     run = read_trajectory(trajectory)
     frames = run.positions
+    if frames.shape[2] != reference.shape[1]:
+        raise ValueError(f"the trajectory has {frames.shape[2]} beads but the reference "
+                         f"{reference.shape[1]}")
     first = int(settings.equilibration_fraction * len(frames))
     cg = frames[first:].reshape(-1, frames.shape[2], 3)
+    if kind == "auto":
+        kind = "alanine" if reference.shape[1] == 6 else "protein"
+    kT = MOLAR_GAS_CONSTANT_KJ * temperature_K
+    if kind == "alanine":
+        metrics = _evaluate_alanine(reference, cg, out, kT, settings, seed)
+    elif kind == "protein":
+        metrics = _evaluate_protein(reference, cg, out, kT, settings, seed)
+    else:
+        raise ValueError(f"kind must be 'auto', 'alanine' or 'protein', got {kind!r}")
+    spread = run.spread[first:] if run.spread is not None else None
+    metrics.update(kind=kind, cg_frames=int(len(cg)), reference_frames=int(len(reference)),
+                   ensemble_force_spread_kj_mol_nm=None if spread is None
+                   else float(np.mean(spread)))
+    return metrics
+
+
+def _calibrated(kl, mse: float, curve) -> dict:
+    sigma_kl = noise_equivalent_sigma(kl, curve)
+    sigma_mse = noise_equivalent_sigma(mse, curve, metric="mse")
+    warnings = []
+    if kl.dropped_reference_mass > MISSED_MASS_WARNING:
+        # eq. 14 sums over bins both runs visit, so a state the CG run never reaches lowers
+        # nothing; say so instead of letting a small KL suggest a good model
+        warnings.append(f"the CG run never visits bins holding {kl.dropped_reference_mass:.1%} "
+                        "of the reference: KL and sigma ignore that mass")
+    return {"kl": kl.value, "kl_details": kl.as_dict(), "mse": mse, "warnings": warnings,
+            "noise_equivalent_sigma_angstrom": sigma_kl.sigma_angstrom,
+            "noise_equivalent_sigma_beyond_range": sigma_kl.beyond_range,
+            "noise_equivalent_sigma_mse_angstrom": sigma_mse.sigma_angstrom}
+
+
+def _evaluate_alanine(reference, cg, out: Path, kT: float, settings: CGSettings,
+                      seed: int) -> dict:
+    from ..analysis.plots import plot_free_energy_surfaces, plot_noise_curve
+
     ref_angles = dihedrals(reference, ALANINE_CG_PHI_PSI)
     cg_angles = dihedrals(cg, ALANINE_CG_PHI_PSI)
     p = ramachandran_histogram(ref_angles[:, 0], ref_angles[:, 1])
     q = ramachandran_histogram(cg_angles[:, 0], cg_angles[:, 1])
     kl = kl_divergence(p, q)
-    mse = mse_bin_energies(p, q, kT)
+    mse = mse_bin_energies(p, q, kT)["value"]
     curve = noise_curve(reference, seeds=settings.noise_seeds, rng_seed=seed, kT=kT)
-    sigma_kl = noise_equivalent_sigma(kl, curve)
-    sigma_mse = noise_equivalent_sigma(mse["value"], curve, metric="mse")
     histograms = {"reference": p, "CG": q}
     for s in (0.1, 0.2, 0.3):
         rng = np.random.default_rng(seed + 1)
         noisy = dihedrals(reference + rng.normal(0, s / 10, reference.shape), ALANINE_CG_PHI_PSI)
         histograms[f"reference + {s} Å noise"] = ramachandran_histogram(noisy[:, 0], noisy[:, 1])
-    plot_free_energy_surfaces(histograms, out / "free_energy_surfaces.png", kT, reference="reference")
-    plot_noise_curve(curve, out / "noise_curve.png", cg_kl=kl.value, cg_mse=mse["value"])
-    spread = run.spread[first:] if run.spread is not None else None
-    return {"kl": kl.value, "kl_details": kl.as_dict(), "mse": mse["value"],
-            "noise_equivalent_sigma_angstrom": sigma_kl.sigma_angstrom,
-            "noise_equivalent_sigma_beyond_range": sigma_kl.beyond_range,
-            "noise_equivalent_sigma_mse_angstrom": sigma_mse.sigma_angstrom,
-            "cg_frames": int(len(cg)), "reference_frames": int(len(reference)),
-            "ensemble_force_spread_kj_mol_nm": None if spread is None else float(np.mean(spread)),
+    plot_free_energy_surfaces(histograms, out / "free_energy_surfaces.png", kT,
+                              reference="reference")
+    plot_noise_curve(curve, out / "noise_curve.png", cg_kl=kl.value, cg_mse=mse)
+    return {**_calibrated(kl, mse, curve),
             "figures": ["free_energy_surfaces.png", "noise_curve.png"]}
 
 
+def _evaluate_protein(reference, cg, out: Path, kT: float, settings: CGSettings,
+                      seed: int) -> dict:
+    from ..analysis.plots import plot_noise_curve, plot_tica_free_energy
+    from ..analysis.protein import compare, tica_free_energy, tica_noise_curve
+
+    frame = tica_free_energy(reference, lagtime=settings.tica_lag_frames)
+    run = compare(frame, cg, kT=kT)
+    if run["kl"] is None:
+        raise ValueError("no CG frame falls on the reference's TICA grid: the CG run left the "
+                         "reference's conformations entirely")
+    curve = tica_noise_curve(frame, reference, kT=kT, seeds=max(1, min(settings.noise_seeds, 10)),
+                             rng_seed=seed)
+    plot_tica_free_energy({"reference": frame.project(reference), "CG": run["projection"]},
+                          out / "tica_free_energy.png", kT, bins=len(frame.edges[0]) - 1)
+    plot_noise_curve(curve, out / "noise_curve.png", cg_kl=run["kl"].value, cg_mse=run["mse"])
+    return {**_calibrated(run["kl"], run["mse"], curve),
+            "tica_lag_frames": settings.tica_lag_frames,
+            "tica_timescales_frames": frame.tica.timescales()[:2].tolist(),
+            "cg_fraction_outside_grid": run["outside_fraction"],
+            "figures": ["tica_free_energy.png", "noise_curve.png"]}
+
+
 def reproduce(train_path, reference_path, out, *, settings: CGSettings = PRODUCTION,
-              seed: int = 0, threads: Optional[int] = None, pdb=None, progress: bool = True) -> dict:
+              seed: int = 0, threads: Optional[int] = None, pdb=None, mapping="auto",
+              progress: bool = True) -> dict:
     """The whole job; returns (and writes to out/metrics.json) one dict of metrics."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -291,8 +365,8 @@ def reproduce(train_path, reference_path, out, *, settings: CGSettings = PRODUCT
     torch.manual_seed(seed)
     timings = {}
     t0 = time.perf_counter()
-    data = load_cg_data(train_path, pdb=pdb, force_map=settings.force_map)
-    reference = load_cg_data(reference_path, pdb=pdb, need_forces=False)
+    data = load_cg_data(train_path, pdb=pdb, mapping=mapping, force_map=settings.force_map)
+    reference = load_cg_data(reference_path, pdb=pdb, mapping=mapping, need_forces=False)
     if reference.mapping.groups != data.mapping.groups:
         raise ValueError("training and reference data map to different CG representations")
     training = train(data, out, settings, seed=seed, progress=progress)
@@ -303,7 +377,8 @@ def reproduce(train_path, reference_path, out, *, settings: CGSettings = PRODUCT
     timings["simulate_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     metrics = evaluate(reference.positions, out / "cg_trajectory.h5", out,
-                       temperature_K=reference.temperature_K, settings=settings, seed=seed)
+                       temperature_K=reference.temperature_K, settings=settings, seed=seed,
+                       kind=evaluation_kind(data.mapping))
     timings["evaluate_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     result = {**metrics, "replicas": simulation["replicas"],
