@@ -13,6 +13,7 @@ from openmm_geom.modelfile import ModelFileError
 from openmm_geom.openmm.cg import cg_system, prior_forces
 from openmm_geom.training.force_matching import (TrainConfig, force_matching_loss,
                                                  time_block_folds, train_ensemble, train_fold)
+from openmm_geom.models.geometry import dihedral_angles
 from openmm_geom.units import MOLAR_GAS_CONSTANT_KJ
 
 KT = MOLAR_GAS_CONSTANT_KJ * 300.0
@@ -103,6 +104,48 @@ def test_bond_prior_fits_recover_the_force_constant(rng):
     assert boltzmann.bond_r0.item() == pytest.approx(r0, abs=2e-3)
     moment = fit_priors(x, 300.0, bonds=[(0, 1)], method="cgnet", repulsions=[])
     assert moment.bond_k.item() == pytest.approx(KT / np.linalg.norm(x[:, 1], axis=1).var())
+
+
+# phi histogram (60 bins over [-pi, pi)) of capped alanine's 6-bead map in
+# ../shared/data/ala2_vacuum_300K_s1.npz (100 ns, amber14, vacuum, 300 K)
+ALANINE_PHI_COUNTS = [134, 590, 1621, 3187, 4348, 4393, 3431, 2380, 1606, 1101, 890, 879, 1033,
+                      1819, 4101, 9144, 15945, 19060, 14402, 6909, 2324, 560, 109, 15, 1] \
+    + [0] * 29 + [1, 0, 0, 0, 1, 16]
+
+
+def test_dihedral_prior_is_high_where_the_data_never_go(rng):
+    """A dihedral distributed like capped alanine's phi (never in 0 < phi < 2.5 rad): the
+    Fourier prior must be low in the basins and high where the data never go. (Fitted to the
+    visited bins only, the series dug a 260 kJ/mol well at phi = +1 rad.)"""
+    edges = np.linspace(-np.pi, np.pi, 61)
+    phi = np.concatenate([rng.uniform(edges[i], edges[i + 1], c)
+                          for i, c in enumerate(ALANINE_PHI_COUNTS)])
+    frames = len(phi)
+    x = np.zeros((frames, 4, 3))
+    x[:, 1] = [0.15, 0.0, 0.0]
+    x[:, 2] = [0.15 + 0.15 * np.cos(np.radians(70)), 0.15 * np.sin(np.radians(70)), 0.0]
+    axis = (x[:, 2] - x[:, 1]) / np.linalg.norm(x[:, 2] - x[:, 1], axis=1, keepdims=True)
+    normal = np.cross(x[:, 1] - x[:, 0], axis)
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    m = np.cross(normal, axis)
+    angle = np.radians(110)
+    x[:, 3] = (x[:, 2] - 0.15 * np.cos(angle) * axis
+               + 0.15 * np.sin(angle) * (np.cos(phi)[:, None] * m + np.sin(phi)[:, None] * normal))
+    x += rng.normal(0, 1e-3, x.shape)  # bonds and angles fluctuate a little
+    priors = fit_priors(x, 300.0, bonds=[(0, 1), (1, 2), (2, 3)], dihedral_harmonics=3)
+    torsion = (0, 1, 2, 3)
+    assert tuple(priors.dihedrals[0].tolist()) == torsion
+    fitted_phi = dihedral_angles(torch.tensor(x), torch.tensor([torsion]))[:, 0].numpy()
+    np.testing.assert_allclose(np.mean(fitted_phi), np.mean(phi), atol=0.05)  # sign convention
+    grid = torch.linspace(-np.pi, np.pi, 73, dtype=torch.float64)
+    orders = torch.arange(1, 4, dtype=torch.float64)
+    energy = ((priors.dihedral_cos[0] * torch.cos(grid[:, None] * orders)).sum(-1)
+              + (priors.dihedral_sin[0] * torch.sin(grid[:, None] * orders)).sum(-1)).numpy()
+    energy -= energy.min()
+    inside = (grid.numpy() > -1.6) & (grid.numpy() < -1.1)  # the C7eq/alpha_R basin
+    outside = (grid.numpy() > 0.3) & (grid.numpy() < 2.5)
+    assert energy[inside].max() < 2 * KT
+    assert energy[outside].min() > energy[inside].max() + 4 * KT
 
 
 def test_degenerate_data_raise_instead_of_nan():

@@ -602,6 +602,23 @@ def test_read_trajectory_errors(tmp_path):
         read_trajectory(cut)
 
 
+def test_reading_a_trajectory_another_process_is_writing_says_so(tmp_path):
+    path = tmp_path / "live.h5"
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from openmm_geom.simulate import TrajectoryWriter\n"
+         f"w = TrajectoryWriter({str(path)!r}, 2, 3)\n"
+         "print('open', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "open"
+        with pytest.raises(TrajectoryFileError, match="locked by a process writing it"):
+            read_trajectory(path)
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_spread_is_written_when_the_writer_stores_it(tmp_path):
     x0 = 0.05 * torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(0),
                             dtype=torch.float64)

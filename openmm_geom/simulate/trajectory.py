@@ -462,6 +462,11 @@ def read_trajectory(path: os.PathLike, frames: Optional[slice] = None) -> Trajec
         raise TypeError(f"frames must be a slice, got {frames!r}")
     try:
         handle = h5py.File(path, "r")
+    except BlockingIOError as error:
+        raise TrajectoryFileError(
+            f"{path} is locked by a process writing it (a simulation still running?); read it "
+            "when the run has finished or stopped"
+        ) from error
     except OSError as error:
         raise TrajectoryFileError(
             f"{path} is not a readable HDF5 file (truncated, or another format?): {error}"
