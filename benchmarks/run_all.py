@@ -1,9 +1,9 @@
 """Run every benchmark, each in its own process, and collect the results.
 
 Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py),
-DIR/torchcv.json (bench_torchcv.py) and DIR/summary.json (headline numbers, pass/fail, machine
-load), and prints the tables. Exits non-zero if a benchmark fails, including any of its
-correctness checks.
+DIR/torchcv.json (bench_torchcv.py), DIR/cg.json (bench_cg.py) and DIR/summary.json (headline
+numbers, pass/fail, machine load), and prints the tables. Exits non-zero if a benchmark fails,
+including any of its correctness checks.
 
 ``--omp-passive`` also repeats every benchmark (torchmd-net neighbour lists left out) with
 ``OMP_WAIT_POLICY=PASSIVE`` into DIR/*_omp_passive.json: torch's OpenMP workers then sleep
@@ -14,8 +14,8 @@ set before torch starts, hence separate processes).
 measurement is also retried when other processes took > 10% of the CPUs meanwhile, and the
 remaining contamination is recorded ("other_load") and flagged in the tables.
 
-    .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # ~6-7 minutes
-    .venv/bin/python benchmarks/run_all.py --out /tmp/bench --quick          # smoke, ~50 s
+    .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # ~15 minutes
+    .venv/bin/python benchmarks/run_all.py --out /tmp/bench --quick          # smoke, ~80 s
 """
 from __future__ import annotations
 
@@ -75,6 +75,18 @@ def headline(data: dict) -> list:
                  "fused_ns_per_day": round(r["fused_ns_per_day"], 2),
                  "ours_over_fused": round(r["ours_over_fused"], 3)}
                 for r in data["rows"]]
+    if data["benchmark"] == "cg":
+        def rounded(value, digits):
+            return None if value is None else round(value, digits)
+
+        return [{"system": r["system"], "replicas": r["replicas"], "threads": r["threads"],
+                 **{f"{m}_replica_steps_per_s": rounded(r[f"{m}_replica_steps_per_s"], 0)
+                    for m in ("ours", "torchmd", "omm_replica", "omm_batched", "floor")},
+                 "ours_over_torchmd": rounded(r["ours_over_torchmd"], 3),
+                 "ours_over_omm_replica": rounded(r.get("ours_over_omm_replica"), 3),
+                 "goal": r["goal"], "goal_met": r["goal_met"],
+                 "skipped": r["skipped"] or None}
+                for r in data["rows"]]
     return [{"threads": r["threads"], "n_atoms": s["n_atoms"],
              "floor_calls_per_s": round(r["floor_calls_per_s"], 1),
              "torchforce_steps_per_s": round(r["torchforce_steps_per_s"], 1),
@@ -92,6 +104,8 @@ def main(argv=None) -> int:
                         help="also run each with OMP_WAIT_POLICY=PASSIVE (*_omp_passive.json)")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for other processes to leave the CPUs")
+    parser.add_argument("--only", help="comma-separated benchmark names (neighbors, bridge, "
+                        "torchcv, cg): run these and update their entries in summary.json")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -101,16 +115,29 @@ def main(argv=None) -> int:
                                                      if args.threads else [])
     jobs = [("bench_neighbors.py", "neighbors.json", [], {}),
             ("bench_bridge.py", "bridge.json", [], {}),
-            ("bench_torchcv.py", "torchcv.json", [], {})]
+            ("bench_torchcv.py", "torchcv.json", [], {}),
+            ("bench_cg.py", "cg.json", [], {})]
     if args.omp_passive:
         passive = {"OMP_WAIT_POLICY": "PASSIVE"}
         jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],
                   passive),
                  ("bench_bridge.py", "bridge_omp_passive.json", [], passive),
-                 ("bench_torchcv.py", "torchcv_omp_passive.json", [], passive)]
+                 ("bench_torchcv.py", "torchcv_omp_passive.json", [], passive),
+                 ("bench_cg.py", "cg_omp_passive.json", ["--no-profile"], passive)]
+    kept = []
+    if args.only:
+        wanted = {f"{name.strip()}.json" for name in args.only.split(",")}
+        unknown = wanted - {name for _, name, _, _ in jobs}
+        if unknown:
+            parser.error(f"unknown benchmark(s) {sorted(unknown)}")
+        jobs = [job for job in jobs if job[1] in wanted]
+        previous = out / "summary.json"
+        if previous.is_file():  # keep the other benchmarks' latest records
+            kept = [r for r in json.loads(previous.read_text())["benchmarks"]
+                    if Path(r["json"]).name not in wanted]
     start = time.perf_counter()
-    records = [run(script, out / name, common + extra, env)
-               for script, name, extra, env in jobs]
+    records = kept + [run(script, out / name, common + extra, env)
+                      for script, name, extra, env in jobs]
     ok = all(r["ok"] for r in records)
     write_json(out / "summary.json", {"ok": ok, "quick": args.quick,
                                       "waited_for_idle_seconds": round(waited, 1),

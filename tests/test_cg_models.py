@@ -239,6 +239,20 @@ def test_ensemble_is_the_mean_of_its_members(alanine_like):
     torch.testing.assert_close(per_member, torch.stack([m(x) for m in members]))
 
 
+def test_ensemble_forces_in_replica_chunks_equal_one_call(alanine_like):
+    from openmm_geom.simulate import EnsembleForces
+
+    ensemble = stack_ensemble([_model(seed=s) for s in range(3)])
+    x = torch.tensor(alanine_like[:7])
+    whole = EnsembleForces(ensemble)
+    assert whole.chunk >= 7
+    chunked = EnsembleForces(ensemble)
+    chunked.chunk = 3  # 3 + 3 + 1 replicas
+    for got, want in zip(chunked(x), whole(x)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+
+
 def test_save_load_round_trip_and_bad_files(alanine_like, tmp_path):
     model = _model(fit_priors(alanine_like, 300.0, bonds=CHAIN), members=2)
     save_cgschnet(model, tmp_path / "cg.pt", {"note": "x"})

@@ -342,18 +342,23 @@ def _evaluate_protein(reference, cg, out: Path, kT: float, settings: CGSettings,
 
     frame = tica_free_energy(reference, lagtime=settings.tica_lag_frames)
     run = compare(frame, cg, kT=kT)
-    if run["kl"] is None:
-        raise ValueError("no CG frame falls on the reference's TICA grid: the CG run left the "
-                         "reference's conformations entirely")
-    curve = tica_noise_curve(frame, reference, kT=kT, seeds=max(1, min(settings.noise_seeds, 10)),
-                             rng_seed=seed)
     plot_tica_free_energy({"reference": frame.project(reference), "CG": run["projection"]},
                           out / "tica_free_energy.png", kT, bins=len(frame.edges[0]) - 1)
+    common = {"tica_lag_frames": settings.tica_lag_frames,
+              "tica_timescales_frames": frame.tica.timescales()[:2].tolist(),
+              "cg_fraction_outside_grid": run["outside_fraction"]}
+    if run["kl"] is None:  # a result (a bad model), not an error: report it as such
+        return {"kl": None, "kl_details": None, "mse": None,
+                "noise_equivalent_sigma_angstrom": None,
+                "noise_equivalent_sigma_beyond_range": True,
+                "noise_equivalent_sigma_mse_angstrom": None,
+                "warnings": ["no CG frame falls on the reference's TICA grid: the CG run left "
+                             "the reference's conformations entirely"],
+                **common, "figures": ["tica_free_energy.png"]}
+    curve = tica_noise_curve(frame, reference, kT=kT, seeds=max(1, min(settings.noise_seeds, 10)),
+                             rng_seed=seed)
     plot_noise_curve(curve, out / "noise_curve.png", cg_kl=run["kl"].value, cg_mse=run["mse"])
-    return {**_calibrated(run["kl"], run["mse"], curve),
-            "tica_lag_frames": settings.tica_lag_frames,
-            "tica_timescales_frames": frame.tica.timescales()[:2].tolist(),
-            "cg_fraction_outside_grid": run["outside_fraction"],
+    return {**_calibrated(run["kl"], run["mse"], curve), **common,
             "figures": ["tica_free_energy.png", "noise_curve.png"]}
 
 
