@@ -1,0 +1,231 @@
+"""Signature / log-signature op against pysiglib 4.0 (the oracle), gradients, streaming, symmetries."""
+import itertools
+import math
+
+import numpy as np
+import pysiglib
+import pysiglib.torch_api as siglib_torch
+import pytest
+import torch
+
+from openmm_geom.ops import signature as sig
+
+torch.set_num_threads(1)
+
+
+def _random_walk(batch, length, channels, seed, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    steps = torch.randn(batch, length, channels, generator=generator, dtype=dtype)
+    return torch.cumsum(steps, dim=1) / math.sqrt(length)
+
+
+def _relative_error(ours, reference):
+    reference = torch.as_tensor(reference)
+    return float((ours - reference).abs().max() / reference.abs().max())
+
+
+CASES = [(1, 1, 5), (2, 4, 7), (3, 4, 20), (5, 3, 40), (8, 4, 30), (16, 2, 50), (30, 2, 25),
+         (30, 3, 6), (30, 4, 4), (4, 4, 200)]
+
+
+@pytest.mark.parametrize("channels,depth,length", CASES)
+def test_signature_matches_pysiglib(channels, depth, length):
+    path = _random_walk(3, length, channels, seed=channels * 100 + depth)
+    reference = pysiglib.sig(path, depth)
+    ours = sig.signature(path, depth)
+    assert ours.shape == reference.shape == (3, sig.signature_channels(channels, depth))
+    assert _relative_error(ours, reference) < 1e-6
+
+
+@pytest.mark.parametrize("channels,depth,length", CASES)
+def test_logsignature_matches_pysiglib_lyndon_words(channels, depth, length):
+    path = _random_walk(3, length, channels, seed=channels * 10 + depth)
+    pysiglib.prepare_log_sig(channels, depth, method=1)
+    reference = pysiglib.log_sig(path, depth, method=1)
+    ours = sig.logsignature(path, depth)
+    assert ours.shape == reference.shape == (3, sig.logsignature_channels(channels, depth))
+    assert _relative_error(ours, reference) < 1e-6
+
+
+def test_lyndon_words_and_witt_formula():
+    for channels, depth in [(2, 4), (3, 3), (5, 2), (4, 4)]:
+        expected = [w for w in pysiglib.lyndon_words(channels, depth)]
+        ours = []
+        for k in range(1, depth + 1):
+            for index in sig.lyndon_word_indices(channels, k).tolist():
+                ours.append(tuple(int(index // channels ** (k - 1 - p)) % channels for p in range(k)))
+        assert ours == expected
+        assert sig.logsignature_channels(channels, depth) == len(expected) \
+            == pysiglib.log_sig_length(channels, depth)
+
+
+def test_float32_agrees_with_float64():
+    path = _random_walk(4, 300, 6, seed=3)
+    exact = sig.signature(path, 4)
+    single = sig.signature(path.float(), 4)
+    assert single.dtype == torch.float32
+    assert _relative_error(single.double(), exact) < 1e-4
+
+
+def test_long_paths_cross_block_boundaries(monkeypatch):
+    """The time axis is processed in blocks; tiny blocks must give the same numbers."""
+    path = _random_walk(2, 257, 3, seed=4)
+    whole = sig.signature(path, 4)
+    monkeypatch.setattr(sig, "_block_elements", lambda: 37)
+    assert sig._block_length(2, 3, 4, 256) < 10
+    assert torch.allclose(sig.signature(path, 4), whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("function", [sig.signature, sig.logsignature])
+def test_gradcheck(function):
+    path = _random_walk(2, 6, 3, seed=5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: function(p, 3), (path,))
+
+
+def test_gradient_matches_pysiglib_backprop():
+    path = _random_walk(3, 50, 4, seed=6)
+    weights = torch.randn(3, sig.signature_channels(4, 3), dtype=torch.float64)
+    ours = path.clone().requires_grad_()
+    (sig.signature(ours, 3) * weights).sum().backward()
+    theirs = path.clone().requires_grad_()
+    (siglib_torch.sig(theirs, 3) * weights).sum().backward()
+    assert _relative_error(ours.grad, theirs.grad) < 1e-6
+
+
+def test_time_and_lead_lag_augmentations_match_pysiglib():
+    path = _random_walk(2, 9, 3, seed=7)
+    for time_aug, lead_lag in [(True, False), (False, True), (True, True)]:
+        augmented = sig.lead_lag(path) if lead_lag else path
+        if time_aug:
+            augmented = sig.time_augment(augmented)
+        reference = pysiglib.sig(path, 3, time_aug=time_aug, lead_lag=lead_lag)
+        assert _relative_error(sig.signature(augmented, 3), reference) < 1e-10
+
+
+def test_basepoint_reveals_the_starting_point():
+    path = _random_walk(1, 10, 2, seed=8)
+    shifted = path + 3.0
+    assert torch.allclose(sig.signature(path, 2), sig.signature(shifted, 2))
+    assert not torch.allclose(sig.signature(sig.basepoint(path), 2),
+                              sig.signature(sig.basepoint(shifted), 2))
+
+
+def test_streaming_equals_batch_point_by_point_and_in_chunks():
+    path = _random_walk(3, 41, 4, seed=9)
+    stream = sig.SignatureStream(4, 4, batch=3)
+    for i in range(path.shape[1]):
+        stream.update(path[:, i])
+    assert _relative_error(stream.signature(), sig.signature(path, 4)) < 1e-12
+    chunked = torch.jit.script(sig.SignatureStream(4, 4, batch=3))
+    for start in range(0, 41, 7):
+        chunked.update(path[:, start:start + 7])
+    assert _relative_error(chunked.logsignature(), sig.logsignature(path, 4)) < 1e-12
+    chunked.reset()
+    chunked.update(path[:, 20:])
+    assert _relative_error(chunked.signature(), sig.signature(path[:, 20:], 4)) < 1e-12
+
+
+def test_stream_before_two_points_is_zero_and_rejects_bad_points():
+    stream = sig.SignatureStream(2, 3)
+    stream.update(torch.tensor([1.0, 2.0]))
+    assert torch.count_nonzero(stream.signature()) == 0
+    with pytest.raises(ValueError, match="NaN"):
+        stream.update(torch.tensor([float("nan"), 0.0]))
+    with pytest.raises(ValueError, match="shape"):
+        stream.update(torch.zeros(1, 1, 3))
+
+
+def test_translation_invariance():
+    path = _random_walk(2, 30, 3, seed=10)
+    offset = torch.tensor([1.5, -20.0, 7.0], dtype=torch.float64)
+    assert torch.allclose(sig.logsignature(path + offset, 4), sig.logsignature(path, 4),
+                          rtol=1e-10, atol=1e-12)
+
+
+def test_time_reparametrisation_invariance():
+    """Extra points on the straight segments and repeated points (pauses) change nothing."""
+    path = _random_walk(2, 12, 3, seed=11)
+    pieces = [path[:, :1]]
+    generator = torch.Generator().manual_seed(0)
+    for j in range(1, path.shape[1]):
+        a, b = path[:, j - 1:j], path[:, j:j + 1]
+        fractions = torch.sort(torch.rand(int(torch.randint(0, 4, (1,), generator=generator)),
+                                          generator=generator, dtype=torch.float64)).values
+        for f in fractions:
+            pieces.append(a + f * (b - a))
+        pieces.append(b)
+        if j % 3 == 0:
+            pieces.append(b)                      # the path pauses
+    slower = torch.cat(pieces, dim=1)
+    assert slower.shape[1] > path.shape[1]
+    assert _relative_error(sig.signature(slower, 4), sig.signature(path, 4)) < 1e-12
+
+
+def test_channel_permutation_permutes_the_terms():
+    """The paper's permutation equivariance: relabelling channels relabels the words."""
+    channels, depth = 4, 3
+    path = _random_walk(2, 15, channels, seed=12)
+    permutation = [2, 0, 3, 1]
+    permuted = sig.signature(path[..., permutation], depth)
+    original = sig.signature(path, depth)
+    offset = 0
+    for k in range(1, depth + 1):
+        for word in itertools.product(range(channels), repeat=k):
+            index = sum(w * channels ** (k - 1 - p) for p, w in enumerate(word))
+            mapped = sum(permutation[w] * channels ** (k - 1 - p) for p, w in enumerate(word))
+            assert torch.isclose(permuted[:, offset + index], original[:, offset + mapped]).all()
+        offset += channels ** k
+
+
+def test_chen_identity_for_windows():
+    """Windows sharing boundary points: the signature of the whole is their tensor product."""
+    path = _random_walk(2, 21, 3, seed=13)
+    windows = sig.windowed_signature(path, 3, window=6, stride=5)
+    assert windows.shape == (2, 4, sig.signature_channels(3, 3))
+    for w in range(4):
+        assert torch.allclose(windows[:, w], sig.signature(path[:, 5 * w:5 * w + 6], 3))
+    levels = sig._split_levels(windows[:, 0], 3, 3)
+    for w in range(1, 4):
+        right = sig._split_levels(windows[:, w], 3, 3)
+        product = sig._tensor_product(levels, right, 3)
+        levels = [levels[k] + right[k] + product[k] for k in range(3)]
+    assert _relative_error(torch.cat(levels, -1), sig.signature(path, 3)) < 1e-12
+    logs = sig.windowed_logsignature(path, 2, window=6, stride=5)
+    assert torch.allclose(logs[:, 2], sig.logsignature(path[:, 10:16], 2))
+
+
+def test_scripted_functions_equal_eager():
+    path = _random_walk(2, 20, 3, seed=14)
+    for function in (sig.signature, sig.logsignature):
+        scripted = torch.jit.script(function)
+        assert torch.equal(scripted(path, 3), function(path, 3))
+
+
+def test_bad_inputs_give_clear_errors():
+    good = _random_walk(1, 5, 2, seed=15)
+    with pytest.raises(ValueError, match="NaN"):
+        sig.signature(torch.tensor([[[0.0, 1.0], [float("nan"), 1.0]]]), 2)
+    with pytest.raises(ValueError, match="infinite"):
+        sig.logsignature(torch.tensor([[[0.0, 1.0], [float("inf"), 1.0]]]), 2)
+    with pytest.raises(ValueError, match="at least 2 points"):
+        sig.signature(good[:, :1], 2)
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        sig.signature(good, 0)
+    with pytest.raises(ValueError, match="shape"):
+        sig.signature(torch.zeros(2, 3, 4, 5), 2)
+    with pytest.raises(ValueError, match="shorter than the window"):
+        sig.windowed_signature(good, 2, window=10, stride=1)
+    with pytest.raises(ValueError, match="at least 2 points"):
+        sig.windowed_logsignature(good, 2, window=1, stride=1)
+
+
+def test_memory_refusal_states_the_size_needed():
+    path = torch.zeros(32, 3, 100)
+    needed = sig.signature_memory_bytes(32, 3, 100, 4)
+    assert needed > 32 * 100 ** 4 * 4         # the depth-4 level alone: 1e8 numbers per path
+    with pytest.raises(ValueError, match=r"would need [0-9.]+ GiB \(limit 8.0 GiB\)"):
+        sig.signature(path, 4)
+    with pytest.raises(ValueError, match="would need"):
+        sig.logsignature(torch.zeros(1, 10, 4), 3, max_bytes=1000)
+    # A request that fits runs.
+    assert sig.signature(torch.zeros(1, 3, 100), 2).shape == (1, 100 + 100 ** 2)
