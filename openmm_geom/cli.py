@@ -2,14 +2,55 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import os
 import sys
 
 __all__ = ["main"]
 
 
+_JSON_OUT = None  # the real stdout while a --json command runs with fd 1 sent to stderr
+
+
 def _emit(args, payload: dict, text: str) -> None:
-    print(json.dumps(payload, indent=2) if args.json else text)
+    if args.json and _JSON_OUT is not None:
+        _JSON_OUT.write(json.dumps(payload, indent=2) + "\n")
+        _JSON_OUT.flush()
+    else:
+        print(json.dumps(payload, indent=2) if args.json else text)
+
+
+def _stdout_is_fd1() -> bool:
+    try:
+        return sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # captured (pytest, notebooks): leave it be
+        return False
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send file descriptor 1 to stderr, keeping the real stdout for the JSON document.
+
+    Native libraries print to fd 1 behind Python's back (mdtraj's DCD plugin announces every
+    file it opens), which would corrupt ``--json`` output meant for a pipe.
+    """
+    global _JSON_OUT
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        _JSON_OUT = os.fdopen(os.dup(saved), "w")
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        if _JSON_OUT is not None:
+            _JSON_OUT.close()
+        _JSON_OUT = None
 
 
 def _cmd_doctor(args) -> int:
@@ -149,6 +190,72 @@ def _cmd_cg(args) -> int:
     return 0
 
 
+def _signature_settings(args):
+    from .training.signature_classifier import TrainingSettings
+    from .workflows.signature import GENE_PRODUCTION
+
+    base = GENE_PRODUCTION if args.signature_command == "reproduce" else TrainingSettings()
+    overrides = {name: getattr(args, name) for name in
+                 ("epochs", "batch_size", "learning_rate", "folds", "groups", "patience", "seed")
+                 if getattr(args, name, None) is not None}
+    return dataclasses.replace(base, **overrides)
+
+
+def _cmd_signature(args) -> int:
+    from . import set_threads
+    from .workflows import signature as workflow
+
+    set_threads(args.threads)
+    command = args.signature_command
+    progress = not args.no_progress
+    if command == "generate-gene":
+        from .data.gene_regulatory import generate_gene_dataset
+
+        path = generate_gene_dataset(args.out, n_trajectories=args.trajectories, n_test=args.test,
+                                     n_nodes=args.nodes, n_frames=args.frames, seed=args.seed,
+                                     rate_spread=args.rate_spread, progress=progress)
+        result = {"out": str(path), "trajectories": args.trajectories, "test": args.test}
+    elif command == "generate-md":
+        from .data.md_classification import generate_md_dataset
+
+        path = generate_md_dataset(args.out, n_trajectories=args.trajectories, n_test=args.test,
+                                   n_frames=args.frames, temperatures=tuple(args.temperatures),
+                                   seed=args.seed, threads=args.threads, progress=progress)
+        result = {"out": str(path), "trajectories": args.trajectories, "test": args.test}
+    elif command == "train":
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        result = workflow.train(args.data, args.out, methods, _signature_settings(args),
+                                progress=progress)
+    elif command == "evaluate":
+        from .data.path_dataset import PathDataset
+        from .training.signature_classifier import classification_metrics, load_classifier, predict
+
+        model, info = load_classifier(args.model)
+        data = PathDataset(args.data)
+        windows = data.fold(0, groups=info.get("groups", 5), folds=info.get("folds", 5))["test"]
+        if len(windows) == 0:
+            raise SystemExit(f"error: {args.data} has no independent test trajectories")
+        predicted = predict(model, info, windows)
+        result = {"model": str(args.model), "data": str(args.data), "method": info["method"],
+                  **classification_metrics(windows.labels.numpy(), predicted, data.n_classes)}
+    elif command == "featurize":
+        result = workflow.featurize(args.trajectory, args.out, topology=args.topology,
+                                    selection=args.selection, depth=args.depth, window=args.window,
+                                    time_augment=args.time_augment)
+    else:  # reproduce
+        if args.task != "gene":
+            raise SystemExit("error: only --task gene has a reproduction recipe")
+        result = workflow.reproduce_gene(args.out, seed=args.seed if args.seed is not None else 0,
+                                         settings=_signature_settings(args), progress=progress)
+    text = "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+    if "accuracy" in result and isinstance(result["accuracy"], dict):
+        text += "\n" + "\n".join(f"{m}: test accuracy {100 * a:.2f}%, recall "
+                                  f"{100 * result['recall'][m]:.2f}%"
+                                  for m, a in result["accuracy"].items())
+    _emit(args, result, text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="openmm-geom",
@@ -250,11 +357,77 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--epochs", type=int)
     q.add_argument("--noise-seeds", type=int)
     common(q)
+    sgp = sub.add_parser("signature", help="path signatures: generate-gene | generate-md | train | "
+                                           "evaluate | featurize | reproduce")
+    sgsub = sgp.add_subparsers(dest="signature_command", required=True)
+
+    def common_sig(q, out_help="output directory"):
+        q.add_argument("--out", required=True, help=out_help)
+        q.add_argument("--threads", type=int, default=None)
+        q.add_argument("--no-progress", action="store_true")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        q.set_defaults(func=_cmd_signature)
+
+    def training_options(q):
+        q.add_argument("--epochs", type=int)
+        q.add_argument("--batch-size", type=int)
+        q.add_argument("--learning-rate", type=float)
+        q.add_argument("--folds", type=int, help="folds per time group (paper: 5)")
+        q.add_argument("--groups", type=int, help="time groups per trajectory (paper: 5)")
+        q.add_argument("--patience", type=int, help="stop a fold after N epochs without a "
+                                                     "better validation accuracy")
+        q.add_argument("--seed", type=int)
+
+    q = sgsub.add_parser("generate-gene", help="gene-regulatory dynamics dataset (Gao et al. 2016)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--trajectories", type=int, default=100)
+    q.add_argument("--test", type=int, default=40, help="independent test trajectories")
+    q.add_argument("--nodes", type=int, default=100)
+    q.add_argument("--frames", type=int, default=500)
+    q.add_argument("--rate-spread", type=float, default=1.0,
+                   help="per-trajectory log-uniform spread of B and R (1: the paper's fixed rates)")
+    common_sig(q, "output .npz")
+    q = sgsub.add_parser("generate-md", help="capped alanine at two temperatures, made with OpenMM")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--trajectories", type=int, default=20)
+    q.add_argument("--test", type=int, default=8)
+    q.add_argument("--frames", type=int, default=500)
+    q.add_argument("--temperatures", type=float, nargs=2, default=(300.0, 450.0))
+    common_sig(q, "output .npz")
+    q = sgsub.add_parser("train", help="temporal cross-validation + independent test of methods")
+    q.add_argument("--data", required=True, help="path dataset (.npz)")
+    q.add_argument("--methods", default="deep-signature",
+                   help="comma-separated: deep-signature, graph-lstm, graph-trans, head, tail, "
+                        "head-tail, dihedral-svm")
+    training_options(q)
+    common_sig(q)
+    q = sgsub.add_parser("evaluate", help="a saved fold model on a dataset's test trajectories")
+    q.add_argument("--model", required=True, help="foldK.pt from `signature train`")
+    q.add_argument("--data", required=True)
+    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_cmd_signature)
+    q = sgsub.add_parser("featurize", help="windowed log-signatures of a finished trajectory")
+    q.add_argument("trajectory", help="any mdtraj-readable trajectory")
+    q.add_argument("--topology", help="PDB for DCD/XTC")
+    q.add_argument("--selection", default="all", help="mdtraj atom selection, e.g. 'name CA'")
+    q.add_argument("--depth", type=int, default=2)
+    q.add_argument("--window", type=int, help="frames per window (windows share end frames)")
+    q.add_argument("--time-augment", action="store_true")
+    common_sig(q, "output .npz")
+    q = sgsub.add_parser("reproduce", help="the paper's benchmark end to end; one JSON")
+    q.add_argument("--task", default="gene", choices=["gene"])
+    training_options(q)
+    common_sig(q)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "json", False) and _stdout_is_fd1():
+        with _stdout_to_stderr():
+            return args.func(args)
     return args.func(args)
 
 

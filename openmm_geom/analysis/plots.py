@@ -22,7 +22,7 @@ from .free_energy import (
 )
 
 __all__ = ["plot_free_energy_surfaces", "plot_noise_curve", "plot_tica_free_energy",
-           "plot_learning_curves"]
+           "plot_learning_curves", "plot_classification_curves", "plot_method_comparison"]
 
 PathLike = Union[str, Path]
 _CMAP = "nipy_spectral"
@@ -278,5 +278,51 @@ def plot_learning_curves(histories, path: PathLike, dpi: int = 120) -> Path:
     ax.set(xlabel="epoch", ylabel="force-matching loss ((kJ/mol/nm)$^2$)",
            title="learning curves (dots: restored best epoch)")
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_classification_curves(histories: Mapping[str, list], path: PathLike,
+                               dpi: int = 120) -> Path:
+    """Validation accuracy and training loss per epoch, mean over folds, for each method.
+
+    ``histories``: method -> list (one per fold) of dicts with ``epoch``, ``train_loss`` and
+    ``validation_accuracy`` lists (methods without epochs, e.g. an SVM, pass None entries).
+    """
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for method, folds in histories.items():
+        folds = [h for h in folds if h]
+        if not folds:
+            continue
+        length = min(len(h["epoch"]) for h in folds)
+        epochs = folds[0]["epoch"][:length]
+        loss = np.mean([h["train_loss"][:length] for h in folds], axis=0)
+        accuracy = np.mean([h["validation_accuracy"][:length] for h in folds], axis=0)
+        line, = ax_loss.plot(epochs, loss, lw=1.5, label=method)
+        ax_acc.plot(epochs, 100 * accuracy, lw=1.5, color=line.get_color(), label=method)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (eq. 12)", yscale="log",
+                title="training loss, mean over folds")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)",
+               title="validation accuracy, mean over folds")
+    ax_acc.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_method_comparison(results: Mapping[str, dict], path: PathLike, dpi: int = 120) -> Path:
+    """Bars of test accuracy and recall (mean +- std over folds) per method."""
+    methods = list(results)
+    fig = Figure(figsize=(max(5.0, 1.3 * len(methods) + 2), 4))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(methods))
+    for offset, metric in ((-0.2, "accuracy"), (0.2, "recall")):
+        means = [100 * results[m]["test"][metric]["mean"] for m in methods]
+        stds = [100 * results[m]["test"][metric]["std"] for m in methods]
+        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=f"test {metric}")
+    ax.set_xticks(x)
+    ax.set_xticklabels(methods, rotation=20, fontsize=8)
+    ax.set(ylabel="%", ylim=(0, 105), title="independent test set, mean over CV folds")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _save(fig, path, dpi)

@@ -5,7 +5,7 @@ Reads model files (:mod:`openmm_geom.modelfile`); never imports training or expo
 from .biasing import GridAxis, Metadynamics, restraint_force
 from .cvforce import TorchCVForce
 from .forces import CVComponent, check_system, load_exported, python_force, torch_force
-from .reporters import CVReporter
+from .reporters import CVReporter, SignatureReporter
 from .validation import CheckResult, ExportReport, check_export
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "check_system",
     "CVComponent",
     "CVReporter",
+    "SignatureReporter",
     "check_export",
     "ExportReport",
     "CheckResult",

@@ -11,7 +11,7 @@ import torch
 from ..torchcv_plugin import TorchCVForce as TorchCVForceBase
 from .forces import load_exported
 
-__all__ = ["CVReporter"]
+__all__ = ["CVReporter", "SignatureReporter"]
 
 
 class CVReporter:
@@ -130,6 +130,131 @@ class CVReporter:
 
     def close(self) -> None:
         if self._own_file and not self._out.closed:
+            self._out.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class SignatureReporter:
+    """Streaming log-signature of a coordinate path, written during an OpenMM run.
+
+    Every ``sampleInterval`` steps the chosen coordinates (selected atoms, or beads of a linear
+    ``mapping``; nm) become the next point of a path whose signature is extended by Chen's
+    identity (:class:`~openmm_geom.ops.signature.SignatureStream`): the cost per sample does
+    not grow with the length of the run. With ``window`` the reporter writes the
+    log-signature of each completed window of ``window`` points (consecutive windows share
+    their boundary point) and restarts; these rows equal ``openmm-geom signature featurize
+    --window`` on a trajectory saved at the same interval. Without ``window`` it writes the
+    log-signature of the whole path so far every ``reportInterval`` steps.
+
+    Output follows ``StateDataReporter``: a ``#`` header of quoted names, ``Step``,
+    ``Time (ps)``, ``Points``, then the log-signature in Lyndon-word order, flushed per line.
+
+    Parameters
+    ----------
+    file : str, path or file-like
+    sampleInterval : int
+        Steps between path points.
+    depth : int
+        Truncation depth of the log-signature.
+    atoms : sequence of int, optional
+        Atoms whose coordinates form the path (default all; ``mapping`` instead for beads).
+    mapping : array (K, N), optional
+        Bead = weighted sum of atom positions (rows e.g. mass fractions).
+    window : int, optional
+        Points per window (>= 2).
+    reportInterval : int, optional
+        Steps between reports without ``window`` (default ``100 * sampleInterval``); a
+        multiple of ``sampleInterval``.
+    """
+
+    def __init__(self, file, sampleInterval: int, *, depth: int = 2,
+                 atoms: Optional[Sequence[int]] = None, mapping=None, window: Optional[int] = None,
+                 reportInterval: Optional[int] = None, append: bool = False, separator: str = ","):
+        from ..ops.signature import SignatureStream
+
+        if sampleInterval < 1:
+            raise ValueError(f"sampleInterval must be >= 1, got {sampleInterval}")
+        if window is not None and window < 2:
+            raise ValueError(f"a window needs at least 2 points, got {window}")
+        if window is not None and reportInterval is not None:
+            raise ValueError("give window (one row per window) or reportInterval, not both")
+        report = 100 * sampleInterval if reportInterval is None else int(reportInterval)
+        if report % sampleInterval:
+            raise ValueError(f"reportInterval ({report}) must be a multiple of sampleInterval "
+                             f"({sampleInterval})")
+        if atoms is not None and mapping is not None:
+            raise ValueError("give atoms or a mapping, not both")
+        self._atoms = None if atoms is None else np.asarray(atoms, dtype=np.int64)
+        self._mapping = None if mapping is None else np.asarray(mapping, dtype=np.float64)
+        if self._mapping is not None and self._mapping.ndim != 2:
+            raise ValueError(f"mapping must be (beads, atoms), got shape {self._mapping.shape}")
+        n_points = (len(self._atoms) if self._atoms is not None else
+                    self._mapping.shape[0] if self._mapping is not None else None)
+        self._sample, self._report, self._window = int(sampleInterval), report, window
+        self._depth = int(depth)
+        self._stream_class = SignatureStream
+        self._stream = None if n_points is None else SignatureStream(3 * n_points, self._depth)
+        self._separator, self._append = separator, append
+        self._own_file = isinstance(file, (str, os.PathLike))
+        self._out = open(file, "a" if append else "w") if self._own_file else file
+        self._header_written = append
+        self.rows = 0
+
+    def describeNextReport(self, simulation):
+        steps = self._sample - simulation.currentStep % self._sample
+        return {"steps": steps, "periodic": False, "include": ["positions"]}
+
+    def _point(self, simulation, state) -> np.ndarray:
+        positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
+                               dtype=np.float64)
+        n = positions.shape[0]
+        if self._atoms is not None:
+            if self._atoms.min() < 0 or self._atoms.max() >= n:
+                raise IndexError(f"atoms out of range for a system of {n} particles")
+            positions = positions[self._atoms]
+        elif self._mapping is not None:
+            if self._mapping.shape[1] != n:
+                raise ValueError(f"mapping has {self._mapping.shape[1]} columns for a system of "
+                                 f"{n} particles")
+            positions = self._mapping @ positions
+        if not np.isfinite(positions).all():
+            raise ValueError(f"non-finite coordinates at step {simulation.currentStep}: the "
+                             f"simulation has blown up; no signature written")
+        return positions.reshape(-1)
+
+    def _write(self, simulation, state) -> None:
+        values = self._stream.logsignature().reshape(-1).numpy()
+        if not self._header_written:
+            columns = ["Step", "Time (ps)", "Points"] + [f"ls{i}" for i in range(len(values))]
+            print("#" + self._separator.join(f'"{c}"' for c in columns), file=self._out)
+            self._header_written = True
+        time_ps = state.getTime().value_in_unit(unit.picosecond)
+        fields = [str(simulation.currentStep), f"{time_ps:.6g}", str(self._stream.points_seen)]
+        fields += [repr(float(v)) for v in values]
+        print(self._separator.join(fields), file=self._out)
+        self._out.flush()
+        self.rows += 1
+
+    def report(self, simulation, state):
+        point = self._point(simulation, state)
+        if self._stream is None:
+            self._stream = self._stream_class(point.size, self._depth)
+        self._stream.update(torch.from_numpy(point))
+        if self._window is not None:
+            if self._stream.points_seen == self._window:
+                self._write(simulation, state)
+                self._stream.reset()
+                self._stream.update(torch.from_numpy(point))   # windows share this point
+        elif simulation.currentStep % self._report == 0 and self._stream.points_seen >= 2:
+            self._write(simulation, state)
+
+    def close(self) -> None:
+        if self._own_file:
             self._out.close()
 
     def __del__(self):
