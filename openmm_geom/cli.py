@@ -246,7 +246,8 @@ def _cmd_signature(args) -> int:
         if args.task != "gene":
             raise SystemExit("error: only --task gene has a reproduction recipe")
         result = workflow.reproduce_gene(args.out, seed=args.seed if args.seed is not None else 0,
-                                         settings=_signature_settings(args), progress=progress)
+                                         settings=_signature_settings(args),
+                                         rate_spread=args.rate_spread, progress=progress)
     text = "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
     if "accuracy" in result and isinstance(result["accuracy"], dict):
         text += "\n" + "\n".join(f"{m}: test accuracy {100 * a:.2f}%, recall "
@@ -418,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     common_sig(q, "output .npz")
     q = sgsub.add_parser("reproduce", help="the paper's benchmark end to end; one JSON")
     q.add_argument("--task", default="gene", choices=["gene"])
+    q.add_argument("--rate-spread", type=float, default=1.0,
+                   help="per-trajectory log-uniform spread of B and R (1: the paper's fixed "
+                        "rates; > 1 hides the class from expression levels)")
     training_options(q)
     common_sig(q)
     return parser

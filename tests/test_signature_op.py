@@ -76,6 +76,38 @@ def test_long_paths_cross_block_boundaries(monkeypatch):
     assert torch.allclose(sig.signature(path, 4), whole, rtol=1e-12, atol=1e-12)
 
 
+def test_checkpointed_backward_equals_recorded_backward(monkeypatch):
+    """Long differentiable paths recompute blocks in backward: same gradients, less memory."""
+    path = _random_walk(3, 300, 3, seed=5)
+    weights = torch.randn(sig.signature_channels(3, 4), dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(6))
+
+    def gradient():
+        leaf = path.clone().requires_grad_()
+        (sig.logsignature(leaf, 4) @ weights[:sig.logsignature_channels(3, 4)]).sum().backward()
+        return leaf.grad
+
+    recorded = gradient()
+    monkeypatch.setattr(sig, "_block_elements", lambda: 400)      # many blocks
+    monkeypatch.setattr(sig, "_checkpoint_bytes", lambda: 1000)   # force checkpointing
+    calls = []
+    original = sig._extend_checkpointed
+    monkeypatch.setattr(sig, "_extend_checkpointed", lambda *a: calls.append(1) or original(*a))
+    checkpointed = gradient()
+    assert calls, "the checkpointed path was not taken"
+    assert _relative_error(checkpointed, recorded) < 1e-12
+    # the estimate follows the strategy: boundaries + one block instead of every step
+    assert sig.signature_memory_bytes(3, 300, 3, 4, 8, requires_grad=True) < \
+        sig._recorded_bytes(3, 300, 3, 4, 8) / 3
+
+
+def test_long_differentiable_paths_fit_the_default_budget():
+    # 256 paths x 10,000 points x 8 channels at depth 4 would record ~12 GB of per-step levels
+    assert sig._recorded_bytes(256, 10000, 8, 4, 8) > sig.DEFAULT_MAX_BYTES
+    assert sig.signature_memory_bytes(256, 10000, 8, 4, 8, requires_grad=True) \
+        < sig.DEFAULT_MAX_BYTES / 4
+
+
 @pytest.mark.parametrize("function", [sig.signature, sig.logsignature])
 def test_gradcheck(function):
     path = _random_walk(2, 6, 3, seed=5).requires_grad_()

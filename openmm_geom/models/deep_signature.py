@@ -32,10 +32,10 @@ in the paper, whose proof A.2 treats the assignment as given).
 A decoder MLP maps the pooled embeddings (B, K, hidden) back to the coarse dynamics as node
 features see them (centred per frame over beads, resampled to ``feature_frames``); eq. 6 is the
 mean absolute error between that decoded dynamics and the same transform of the *detached*
-``S^^T X`` -- in the authors' code the decoded dynamics are compared, under L1, with the
-trajectory mapped by the detached assignment. The detachment keeps the consistency term from
-moving the assignment towards easily predicted trajectories; it trains the embeddings. Unlike the
-authors' code, the signature is taken of ``S^^T X`` itself (gradient flowing into the
+``S^^T X`` (our reading of eq. 6; the equation's symbols are stripped from our copy of the
+paper). The detachment keeps the consistency term from
+moving the assignment towards easily predicted trajectories; it trains the embeddings. The
+signature is taken of ``S^^T X`` itself (gradient flowing into the
 assignment), not of the decoder output, which keeps the symmetry properties above exact.
 
 Path signature module

@@ -122,11 +122,12 @@ def reproduce_gene(out: Union[str, os.PathLike], *, seed: int = 0,
                    settings: TrainingSettings = GENE_PRODUCTION,
                    methods: Sequence[str] = GENE_METHODS, n_trajectories: int = 100,
                    n_test: int = 40, n_nodes: int = 100, n_frames: int = 500,
-                   progress: bool = True) -> dict:
+                   rate_spread: float = 1.0, progress: bool = True) -> dict:
     """The paper's gene-regulatory benchmark (Table 4) regenerated from ``seed``.
 
     Generates the dataset (100 cross-validation + 40 independent test trajectories of 100
-    nodes and 500 frames; Dormand-Prince), cross-validates every method with the temporal
+    nodes and 500 frames; Dormand-Prince; ``rate_spread`` as in
+    :func:`~openmm_geom.data.gene_regulatory.generate_gene_dataset`), cross-validates every method with the temporal
     5-fold scheme and tests each fold's best model on the independent trajectories.
     """
     from openmm_geom.data.gene_regulatory import generate_gene_dataset
@@ -134,12 +135,14 @@ def reproduce_gene(out: Union[str, os.PathLike], *, seed: int = 0,
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data_file = out / f"gene_seed{seed}.npz"
+    data_file = out / (f"gene_seed{seed}.npz" if rate_spread == 1.0
+                       else f"gene_seed{seed}_spread{rate_spread:g}.npz")
     generate_gene_dataset(data_file, n_trajectories=n_trajectories, n_test=n_test,
-                          n_nodes=n_nodes, n_frames=n_frames, seed=seed, progress=progress)
+                          n_nodes=n_nodes, n_frames=n_frames, seed=seed,
+                          rate_spread=rate_spread, progress=progress)
     settings = dataclasses.replace(settings, seed=seed)
     result = train(data_file, out, methods, settings, progress=progress)
-    result = {"task": "gene", "seed": seed, **result,
+    result = {"task": "gene", "seed": seed, "rate_spread": rate_spread, **result,
               "seconds": time.perf_counter() - started}
     _write_json(out / "metrics.json", result)
     return result
