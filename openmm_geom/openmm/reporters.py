@@ -14,7 +14,25 @@ from .forces import load_exported
 __all__ = ["CVReporter", "SignatureReporter"]
 
 
-class CVReporter:
+class _CsvFile:
+    """The output file of a CSV reporter: opened from a path (owned) or given open (borrowed)."""
+
+    def _open_output(self, file, append: bool) -> None:
+        self._own_file = isinstance(file, (str, os.PathLike))
+        self._out = open(file, "a" if append else "w") if self._own_file else file
+
+    def close(self) -> None:
+        if self._own_file and not self._out.closed:
+            self._out.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class CVReporter(_CsvFile):
     """Evaluate an exported CV module (or potential) every N steps and write CSV.
 
     Behaves like ``openmm.app.StateDataReporter``: a header line starting with ``#``, quoted
@@ -71,8 +89,7 @@ class CVReporter:
             raise ValueError(f"{len(names)} names for {len(default)} model outputs")
         self._columns = (["Step"] if step else []) + (["Time (ps)"] if time else []) + list(names)
         self._step, self._time, self._separator = step, time, separator
-        self._own_file = isinstance(file, (str, os.PathLike))
-        self._out = open(file, "a" if append else "w") if self._own_file else file
+        self._open_output(file, append)
         self._checked = False
         if not append:
             print("#" + separator.join(f'"{c}"' for c in self._columns), file=self._out)
@@ -128,18 +145,7 @@ class CVReporter:
         print(self._separator.join(row), file=self._out)
         self._out.flush()
 
-    def close(self) -> None:
-        if self._own_file and not self._out.closed:
-            self._out.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class SignatureReporter:
+class SignatureReporter(_CsvFile):
     """Streaming log-signature of a coordinate path, written during an OpenMM run.
 
     Every ``sampleInterval`` steps the chosen coordinates (selected atoms, or beads of a linear
@@ -200,8 +206,7 @@ class SignatureReporter:
         self._stream_class = SignatureStream
         self._stream = None if n_points is None else SignatureStream(3 * n_points, self._depth)
         self._separator, self._append = separator, append
-        self._own_file = isinstance(file, (str, os.PathLike))
-        self._out = open(file, "a" if append else "w") if self._own_file else file
+        self._open_output(file, append)
         self._header_written = append
         self.rows = 0
 
@@ -253,12 +258,3 @@ class SignatureReporter:
         elif simulation.currentStep % self._report == 0 and self._stream.points_seen >= 2:
             self._write(simulation, state)
 
-    def close(self) -> None:
-        if self._own_file:
-            self._out.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
