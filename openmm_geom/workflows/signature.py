@@ -24,7 +24,8 @@ from openmm_geom.ops.signature import logsignature, windowed_logsignature
 from openmm_geom.training.signature_classifier import (ALL_METHODS, SVM_METHOD, TrainingSettings,
                                                        cross_validate)
 
-__all__ = ["GENE_HYPER", "MD_HYPER", "GENE_PRODUCTION", "hyper_for", "train", "reproduce_gene",
+__all__ = ["GENE_HYPER", "MD_HYPER", "GENE_PRODUCTION", "GENE_RATE_SPREAD", "hyper_for", "train",
+           "reproduce_gene",
            "featurize"]
 
 # Gene expression levels carry the class (degradation vs dimerization set the steady-state
@@ -47,6 +48,11 @@ MD_HYPER: Dict[str, dict] = {
 # Our documented budget for the gene benchmark (the paper trains 100 epochs; 30 fit the
 # hour on 2 CPU cores for six methods x five folds, and validation accuracy has levelled off).
 GENE_PRODUCTION = TrainingSettings(epochs=30, batch_size=48, learning_rate=5e-4, weight_decay=1e-4)
+# The paper's Table 4 has Head and Tail near chance (55%): single frames do not give the class
+# away in its data. With fixed B = R = 1 they do (measured, seed 0: Head 99.92%, Tail 99.92%,
+# every method >= 99.6%), so the recipe draws per-trajectory rates, B and R each x a
+# log-uniform factor in [1/2, 2] (seed 0: Head 93.6%, GraphLSTM 98.2%, Deep Signature 99.8%).
+GENE_RATE_SPREAD = 2.0
 GENE_METHODS = ("deep-signature", "graph-lstm", "graph-trans", "head", "tail", "head-tail")
 
 
@@ -122,7 +128,7 @@ def reproduce_gene(out: Union[str, os.PathLike], *, seed: int = 0,
                    settings: TrainingSettings = GENE_PRODUCTION,
                    methods: Sequence[str] = GENE_METHODS, n_trajectories: int = 100,
                    n_test: int = 40, n_nodes: int = 100, n_frames: int = 500,
-                   rate_spread: float = 1.0, progress: bool = True) -> dict:
+                   rate_spread: float = GENE_RATE_SPREAD, progress: bool = True) -> dict:
     """The paper's gene-regulatory benchmark (Table 4) regenerated from ``seed``.
 
     Generates the dataset (100 cross-validation + 40 independent test trajectories of 100
