@@ -893,6 +893,22 @@ def _check_per_atom(name: str, array: np.ndarray, n_atoms: int, path: Path) -> N
                          f"expected numbers of shape ({n_atoms},) for {n_atoms} atoms")
 
 
+def read_npz(path: Path, what: str) -> dict:
+    """All arrays of an npz file (no pickles), with errors that name the file and the problem.
+
+    ``what`` names the kind of file in the not-found message ("reference file", ...).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an npz file (truncated, or another format?)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"{path} is corrupt or not a NumPy npz file: {error}") from error
+
+
 def load_reference(path: Union[str, os.PathLike], require_forces: bool = True) -> dict:
     """Read and check a reference ``.npz`` (ours or the shared ``ala2_vacuum_300K_*.npz``).
 
@@ -923,15 +939,7 @@ def load_reference(path: Union[str, os.PathLike], require_forces: bool = True) -
         non-finite values, no frames, or units other than nm and kJ/mol/nm.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference file not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not an npz file (truncated, or another format?)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            raw = {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise ValueError(f"{path} is corrupt or not a NumPy npz file: {error}") from error
+    raw = read_npz(path, "reference file")
 
     data = {_ALIASES.get(key, key): value for key, value in raw.items()}
     for key in ("positions", "forces") if require_forces else ("positions",):

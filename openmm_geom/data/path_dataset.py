@@ -35,14 +35,13 @@ import math
 import numbers
 import os
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .datagen import _atomic_open, _npy_member
+from .datagen import _atomic_open, _npy_member, read_npz
 
 __all__ = [
     "PathDataset",
@@ -339,18 +338,6 @@ class WindowSet:
         return self.adjacency[trajectory]
 
 
-def _open_npz(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"path dataset not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not an npz file (truncated, or another format?)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-        raise ValueError(f"{path} is corrupt or not a NumPy npz file: {error}") from error
-
-
 class PathDataset:
     """A validated path-classification dataset (see the module docstring for the format).
 
@@ -380,7 +367,7 @@ class PathDataset:
 
     def __init__(self, path: Union[str, os.PathLike]):
         path = Path(path)
-        self._set(validate_path_arrays(_open_npz(path), source=str(path)), str(path))
+        self._set(validate_path_arrays(read_npz(path, "path dataset"), source=str(path)), str(path))
 
     @classmethod
     def from_arrays(cls, source: str = "<arrays>", **arrays) -> "PathDataset":
