@@ -220,7 +220,8 @@ def _cmd_signature(args) -> int:
 
         path = generate_md_dataset(args.out, n_trajectories=args.trajectories, n_test=args.test,
                                    n_frames=args.frames, temperatures=tuple(args.temperatures),
-                                   seed=args.seed, threads=args.threads, progress=progress)
+                                   seed=args.seed, threads=args.threads,
+                                   align=not args.no_align, progress=progress)
         result = {"out": str(path), "trajectories": args.trajectories, "test": args.test}
     elif command == "train":
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -394,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--test", type=int, default=8)
     q.add_argument("--frames", type=int, default=500)
     q.add_argument("--temperatures", type=float, nargs=2, default=(300.0, 450.0))
+    q.add_argument("--no-align", action="store_true",
+                   help="keep lab-frame coordinates (default: superpose every frame on one "
+                        "reference frame, heavy atoms)")
     common_sig(q, "output .npz")
     q = sgsub.add_parser("train", help="temporal cross-validation + independent test of methods")
     q.add_argument("--data", required=True, help="path dataset (.npz)")

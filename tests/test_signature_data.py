@@ -413,6 +413,32 @@ def test_md_dihedrals_match_mdtraj(md_file):
     assert not np.allclose(data.descriptors[0], data.descriptors[1])
 
 
+def _optimal_rotation(frame, reference):
+    """Kabsch rotation (numpy SVD) taking the centred frame onto the centred reference."""
+    a, b = frame - frame.mean(0), reference - reference.mean(0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(u @ vt))
+    return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
+def test_md_frames_are_superposed_rigidly(md_file, tmp_path):
+    data = PathDataset(md_file)
+    reference = data.paths[0, 0].astype(np.float64)
+    for frame in data.paths.reshape(-1, 10, 3).astype(np.float64):
+        # already at the least-squares fit: the remaining best rotation is the identity
+        np.testing.assert_allclose(_optimal_rotation(frame, reference), np.eye(3), atol=2e-4)
+        np.testing.assert_allclose(frame.mean(0), reference.mean(0), atol=1e-5)
+    raw = PathDataset(generate_md_dataset(
+        tmp_path / "raw.npz", n_trajectories=2, n_test=2, n_frames=20, save_interval_ps=0.05,
+        equilibration_ps=0.5, seed=5, align=False, progress=False))
+    assert "none" in raw.provenance["alignment"]
+    # the same runs: alignment moves whole frames only (pair distances unchanged)
+    def distances(paths):
+        return np.linalg.norm(paths[..., :, None, :] - paths[..., None, :, :], axis=-1)
+    np.testing.assert_allclose(distances(raw.paths), distances(data.paths), atol=1e-5)
+    assert np.abs(raw.paths - data.paths).max() > 0.01
+
+
 def test_md_dataset_is_reused_or_refused(md_file, tmp_path):
     before = sha256(md_file)
     same = generate_md_dataset(md_file, n_trajectories=2, n_test=2, n_frames=20,

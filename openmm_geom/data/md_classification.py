@@ -7,7 +7,8 @@ trajectory is one :func:`openmm_geom.data.datagen.generate_reference` run with i
 ``n_frames`` frames ``save_interval_ps`` apart), so checkpointing and resuming come with it.
 The runs are then converted to a path dataset (:mod:`openmm_geom.data.path_dataset`):
 
-- ``paths``: positions of the heavy atoms (nm, ``C = 3``), in topology order;
+- ``paths``: positions of the heavy atoms (nm, ``C = 3``), in topology order, each frame
+  superposed on one reference frame (``align``);
 - ``adjacency``: the covalent bonds between heavy atoms (from the topology; hydrogens dropped);
 - ``descriptors``: backbone phi and psi (rad, from mdtraj on the all-atom frames);
 - ``is_test``: the independent test trajectories (a seed stream of their own).
@@ -115,6 +116,7 @@ def generate_md_dataset(
     friction_per_ps: float = 1.0,
     pdb: Union[str, os.PathLike, None] = None,
     threads: Optional[int] = None,
+    align: bool = True,
     progress: bool = True,
 ) -> Path:
     """Simulate capped alanine at several temperatures and write a path-classification dataset.
@@ -149,6 +151,12 @@ def generate_md_dataset(
         all its psi, as mdtraj finds them.
     threads : int, optional
         OpenMM CPU threads per run (default 1, which is bit-reproducible).
+    align : bool
+        Superpose every frame on the first frame of the first cross-validation trajectory
+        (heavy atoms, mdtraj's least-squares fit) before storing the paths. In vacuum the
+        molecule tumbles freely; unaligned, the paths are dominated by that rotation. Measured
+        on 10 + 6 trajectories of 200 frames, 300 vs 450 K: Deep Signature 51% unaligned, 61%
+        aligned (test accuracy; README). The dihedral descriptors do not depend on it.
     progress : bool
         Show a progress bar over trajectories (stderr).
 
@@ -185,7 +193,7 @@ def generate_md_dataset(
     )
     parameters = dict(
         settings, forcefield=list(FORCEFIELD), n_trajectories=n_trajectories, n_test=n_test,
-        temperatures_K=list(temperatures), seed=seed, pdb_name=pdb.name,
+        temperatures_K=list(temperatures), seed=seed, pdb_name=pdb.name, align=bool(align),
         pdb_sha256=hashlib.sha256(pdb.read_bytes()).hexdigest(),
     )
     if out.is_dir():
@@ -219,10 +227,14 @@ def generate_md_dataset(
     n_heavy = len(heavy)
     paths = np.empty((len(jobs), n_frames, n_heavy, 3), np.float32)
     descriptors = None
+    reference = mdtraj.Trajectory(load_reference(runs[0], require_forces=False)["positions"][:1],
+                                  md_topology)
     for row, run in enumerate(runs):
         positions = load_reference(run, require_forces=False)["positions"]  # nm, float32
-        paths[row] = positions[:, heavy]
         trajectory = mdtraj.Trajectory(positions, md_topology)
+        if align:
+            trajectory.superpose(reference, atom_indices=heavy)
+        paths[row] = trajectory.xyz[:, heavy]
         phi_atoms, phi = mdtraj.compute_phi(trajectory)
         psi_atoms, psi = mdtraj.compute_psi(trajectory)
         angles = np.concatenate([phi, psi], axis=1)
@@ -239,6 +251,8 @@ def generate_md_dataset(
         "version": __version__,
         "parameters": parameters,
         "task": "class = thermostat temperature",
+        "alignment": ("every frame superposed (heavy atoms, least squares) on frame 0 of pool "
+                      "trajectory 0" if align else "none: lab-frame coordinates"),
         "label_temperatures_K": list(temperatures),
         "nodes": names,
         "descriptors": descriptor_names,
