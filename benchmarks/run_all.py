@@ -33,10 +33,7 @@ sys.path.insert(0, str(HERE))
 from _common import wait_for_idle, write_json  # noqa: E402
 
 
-# glibc's dynamic mmap threshold keeps freed signature buffers resident (see the docstring of
-# openmm_geom.ops.signature.signature); a fixed threshold keeps 10,000-step backward passes
-# near their estimated memory instead of ~14 GB of RSS.
-SIGNATURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+
 
 
 def run(script: str, out: Path, extra_args: list, extra_env: dict) -> dict:
@@ -134,7 +131,7 @@ def main(argv=None) -> int:
             ("bench_bridge.py", "bridge.json", [], {}),
             ("bench_torchcv.py", "torchcv.json", [], {}),
             ("bench_cg.py", "cg.json", [], {}),
-            ("bench_signature.py", "signature.json", [], SIGNATURE_ENV)]
+            ("bench_signature.py", "signature.json", [], {})]
     if args.omp_passive:
         passive = {"OMP_WAIT_POLICY": "PASSIVE"}
         jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],
@@ -142,8 +139,7 @@ def main(argv=None) -> int:
                  ("bench_bridge.py", "bridge_omp_passive.json", [], passive),
                  ("bench_torchcv.py", "torchcv_omp_passive.json", [], passive),
                  ("bench_cg.py", "cg_omp_passive.json", ["--no-profile"], passive),
-                 ("bench_signature.py", "signature_omp_passive.json", [],
-                  {**passive, **SIGNATURE_ENV})]
+                 ("bench_signature.py", "signature_omp_passive.json", [], passive)]
     kept = []
     if args.only:
         wanted = {f"{name.strip()}.json" for name in args.only.split(",")}

@@ -53,7 +53,6 @@ import hashlib
 import io
 import json
 import math
-import numbers
 import os
 import shutil
 import tempfile
@@ -68,6 +67,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
+from . import _arguments as check
 from .._threads import cpu_platform_properties
 from ..modelfile import atomic_write_bytes
 from ..progress import progress_bar
@@ -146,26 +146,6 @@ class _Recipe:
     def as_json_dict(self) -> dict:
         """The settings as they are stored in JSON (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def _number(name: str, value, *, allow_zero: bool = False) -> float:
-    """``value`` as a finite positive (or non-negative) float, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    x = float(value)
-    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a finite {kind} number, got {value!r}")
-    return x
-
-
-def _count(name: str, value, *, maximum: Optional[int] = None) -> int:
-    """``value`` as a positive integer, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
-    return int(value)
 
 
 def _whole_steps(duration_ps: float, timestep_fs: float, name: str) -> int:
@@ -807,23 +787,23 @@ def generate_reference(
     recipe = _Recipe(
         pdb_sha256="",  # filled in once the file is read
         forcefield=_forcefield_names(forcefield),
-        n_frames=_count("n_frames", n_frames),
-        save_interval_ps=_number("save_interval_ps", save_interval_ps),
-        timestep_fs=_number("timestep_fs", timestep_fs),
-        temperature_K=_number("temperature_K", temperature_K),
-        friction_per_ps=_number("friction_per_ps", friction_per_ps, allow_zero=True),
-        equilibration_ps=_number("equilibration_ps", equilibration_ps, allow_zero=True),
-        seed=_count("seed", seed, maximum=2**31 - 1),
+        n_frames=check.count("n_frames", n_frames),
+        save_interval_ps=check.number("save_interval_ps", save_interval_ps),
+        timestep_fs=check.number("timestep_fs", timestep_fs),
+        temperature_K=check.number("temperature_K", temperature_K),
+        friction_per_ps=check.number("friction_per_ps", friction_per_ps, sign="non-negative"),
+        equilibration_ps=check.number("equilibration_ps", equilibration_ps, sign="non-negative"),
+        seed=check.count("seed", seed, maximum=2**31 - 1),
         constraints=_constraints_name(constraints),
-        nonbonded_cutoff_nm=_number("nonbonded_cutoff_nm", nonbonded_cutoff_nm),
+        nonbonded_cutoff_nm=check.number("nonbonded_cutoff_nm", nonbonded_cutoff_nm),
         rigid_water=bool(rigid_water),
         platform=str(platform),
         openmm_version=openmm.__version__,
     )
-    checkpoint_every = _count("checkpoint_every", checkpoint_every)
+    checkpoint_every = check.count("checkpoint_every", checkpoint_every)
     threads = 1 if threads is None and recipe.platform == "CPU" else threads
     if threads is not None:
-        threads = _count("threads", threads)
+        threads = check.count("threads", threads)
     _platform(recipe.platform, threads)  # unknown platform / misplaced threads: fail early
 
     structure = _read_structure(pdb)

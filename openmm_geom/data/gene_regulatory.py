@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 from pathlib import Path
 from typing import Sequence, Union
@@ -37,6 +36,7 @@ from typing import Sequence, Union
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from . import _arguments as check
 from .. import __version__
 from ..progress import progress_bar
 from .path_dataset import save_path_dataset
@@ -54,20 +54,6 @@ CLASS_EXPONENTS = (1.0, 2.0)  # f of class 0 and class 1
 RTOL = 1e-9
 ATOL = 1e-11
 _POOL_STREAM, _TEST_STREAM = 0, 1  # spawn keys of the two seed streams
-
-
-def _count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _finite(name: str, value, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or (positive and value <= 0):
-        kind = "positive finite" if positive else "finite"
-        raise ValueError(f"{name} must be a {kind} number, got {value!r}")
-    return float(value)
 
 
 def power_law_network(n_nodes: int, rng: np.random.Generator, m: int = 2) -> np.ndarray:
@@ -92,8 +78,8 @@ def power_law_network(n_nodes: int, rng: np.random.Generator, m: int = 2) -> np.
     numpy.ndarray of float32, shape (n_nodes, n_nodes)
         Symmetric 0/1 adjacency with a zero diagonal.
     """
-    m = _count("m", m)
-    n_nodes = _count("n_nodes", n_nodes, minimum=m + 1)
+    m = check.count("m", m)
+    n_nodes = check.count("n_nodes", n_nodes, minimum=m + 1)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     adjacency = np.zeros((n_nodes, n_nodes), np.float32)
@@ -183,18 +169,18 @@ def simulate_gene_dynamics(
                          f"got {x0.shape}")
     if not np.isfinite(x0).all() or (x0 < 0).any():
         raise ValueError("x0 must be finite and non-negative (expression levels)")
-    f, B, R, h = (_finite(name, value) for name, value in
+    f, B, R, h = (check.number(name, value, sign="any") for name, value in
                   (("f", f), ("B", B), ("R", R), ("h", h)))
-    duration = _finite("duration", duration, positive=True)
-    n_frames = _count("n_frames", n_frames)
+    duration = check.number("duration", duration)
+    n_frames = check.count("n_frames", n_frames)
     times = np.arange(n_frames) * (duration / n_frames)
 
     def rhs(_t, x):
         return gene_rhs(x, adjacency, f, B, R, h)
 
     solution = solve_ivp(rhs, (0.0, float(times[-1])), x0, method="RK45", t_eval=times,
-                         rtol=_finite("rtol", rtol, positive=True),
-                         atol=_finite("atol", atol, positive=True))
+                         rtol=check.number("rtol", rtol),
+                         atol=check.number("atol", atol))
     if solution.status != 0:
         raise RuntimeError(f"the Dormand-Prince integration failed: {solution.message}")
     x = solution.y.T
@@ -275,21 +261,21 @@ def generate_gene_dataset(
         A trajectory could not be integrated or has non-finite values (never dropped
         silently: the message names the trajectory and its seed).
     """
-    n_trajectories = _count("n_trajectories", n_trajectories, minimum=2)
-    n_test = _count("n_test", n_test, minimum=0)
+    n_trajectories = check.count("n_trajectories", n_trajectories, minimum=2)
+    n_test = check.count("n_test", n_test, minimum=0)
     for name, value in (("n_trajectories", n_trajectories), ("n_test", n_test)):
         if value % len(LABEL_NAMES):
             raise ValueError(f"{name} must be even so that both classes have the same number "
                              f"of trajectories, got {value}")
-    m = _count("m", m)
-    n_nodes = _count("n_nodes", n_nodes, minimum=m + 1)
-    n_frames = _count("n_frames", n_frames, minimum=2)
-    duration = _finite("duration", duration, positive=True)
-    seed = _count("seed", seed, minimum=0)
-    rate_spread = _finite("rate_spread", rate_spread, positive=True)
+    m = check.count("m", m)
+    n_nodes = check.count("n_nodes", n_nodes, minimum=m + 1)
+    n_frames = check.count("n_frames", n_frames, minimum=2)
+    duration = check.number("duration", duration)
+    seed = check.count("seed", seed, minimum=0)
+    rate_spread = check.number("rate_spread", rate_spread)
     if rate_spread < 1:
         raise ValueError(f"rate_spread must be >= 1, got {rate_spread}")
-    low, high = (_finite("initial_range", value) for value in initial_range)
+    low, high = (check.number("initial_range", value, sign="any") for value in initial_range)
     if not 0 <= low < high:
         raise ValueError(f"initial_range must be (low, high) with 0 <= low < high, got "
                          f"{tuple(initial_range)}")

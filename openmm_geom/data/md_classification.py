@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import numbers
 import os
 import shutil
 import zipfile
@@ -33,6 +31,7 @@ import mdtraj
 import numpy as np
 import openmm.app as app
 
+from . import _arguments as check
 from .. import __version__
 from ..progress import progress_bar
 from . import bundled
@@ -77,20 +76,6 @@ def heavy_atom_graph(topology: app.Topology) -> tuple:
 def _openmm_seed(seed_sequence: np.random.SeedSequence) -> int:
     """An OpenMM seed in 1..2**31-1 (0 would mean "pick one at random")."""
     return int(seed_sequence.generate_state(1, np.uint64)[0] % _MAX_OPENMM_SEED) + 1
-
-
-def _number(name: str, value, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a finite {kind} number, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _recorded_parameters(out: Path) -> Optional[dict]:
@@ -171,26 +156,26 @@ def generate_md_dataset(
     if n_classes < 2:
         raise ValueError(f"temperatures must list at least two temperatures (one per class), "
                          f"got {tuple(temperatures)}")
-    temperatures = tuple(_number("temperatures", t) for t in temperatures)
+    temperatures = tuple(check.number("temperatures", t) for t in temperatures)
     if len(set(temperatures)) != n_classes:
         raise ValueError(f"temperatures must be distinct, got {temperatures}")
-    n_trajectories = _count("n_trajectories", n_trajectories, n_classes)
-    n_test = _count("n_test", n_test, 0)
+    n_trajectories = check.count("n_trajectories", n_trajectories, minimum=n_classes)
+    n_test = check.count("n_test", n_test, minimum=0)
     for name, value in (("n_trajectories", n_trajectories), ("n_test", n_test)):
         if value % n_classes:
             raise ValueError(f"{name} must be a multiple of the {n_classes} temperatures so "
                              f"that the classes are balanced, got {value}")
-    n_frames = _count("n_frames", n_frames, 2)
-    seed = _count("seed", seed, 0)
+    n_frames = check.count("n_frames", n_frames, minimum=2)
+    seed = check.count("seed", seed, minimum=0)
     pdb = Path(bundled("alanine-dipeptide.pdb") if pdb is None else pdb)
     if not pdb.is_file():
         raise FileNotFoundError(f"PDB file not found: {pdb}")
     settings = dict(
         forcefield=FORCEFIELD, n_frames=n_frames,
-        save_interval_ps=_number("save_interval_ps", save_interval_ps),
-        timestep_fs=_number("timestep_fs", timestep_fs),
-        friction_per_ps=_number("friction_per_ps", friction_per_ps, allow_zero=True),
-        equilibration_ps=_number("equilibration_ps", equilibration_ps, allow_zero=True),
+        save_interval_ps=check.number("save_interval_ps", save_interval_ps),
+        timestep_fs=check.number("timestep_fs", timestep_fs),
+        friction_per_ps=check.number("friction_per_ps", friction_per_ps, sign="non-negative"),
+        equilibration_ps=check.number("equilibration_ps", equilibration_ps, sign="non-negative"),
     )
     parameters = dict(
         settings, forcefield=list(FORCEFIELD), n_trajectories=n_trajectories, n_test=n_test,

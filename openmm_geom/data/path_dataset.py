@@ -41,6 +41,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from . import _arguments as check
 from .datagen import _atomic_open, _npy_member, read_npz
 
 __all__ = [
@@ -62,12 +63,6 @@ MIN_WINDOW_FRAMES = 2  # a path needs two points to have an increment (and a sig
 
 
 # --- windows --------------------------------------------------------------------------------
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
 
 def temporal_cv_windows(n_frames: int, groups: int = 5, folds: int = 5) -> tuple:
     """Windows of the temporal cross-validation of one trajectory of ``n_frames`` frames.
@@ -100,9 +95,9 @@ def temporal_cv_windows(n_frames: int, groups: int = 5, folds: int = 5) -> tuple
     ValueError
         Non-positive arguments, or fewer than two frames per window.
     """
-    n_frames = _positive_int("n_frames", n_frames)
-    groups = _positive_int("groups", groups)
-    folds = _positive_int("folds", folds)
+    n_frames = check.count("n_frames", n_frames)
+    groups = check.count("groups", groups)
+    folds = check.count("folds", folds)
     n_windows = groups * folds
     window_length = n_frames // n_windows
     if window_length < MIN_WINDOW_FRAMES:

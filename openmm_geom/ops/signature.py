@@ -382,10 +382,12 @@ def signature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES
     :data:`CHECKPOINT_BYTES` are differentiated segment by segment with activation
     checkpointing (eager mode; TorchScript records every step). On Linux, glibc's dynamic
     mmap threshold can keep the freed per-segment buffers resident, so the process's RSS
-    may grow well beyond the live memory; ``MALLOC_MMAP_THRESHOLD_=1048576`` in the
-    environment (set before Python starts) keeps it near the estimate (measured: 256 paths
-    of 2,000 points, 8 channels, depth 4, forward + backward: 2.5 GB RSS without it,
-    0.5 GB with it, 0.33 GB estimated).
+    may grow well beyond the live memory. ``MALLOC_MMAP_THRESHOLD_=1048576`` in the
+    environment (set before Python starts) keeps it near the estimate but makes every large
+    allocation a fresh mapping, which is slower. Measured with
+    ``benchmarks/signature_checkpoint_cost.py --length 2000`` (256 paths of 2,000 points,
+    8 channels, depth 4, forward + backward, 2 threads): 2.3 GB RSS growth and 2.8 s
+    without it; 0.5 GB and 8.2 s with it; 0.33 GB estimated.
     """
     if path.dim() == 2:
         return torch.cat(signature_levels(path.unsqueeze(0), depth, max_bytes), dim=-1).squeeze(0)

@@ -1,0 +1,29 @@
+"""Argument checks shared by the data generators: a ValueError that names the argument."""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+_KINDS = {"positive": "finite positive", "non-negative": "finite non-negative", "any": "finite"}
+
+
+def count(name: str, value, *, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """``value`` as an integer in ``[minimum, maximum]`` (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
+    return int(value)
+
+
+def number(name: str, value, *, sign: str = "positive") -> float:
+    """``value`` as a finite float that is ``positive``, ``non-negative`` or ``any`` sign."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    x = float(value)
+    if not math.isfinite(x) or (sign == "positive" and x <= 0) or (sign == "non-negative"
+                                                                    and x < 0):
+        raise ValueError(f"{name} must be a {_KINDS[sign]} number, got {value!r}")
+    return x
