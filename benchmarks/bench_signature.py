@@ -54,7 +54,6 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def implementations(kind: str, depth: int, threads: int):
     """(ours, pysiglib) callables path -> output for ``kind`` in {signature, logsignature}."""
-    import pysiglib
     import pysiglib.torch_api as siglib_torch
 
     from openmm_geom.ops import signature as ours
@@ -258,9 +257,12 @@ def main(argv=None) -> int:
     options = _common.parser(__doc__, "signature.json", "small shapes, a few seconds")
     options.add_argument("--max-call-seconds", type=float, default=60.0,
                          help="skip 10,000-step configurations predicted to take longer per call")
+    options.add_argument("--lengths", help="comma-separated path lengths (default 1000,10000)")
     args = _common.parse(options, argv)
     threads = int(args.threads.split(",")[-1]) if args.threads else _common.cores()
     shapes, batch = (QUICK_SHAPES, QUICK_BATCH) if args.quick else (FULL_SHAPES, BATCH)
+    if args.lengths:
+        shapes = dict(shapes, lengths=tuple(int(n) for n in args.lengths.split(",")))
     env, monitor = environment(), LoadMonitor()
     try:
         from importlib import metadata

@@ -36,7 +36,6 @@ against ``max_bytes`` before any work, with an error that states the size needed
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Tuple
 
 import torch
