@@ -282,6 +282,35 @@ def plot_learning_curves(histories, path: PathLike, dpi: int = 120) -> Path:
     return _save(fig, path, dpi)
 
 
+def plot_potential_learning_curves(history: Mapping[str, list], path: PathLike,
+                                   dpi: int = 120) -> Path:
+    """Energy+force training: loss per epoch (left) and validation errors (right axis).
+
+    ``history`` has lists ``epoch``, ``train_loss``, ``validation_force_mae`` (kJ/mol/nm) and
+    ``validation_energy_mae_per_atom`` (kJ/mol), as written by ``train_potential``.
+    """
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    epochs = history["epoch"]
+    ax.plot(epochs, history["train_loss"], "--", color="0.3", label="training loss")
+    ax.set(xlabel="epoch", ylabel="training loss (dimensionless)", yscale="log")
+    right = ax.twinx()
+    right.plot(epochs, history["validation_force_mae"], "-o", ms=3, color="C0",
+               label="validation force MAE (kJ/mol/nm)")
+    right.plot(epochs, np.asarray(history["validation_energy_mae_per_atom"]) * 100, "-s", ms=3,
+               color="C1", label="validation energy MAE x100 (kJ/mol/atom)")
+    best = int(np.argmin(history["validation_force_mae"]))
+    right.plot(epochs[best], history["validation_force_mae"][best], "*", ms=12, color="C3",
+               label="restored best epoch")
+    right.set(ylabel="validation error")
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
+    ax.set_title("energy+force training")
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
 def plot_classification_curves(histories: Mapping[str, list], path: PathLike,
                                dpi: int = 120) -> Path:
     """Validation accuracy and training loss per epoch, mean over folds, for each method.

@@ -7,11 +7,13 @@ The dependency points one way only: ``openmm_geom.openmm`` never imports this pa
 from ..modelfile import ModelFileError, load_model, read_metadata
 from ..openmm.validation import ExportReport, check_export
 from .cg import export_cg_model
+from .potential import export_potential
 from .torchscript import ExportError, export_model
 
 __all__ = [
     "export_model",
     "export_cg_model",
+    "export_potential",
     "check_export",
     "ExportReport",
     "ExportError",

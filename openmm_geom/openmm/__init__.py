@@ -5,6 +5,7 @@ Reads model files (:mod:`openmm_geom.modelfile`); never imports training or expo
 from .biasing import GridAxis, Metadynamics, restraint_force
 from .cvforce import TorchCVForce
 from .forces import CVComponent, check_system, load_exported, python_force, torch_force
+from .potential import EnsembleSpreadReporter, OutOfDistributionWarning, potential_system
 from .reporters import CVReporter, SignatureReporter
 from .validation import CheckResult, ExportReport, check_export
 
@@ -20,6 +21,9 @@ __all__ = [
     "CVComponent",
     "CVReporter",
     "SignatureReporter",
+    "potential_system",
+    "EnsembleSpreadReporter",
+    "OutOfDistributionWarning",
     "check_export",
     "ExportReport",
     "CheckResult",

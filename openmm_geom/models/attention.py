@@ -1,0 +1,190 @@
+"""Sparse graph-attention potential (GATv2-style message passing, after the JAT model).
+
+Architecture (chapter 3 of ``sparse-graph-attention-ionic-liquid-potentials``, our PyTorch
+implementation):
+
+1. **Graph**: every pair closer than the cutoff, periodic and triclinic, from
+   :func:`openmm_geom.ops.neighbors.neighbor_pairs` (vesin, O(N)); each pair becomes two
+   directed edges so that sender and receiver projections may differ.
+2. **Embedding** of the element of each atom into ``features`` channels.
+3. **Attention layers** (``layers`` of them, ``heads`` heads each). For an edge from sender
+   ``j`` to receiver ``i`` at distance ``r``::
+
+       e_ij   = a_h . swish(W_r h_i + W_s h_j + W_e phi(r))          (GATv2: nonlinearity
+                                                                       before the vector a)
+       alpha_ij = u(r) exp(e_ij) / (exp(b_h) + sum_k u(r_ik) exp(e_ik))
+       m_i    = sum_j alpha_ij (W_v h_j * W_f phi(r))
+       h_i   <- LayerNorm(h_i + swish(W_o m_i))                       (skip connection)
+
+   Logits and sink are soft-bounded to +-5 (``5 tanh(x/5)``) so that the weight of an atom's
+   only neighbour fades out smoothly over the last few percent of the cutoff.
+   ``phi`` is a Gaussian radial basis and ``u`` a polynomial envelope (DimeNet's, p = 6)
+   that falls from 1 to 0 between r = 0 and the cutoff with vanishing first and second
+   derivatives there. The softmax is *envelope-weighted* and has a learned per-head sink ``b_h``: a
+   neighbour's weight therefore goes to zero continuously as it reaches the cutoff, and an
+   atom whose last neighbour leaves does not divide by zero. A plain softmax would
+   renormalise the remaining weights the moment a pair crosses the cutoff, so energies would
+   jump; with this form energy and forces are continuous (tested).
+4. **Pyramidal readout**: ``features -> features/2 -> features/4 -> features/4 -> 1`` dense
+   layers with swish and layer normalisation, giving per-atom energies that are summed.
+
+Units: nm and kJ/mol (the base class :class:`AtomisticPotential` adds per-element offsets and
+the energy scale). Scriptable with ``torch.jit.script``, float32 or float64.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from ..ops.neighbors import NeighborPairs
+from .atomistic import AtomisticPotential
+
+__all__ = ["AttentionPotential", "smooth_envelope", "LOGIT_BOUND"]
+
+LOGIT_BOUND = 5.0  # |attention logit| and |sink| stay below this (soft, via tanh)
+
+
+def smooth_envelope(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """1 at r = 0, 0 at and beyond ``cutoff``, with vanishing first and second derivatives there.
+
+    The polynomial envelope of DimeNet with p = 6, ``1 - 28 x^6 + 48 x^7 - 21 x^8`` (x = r/rc):
+    flat near 0 (0.86 at half the cutoff), so that neighbours in the first shells keep most
+    of their weight and only the outer part of the sphere is damped.
+    """
+    x = torch.clamp(distances / cutoff, 0.0, 1.0)
+    x6 = x ** 6
+    return 1.0 - x6 * (28.0 - x * (48.0 - 21.0 * x))
+
+
+class _AttentionLayer(torch.nn.Module):
+    def __init__(self, features: int, heads: int, n_rbf: int):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = features // heads
+        self.receiver = torch.nn.Linear(features, features, bias=True)
+        self.sender = torch.nn.Linear(features, features, bias=False)
+        self.edge = torch.nn.Linear(n_rbf, features, bias=False)
+        self.attention = torch.nn.Parameter(torch.randn(heads, self.head_dim) / math.sqrt(self.head_dim))
+        self.sink = torch.nn.Parameter(torch.zeros(heads))
+        self.logit_bound = LOGIT_BOUND
+        self.value = torch.nn.Linear(features, features, bias=False)
+        self.filter = torch.nn.Linear(n_rbf, features, bias=True)
+        self.output = torch.nn.Linear(features, features, bias=True)
+        self.norm = torch.nn.LayerNorm(features)
+
+    def forward(self, h: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
+                basis: torch.Tensor, envelope: torch.Tensor) -> torch.Tensor:
+        n, e = h.size(0), receivers.size(0)
+        lifted = (self.receiver(h).index_select(0, receivers) + self.sender(h).index_select(0, senders)
+                  + self.edge(basis))
+        raw = (F.silu(lifted).view(e, self.heads, self.head_dim) * self.attention).sum(-1)  # (E, H)
+        # Soft-bounded logits and sink: a lone neighbour's weight u e^l / (e^b + u e^l) then
+        # fades out over a finite distance before the cutoff instead of a near-step.
+        logits = self.logit_bound * torch.tanh(raw / self.logit_bound)
+        sink = self.logit_bound * torch.tanh(self.sink / self.logit_bound)
+        # Any per-receiver constant cancels in the ratio below; the largest logit keeps exp()
+        # finite. Detached because it does not change the value, so it has no gradient.
+        shift = torch.zeros(n, self.heads, dtype=h.dtype, device=h.device).scatter_reduce(
+            0, receivers.unsqueeze(1).expand(e, self.heads), logits.detach(), "amax", include_self=False)
+        shift = torch.maximum(shift, sink.detach().to(h.dtype).unsqueeze(0))
+        weights = envelope.unsqueeze(1) * torch.exp(logits - shift.index_select(0, receivers))
+        denominator = torch.exp(sink.to(h.dtype).unsqueeze(0) - shift).index_add(0, receivers, weights)
+        alpha = weights / denominator.index_select(0, receivers)  # (E, H)
+        messages = (self.value(h).index_select(0, senders) * self.filter(basis)).view(e, self.heads, self.head_dim)
+        aggregated = torch.zeros(n, self.heads, self.head_dim, dtype=h.dtype, device=h.device).index_add(
+            0, receivers, alpha.unsqueeze(2) * messages)
+        return self.norm(h + F.silu(self.output(aggregated.view(n, -1))))
+
+
+class AttentionPotential(AtomisticPotential):
+    """GATv2-style graph-attention potential; nm in, kJ/mol out.
+
+    Parameters
+    ----------
+    atomic_numbers : sequence of int (N,)
+        The system's atoms in order.
+    cutoff : float
+        Graph cutoff in nm (default 0.5). Periodic boxes must be at least twice as wide.
+    features : int
+        Channels per atom (divisible by ``heads``).
+    layers, heads : int
+        Message-passing layers and attention heads per layer.
+    n_rbf : int
+        Gaussian radial basis functions on [0, cutoff].
+    elements : sequence of int, optional
+        Elements the model can handle (default: those in ``atomic_numbers``).
+    dtype : torch.dtype
+        float32 (default) or float64.
+    seed : int
+        Seed of the weight initialisation.
+    """
+
+    def __init__(self, atomic_numbers: Sequence[int], cutoff: float = 0.5, features: int = 48,
+                 layers: int = 4, heads: int = 4, n_rbf: int = 16,
+                 elements: Optional[Sequence[int]] = None, dtype: torch.dtype = torch.float32,
+                 seed: int = 0):
+        super().__init__(atomic_numbers, elements, cutoff)
+        if features % heads != 0:
+            raise ValueError(f"features ({features}) must be divisible by heads ({heads})")
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if layers < 1 or n_rbf < 1 or features < 4:
+            raise ValueError("layers and n_rbf must be >= 1 and features >= 4")
+        self.hyperparameters = {
+            "architecture": "attention", "cutoff": float(cutoff), "features": int(features),
+            "layers": int(layers), "heads": int(heads), "n_rbf": int(n_rbf),
+            "elements": list(self.elements), "dtype": str(dtype).replace("torch.", ""),
+        }
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.embedding = torch.nn.Embedding(len(self.elements), features)
+            self.layers = torch.nn.ModuleList([_AttentionLayer(features, heads, n_rbf)
+                                               for _ in range(layers)])
+            widths = [features, max(features // 2, 1), max(features // 4, 1), max(features // 4, 1)]
+            readout: List[torch.nn.Module] = []
+            for n_in, n_out in zip(widths[:-1], widths[1:]):
+                readout += [torch.nn.Linear(n_in, n_out), torch.nn.SiLU(), torch.nn.LayerNorm(n_out)]
+            readout.append(torch.nn.Linear(widths[-1], 1))
+            self.readout = torch.nn.Sequential(*readout)
+        self.register_buffer("rbf_centers", torch.linspace(0.0, cutoff, n_rbf))
+        self.rbf_width = float(cutoff / n_rbf)
+        self.neighbors = NeighborPairs(cutoff)
+        self.to(dtype)
+
+    @classmethod
+    def from_hyperparameters(cls, atomic_numbers: Sequence[int], hp: dict) -> "AttentionPotential":
+        """Rebuild a model from its ``hyperparameters`` (weights come from a state dict)."""
+        return cls(atomic_numbers, cutoff=hp["cutoff"], features=hp["features"], layers=hp["layers"],
+                   heads=hp["heads"], n_rbf=hp["n_rbf"], elements=hp["elements"],
+                   dtype=getattr(torch, hp["dtype"]))
+
+    def interaction_energies(self, positions: torch.Tensor,
+                             boxes: Optional[torch.Tensor]) -> torch.Tensor:
+        dtype = self.rbf_centers.dtype
+        frames, n_atoms = positions.size(0), positions.size(1)
+        x = positions.to(dtype)
+        first: List[torch.Tensor] = []
+        second: List[torch.Tensor] = []
+        lengths: List[torch.Tensor] = []
+        for b in range(frames):
+            box: Optional[torch.Tensor] = None
+            if boxes is not None:
+                box = boxes[b].to(dtype)
+            pairs, _, distances = self.neighbors(x[b], box)
+            first.append(pairs[0] + b * n_atoms)
+            second.append(pairs[1] + b * n_atoms)
+            lengths.append(distances)
+        i, j, r = torch.cat(first), torch.cat(second), torch.cat(lengths)
+        # Each pair is two directed edges: sender and receiver projections differ (W_s != W_r).
+        receivers, senders, r = torch.cat([i, j]), torch.cat([j, i]), torch.cat([r, r])
+        envelope = smooth_envelope(r, self.cutoff)
+        # The envelope enters through the attention weights, which carry every message.
+        basis = torch.exp(-((r.unsqueeze(1) - self.rbf_centers) / self.rbf_width) ** 2)
+        h = self.embedding(self.species).repeat(frames, 1)
+        for layer in self.layers:
+            h = layer(h, receivers, senders, basis, envelope)
+        atomic = self.readout(h).view(frames, n_atoms)
+        return atomic.sum(1)

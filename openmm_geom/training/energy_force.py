@@ -1,0 +1,320 @@
+"""Training all-atom potentials on energies and forces.
+
+Loss (both terms dimensionless, so that the weight ``rho`` means the same for any system)::
+
+    L = rho * < l(dE / sigma_E) > + (1 - rho) * < l(dF / sigma_F) >
+
+with ``dE`` the per-frame energy error, ``dF`` each force component's error, ``sigma_E`` and
+``sigma_F`` the training set's standard deviations of the energies (after the per-element
+offsets) and of the force components, and ``l`` either the squared error or the log-cosh loss
+``alpha^2 log cosh(x / alpha)``, quadratic below ``alpha`` (in units of sigma) and linear above
+it (eq. 3.4 of the thesis; computed through softplus so that it cannot overflow).
+
+The learning rate follows a one-cycle schedule (Smith 2018, as in the thesis): linear warm-up
+from ``lr_min`` to ``lr_max`` over the first 45% of the steps, back down over the next 45%, then
+to ``lr_final``. Before training, per-element energy offsets are fitted to the training energies
+by least squares and the network's energy scale is set so that its initial forces have the
+spread of the reference forces (see :func:`prepare_model`). The best state by validation force MAE is deep-copied and restored;
+training stops early after ``patience`` epochs without improvement; every epoch is checkpointed
+atomically and a rerun resumes (a checkpoint from other data or settings is refused).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+
+from ..modelfile import atomic_write_bytes
+from ..models.atomistic import AtomisticPotential, fit_energy_offsets
+from ..progress import progress_bar
+
+__all__ = ["EnergyForceConfig", "energy_force_loss", "prepare_model", "evaluate_potential",
+           "train_potential", "TrainingResult", "one_cycle_lambda"]
+
+# The untrained network's forces start at this fraction of the reference spread: large
+# enough for a useful first gradient, small enough not to start from a huge energy error.
+INITIAL_FORCE_FRACTION = 0.1
+
+
+@dataclasses.dataclass
+class EnergyForceConfig:
+    """Hyper-parameters of energy+force training (units: nm, kJ/mol)."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr_min: float = 5e-5
+    lr_max: float = 2e-3
+    lr_final: float = 1e-5
+    weight_decay: float = 0.0
+    rho: float = 0.05
+    loss: str = "logcosh"  # or "mse"
+    logcosh_alpha: float = 1.0  # in units of sigma
+    patience: int = 10
+    seed: int = 0
+    max_train_frames: Optional[int] = None  # a stride through the training frames per epoch
+
+    def __post_init__(self):
+        if self.loss not in ("mse", "logcosh"):
+            raise ValueError(f"loss must be 'mse' or 'logcosh', got {self.loss!r}")
+        if not 0.0 <= self.rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
+        if not (0 < self.lr_min <= self.lr_max and 0 < self.lr_final):
+            raise ValueError("learning rates must satisfy 0 < lr_min <= lr_max and lr_final > 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("epochs, batch_size and patience must be >= 1")
+        if not self.logcosh_alpha > 0:
+            raise ValueError("logcosh_alpha must be positive")
+
+
+def one_cycle_lambda(total_steps: int, lr_min: float, lr_max: float, lr_final: float):
+    """Multiplier of ``lr_max`` at each optimiser step for the thesis' one-cycle schedule."""
+    rise = max(int(0.45 * total_steps), 1)
+    fall = max(int(0.9 * total_steps), rise + 1)
+
+    def factor(step: int) -> float:
+        if step < rise:
+            lr = lr_min + (lr_max - lr_min) * step / rise
+        elif step < fall:
+            lr = lr_max - (lr_max - lr_min) * (step - rise) / (fall - rise)
+        else:
+            tail = max(total_steps - fall, 1)
+            lr = lr_min + (lr_final - lr_min) * min((step - fall) / tail, 1.0)
+        return lr / lr_max
+
+    return factor
+
+
+def _elementwise(x: torch.Tensor, kind: str, alpha: float) -> torch.Tensor:
+    if kind == "mse":
+        return x * x
+    # alpha^2 log cosh(x/alpha). Large |y|: |y| + softplus(-2|y|) - log 2 (cosh would
+    # overflow); small |y|: log(cosh(y)) itself (the other form cancels digits in float32).
+    # The clamp keeps the unused branch finite, so torch.where's gradient has no NaN in it.
+    y = (x / alpha).abs()
+    large = y + torch.nn.functional.softplus(-2.0 * y) - math.log(2.0)
+    small = torch.log1p(2.0 * torch.sinh(0.5 * torch.clamp(y, max=1.0)) ** 2)  # = log cosh y
+    return alpha * alpha * torch.where(y < 1.0, small, large)
+
+
+def energy_force_loss(predicted_energy, energy, predicted_forces, forces, sigma_energy: float,
+                      sigma_force: float, config: EnergyForceConfig) -> torch.Tensor:
+    """The training loss above; energies (B,) kJ/mol, forces (B, N, 3) kJ/mol/nm."""
+    le = _elementwise((predicted_energy - energy) / sigma_energy, config.loss, config.logcosh_alpha)
+    lf = _elementwise((predicted_forces - forces) / sigma_force, config.loss, config.logcosh_alpha)
+    return config.rho * le.mean() + (1.0 - config.rho) * lf.mean()
+
+
+def _energies_and_forces(model: AtomisticPotential, positions: torch.Tensor,
+                         boxes: Optional[torch.Tensor], create_graph: bool):
+    x = positions.detach().requires_grad_(True)
+    energies = model.energies(x, boxes)
+    (gradient,) = torch.autograd.grad(energies.sum(), x, create_graph=create_graph)
+    return energies, -gradient
+
+
+def prepare_model(model: AtomisticPotential, energies: np.ndarray, forces: np.ndarray,
+                  positions=None, boxes=None, probe_frames: int = 4) -> dict:
+    """Fit per-element offsets and the energy scale from training data; returns the statistics.
+
+    The offsets are the least-squares per-element energies. The energy scale makes the
+    untrained network's forces on the first ``probe_frames`` training frames as spread as the
+    reference forces (``sigma_F``): a freshly initialised network is nearly flat (its forces
+    were ~1e-4 sigma_F on a Lennard-Jones liquid), and without this the first epochs only
+    learn the scale. (Scaled to ``INITIAL_FORCE_FRACTION`` of it.) Without ``positions`` the scale is ``sigma_F x 0.01 nm``.
+    """
+    counts = np.tile(model.element_counts(), (len(energies), 1))
+    offsets = fit_energy_offsets(energies, counts)
+    model.set_energy_offsets({z: float(b) for z, b in zip(model.elements, offsets)})
+    residual = np.asarray(energies, np.float64) - counts @ offsets
+    sigma_force = float(np.std(np.asarray(forces, np.float64)))
+    # A single composition leaves no residual spread when only one frame is given.
+    sigma_energy = float(np.std(residual)) or 1.0
+    if not sigma_force > 0:
+        raise ValueError("the training forces are all equal: nothing to learn from")
+    scale = sigma_force * 0.01
+    if positions is not None:
+        model.set_energy_scale(1.0)
+        dtype = next(model.parameters()).dtype
+        x = torch.as_tensor(np.asarray(positions[:probe_frames]), dtype=dtype)
+        b = None if boxes is None else torch.as_tensor(np.asarray(boxes[:probe_frames]), dtype=dtype)
+        _, raw = _energies_and_forces(model, x, b, False)
+        raw_spread = float(raw.detach().double().std())
+        if raw_spread > 0 and math.isfinite(raw_spread):
+            scale = INITIAL_FORCE_FRACTION * sigma_force / raw_spread
+        model.set_energy_scale(scale)
+        # The scaled network adds its own mean energy; move it into the offsets (shared by
+        # every atom) so that training starts from the right mean energy.
+        predicted, _ = _energies_and_forces(model, x, b, False)
+        mean_error = float((predicted.detach().double().numpy()
+                            - np.asarray(energies[:probe_frames], np.float64)).mean())
+        offsets = offsets - mean_error / float(counts[0].sum())
+        model.set_energy_offsets({z: float(v) for z, v in zip(model.elements, offsets)})
+    model.set_energy_scale(scale)
+    return {"energy_offsets": {int(z): float(b) for z, b in zip(model.elements, offsets)},
+            "sigma_energy": sigma_energy, "sigma_force": sigma_force, "energy_scale": scale}
+
+
+def evaluate_potential(model: AtomisticPotential, positions, energies, forces, boxes=None,
+                       batch_size: int = 16) -> dict:
+    """Errors over a whole set (not a mean of batch means).
+
+    Returns ``energy_mae_per_atom`` (kJ/mol), ``energy_rmse`` (kJ/mol per frame),
+    ``force_mae`` and ``force_rmse`` (kJ/mol/nm, over components), and the predictions.
+    """
+    model.eval()
+    predicted_e, predicted_f = [], []
+    positions = torch.as_tensor(np.asarray(positions))
+    dtype = positions.dtype
+    box_tensor = None if boxes is None else torch.as_tensor(np.asarray(boxes), dtype=dtype)
+    for start in range(0, len(positions), batch_size):
+        stop = start + batch_size
+        e, f = _energies_and_forces(model, positions[start:stop],
+                                    None if box_tensor is None else box_tensor[start:stop], False)
+        predicted_e.append(e.detach().double().numpy())
+        predicted_f.append(f.detach().double().numpy())
+    pe, pf = np.concatenate(predicted_e), np.concatenate(predicted_f)
+    de = pe - np.asarray(energies, np.float64)
+    df = pf - np.asarray(forces, np.float64)
+    n_atoms = positions.shape[1]
+    return {"energy_mae_per_atom": float(np.abs(de).mean() / n_atoms),
+            "energy_rmse": float(np.sqrt((de ** 2).mean())),
+            "force_mae": float(np.abs(df).mean()), "force_rmse": float(np.sqrt((df ** 2).mean())),
+            "frames": int(len(pe)), "predicted_energies": pe, "predicted_forces": pf}
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    best_epoch: int
+    best_validation: dict
+    history: dict
+    statistics: dict
+    state: dict
+
+
+def _save(path: Path, payload: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def train_potential(model: AtomisticPotential, train, validation, config: EnergyForceConfig,
+                    checkpoint: Optional[Path] = None, progress: bool = True,
+                    callback: Optional[Callable[[int, dict], None]] = None,
+                    data_hash: str = "") -> TrainingResult:
+    """Train ``model`` in place on energies and forces; returns the restored best state.
+
+    Parameters
+    ----------
+    model : AtomisticPotential
+    train, validation : objects with ``positions`` (F, N, 3) nm, ``energies`` (F,) kJ/mol,
+        ``forces`` (F, N, 3) kJ/mol/nm and ``boxes`` (F, 3, 3) nm or None
+        (e.g. :class:`openmm_geom.data.potential_data.PotentialData`).
+    config : EnergyForceConfig
+    checkpoint : path, optional
+        Written atomically after every epoch; if it exists (same data and settings), training
+        resumes from it.
+    callback : callable(epoch, history), optional
+    data_hash : str
+        Recorded in the checkpoint; resuming on other data is refused.
+    """
+    torch.manual_seed(config.seed)
+    dtype = next(model.parameters()).dtype
+    x = torch.as_tensor(np.asarray(train.positions), dtype=dtype)
+    e = torch.as_tensor(np.asarray(train.energies), dtype=dtype)
+    f = torch.as_tensor(np.asarray(train.forces), dtype=dtype)
+    boxes = None if train.boxes is None else torch.as_tensor(np.asarray(train.boxes), dtype=dtype)
+    n_frames = len(x)
+    if n_frames == 0 or len(validation.positions) == 0:
+        raise ValueError("training and validation sets must both contain frames")
+    stride = 1
+    if config.max_train_frames and n_frames > config.max_train_frames:
+        stride = math.ceil(n_frames / config.max_train_frames)
+    steps_per_epoch = math.ceil(len(range(0, n_frames, stride)) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    settings = json.loads(json.dumps(dataclasses.asdict(config)))
+    statistics = prepare_model(model, train.energies, train.forces, train.positions, train.boxes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr_max,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, one_cycle_lambda(total_steps, config.lr_min, config.lr_max, config.lr_final))
+    generator = torch.Generator().manual_seed(config.seed)
+    history: Dict[str, list] = {"epoch": [], "train_loss": [], "validation_force_mae": [],
+                                "validation_energy_mae_per_atom": [], "learning_rate": []}
+    best_state, best_metrics, best_epoch, start_epoch, stale = None, None, -1, 0, 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        saved = torch.load(checkpoint, weights_only=True)
+        if saved.get("settings") != settings or saved.get("data_hash") != data_hash:
+            raise ValueError(
+                f"{checkpoint} belongs to another training run (other data or settings); "
+                "remove it or choose another output directory")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        history, best_state = saved["history"], saved["best_state"]
+        best_metrics, best_epoch = saved["best_metrics"], saved["best_epoch"]
+        start_epoch, stale = saved["epoch"] + 1, saved["stale"]
+        if saved["finished"]:
+            model.load_state_dict(best_state)
+            return TrainingResult(best_epoch, best_metrics, history, statistics, best_state)
+
+    bar = progress_bar(config.epochs, "training", enabled=progress, unit="epoch")
+    bar.update(start_epoch)
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        offset = int(torch.randint(stride, (1,), generator=generator))
+        subset = torch.arange(offset, n_frames, stride)
+        order = subset[torch.randperm(len(subset), generator=generator)]
+        total, count = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            pe, pf = _energies_and_forces(model, x[batch], None if boxes is None else boxes[batch], True)
+            loss = energy_force_loss(pe, e[batch], pf, f[batch], statistics["sigma_energy"],
+                                     statistics["sigma_force"], config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+        metrics = evaluate_potential(model, np.asarray(validation.positions, dtype=np.float64).astype(
+            x.numpy().dtype), validation.energies, validation.forces, validation.boxes,
+            batch_size=2 * config.batch_size)
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("predicted")}
+        history["epoch"].append(epoch)
+        history["train_loss"].append(total / count)
+        history["validation_force_mae"].append(metrics["force_mae"])
+        history["validation_energy_mae_per_atom"].append(metrics["energy_mae_per_atom"])
+        history["learning_rate"].append(optimizer.param_groups[0]["lr"])
+        if best_metrics is None or metrics["force_mae"] < best_metrics["force_mae"]:
+            best_metrics, best_epoch, stale = metrics, epoch, 0
+            # A deep copy: state_dict() holds live references that later steps overwrite.
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        finished = stale >= config.patience or epoch == config.epochs - 1
+        if checkpoint is not None:
+            _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(),
+                               "generator": generator.get_state(), "history": history,
+                               "best_state": best_state, "best_metrics": best_metrics,
+                               "best_epoch": best_epoch, "epoch": epoch, "stale": stale,
+                               "finished": finished, "settings": settings,
+                               "data_hash": data_hash})
+        bar.set_postfix(loss=f"{total / count:.3g}", val_fmae=f"{metrics['force_mae']:.1f}")
+        bar.update(1)
+        if callback is not None:
+            callback(epoch, history)
+        if finished:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    return TrainingResult(best_epoch, best_metrics, history, statistics, best_state)

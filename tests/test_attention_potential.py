@@ -1,0 +1,225 @@
+"""The sparse graph-attention potential: symmetry, smoothness, export into OpenMM, bad input."""
+import math
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import pytest
+import torch
+
+from openmm_geom.export import export_potential
+from openmm_geom.modelfile import TopologyMismatchError
+from openmm_geom.models.attention import AttentionPotential, smooth_envelope
+from openmm_geom.openmm import potential_system
+
+WATER = [8, 1, 1]
+
+
+def triclinic_box(length=1.1):
+    return np.array([[length, 0.0, 0.0], [0.3, length, 0.0], [-0.25, 0.2, length]])
+
+
+def water_like(n_molecules, box, seed=0):
+    """Water-shaped molecules (O-H 0.096 nm) at random places and orientations in the cell."""
+    rng = np.random.default_rng(seed)
+    positions = []
+    for _ in range(n_molecules):
+        oxygen = rng.random(3) @ box
+        positions.append(oxygen)
+        for _hydrogen in range(2):
+            direction = rng.normal(size=3)
+            positions.append(oxygen + 0.096 * direction / np.linalg.norm(direction))
+    return np.asarray(positions)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = AttentionPotential(WATER * 12, cutoff=0.45, features=16, layers=2, heads=2, n_rbf=8,
+                           dtype=torch.float64, seed=3)
+    m.set_energy_offsets({8: -3.0, 1: -1.0})
+    return m
+
+
+def energy_forces(model, x, box=None):
+    x = torch.as_tensor(x, dtype=torch.float64).clone().requires_grad_(True)
+    b = None if box is None else torch.as_tensor(box, dtype=torch.float64)
+    e = model(x, b)
+    (g,) = torch.autograd.grad(e, x)
+    return float(e.detach()), -g.numpy()
+
+
+def random_rotation(seed):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def test_molecule_layout_is_water():
+    x = water_like(3, triclinic_box())
+    assert x.shape == (9, 3)
+    assert np.allclose(np.linalg.norm(x[1] - x[0]), 0.096)
+
+
+def test_translation_and_rotation_invariance_without_box(model):
+    x = water_like(12, np.eye(3) * 1.2, seed=1)
+    e0, f0 = energy_forces(model, x)
+    e1, f1 = energy_forces(model, x + np.array([3.1, -2.0, 0.7]))
+    assert e1 == pytest.approx(e0, rel=1e-10, abs=1e-10)
+    assert np.allclose(f1, f0, atol=1e-9)
+    rotation = random_rotation(2)
+    e2, f2 = energy_forces(model, x @ rotation.T)
+    assert e2 == pytest.approx(e0, rel=1e-10, abs=1e-10)
+    assert np.allclose(f2, f0 @ rotation.T, atol=1e-8)
+
+
+def test_permutation_of_identical_atoms(model):
+    box = triclinic_box()
+    x = water_like(12, box, seed=4)
+    e0, f0 = energy_forces(model, x, box)
+    order = np.arange(36).reshape(12, 3)
+    order = order[np.random.default_rng(0).permutation(12)]  # whole molecules
+    order[:, [1, 2]] = order[:, [2, 1]]  # and the two hydrogens within each
+    order = order.reshape(-1)
+    e1, f1 = energy_forces(model, x[order], box)
+    assert e1 == pytest.approx(e0, rel=1e-10)
+    assert np.allclose(f1, f0[order], atol=1e-9)
+
+
+def test_periodic_images_and_triclinic_wrapping(model):
+    box = triclinic_box()
+    x = water_like(12, box, seed=5)
+    e0, f0 = energy_forces(model, x, box)
+    shifts = np.random.default_rng(1).integers(-2, 3, size=(36, 3))
+    e1, f1 = energy_forces(model, x + shifts @ box, box)
+    assert e1 == pytest.approx(e0, rel=1e-10)
+    assert np.allclose(f1, f0, atol=1e-8)
+
+
+def test_forces_match_finite_differences(model):
+    box = triclinic_box()
+    x = water_like(12, box, seed=6)
+    _, forces = energy_forces(model, x, box)
+    h = 1e-5
+    for atom, axis in [(0, 0), (5, 1), (17, 2), (30, 0)]:
+        plus, minus = x.copy(), x.copy()
+        plus[atom, axis] += h
+        minus[atom, axis] -= h
+        numeric = -(energy_forces(model, plus, box)[0] - energy_forces(model, minus, box)[0]) / (2 * h)
+        assert numeric == pytest.approx(forces[atom, axis], rel=1e-5, abs=1e-6)
+
+
+def test_envelope_is_smooth_at_the_cutoff():
+    r = torch.tensor([0.0, 0.5, 1.0, 1.2], dtype=torch.float64, requires_grad=True)
+    u = smooth_envelope(r, 1.0)
+    (du,) = torch.autograd.grad(u.sum(), r, create_graph=True)
+    (d2u,) = torch.autograd.grad(du.sum(), r)
+    assert u.tolist() == pytest.approx([1.0, 1 - 28 / 64 + 48 / 128 - 21 / 256, 0.0, 0.0])
+    assert du[2].item() == pytest.approx(0.0) and d2u[2].item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("lone", [False, True])
+def test_energy_and_forces_continuous_across_the_cutoff(lone):
+    """A pair moving through the cutoff changes energy and forces continuously: with other
+    neighbours present, and when the pair is the atom's only neighbour with the sink at its
+    most extreme (the envelope-weighted softmax never divides by zero or jumps)."""
+    cutoff = 0.4
+    m = AttentionPotential([8, 1, 1], cutoff=cutoff, features=8, layers=2, heads=2, n_rbf=6,
+                           dtype=torch.float64, seed=1)
+    if lone:
+        with torch.no_grad():
+            for layer in m.layers:
+                layer.sink.fill_(-1e3)  # bounded to -5: the sink holds the least weight it can
+    def configuration(r):  # atom 2 at distance r from atom 1, beyond the cutoff from atom 0
+        return np.array([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0] if not lone else [0.0, 0.5, 0.0],
+                         [(0.15 if not lone else 0.0) + r, 0.0 if not lone else 0.5, 0.0]])
+    delta = 1e-4
+    (e_in, f_in), (e_out, f_out) = (energy_forces(m, configuration(cutoff - delta)),
+                                    energy_forces(m, configuration(cutoff + delta)))
+    assert abs(e_in - e_out) < 1e-8
+    assert np.abs(f_in - f_out).max() < 1e-4
+    # and just outside, atom 2 feels nothing at all
+    assert np.abs(f_out[2]).max() == 0.0
+    assert math.isfinite(e_in)
+
+
+def test_scripted_equals_eager_float32_and_float64():
+    box = triclinic_box()
+    x = water_like(12, box, seed=7)
+    for dtype in (torch.float32, torch.float64):
+        m = AttentionPotential(WATER * 12, cutoff=0.45, features=16, layers=2, heads=2,
+                               dtype=dtype)
+        scripted = torch.jit.script(m)
+        xt, bt = torch.as_tensor(x, dtype=dtype), torch.as_tensor(box, dtype=dtype)
+        assert float(scripted(xt, bt).detach()) == pytest.approx(float(m(xt, bt).detach()), rel=1e-6)
+
+
+def water_topology(n, box):
+    topology = app.Topology()
+    chain = topology.addChain()
+    for _ in range(n):
+        residue = topology.addResidue("HOH", chain)
+        topology.addAtom("O", app.element.oxygen, residue)
+        topology.addAtom("H1", app.element.hydrogen, residue)
+        topology.addAtom("H2", app.element.hydrogen, residue)
+    topology.setPeriodicBoxVectors([openmm.Vec3(*row) for row in box] * unit.nanometer)
+    return topology
+
+
+def test_exported_model_in_openmm_matches_eager_with_triclinic_box(model, tmp_path):
+    box = triclinic_box()
+    x = water_like(12, box, seed=8)
+    path = tmp_path / "attention.pt"
+    export_potential(model, path, positions=x, box=box, masses=[15.999, 1.008, 1.008] * 12)
+    system = potential_system(path, water_topology(12, box))
+    assert system.usesPeriodicBoundaryConditions()
+    for platform in ("Reference", "CPU"):
+        context = openmm.Context(system, openmm.VerletIntegrator(0.0005),
+                                 openmm.Platform.getPlatformByName(platform))
+        context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+        context.setPositions(x)
+        state = context.getState(getEnergy=True, getForces=True)
+        e_omm = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        f_omm = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+        e, f = energy_forces(model, x, box)
+        assert e_omm == pytest.approx(e, rel=1e-5)
+        assert np.abs(f_omm - f).max() <= 1e-5 * np.abs(f).max()
+
+
+def test_bad_inputs_are_clear_errors(model, tmp_path):
+    box = triclinic_box()
+    x = water_like(12, box, seed=9)
+    with pytest.raises(ValueError, match="were not in the training data"):
+        model.for_atoms([8, 1, 1, 6])
+    with pytest.raises(ValueError, match="wrong atom count"):
+        model(torch.as_tensor(x[:-3]), torch.as_tensor(box))
+    bad = x.copy()
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model(torch.as_tensor(bad), torch.as_tensor(box))
+    with pytest.raises(ValueError, match="box too small"):
+        model(torch.as_tensor(x), torch.as_tensor(np.eye(3) * 0.8))
+    path = tmp_path / "m.pt"
+    export_potential(model, path, positions=x, box=box)
+    with pytest.raises(TopologyMismatchError, match="exported for 36 atoms"):
+        potential_system(path, water_topology(11, box))
+    wrong = water_topology(12, box)
+    atoms = list(wrong.atoms())
+    atoms[0].element = app.element.carbon
+    with pytest.raises(TopologyMismatchError, match="atom types differ"):
+        potential_system(path, wrong)
+    with pytest.raises(ValueError, match="box too small"):
+        potential_system(path, water_topology(12, np.eye(3) * 0.8))
+
+
+def test_for_atoms_transfers_to_a_larger_box(model):
+    box = triclinic_box()
+    x = water_like(12, box, seed=10)
+    double_box = box * np.array([[2.0], [1.0], [1.0]])
+    bigger = np.concatenate([x, x + box[0]])
+    large = model.for_atoms(WATER * 24)
+    e_small, _ = energy_forces(model, x, box)
+    e_large, _ = energy_forces(large, bigger, double_box)
+    # Two copies of a periodic cell side by side: twice the energy (offsets included).
+    assert e_large == pytest.approx(2 * e_small, rel=1e-9)
