@@ -114,19 +114,45 @@ def _cmd_demo(args) -> int:
     return 0 if summary.get("cv", {}).get("check_export_passed", True) else 1
 
 
+# datagen defaults: (PDB input, --water-box); flexible water needs a short step for O-H
+_DATAGEN_DEFAULTS = {"interval_ps": (1.0, 0.1), "timestep_fs": (1.0, 0.5),
+                     "equilibration_ps": (100.0, 20.0)}
+
+
 def _cmd_datagen(args) -> int:
     from .data.datagen import generate_reference, load_reference
 
-    path = generate_reference(
-        args.pdb, args.out, forcefield=tuple(args.forcefield), n_frames=args.frames,
-        save_interval_ps=args.interval_ps, timestep_fs=args.timestep_fs,
+    if (args.pdb is None) == (args.water_box is None):
+        raise SystemExit("error: datagen needs either a PDB file or --water-box N (not both)")
+    water = args.water_box is not None
+    for name, defaults in _DATAGEN_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[water])
+    options = dict(
+        n_frames=args.frames, save_interval_ps=args.interval_ps, timestep_fs=args.timestep_fs,
         temperature_K=args.temperature, friction_per_ps=args.friction,
         equilibration_ps=args.equilibration_ps, seed=args.seed, constraints=args.constraints,
         platform=args.platform, threads=args.threads, progress=not args.no_progress)
+    if args.forcefield is not None:
+        options["forcefield"] = tuple(args.forcefield)
+    if args.nonbonded_cutoff is not None:
+        options["nonbonded_cutoff_nm"] = args.nonbonded_cutoff
+    if water:
+        from .data.water import generate_water_reference
+
+        path = generate_water_reference(args.water_box, args.out, density=args.water_density,
+                                        **options)
+    else:
+        path = generate_reference(args.pdb, args.out, rigid_water=not args.flexible_water,
+                                  **options)
     data = load_reference(path)
+    generation = data.get("generation", {})
     summary = {"out": str(path), "frames": int(data["positions"].shape[0]),
                "atoms": int(data["positions"].shape[1]),
-               "periodic": data.get("box_vectors") is not None}
+               "periodic": data.get("box_vectors") is not None,
+               "constraints": generation.get("n_constraints"),
+               "nonbonded_cutoff_nm": generation.get("nonbonded_cutoff_nm"),
+               "timestep_fs": data.get("timestep_fs")}
     _emit(args, summary, f"wrote {path}: {summary['frames']} frames of {summary['atoms']} atoms")
     return 0
 
@@ -186,6 +212,101 @@ def _cmd_cg(args) -> int:
                      if not isinstance(v, (dict, list)))
     for warning in result.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
+    _emit(args, result, text)
+    return 0
+
+
+def _potential_settings(args):
+    import dataclasses
+
+    from .workflows.potential import budget
+
+    architecture = getattr(args, "model", None) or "attention"
+    base = budget("quick" if getattr(args, "quick", False) else "production", architecture)
+    names = ("epochs", "batch_size", "features", "layers", "heads", "hidden_channels",
+             "num_layers", "cutoff_nm", "rho", "loss", "max_train_frames", "nvt_ps", "nve_ps",
+             "timestep_fs", "temperature_K", "dtype", "patience")
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return dataclasses.replace(base, **overrides)
+
+
+def _pdb_system(path):
+    """(topology, positions nm, box nm or None) of a PDB/PDBx file."""
+    import numpy as np
+    import openmm.app as app
+    import openmm.unit as unit
+
+    reader = app.PDBxFile if str(path).lower().endswith((".cif", ".pdbx")) else app.PDBFile
+    structure = reader(str(path))
+    positions = np.asarray(structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    box = structure.topology.getPeriodicBoxVectors()
+    box = None if box is None else np.asarray(box.value_in_unit(unit.nanometer))
+    return structure.topology, positions, box
+
+
+def _cmd_potential(args) -> int:
+    from pathlib import Path
+
+    from . import set_threads
+    from .workflows import potential as wf
+
+    set_threads(args.threads)
+    settings = _potential_settings(args)
+    progress = not args.no_progress
+    if args.potential_command == "train":
+        from .data.potential_data import load_potential_data
+
+        result = wf.train(load_potential_data(args.data), Path(args.out), settings,
+                          seed=args.seed, progress=progress)
+    elif args.potential_command == "export":
+        from openmm.app import element as _element  # noqa: F401 (topology elements)
+
+        topology, positions, box = _pdb_system(args.pdb)
+        numbers = [a.element.atomic_number for a in topology.atoms()]
+        masses = [a.element.mass._value for a in topology.atoms()]
+        wf.export(Path(args.checkpoint), Path(args.out), positions=positions, box=box,
+                  atomic_numbers=numbers, masses=masses)
+        result = {"out": args.out, "atoms": len(numbers), "periodic": box is not None}
+    elif args.potential_command == "simulate":
+        topology, positions, box = _pdb_system(args.pdb)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        exported = args.exported
+        if exported is None:
+            exported = out / "model_openmm.pt"
+            wf.export(Path(args.checkpoint), exported, positions=positions, box=box,
+                      atomic_numbers=[a.element.atomic_number for a in topology.atoms()],
+                      masses=[a.element.mass._value for a in topology.atoms()])
+        run = wf.simulate(Path(exported), topology, positions, out, settings, seed=args.seed or 1,
+                          ensemble=args.ensemble, box=box, spread_models=args.spread_models or (),
+                          spread_threshold=args.spread_threshold, threads=args.threads,
+                          progress=progress)
+        result = {k: v for k, v in run.items() if not hasattr(v, "shape")}
+        result["final_potential_energy"] = float(run["potential_energies"][-1])
+        result["out"] = str(out)
+    elif args.potential_command == "evaluate":
+        from .data.potential_data import load_potential_data
+        from .models.potentials import load_potential
+        from .training.energy_force import evaluate_potential
+
+        model, _ = load_potential(args.checkpoint)
+        data = load_potential_data(args.data)
+        if list(data.atomic_numbers) != model.atomic_numbers.tolist():
+            model = model.for_atoms(data.atomic_numbers)
+        dtype = next(model.parameters()).dtype
+        metrics = evaluate_potential(model, data.positions.astype(
+            "float32" if dtype.is_floating_point and dtype.itemsize == 4 else "float64"),
+            data.energies, data.forces, data.boxes)
+        from .analysis.liquid import plot_force_parity
+
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        plot_force_parity(data.forces, metrics["predicted_forces"],
+                          Path(args.out) / "force_parity.png", atomic_numbers=data.atomic_numbers)
+        result = {k: v for k, v in metrics.items() if not k.startswith("predicted")}
+    else:  # reproduce
+        result = wf.reproduce(args.data, args.out, architecture=args.model, seed=args.seed,
+                              settings=settings, threads=args.threads, progress=progress)
+    text = "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
     _emit(args, result, text)
     return 0
 
@@ -294,16 +415,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("datagen", help="all-atom OpenMM run saving positions + forces")
-    p.add_argument("pdb", help="input structure (PDB)")
+    p.add_argument("pdb", nargs="?", default=None,
+                   help="input structure (PDB); or use --water-box")
+    p.add_argument("--water-box", type=int, default=None, metavar="N",
+                   help="instead of a PDB: a cubic box of N flexible TIP3P waters (PME)")
+    p.add_argument("--water-density", type=float, default=0.997, metavar="G_PER_CM3",
+                   help="density of the --water-box (default 0.997)")
+    p.add_argument("--flexible-water", action="store_true",
+                   help="rigidWater=False (no water constraints; always on for --water-box)")
+    p.add_argument("--nonbonded-cutoff", type=float, default=None, metavar="NM",
+                   help="PME direct-space cutoff, at most half the box (default 1.0; "
+                        "--water-box: min(1.0, half the box edge))")
     p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--forcefield", nargs="+", default=["amber14-all.xml"],
-                   help="OpenMM force-field XML files")
+    p.add_argument("--forcefield", nargs="+", default=None,
+                   help="OpenMM force-field XML files (default amber14-all.xml; "
+                        "--water-box: amber14/tip3p.xml)")
     p.add_argument("--frames", type=int, required=True)
-    p.add_argument("--interval-ps", type=float, default=1.0, help="ps between saved frames")
-    p.add_argument("--timestep-fs", type=float, default=1.0)
+    p.add_argument("--interval-ps", type=float, default=None,
+                   help="ps between saved frames (default 1.0; --water-box: 0.1)")
+    p.add_argument("--timestep-fs", type=float, default=None,
+                   help="default 1.0; --water-box: 0.5")
     p.add_argument("--temperature", type=float, default=300.0, help="K")
     p.add_argument("--friction", type=float, default=1.0, help="1/ps")
-    p.add_argument("--equilibration-ps", type=float, default=100.0)
+    p.add_argument("--equilibration-ps", type=float, default=None,
+                   help="default 100; --water-box: 20")
     p.add_argument("--constraints", default=None, help="None (default), HBonds, AllBonds")
     p.add_argument("--platform", default="CPU")
     p.add_argument("--threads", type=int, default=None)
@@ -359,6 +494,70 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--epochs", type=int)
     q.add_argument("--noise-seeds", type=int)
     common(q)
+    ptp = sub.add_parser("potential", help="all-atom ML potentials: train | export | simulate | "
+                                           "evaluate | reproduce")
+    ptsub = ptp.add_subparsers(dest="potential_command", required=True)
+
+    def common_pot(q):
+        q.add_argument("--out", required=True, help="output directory (export: output file)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--threads", type=int, default=None)
+        q.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
+        q.add_argument("--no-progress", action="store_true")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        q.set_defaults(func=_cmd_potential)
+
+    def model_options(q):
+        q.add_argument("--model", default="attention", choices=["attention", "et", "tensornet"],
+                       help="architecture")
+        q.add_argument("--epochs", type=int)
+        q.add_argument("--batch-size", type=int)
+        q.add_argument("--features", type=int, help="attention: channels per atom")
+        q.add_argument("--layers", type=int, help="attention: message-passing layers")
+        q.add_argument("--heads", type=int, help="attention: heads per layer")
+        q.add_argument("--hidden-channels", type=int, help="TorchMD-Net: hidden channels")
+        q.add_argument("--num-layers", type=int, help="TorchMD-Net: interaction layers")
+        q.add_argument("--cutoff-nm", type=float)
+        q.add_argument("--rho", type=float, help="weight of the energy term (0-1)")
+        q.add_argument("--loss", choices=["logcosh", "mse"])
+        q.add_argument("--max-train-frames", type=int)
+        q.add_argument("--patience", type=int)
+        q.add_argument("--dtype", choices=["float32", "float64"])
+
+    def md_options(q):
+        q.add_argument("--nvt-ps", type=float)
+        q.add_argument("--nve-ps", type=float)
+        q.add_argument("--timestep-fs", type=float)
+        q.add_argument("--temperature", dest="temperature_K", type=float, help="K")
+
+    q = ptsub.add_parser("train", help="energy+force training; test-block errors, plots")
+    q.add_argument("--data", required=True, help="npz: positions, forces, energies, box_vectors, "
+                                                 "atomic_numbers (datagen files work as they are)")
+    model_options(q)
+    common_pot(q)
+    q = ptsub.add_parser("export", help="TorchScript file for OpenMM, for the system in a PDB")
+    q.add_argument("--checkpoint", required=True, help="model.pt from `potential train`")
+    q.add_argument("--pdb", required=True, help="the target system (CRYST1 makes it periodic)")
+    common_pot(q)
+    q = ptsub.add_parser("simulate", help="NVT or NVE run in OpenMM with the ML potential")
+    q.add_argument("--pdb", required=True, help="start structure (and box)")
+    given = q.add_mutually_exclusive_group(required=True)
+    given.add_argument("--exported", help="file from `potential export`")
+    given.add_argument("--checkpoint", help="model.pt (exported for the PDB first)")
+    q.add_argument("--ensemble", default="nvt", choices=["nvt", "nve"])
+    q.add_argument("--spread-models", nargs="+", help="exported ensemble members to watch")
+    q.add_argument("--spread-threshold", type=float, help="kJ/mol/nm; warn above it")
+    md_options(q)
+    common_pot(q)
+    q = ptsub.add_parser("evaluate", help="errors of a trained model on a data file")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--data", required=True)
+    common_pot(q)
+    q = ptsub.add_parser("reproduce", help="train, test, export, NVT + NVE in OpenMM; one JSON")
+    q.add_argument("--data", required=True)
+    model_options(q)
+    md_options(q)
+    common_pot(q)
     sgp = sub.add_parser("signature", help="path signatures: generate-gene | generate-md | train | "
                                            "evaluate | featurize | reproduce")
     sgsub = sgp.add_subparsers(dest="signature_command", required=True)

@@ -223,3 +223,61 @@ def test_for_atoms_transfers_to_a_larger_box(model):
     e_large, _ = energy_forces(large, bigger, double_box)
     # Two copies of a periodic cell side by side: twice the energy (offsets included).
     assert e_large == pytest.approx(2 * e_small, rel=1e-9)
+
+
+def test_ensemble_spread_reporter_measures_disagreement_and_warns(tmp_path):
+    from openmm_geom.openmm import EnsembleSpreadReporter, OutOfDistributionWarning
+    from openmm_geom.openmm.potential import OutOfDistributionError
+
+    box = triclinic_box()
+    x = water_like(12, box, seed=11)
+    paths = []
+    for seed in (0, 0, 1):
+        m = AttentionPotential(WATER * 12, cutoff=0.45, features=8, layers=1, heads=2, seed=seed,
+                               dtype=torch.float64)
+        paths.append(tmp_path / f"m{len(paths)}.pt")
+        export_potential(m, paths[-1], positions=x, box=box)
+    topology = water_topology(12, box)
+    system = potential_system(paths[0], topology)
+    for i, (a, b) in enumerate(((0, 1), (0, 2))):
+        simulation = app.Simulation(topology, system, openmm.VerletIntegrator(0.0002),
+                                    openmm.Platform.getPlatformByName("Reference"))
+        simulation.context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+        simulation.context.setPositions(x)
+        reporter = EnsembleSpreadReporter(str(tmp_path / f"spread{i}.csv"), 2, [paths[a], paths[b]])
+        simulation.reporters.append(reporter)
+        simulation.step(6)
+        reporter.close()
+        rows = np.loadtxt(tmp_path / f"spread{i}.csv", delimiter=",", comments="#")
+        assert rows.shape == (3, 5) and rows[:, 0].tolist() == [2, 4, 6]
+        if a == b or (a, b) == (0, 1):  # identical weights (same seed): no disagreement
+            assert np.abs(rows[:, 2:]).max() == 0.0
+        else:
+            assert (rows[:, 2] > 0).all() and (rows[:, 2] >= rows[:, 3]).all()
+    # the spread equals an independent computation from the two models' forces
+    reporter = EnsembleSpreadReporter(str(tmp_path / "s.csv"), 1, [paths[0], paths[2]])
+    largest, mean, _ = reporter.spread(x, box)
+    forces = []
+    for p in (paths[0], paths[2]):
+        module = torch.jit.load(str(p))
+        xt = torch.as_tensor(x).clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(module(xt, torch.as_tensor(box)), xt)
+        forces.append(-g.numpy())
+    expected = np.linalg.norm(forces[0] - forces[1], axis=1) / 2  # std of two vectors
+    assert largest == pytest.approx(expected.max(), rel=1e-9)
+    assert mean == pytest.approx(expected.mean(), rel=1e-9)
+    simulation = app.Simulation(topology, system, openmm.VerletIntegrator(0.0002),
+                                openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    simulation.context.setPositions(x)
+    simulation.reporters.append(EnsembleSpreadReporter(str(tmp_path / "w.csv"), 1,
+                                                       [paths[0], paths[2]], threshold=1e-9))
+    with pytest.warns(OutOfDistributionWarning, match="disagree"):
+        simulation.step(1)
+    simulation.reporters[:] = [EnsembleSpreadReporter(str(tmp_path / "x.csv"), 1,
+                                                      [paths[0], paths[2]], threshold=1e-9,
+                                                      stop=True)]
+    with pytest.raises(OutOfDistributionError):
+        simulation.step(1)
+    with pytest.raises(ValueError, match="at least two"):
+        EnsembleSpreadReporter(str(tmp_path / "y.csv"), 1, [paths[0]])

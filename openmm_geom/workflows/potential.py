@@ -1,0 +1,372 @@
+"""The ML-potential job: periodic energy+force data -> attention or TorchMD-Net potential ->
+held-out errors -> export -> OpenMM NVT (RDF vs the reference) and NVE (energy drift).
+
+Each step writes into one output directory and runs on its own (``openmm-geom potential
+train | export | simulate | evaluate``) or all together (``openmm-geom potential reproduce``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import set_threads
+from ..analysis.liquid import (nve_drift, plot_force_parity, plot_rdfs, radial_distribution,
+                               rdf_error)
+from ..data.potential_data import PotentialData, load_potential_data, time_block_split
+from ..export import export_potential
+from ..modelfile import atomic_write_bytes
+from ..models.potentials import build_potential, load_potential, save_potential
+from ..training.energy_force import EnergyForceConfig, evaluate_potential, train_potential
+
+__all__ = ["PotentialSettings", "budget", "train", "export", "simulate", "evaluate",
+           "reproduce", "UnstableSimulationError"]
+
+
+class UnstableSimulationError(RuntimeError):
+    """The OpenMM run produced non-finite or exploding energies."""
+
+
+@dataclasses.dataclass
+class PotentialSettings:
+    """Model sizes, training budget and simulation lengths of the potential job (nm, ps, K)."""
+
+    architecture: str = "attention"
+    cutoff_nm: float = 0.5
+    # attention model (the thesis' reference: 4 layers of 48 channels, 4 heads)
+    features: int = 48
+    layers: int = 4
+    heads: int = 4
+    n_rbf: int = 16
+    # TorchMD-Net models: ET with 32 channels and 2 layers has 41k parameters, comparable to
+    # the attention model's 46k
+    hidden_channels: int = 32
+    num_layers: int = 2
+    num_rbf: int = 32
+    dtype: str = "float32"
+    # training: the documented budget is 12 epochs of 400 frames (a random stride through
+    # the training block each epoch), batches of 4: 1,200 optimiser steps for every
+    # architecture, so that they are compared at equal data and steps
+    epochs: int = 12
+    batch_size: int = 4
+    lr_min: float = 2e-4
+    lr_max: float = 3e-3
+    lr_final: float = 1e-5
+    rho: float = 0.05
+    loss: str = "logcosh"
+    logcosh_alpha: float = 1.0
+    patience: int = 6
+    max_train_frames: Optional[int] = 400
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    gap_frames: int = 5
+    # simulation (flexible water: 0.5 fs resolves the O-H stretch)
+    timestep_fs: float = 0.5
+    temperature_K: float = 300.0
+    friction_per_ps: float = 1.0
+    nvt_ps: float = 5.0
+    equilibration_ps: float = 0.5
+    nve_ps: float = 1.0
+    report_interval: int = 100
+    rdf_bins: int = 100
+
+    def model_options(self, seed: int) -> dict:
+        if self.architecture == "attention":
+            sizes = dict(features=self.features, layers=self.layers, heads=self.heads,
+                         n_rbf=self.n_rbf)
+        else:
+            sizes = dict(hidden_channels=self.hidden_channels, num_layers=self.num_layers,
+                         num_rbf=self.num_rbf)
+        return dict(sizes, cutoff=self.cutoff_nm, dtype=getattr(torch, self.dtype), seed=seed)
+
+    def training(self, seed: int) -> EnergyForceConfig:
+        return EnergyForceConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr_min=self.lr_min,
+            lr_max=self.lr_max, lr_final=self.lr_final, rho=self.rho, loss=self.loss,
+            logcosh_alpha=self.logcosh_alpha, patience=self.patience, seed=seed,
+            max_train_frames=self.max_train_frames)
+
+
+def budget(name: str, architecture: str) -> PotentialSettings:
+    """Named settings: ``"production"`` (documented reproduction budget) or ``"quick"`` (tests)."""
+    if name == "production":
+        return PotentialSettings(architecture=architecture)
+    if name == "quick":
+        return PotentialSettings(architecture=architecture, features=16, layers=2, heads=2,
+                                 hidden_channels=16, num_layers=1, num_rbf=8, epochs=2,
+                                 batch_size=4, max_train_frames=16, patience=2, nvt_ps=0.05,
+                                 equilibration_ps=0.01, nve_ps=0.05, report_interval=10,
+                                 rdf_bins=40)
+    raise ValueError(f"unknown budget {name!r}: 'production' or 'quick'")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def _split(data: PotentialData, settings: PotentialSettings):
+    train_idx, val_idx, test_idx = time_block_split(
+        len(data.energies), validation_fraction=settings.validation_fraction,
+        test_fraction=settings.test_fraction, gap=settings.gap_frames)
+    return data.subset(train_idx), data.subset(val_idx), data.subset(test_idx)
+
+
+def _strip(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("predicted")}
+
+
+def train(data: PotentialData, out: Path, settings: PotentialSettings, *, seed: int = 0,
+          progress: bool = True) -> dict:
+    """Train one potential; writes ``model.pt``, ``training.json``, ``learning_curves.png``,
+    ``force_parity.png`` and ``metrics.json`` (test-block errors) into ``out``."""
+    from ..analysis.plots import plot_potential_learning_curves
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    train_set, val_set, test_set = _split(data, settings)
+    model = build_potential(settings.architecture, data.atomic_numbers, **settings.model_options(seed))
+    started = time.perf_counter()
+    result = train_potential(model, train_set, val_set, settings.training(seed),
+                             checkpoint=out / "checkpoint.pt", progress=progress,
+                             data_hash=data.sha256)
+    seconds = time.perf_counter() - started
+    test = evaluate_potential(model, test_set.positions.astype(np.float32 if settings.dtype == "float32"
+                                                               else np.float64),
+                              test_set.energies, test_set.forces, test_set.boxes)
+    save_potential(model, out / "model.pt", data_sha256=data.sha256, seed=seed,
+                   statistics=result.statistics, settings=dataclasses.asdict(settings))
+    plot_potential_learning_curves(result.history, out / "learning_curves.png")
+    plot_force_parity(test_set.forces, test["predicted_forces"], out / "force_parity.png",
+                      atomic_numbers=data.atomic_numbers)
+    metrics = {"architecture": settings.architecture, "seed": seed,
+               "parameters": int(sum(p.numel() for p in model.parameters())),
+               "train_frames": len(train_set.energies), "validation_frames": len(val_set.energies),
+               "test_frames": len(test_set.energies), "best_epoch": result.best_epoch,
+               "epochs_run": len(result.history["epoch"]), "training_seconds": seconds,
+               "validation": result.best_validation, "test": _strip(test)}
+    _write_json(out / "training.json", {"history": result.history, "statistics": result.statistics})
+    _write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def export(model_path: Path, out: Path, *, positions, box=None, atomic_numbers=None,
+           masses=None) -> Path:
+    """Export a trained ``model.pt`` for a system (its atoms, a configuration and the box)."""
+    model, extra = load_potential(model_path)
+    export_potential(model, out, positions=positions, box=box,
+                     atomic_numbers=atomic_numbers, masses=masses,
+                     training_data_hash=extra.get("data_sha256"))
+    return Path(out)
+
+
+def _topology(data: PotentialData):
+    """The data's OpenMM topology (from its PDB text), or one residue per atom from elements."""
+    import io
+
+    import openmm.app as app
+    import openmm.unit as unit
+
+    if data.topology_pdb:
+        topology = app.PDBFile(io.StringIO(data.topology_pdb)).topology
+    else:
+        topology = app.Topology()
+        chain = topology.addChain()
+        for z in data.atomic_numbers:
+            element = app.Element.getByAtomicNumber(int(z))
+            topology.addAtom(element.symbol, element, topology.addResidue(element.symbol, chain))
+    if data.boxes is not None:
+        topology.setPeriodicBoxVectors([tuple(v) for v in data.boxes[-1]] * unit.nanometer)
+    else:
+        topology.setPeriodicBoxVectors(None)
+    return topology
+
+
+def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
+             settings: PotentialSettings, *, seed: int = 1, ensemble: str = "nvt",
+             box: Optional[np.ndarray] = None, spread_models: Sequence[Path] = (),
+             spread_threshold: Optional[float] = None, threads: Optional[int] = None,
+             progress: bool = True) -> dict:
+    """Run the exported potential in OpenMM; returns times, energies and the saved frames.
+
+    NVT uses a ``LangevinMiddleIntegrator`` for ``equilibration_ps + nvt_ps``; NVE a
+    ``VerletIntegrator`` for ``nve_ps`` after velocities are drawn at the temperature. Frames
+    (positions, boxes) and energies are saved every ``report_interval`` steps to
+    ``<ensemble>.npz`` and ``<ensemble>.csv``; a non-finite or exploding energy stops the run
+    with :class:`UnstableSimulationError`.
+    """
+    import openmm
+    import openmm.app as app
+    import openmm.unit as unit
+
+    from .._threads import cpu_platform_properties
+    from ..openmm import EnsembleSpreadReporter, potential_system
+    from ..progress import ProgressReporter
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    system = potential_system(exported, topology)
+    dt = settings.timestep_fs * 1e-3 * unit.picosecond
+    temperature = settings.temperature_K * unit.kelvin
+    if ensemble == "nvt":
+        integrator = openmm.LangevinMiddleIntegrator(temperature, settings.friction_per_ps / unit.picosecond, dt)
+        integrator.setRandomNumberSeed(seed)
+        equilibration = int(round(settings.equilibration_ps * 1000 / settings.timestep_fs))
+        production = int(round(settings.nvt_ps * 1000 / settings.timestep_fs))
+    elif ensemble == "nve":
+        integrator = openmm.VerletIntegrator(dt)
+        equilibration = 0
+        production = int(round(settings.nve_ps * 1000 / settings.timestep_fs))
+    else:
+        raise ValueError(f"ensemble must be 'nvt' or 'nve', got {ensemble!r}")
+    platform = openmm.Platform.getPlatformByName("CPU")
+    simulation = app.Simulation(topology, system, integrator, platform,
+                                cpu_platform_properties(threads))
+    if box is not None:
+        simulation.context.setPeriodicBoxVectors(*[openmm.Vec3(*map(float, v)) for v in box])
+    simulation.context.setPositions(np.asarray(positions, dtype=np.float64))
+    simulation.context.setVelocitiesToTemperature(temperature, seed)
+    if progress:
+        simulation.reporters.append(ProgressReporter(equilibration + production, f"{ensemble} MD"))
+    if equilibration:
+        simulation.step(equilibration)
+    spread = None
+    if spread_models:
+        spread = EnsembleSpreadReporter(str(out / f"{ensemble}_spread.csv"), settings.report_interval,
+                                        list(spread_models), threshold=spread_threshold)
+        simulation.reporters.append(spread)
+    n_atoms = system.getNumParticles()
+    frames, boxes, times, potential, kinetic = [], [], [], [], []
+    reference_energy = None
+    started = time.perf_counter()
+    for _ in range(max(production // settings.report_interval, 1)):
+        simulation.step(settings.report_interval)
+        state = simulation.context.getState(getPositions=True, getEnergy=True)
+        e_pot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        e_kin = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+        if reference_energy is None:
+            reference_energy = e_pot + e_kin
+        # Kinetic energy above 100 kT per atom means the integration has blown up.
+        runaway = e_kin > 100 * 0.0083144626 * settings.temperature_K * n_atoms
+        if not (math.isfinite(e_pot) and math.isfinite(e_kin)) or runaway:
+            raise UnstableSimulationError(
+                f"{ensemble} run unstable at step {simulation.currentStep}: potential {e_pot:.6g} "
+                f"kJ/mol, kinetic {e_kin:.6g} kJ/mol. The model probably met configurations "
+                "outside its training data (check the ensemble spread), or the time step "
+                f"({settings.timestep_fs} fs) is too long.")
+        frames.append(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+        boxes.append(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
+        times.append(state.getTime().value_in_unit(unit.picosecond))
+        potential.append(e_pot)
+        kinetic.append(e_kin)
+    seconds = time.perf_counter() - started
+    arrays = {"positions": np.asarray(frames, np.float32), "box_vectors": np.asarray(boxes),
+              "time_ps": np.asarray(times), "potential_energies": np.asarray(potential),
+              "kinetic_energies": np.asarray(kinetic)}
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(out / f"{ensemble}.npz", buffer.getvalue())
+    lines = ["time_ps,potential_kj_mol,kinetic_kj_mol"] + [
+        f"{t!r},{p!r},{k!r}" for t, p, k in zip(times, potential, kinetic)]
+    atomic_write_bytes(out / f"{ensemble}.csv", ("\n".join(lines) + "\n").encode())
+    steps = production
+    result = dict(arrays, steps=steps, seconds=seconds, steps_per_second=steps / seconds,
+                  ns_per_day=steps * settings.timestep_fs * 1e-6 / seconds * 86400)
+    if spread is not None:
+        result["max_force_spread"] = spread.largest_spread
+        spread.close()
+    return result
+
+
+def evaluate(reference: PotentialData, nvt: dict, nve: Optional[dict], out: Path,
+             settings: PotentialSettings, label: str) -> dict:
+    """O-O (and O-H, H-H if present) RDFs of the ML run vs the reference frames, NVE drift.
+
+    RDFs are between molecules when the data carry a topology (pairs within a molecule,
+    e.g. the O-H bonds of water, are left out), else over all pairs of the elements.
+    """
+    out = Path(out)
+    numbers = np.asarray(reference.atomic_numbers)
+    atoms = _topology(reference) if reference.topology_pdb else numbers
+    pairs = [("O", "O"), ("O", "H"), ("H", "H")] if {1, 8} <= set(numbers.tolist()) else []
+    rdfs, curves = {}, {}
+    for pair in pairs:
+        r, g_ref = radial_distribution(reference.positions, reference.boxes, atoms, pair=pair,
+                                       bins=settings.rdf_bins)
+        _, g_ml = radial_distribution(nvt["positions"], nvt["box_vectors"], atoms, pair=pair,
+                                      bins=settings.rdf_bins)
+        name = "-".join(pair)
+        rdfs[name] = rdf_error(r, g_ml, g_ref)
+        curves[f"{name} reference"] = (r, g_ref)
+        curves[f"{name} {label}"] = (r, g_ml)
+    if curves:
+        plot_rdfs(curves, out / "rdf.png")
+    result = {"rdf": rdfs}
+    if "O-O" in rdfs:
+        result["rdf_error"] = rdfs["O-O"]["rdf_mae"]
+    if nve is not None:
+        drift = nve_drift(nve["time_ps"], nve["potential_energies"] + nve["kinetic_energies"],
+                          n_atoms=len(numbers), kinetic_energies=nve["kinetic_energies"])
+        result["nve"] = drift
+        result["nve_drift"] = drift["drift_kj_mol_per_ns_per_atom"]
+    return result
+
+
+def reproduce(data_path, out, *, architecture: str = "attention", seed: int = 0,
+              settings: Optional[PotentialSettings] = None, threads: Optional[int] = None,
+              progress: bool = True) -> dict:
+    """Train, evaluate on the held-out time block, export, and run NVT + NVE in OpenMM.
+
+    Returns (and writes to ``out/reproduce.json``) at least ``force_mae``, ``force_rmse``,
+    ``energy_mae_per_atom`` (kJ/mol/nm, kJ/mol), ``nve_drift`` (kJ/mol/ns/atom) and
+    ``rdf_error`` (mean |g_ML - g_ref| of the O-O RDF, for water-containing data).
+    """
+    started = time.perf_counter()
+    settings = settings or budget("production", architecture)
+    if settings.architecture != architecture:
+        settings = dataclasses.replace(settings, architecture=architecture)
+    set_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_potential_data(data_path)
+    metrics = train(data, out, settings, seed=seed, progress=progress)
+    _, _, test_set = _split(data, settings)
+    start_positions, start_box = test_set.positions[0], None
+    if test_set.boxes is not None:
+        start_box = test_set.boxes[0]
+    exported = export(out / "model.pt", out / "model_openmm.pt", positions=start_positions,
+                      box=start_box, masses=data.masses)
+    topology = _topology(data)
+    nvt = simulate(exported, topology, start_positions, out, settings, seed=seed + 1,
+                   ensemble="nvt", box=start_box, threads=threads, progress=progress)
+    last = nvt["positions"][-1]
+    nve = simulate(exported, topology, last, out, settings, seed=seed + 2, ensemble="nve",
+                   box=nvt["box_vectors"][-1], threads=threads, progress=progress)
+    analysis = evaluate(data, nvt, nve, out, settings, architecture)
+    result = {
+        "architecture": architecture, "seed": seed, "data": str(data_path),
+        "data_sha256": data.sha256, "atoms": int(len(data.atomic_numbers)),
+        "force_mae": metrics["test"]["force_mae"], "force_rmse": metrics["test"]["force_rmse"],
+        "energy_mae_per_atom": metrics["test"]["energy_mae_per_atom"],
+        "units": {"force": "kJ/mol/nm", "energy": "kJ/mol", "nve_drift": "kJ/mol/ns/atom",
+                  "rdf_error": "mean |g_ML - g_ref| over the O-O RDF range"},
+        "nve_drift": analysis.get("nve_drift"), "rdf_error": analysis.get("rdf_error"),
+        "rdf": analysis.get("rdf"), "nve": analysis.get("nve"),
+        "training": {k: metrics[k] for k in ("parameters", "train_frames", "validation_frames",
+                                             "test_frames", "best_epoch", "epochs_run",
+                                             "training_seconds")},
+        "openmm": {"nvt_steps_per_second": nvt["steps_per_second"],
+                   "nvt_ns_per_day": nvt["ns_per_day"], "nvt_ps": settings.nvt_ps,
+                   "nve_ps": settings.nve_ps, "timestep_fs": settings.timestep_fs},
+        "settings": dataclasses.asdict(settings), "wall_seconds": time.perf_counter() - started,
+    }
+    _write_json(out / "reproduce.json", result)
+    return result
