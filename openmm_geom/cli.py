@@ -245,6 +245,18 @@ def _pdb_system(path):
 
 
 def _cmd_potential(args) -> int:
+    from .modelfile import ModelFileError
+    from .workflows.potential import UnstableSimulationError
+
+    try:
+        return _run_potential(args)
+    except (ValueError, TypeError, FileNotFoundError, ModelFileError,
+            UnstableSimulationError) as error:  # bad input: a message, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run_potential(args) -> int:
     from pathlib import Path
 
     from . import set_threads
@@ -259,8 +271,6 @@ def _cmd_potential(args) -> int:
         result = wf.train(load_potential_data(args.data), Path(args.out), settings,
                           seed=args.seed, progress=progress)
     elif args.potential_command == "export":
-        from openmm.app import element as _element  # noqa: F401 (topology elements)
-
         topology, positions, box = _pdb_system(args.pdb)
         numbers = [a.element.atomic_number for a in topology.atoms()]
         masses = [a.element.mass._value for a in topology.atoms()]

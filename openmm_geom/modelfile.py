@@ -34,6 +34,7 @@ __all__ = [
     "read_metadata",
     "metadata_of",
     "atomic_write_bytes",
+    "atomic_torch_save",
     "sha256_of_arrays",
 ]
 
@@ -161,6 +162,16 @@ def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(path: os.PathLike, payload) -> None:
+    """``torch.save`` of plain data (tensors, dicts, numbers) through :func:`atomic_write_bytes`.
+
+    Checkpoints written this way load with ``torch.load(..., weights_only=True)``.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_model(module: torch.jit.ScriptModule, path: os.PathLike) -> Path:

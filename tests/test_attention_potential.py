@@ -281,3 +281,24 @@ def test_ensemble_spread_reporter_measures_disagreement_and_warns(tmp_path):
         simulation.step(1)
     with pytest.raises(ValueError, match="at least two"):
         EnsembleSpreadReporter(str(tmp_path / "y.csv"), 1, [paths[0]])
+
+
+def test_core_repulsion_walls_off_unseen_distances_and_is_smooth():
+    from openmm_geom.training.energy_force import closest_distances
+
+    m = AttentionPotential([8, 8], cutoff=0.45, features=8, layers=1, heads=2, dtype=torch.float64)
+    frames = np.array([[[0.0, 0.0, 0.0], [r, 0.0, 0.0]] for r in (0.25, 0.3, 0.35)])
+    assert closest_distances(m, frames) == {(8, 8): pytest.approx(0.25)}
+    m.set_repulsion({(8, 8): 0.2})
+    def repulsion(r):
+        x = torch.tensor([[[0.0, 0.0, 0.0], [r, 0.0, 0.0]]], dtype=torch.float64, requires_grad=True)
+        e = m.repulsion_energies(x, None)
+        (g,) = torch.autograd.grad(e.sum(), x)
+        return float(e), float(g[0, 1, 0])
+    assert repulsion(0.1)[0] == pytest.approx(2.0 ** 12 * smooth_envelope(torch.tensor(0.25), 1.0).item())
+    assert repulsion(0.4 - 1e-6)[0] < 1e-12 and repulsion(0.4 + 1e-6) == (0.0, 0.0)
+    e_data, f_data = repulsion(0.25)
+    assert e_data < 0.1 and abs(f_data) < 3.0  # small where the data are (kJ/mol, kJ/mol/nm)
+    scripted = torch.jit.script(m)
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0]], dtype=torch.float64)
+    assert float(scripted(x).detach()) == pytest.approx(float(m(x).detach()))

@@ -98,9 +98,9 @@ def test_energy_offsets_by_least_squares():
 def test_training_learns_real_forces_and_resumes(liquid, tmp_path):
     train_set, val_set = subset(liquid, slice(0, 36)), subset(liquid, slice(40, 48))
     config = EnergyForceConfig(epochs=8, batch_size=4, lr_min=3e-3, lr_max=1e-2, lr_final=1e-3,
-                               rho=0.05, patience=10, seed=0)
+                               rho=0.01, patience=10, seed=0)
     model = AttentionPotential(liquid.atomic_numbers, cutoff=0.45, features=16, layers=2,
-                               heads=2, n_rbf=8, seed=0)
+                               heads=2, seed=0)
     baseline = float(np.abs(val_set.forces).mean())  # predicting zero force
     checkpoint = tmp_path / "checkpoint.pt"
     result = train_potential(model, train_set, val_set, config, checkpoint=checkpoint,
@@ -113,7 +113,7 @@ def test_training_learns_real_forces_and_resumes(liquid, tmp_path):
     assert again["force_mae"] == pytest.approx(result.best_validation["force_mae"], rel=1e-5)
     # a finished checkpoint resumes to the same best state without training
     fresh = AttentionPotential(liquid.atomic_numbers, cutoff=0.45, features=16, layers=2,
-                               heads=2, n_rbf=8, seed=5)
+                               heads=2, seed=5)
     resumed = train_potential(fresh, train_set, val_set, config, checkpoint=checkpoint,
                               progress=False, data_hash="lj")
     assert resumed.best_epoch == result.best_epoch

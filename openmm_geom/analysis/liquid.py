@@ -12,13 +12,14 @@ Units: nm, kJ/mol, kJ/mol/nm, ps.
 """
 from __future__ import annotations
 
-import io
 import itertools
 import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from .plots import _save
 
 __all__ = ["half_min_width", "nve_drift", "plot_force_parity", "plot_rdfs", "radial_distribution",
            "rdf_error"]
@@ -327,20 +328,6 @@ def nve_drift(times_ps, total_energies_kj, n_atoms: int, kinetic_energies=None) 
 
 
 # --- figures -------------------------------------------------------------------------------
-
-def _save(fig, path: PathLike, dpi: int) -> Path:
-    """Render to memory, then replace ``path`` atomically (no half-written PNG on a crash)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    from ..modelfile import atomic_write_bytes
-
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=dpi, format="png")
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
 
 def plot_rdfs(curves: Mapping, path: PathLike, *, title: Optional[str] = None,
               dpi: int = 120) -> Path:

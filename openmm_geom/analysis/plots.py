@@ -6,6 +6,7 @@ returns ``path`` as a :class:`pathlib.Path`.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -29,10 +30,14 @@ _CMAP = "nipy_spectral"
 
 
 def _save(fig: Figure, path: PathLike, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Render to memory, then replace ``path`` atomically (no half-written PNG on a crash)."""
+    from ..modelfile import atomic_write_bytes
+
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

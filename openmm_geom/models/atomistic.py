@@ -16,12 +16,19 @@ was not trained on is a clear error.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Sequence
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["AtomisticPotential", "fit_energy_offsets", "species_indices"]
+from ..ops.neighbors import NeighborPairs
+
+__all__ = ["AtomisticPotential", "fit_energy_offsets", "species_indices", "smooth_envelope",
+           "REPULSION_EPSILON"]
+
+# kJ/mol: the core repulsion is eps (sigma/r)^12, 0.28 kJ/mol at the closest distance seen
+REPULSION_EPSILON = 1.0
 
 
 def species_indices(atomic_numbers: Sequence[int], elements: Sequence[int]) -> torch.Tensor:
@@ -57,6 +64,18 @@ def fit_energy_offsets(energies: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return solution
 
 
+def smooth_envelope(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """1 at r = 0, 0 at and beyond ``cutoff``, with vanishing first and second derivatives there.
+
+    The polynomial envelope of DimeNet with p = 6, ``1 - 28 x^6 + 48 x^7 - 21 x^8`` (x = r/rc):
+    flat near 0 (0.86 at half the cutoff), so that neighbours in the first shells keep most
+    of their weight and only the outer part of the sphere is damped.
+    """
+    x = torch.clamp(distances / cutoff, 0.0, 1.0)
+    x6 = x ** 6
+    return 1.0 - x6 * (28.0 - x * (48.0 - 21.0 * x))
+
+
 class AtomisticPotential(torch.nn.Module):
     """Base class: subclasses implement ``interaction_energies`` and call ``super().__init__``.
 
@@ -89,6 +108,14 @@ class AtomisticPotential(torch.nn.Module):
         # Multiplies the network's energy: set from the data before training (a network whose
         # output starts at the data's scale trains faster than one that has to learn it).
         self.register_buffer("energy_scale", torch.ones((), dtype=torch.float64))
+        # Core repulsion between element pairs (0 = none), fitted from the closest distances in
+        # the training data: where the data have no configurations, a network's energy is
+        # arbitrary, and atoms can fall into each other in MD (observed: two oxygens of a
+        # water box at 0.003 nm).
+        self.register_buffer("repulsion_sigma", torch.zeros(len(self.elements), len(self.elements),
+                                                            dtype=torch.float64))
+        self.repulsion_pairs = NeighborPairs(self.cutoff)
+        self.repulsion_epsilon = REPULSION_EPSILON
 
     # -- bookkeeping (Python only) -------------------------------------------------------------
     @torch.jit.unused
@@ -116,6 +143,22 @@ class AtomisticPotential(torch.nn.Module):
             raise ValueError(f"energy scale must be positive, got {scale}")
         self.energy_scale = torch.tensor(float(scale), dtype=torch.float64,
                                          device=self.energy_scale.device)
+
+    @torch.jit.unused
+    def set_repulsion(self, sigma: Dict[Tuple[int, int], float]) -> None:
+        """Core repulsion ``eps (sigma_ab/r)^12`` per element pair (nm; eps = 1 kJ/mol).
+
+        Each pair term is multiplied by a smooth envelope that vanishes at ``2 sigma_ab`` (at
+        most the model cutoff), so it is continuous and negligible where the data live.
+        """
+        values = torch.zeros(len(self.elements), len(self.elements), dtype=torch.float64)
+        index = {z: i for i, z in enumerate(self.elements)}
+        for (a, b), value in sigma.items():
+            value = min(float(value), self.cutoff / 2)
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(f"repulsion sigma must be >= 0 nm, got {value}")
+            values[index[int(a)], index[int(b)]] = values[index[int(b)], index[int(a)]] = value
+        self.repulsion_sigma = values.to(self.repulsion_sigma.device)
 
     @torch.jit.unused
     def element_counts(self) -> np.ndarray:
@@ -147,7 +190,26 @@ class AtomisticPotential(torch.nn.Module):
                 raise ValueError("boxes must have shape (B, 3, 3), got " + str(list(boxes.shape)))
         offset = self.energy_offsets.index_select(0, self.species).sum().to(positions.dtype)
         scale = self.energy_scale.to(positions.dtype)
-        return scale * self.interaction_energies(positions, boxes) + offset
+        total = scale * self.interaction_energies(positions, boxes) + offset
+        if bool((self.repulsion_sigma > 0).any()):
+            total = total + self.repulsion_energies(positions, boxes)
+        return total
+
+    def repulsion_energies(self, positions: torch.Tensor,
+                           boxes: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B,) core-repulsion energies in kJ/mol (see :meth:`set_repulsion`)."""
+        result: List[torch.Tensor] = []
+        for b in range(positions.size(0)):
+            box: Optional[torch.Tensor] = None
+            if boxes is not None:
+                box = boxes[b]
+            pairs, _, r = self.repulsion_pairs(positions[b], box)
+            sigma = self.repulsion_sigma[self.species[pairs[0]], self.species[pairs[1]]].to(r.dtype)
+            active = sigma > 0
+            sigma, r = sigma[active], r[active]
+            terms = self.repulsion_epsilon * (sigma / r) ** 12 * smooth_envelope(r / (2.0 * sigma), 1.0)
+            result.append(terms.sum())
+        return torch.stack(result)
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
         boxes: Optional[torch.Tensor] = None

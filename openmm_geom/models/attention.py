@@ -18,8 +18,9 @@ implementation):
 
    Logits and sink are soft-bounded to +-5 (``5 tanh(x/5)``) so that the weight of an atom's
    only neighbour fades out smoothly over the last few percent of the cutoff.
-   ``phi`` is a Gaussian radial basis and ``u`` a polynomial envelope (DimeNet's, p = 6)
-   that falls from 1 to 0 between r = 0 and the cutoff with vanishing first and second
+   ``phi`` is a Gaussian radial basis evenly spaced in ``exp(-2.5 r / cutoff)`` (fine at bond
+   lengths, coarse near the cutoff, like PhysNet's and TorchMD-Net's expnorm) and ``u`` a
+   polynomial envelope (DimeNet's, p = 6) that falls from 1 to 0 between r = 0 and the cutoff with vanishing first and second
    derivatives there. The softmax is *envelope-weighted* and has a learned per-head sink ``b_h``: a
    neighbour's weight therefore goes to zero continuously as it reaches the cutoff, and an
    atom whose last neighbour leaves does not divide by zero. A plain softmax would
@@ -40,23 +41,12 @@ import torch
 from torch.nn import functional as F
 
 from ..ops.neighbors import NeighborPairs
-from .atomistic import AtomisticPotential
+from .atomistic import AtomisticPotential, smooth_envelope
 
 __all__ = ["AttentionPotential", "smooth_envelope", "LOGIT_BOUND"]
 
 LOGIT_BOUND = 5.0  # |attention logit| and |sink| stay below this (soft, via tanh)
-
-
-def smooth_envelope(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """1 at r = 0, 0 at and beyond ``cutoff``, with vanishing first and second derivatives there.
-
-    The polynomial envelope of DimeNet with p = 6, ``1 - 28 x^6 + 48 x^7 - 21 x^8`` (x = r/rc):
-    flat near 0 (0.86 at half the cutoff), so that neighbours in the first shells keep most
-    of their weight and only the outer part of the sphere is damped.
-    """
-    x = torch.clamp(distances / cutoff, 0.0, 1.0)
-    x6 = x ** 6
-    return 1.0 - x6 * (28.0 - x * (48.0 - 21.0 * x))
+RBF_GAMMA_TIMES_CUTOFF = 2.5  # decay of the exp(-gamma r) radial coordinate, times the cutoff
 
 
 class _AttentionLayer(torch.nn.Module):
@@ -113,7 +103,7 @@ class AttentionPotential(AtomisticPotential):
     layers, heads : int
         Message-passing layers and attention heads per layer.
     n_rbf : int
-        Gaussian radial basis functions on [0, cutoff].
+        Gaussian radial basis functions, evenly spaced in ``exp(-2.5 r / cutoff)``.
     elements : sequence of int, optional
         Elements the model can handle (default: those in ``atomic_numbers``).
     dtype : torch.dtype
@@ -123,7 +113,7 @@ class AttentionPotential(AtomisticPotential):
     """
 
     def __init__(self, atomic_numbers: Sequence[int], cutoff: float = 0.5, features: int = 48,
-                 layers: int = 4, heads: int = 4, n_rbf: int = 16,
+                 layers: int = 4, heads: int = 4, n_rbf: int = 32,
                  elements: Optional[Sequence[int]] = None, dtype: torch.dtype = torch.float32,
                  seed: int = 0):
         super().__init__(atomic_numbers, elements, cutoff)
@@ -149,8 +139,14 @@ class AttentionPotential(AtomisticPotential):
                 readout += [torch.nn.Linear(n_in, n_out), torch.nn.SiLU(), torch.nn.LayerNorm(n_out)]
             readout.append(torch.nn.Linear(widths[-1], 1))
             self.readout = torch.nn.Sequential(*readout)
-        self.register_buffer("rbf_centers", torch.linspace(0.0, cutoff, n_rbf))
-        self.rbf_width = float(cutoff / n_rbf)
+        # Gaussians evenly spaced in exp(-gamma r), not in r: dense at bond lengths (0.01 nm
+        # apart near 0.1 nm), coarser at the cutoff (0.07 nm). With even spacing in r, 16
+        # functions could not resolve the stiff O-H stretch of flexible water (forces did not
+        # fit even on 4 frames); 64 could, at twice the cost of 32 of these.
+        self.rbf_gamma = RBF_GAMMA_TIMES_CUTOFF / float(cutoff)
+        low = math.exp(-RBF_GAMMA_TIMES_CUTOFF)
+        self.register_buffer("rbf_centers", torch.linspace(low, 1.0, n_rbf))
+        self.rbf_width = float((1.0 - low) / max(n_rbf - 1, 1))
         self.neighbors = NeighborPairs(cutoff)
         self.to(dtype)
 
@@ -182,7 +178,8 @@ class AttentionPotential(AtomisticPotential):
         receivers, senders, r = torch.cat([i, j]), torch.cat([j, i]), torch.cat([r, r])
         envelope = smooth_envelope(r, self.cutoff)
         # The envelope enters through the attention weights, which carry every message.
-        basis = torch.exp(-((r.unsqueeze(1) - self.rbf_centers) / self.rbf_width) ** 2)
+        u = torch.exp(-self.rbf_gamma * r).unsqueeze(1)
+        basis = torch.exp(-((u - self.rbf_centers) / self.rbf_width) ** 2)
         h = self.embedding(self.species).repeat(frames, 1)
         for layer in self.layers:
             h = layer(h, receivers, senders, basis, envelope)

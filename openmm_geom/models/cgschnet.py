@@ -211,10 +211,9 @@ def save_cgschnet(model: CGSchNet, path, metadata: Optional[dict] = None) -> Non
 
     The file loads with ``torch.load(..., weights_only=True)`` (:func:`load_cgschnet`).
     """
-    import io
     import json
 
-    from ..modelfile import atomic_write_bytes
+    from ..modelfile import atomic_torch_save
 
     payload = {
         "format": "openmm-geom CGSchNet 1",
@@ -225,9 +224,7 @@ def save_cgschnet(model: CGSchNet, path, metadata: Optional[dict] = None) -> Non
                               "metadata": metadata or {}}),
         "state": {k: v for k, v in model.state_dict().items() if not k.startswith("priors.")},
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, payload)
 
 
 def load_cgschnet(path) -> tuple:

@@ -7,14 +7,13 @@ a checkpoint never executes code when it is loaded.
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Sequence, Union
 
 import torch
 
-from ..modelfile import ModelFileError, atomic_write_bytes
+from ..modelfile import ModelFileError, atomic_torch_save
 from .atomistic import AtomisticPotential
 
 __all__ = ["ARCHITECTURES", "build_potential", "save_potential", "load_potential",
@@ -54,10 +53,8 @@ def save_potential(model: AtomisticPotential, path: Union[str, os.PathLike], **e
     payload = {"format": POTENTIAL_FORMAT, "hyperparameters": dict(model.hyperparameters),
                "atomic_numbers": [int(z) for z in model.atomic_numbers.tolist()],
                "state_dict": model.state_dict(), "extra": extra}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
     path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, payload)
     return path
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import math
 import operator
 import os
@@ -54,7 +53,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
-from ..modelfile import atomic_write_bytes
+from ..modelfile import atomic_torch_save
 from ..progress import progress_bar
 from ..units import MOLAR_GAS_CONSTANT_KJ
 from .trajectory import TrajectoryWriter
@@ -562,9 +561,7 @@ class BatchedLangevin:
             "spread": st.s,
             "generator_state": self.generator.get_state(),
         }
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_torch_save(path, payload)
 
     def _read_checkpoint(self, path: Path, config: dict) -> _State:
         try:

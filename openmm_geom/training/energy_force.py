@@ -13,7 +13,8 @@ it (eq. 3.4 of the thesis; computed through softplus so that it cannot overflow)
 The learning rate follows a one-cycle schedule (Smith 2018, as in the thesis): linear warm-up
 from ``lr_min`` to ``lr_max`` over the first 45% of the steps, back down over the next 45%, then
 to ``lr_final``. Before training, per-element energy offsets are fitted to the training energies
-by least squares and the network's energy scale is set so that its initial forces have the
+by least squares (and refitted after training, see :func:`refit_energy_offsets`) and the
+network's energy scale is set so that its initial forces have the
 spread of the reference forces (see :func:`prepare_model`). The best state by validation force MAE is deep-copied and restored;
 training stops early after ``patience`` epochs without improvement; every epoch is checkpointed
 atomically and a rerun resumes (a checkpoint from other data or settings is refused).
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import math
 from pathlib import Path
@@ -31,16 +31,18 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from ..modelfile import atomic_write_bytes
+from ..modelfile import atomic_torch_save
 from ..models.atomistic import AtomisticPotential, fit_energy_offsets
+from ..ops.neighbors import neighbor_pairs
 from ..progress import progress_bar
 
 __all__ = ["EnergyForceConfig", "energy_force_loss", "prepare_model", "evaluate_potential",
-           "train_potential", "TrainingResult", "one_cycle_lambda"]
+           "train_potential", "TrainingResult", "one_cycle_lambda", "refit_energy_offsets"]
 
 # The untrained network's forces start at this fraction of the reference spread: large
 # enough for a useful first gradient, small enough not to start from a huge energy error.
 INITIAL_FORCE_FRACTION = 0.1
+REPULSION_FRACTION = 0.9  # repulsion sigma / closest distance in the training data
 
 
 @dataclasses.dataclass
@@ -53,12 +55,13 @@ class EnergyForceConfig:
     lr_max: float = 2e-3
     lr_final: float = 1e-5
     weight_decay: float = 0.0
-    rho: float = 0.05
+    rho: float = 0.0
     loss: str = "logcosh"  # or "mse"
     logcosh_alpha: float = 1.0  # in units of sigma
     patience: int = 10
     seed: int = 0
     max_train_frames: Optional[int] = None  # a stride through the training frames per epoch
+    core_repulsion: bool = True  # fit (sigma/r)^12 walls from the closest distances seen
 
     def __post_init__(self):
         if self.loss not in ("mse", "logcosh"):
@@ -119,15 +122,38 @@ def _energies_and_forces(model: AtomisticPotential, positions: torch.Tensor,
     return energies, -gradient
 
 
+def closest_distances(model: AtomisticPotential, positions, boxes=None,
+                      max_frames: int = 200) -> dict:
+    """``{(z_a, z_b): closest distance in nm}`` per element pair over (up to ``max_frames``
+    evenly spaced) frames, within the model's cutoff."""
+    stride = max(1, math.ceil(len(positions) / max_frames))
+    species = model.species.cpu().numpy()
+    n = len(model.elements)
+    closest = np.full((n, n), np.inf)
+    for frame in range(0, len(positions), stride):
+        box = None if boxes is None else torch.as_tensor(np.asarray(boxes[frame]), dtype=torch.float64)
+        pairs, _, r = neighbor_pairs(torch.as_tensor(np.asarray(positions[frame]), dtype=torch.float64),
+                                     model.cutoff, box)
+        a, b = species[pairs[0].numpy()], species[pairs[1].numpy()]
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        np.minimum.at(closest, (low, high), r.numpy())
+    return {(model.elements[i], model.elements[j]): float(closest[i, j])
+            for i in range(n) for j in range(i, n) if np.isfinite(closest[i, j])}
+
+
 def prepare_model(model: AtomisticPotential, energies: np.ndarray, forces: np.ndarray,
-                  positions=None, boxes=None, probe_frames: int = 4) -> dict:
+                  positions=None, boxes=None, probe_frames: int = 4,
+                  core_repulsion: bool = True) -> dict:
     """Fit per-element offsets and the energy scale from training data; returns the statistics.
 
     The offsets are the least-squares per-element energies. The energy scale makes the
     untrained network's forces on the first ``probe_frames`` training frames as spread as the
     reference forces (``sigma_F``): a freshly initialised network is nearly flat (its forces
     were ~1e-4 sigma_F on a Lennard-Jones liquid), and without this the first epochs only
-    learn the scale. (Scaled to ``INITIAL_FORCE_FRACTION`` of it.) Without ``positions`` the scale is ``sigma_F x 0.01 nm``.
+    learn the scale. (Scaled to ``INITIAL_FORCE_FRACTION`` of it.) With ``core_repulsion``,
+    each element pair gets the repulsion ``(sigma/r)^12`` kJ/mol with sigma = 0.9 x the closest
+    distance in the data (:meth:`AtomisticPotential.set_repulsion`), which the network then
+    corrects; it walls off distances the data never visited. Without ``positions`` the scale is ``sigma_F x 0.01 nm``.
     """
     counts = np.tile(model.element_counts(), (len(energies), 1))
     offsets = fit_energy_offsets(energies, counts)
@@ -139,6 +165,10 @@ def prepare_model(model: AtomisticPotential, energies: np.ndarray, forces: np.nd
     if not sigma_force > 0:
         raise ValueError("the training forces are all equal: nothing to learn from")
     scale = sigma_force * 0.01
+    repulsion = {}
+    if positions is not None and core_repulsion:
+        repulsion = closest_distances(model, positions, boxes)
+        model.set_repulsion({pair: REPULSION_FRACTION * r for pair, r in repulsion.items()})
     if positions is not None:
         model.set_energy_scale(1.0)
         dtype = next(model.parameters()).dtype
@@ -158,7 +188,8 @@ def prepare_model(model: AtomisticPotential, energies: np.ndarray, forces: np.nd
         model.set_energy_offsets({z: float(v) for z, v in zip(model.elements, offsets)})
     model.set_energy_scale(scale)
     return {"energy_offsets": {int(z): float(b) for z, b in zip(model.elements, offsets)},
-            "sigma_energy": sigma_energy, "sigma_force": sigma_force, "energy_scale": scale}
+            "sigma_energy": sigma_energy, "sigma_force": sigma_force, "energy_scale": scale,
+            "closest_distances_nm": {f"{a}-{b}": r for (a, b), r in repulsion.items()}}
 
 
 def evaluate_potential(model: AtomisticPotential, positions, energies, forces, boxes=None,
@@ -189,6 +220,32 @@ def evaluate_potential(model: AtomisticPotential, positions, energies, forces, b
             "frames": int(len(pe)), "predicted_energies": pe, "predicted_forces": pf}
 
 
+def refit_energy_offsets(model: AtomisticPotential, positions, energies, boxes=None,
+                         max_frames: int = 200, batch_size: int = 16) -> dict:
+    """Move the per-element offsets by the least-squares fit of ``E_ref - E_model``.
+
+    Forces fix the energy only up to a constant, and the network's output drifts collectively
+    during training; a final least-squares fit on (up to ``max_frames`` evenly spaced)
+    training frames removes that drift without touching the forces.
+    """
+    model.eval()
+    stride = max(1, math.ceil(len(energies) / max_frames))
+    dtype = next(model.parameters()).dtype
+    x = torch.as_tensor(np.asarray(positions[::stride]), dtype=dtype)
+    b = None if boxes is None else torch.as_tensor(np.asarray(boxes[::stride]), dtype=dtype)
+    predicted = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            predicted.append(model.energies(x[start:start + batch_size],
+                                            None if b is None else b[start:start + batch_size]))
+    residual = np.asarray(energies[::stride], np.float64) - torch.cat(predicted).double().numpy()
+    counts = np.tile(model.element_counts(), (len(residual), 1))
+    shift = fit_energy_offsets(residual, counts)
+    current = model.energy_offsets.double().cpu().numpy()
+    model.set_energy_offsets({z: float(c + d) for z, c, d in zip(model.elements, current, shift)})
+    return {int(z): float(d) for z, d in zip(model.elements, shift)}
+
+
 @dataclasses.dataclass
 class TrainingResult:
     best_epoch: int
@@ -196,12 +253,6 @@ class TrainingResult:
     history: dict
     statistics: dict
     state: dict
-
-
-def _save(path: Path, payload: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def train_potential(model: AtomisticPotential, train, validation, config: EnergyForceConfig,
@@ -240,7 +291,8 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
     total_steps = steps_per_epoch * config.epochs
 
     settings = json.loads(json.dumps(dataclasses.asdict(config)))
-    statistics = prepare_model(model, train.energies, train.forces, train.positions, train.boxes)
+    statistics = prepare_model(model, train.energies, train.forces, train.positions, train.boxes,
+                               core_repulsion=config.core_repulsion)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr_max,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -264,7 +316,10 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
         start_epoch, stale = saved["epoch"] + 1, saved["stale"]
         if saved["finished"]:
             model.load_state_dict(best_state)
-            return TrainingResult(best_epoch, best_metrics, history, statistics, best_state)
+            statistics["offset_refit"] = refit_energy_offsets(model, train.positions,
+                                                              train.energies, train.boxes)
+            return TrainingResult(best_epoch, best_metrics, history, statistics,
+                                  copy.deepcopy(model.state_dict()))
 
     bar = progress_bar(config.epochs, "training", enabled=progress, unit="epoch")
     bar.update(start_epoch)
@@ -302,7 +357,7 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
             stale += 1
         finished = stale >= config.patience or epoch == config.epochs - 1
         if checkpoint is not None:
-            _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            atomic_torch_save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(),
                                "generator": generator.get_state(), "history": history,
                                "best_state": best_state, "best_metrics": best_metrics,
@@ -317,4 +372,7 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
             break
     bar.close()
     model.load_state_dict(best_state)
+    statistics["offset_refit"] = refit_energy_offsets(model, train.positions, train.energies,
+                                                      train.boxes)
+    best_state = copy.deepcopy(model.state_dict())
     return TrainingResult(best_epoch, best_metrics, history, statistics, best_state)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import math
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from ..modelfile import atomic_write_bytes
+from ..modelfile import atomic_torch_save, atomic_write_bytes
 from ..models.cgschnet import CGSchNet, stack_ensemble
 from ..progress import progress_bar
 
@@ -92,12 +91,6 @@ class FoldResult:
     state: dict
 
 
-def _save(path: Path, payload: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def train_fold(make_model: Callable[[int], CGSchNet], positions: torch.Tensor,
                forces: torch.Tensor, train_idx, val_idx, config: TrainConfig, fold: int,
                checkpoint: Optional[Path] = None, progress: bool = True,
@@ -165,7 +158,7 @@ def train_fold(make_model: Callable[[int], CGSchNet], positions: torch.Tensor,
             stale += 1
         finished = stale >= config.patience or epoch == config.epochs - 1
         if checkpoint is not None:
-            _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            atomic_torch_save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "history": history,
                                "best_state": best_state, "best_validation": best_val,
                                "best_epoch": best_epoch, "epoch": epoch, "stale": stale,

@@ -7,7 +7,6 @@ Every step writes its products into one output directory and can be run on its o
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from pathlib import Path

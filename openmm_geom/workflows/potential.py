@@ -43,7 +43,7 @@ class PotentialSettings:
     features: int = 48
     layers: int = 4
     heads: int = 4
-    n_rbf: int = 16
+    n_rbf: int = 32
     # TorchMD-Net models: ET with 32 channels and 2 layers has 41k parameters, comparable to
     # the attention model's 46k
     hidden_channels: int = 32
@@ -55,10 +55,14 @@ class PotentialSettings:
     # architecture, so that they are compared at equal data and steps
     epochs: int = 12
     batch_size: int = 4
-    lr_min: float = 2e-4
-    lr_max: float = 3e-3
+    lr_min: float = 1e-4
+    lr_max: float = 1e-3
     lr_final: float = 1e-5
-    rho: float = 0.05
+    # Forces only by default: an energy term (rho 0.05 or 0.01) pulled the network's
+    # collective energy around and left the force error higher (water, 50 frames x 6 epochs:
+    # validation force MAE 585 and 419 vs 264 kJ/mol/nm). The energy is then set by the
+    # offsets' least-squares refit after training.
+    rho: float = 0.0
     loss: str = "logcosh"
     logcosh_alpha: float = 1.0
     patience: int = 6
@@ -243,23 +247,25 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
         simulation.reporters.append(spread)
     n_atoms = system.getNumParticles()
     frames, boxes, times, potential, kinetic = [], [], [], [], []
-    reference_energy = None
     started = time.perf_counter()
+    advice = ("The model probably met configurations outside its training data (check the "
+              f"ensemble spread), or the time step ({settings.timestep_fs} fs) is too long.")
     for _ in range(max(production // settings.report_interval, 1)):
-        simulation.step(settings.report_interval)
+        try:
+            simulation.step(settings.report_interval)
+        except openmm.OpenMMException as error:  # e.g. the model refused NaN coordinates
+            raise UnstableSimulationError(
+                f"{ensemble} run unstable near step {simulation.currentStep}: "
+                f"{str(error).strip().splitlines()[-1]}. {advice}") from error
         state = simulation.context.getState(getPositions=True, getEnergy=True)
         e_pot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         e_kin = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
-        if reference_energy is None:
-            reference_energy = e_pot + e_kin
         # Kinetic energy above 100 kT per atom means the integration has blown up.
         runaway = e_kin > 100 * 0.0083144626 * settings.temperature_K * n_atoms
         if not (math.isfinite(e_pot) and math.isfinite(e_kin)) or runaway:
             raise UnstableSimulationError(
                 f"{ensemble} run unstable at step {simulation.currentStep}: potential {e_pot:.6g} "
-                f"kJ/mol, kinetic {e_kin:.6g} kJ/mol. The model probably met configurations "
-                "outside its training data (check the ensemble spread), or the time step "
-                f"({settings.timestep_fs} fs) is too long.")
+                f"kJ/mol, kinetic {e_kin:.6g} kJ/mol. {advice}")
         frames.append(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
         boxes.append(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
         times.append(state.getTime().value_in_unit(unit.picosecond))

@@ -1,0 +1,105 @@
+"""The potential job end to end through the CLI, on flexible-water data made with OpenMM."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from openmm_geom.data.water import generate_water_reference, water_box_pdb
+
+CLI = [sys.executable, "-m", "openmm_geom.cli"]
+
+
+def run_cli(*args, expect=0):
+    done = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OPENMM_GEOM_THREADS": "1"})
+    assert done.returncode == expect, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def water_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("water") / "water48.npz"
+    return generate_water_reference(48, out, n_frames=40, save_interval_ps=0.05,
+                                    equilibration_ps=0.5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reproduced(water_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    done = run_cli("potential", "reproduce", "--data", water_data, "--model", "attention",
+                   "--quick", "--out", out, "--json", "--no-progress")
+    return out, json.loads(done.stdout)
+
+
+def test_reproduce_reports_the_metrics_and_writes_figures(reproduced):
+    out, result = reproduced
+    for key in ("force_mae", "force_rmse", "energy_mae_per_atom", "nve_drift", "rdf_error"):
+        assert math.isfinite(result[key]), key
+    assert result["force_rmse"] >= result["force_mae"] > 0
+    assert set(result["rdf"]) == {"O-O", "O-H", "H-H"}
+    for name in ("model.pt", "model_openmm.pt", "learning_curves.png", "force_parity.png",
+                 "rdf.png", "metrics.json", "nvt.npz", "nve.npz", "reproduce.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "reproduce.json").read_text())["force_mae"] == result["force_mae"]
+    # the held-out block is the last one in time: no test frame was trained on
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_frames"] + metrics["validation_frames"] + metrics["test_frames"] < 40
+
+
+def test_export_to_a_larger_box_simulate_and_evaluate(reproduced, water_data, tmp_path):
+    out, _ = reproduced
+    pdb = water_box_pdb(64, tmp_path / "water64.pdb")
+    run_cli("potential", "export", "--checkpoint", out / "model.pt", "--pdb", pdb,
+            "--out", tmp_path / "w64.pt")
+    done = run_cli("potential", "simulate", "--exported", tmp_path / "w64.pt", "--pdb", pdb,
+                   "--ensemble", "nve", "--quick", "--out", tmp_path / "md", "--json",
+                   "--no-progress")
+    result = json.loads(done.stdout)
+    assert result["steps"] == 100 and result["steps_per_second"] > 0
+    frames = np.load(tmp_path / "md" / "nve.npz")
+    assert frames["positions"].shape[1:] == (192, 3)
+    done = run_cli("potential", "evaluate", "--checkpoint", out / "model.pt", "--data",
+                   water_data, "--out", tmp_path / "eval", "--json")
+    assert json.loads(done.stdout)["frames"] == 40
+    assert (tmp_path / "eval" / "force_parity.png").exists()
+
+
+def test_an_ensemble_spread_is_recorded(reproduced, tmp_path):
+    out, _ = reproduced
+    pdb = water_box_pdb(48, tmp_path / "water48.pdb")
+    done = run_cli("potential", "simulate", "--checkpoint", out / "model.pt", "--pdb", pdb,
+                   "--spread-models", out / "model_openmm.pt", out / "model_openmm.pt",
+                   "--quick", "--out", tmp_path / "md", "--json", "--no-progress")
+    assert json.loads(done.stdout)["max_force_spread"] == 0.0  # identical members agree
+
+
+def test_bad_inputs_fail_with_clear_messages(reproduced, tmp_path):
+    out, _ = reproduced
+    small = water_box_pdb(20, tmp_path / "water20.pdb")  # 0.84 nm box < 2 x 0.5 nm cutoff
+    done = run_cli("potential", "export", "--checkpoint", out / "model.pt", "--pdb", small,
+                   "--out", tmp_path / "x.pt", expect=1)
+    assert "box too small" in done.stderr
+    methane = tmp_path / "methane.pdb"
+    methane.write_text(
+        "CRYST1   20.000   20.000   20.000  90.00  90.00  90.00 P 1           1\n"
+        "HETATM    1  C   MET A   1       0.000   0.000   0.000  1.00  0.00           C\n"
+        "HETATM    2  H1  MET A   1       0.629   0.629   0.629  1.00  0.00           H\n"
+        "END\n")
+    done = run_cli("potential", "export", "--checkpoint", out / "model.pt", "--pdb", methane,
+                   "--out", tmp_path / "y.pt", expect=1)
+    assert "not in the training data" in done.stderr
+    no_energies = tmp_path / "no_energies.npz"
+    np.savez(no_energies, positions=np.zeros((3, 3, 3)), forces=np.zeros((3, 3, 3)),
+             atomic_numbers=np.array([8, 1, 1]))
+    done = run_cli("potential", "train", "--data", no_energies, "--out", tmp_path / "t",
+                   "--quick", expect=1)
+    assert "energies" in done.stderr
+    pdb = water_box_pdb(48, tmp_path / "water48.pdb")
+    done = run_cli("potential", "simulate", "--checkpoint", out / "model.pt", "--pdb", pdb,
+                   "--timestep-fs", "40", "--nvt-ps", "20", "--quick", "--out", tmp_path / "boom",
+                   "--no-progress", expect=1)
+    assert "unstable" in done.stderr
