@@ -294,7 +294,7 @@ def test_core_repulsion_walls_off_unseen_distances_and_is_smooth():
         x = torch.tensor([[[0.0, 0.0, 0.0], [r, 0.0, 0.0]]], dtype=torch.float64, requires_grad=True)
         e = m.repulsion_energies(x, None)
         (g,) = torch.autograd.grad(e.sum(), x)
-        return float(e), float(g[0, 1, 0])
+        return float(e.detach()), float(g[0, 1, 0])
     assert repulsion(0.1)[0] == pytest.approx(2.0 ** 12 * smooth_envelope(torch.tensor(0.25), 1.0).item())
     assert repulsion(0.4 - 1e-6)[0] < 1e-12 and repulsion(0.4 + 1e-6) == (0.0, 0.0)
     e_data, f_data = repulsion(0.25)

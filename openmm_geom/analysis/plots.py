@@ -303,7 +303,7 @@ def plot_potential_learning_curves(history: Mapping[str, list], path: PathLike,
     right.plot(epochs, history["validation_force_mae"], "-o", ms=3, color="C0",
                label="validation force MAE (kJ/mol/nm)")
     right.plot(epochs, np.asarray(history["validation_energy_mae_per_atom"]) * 100, "-s", ms=3,
-               color="C1", label="validation energy MAE x100 (kJ/mol/atom)")
+               color="C1", label="validation energy MAE x100 (kJ/mol/atom, mean error removed)")
     best = int(np.argmin(history["validation_force_mae"]))
     right.plot(epochs[best], history["validation_force_mae"][best], "*", ms=12, color="C3",
                label="restored best epoch")

@@ -30,7 +30,7 @@ __all__ = ["PotentialSettings", "budget", "train", "export", "simulate", "evalua
 
 
 class UnstableSimulationError(RuntimeError):
-    """The OpenMM run produced non-finite or exploding energies."""
+    """The OpenMM run produced non-finite or exploding energies, or atoms fell into each other."""
 
 
 @dataclasses.dataclass
@@ -192,6 +192,29 @@ def _topology(data: PotentialData):
     return topology
 
 
+COLLAPSE_NM = 0.05  # no two atoms of any chemistry come this close (H2: 0.074 nm)
+
+
+def _check_no_collapse(positions, box, step: int, ensemble: str) -> None:
+    """Raise when two atoms sit closer than ``COLLAPSE_NM``: a potential with a hole.
+
+    A network knows nothing about distances its data never reached; its liquid can collapse
+    (atoms on top of each other) while energies stay finite, which no energy check notices.
+    """
+    from ..ops.neighbors import neighbor_pairs
+
+    x = torch.as_tensor(np.asarray(positions), dtype=torch.float64)
+    b = None if box is None else torch.as_tensor(np.asarray(box), dtype=torch.float64)
+    pairs, _, r = neighbor_pairs(x, COLLAPSE_NM, b)
+    if r.numel():
+        k = int(torch.argmin(r))
+        raise UnstableSimulationError(
+            f"{ensemble} run collapsed at step {step}: atoms {int(pairs[0, k])} and "
+            f"{int(pairs[1, k])} are {float(r[k]):.4f} nm apart. The potential has a hole at "
+            "distances its training data never reached; train with core_repulsion (the "
+            "default) or add such configurations to the data.")
+
+
 def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
              settings: PotentialSettings, *, seed: int = 1, ensemble: str = "nvt",
              box: Optional[np.ndarray] = None, spread_models: Sequence[Path] = (),
@@ -203,7 +226,8 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
     ``VerletIntegrator`` for ``nve_ps`` after velocities are drawn at the temperature. Frames
     (positions, boxes) and energies are saved every ``report_interval`` steps to
     ``<ensemble>.npz`` and ``<ensemble>.csv``; a non-finite or exploding energy stops the run
-    with :class:`UnstableSimulationError`.
+    with :class:`UnstableSimulationError`, and so do two atoms closer than 0.05 nm (a
+    collapse that energies alone do not reveal).
     """
     import openmm
     import openmm.app as app
@@ -266,8 +290,12 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
             raise UnstableSimulationError(
                 f"{ensemble} run unstable at step {simulation.currentStep}: potential {e_pot:.6g} "
                 f"kJ/mol, kinetic {e_kin:.6g} kJ/mol. {advice}")
-        frames.append(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-        boxes.append(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
+        frame = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        frame_box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+        _check_no_collapse(frame, frame_box if box is not None else None, simulation.currentStep,
+                           ensemble)
+        frames.append(frame)
+        boxes.append(frame_box)
         times.append(state.getTime().value_in_unit(unit.picosecond))
         potential.append(e_pot)
         kinetic.append(e_kin)
