@@ -2,7 +2,7 @@
 
 Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py),
 DIR/torchcv.json (bench_torchcv.py), DIR/cg.json (bench_cg.py), DIR/signature.json
-(bench_signature.py) and DIR/summary.json (headline
+(bench_signature.py), DIR/potential.json (bench_potential.py) and DIR/summary.json (headline
 numbers, pass/fail, machine load), and prints the tables. Exits non-zero if a benchmark fails,
 including any of its correctness checks.
 
@@ -101,6 +101,30 @@ def headline(data: dict) -> list:
                 for r in data["rows"]]
         return rows + [{"reporter": r["setting"], "ns_per_day": round(r["ns_per_day"], 1),
                         "slowdown": round(r["slowdown"], 3)} for r in data["reporter"]["rows"]]
+    if data["benchmark"] == "potential":
+        def rounded(value, digits=3):
+            return None if value is None else round(value, digits)
+
+        rows = []
+        for block in data["runs"]:
+            at = {(r["n_atoms"], r["model"]): r for r in block["rows"]}
+            for entry in block["ratios"]:
+                n = entry["n_atoms"]
+                row = {"threads": block["threads"], "n_atoms": n,
+                       "attention_openmm_atom_steps_per_s": rounded(
+                           at[n, "attention"].get("openmm_atom_steps_per_s"), 0)}
+                for key, value in entry.items():
+                    if key != "n_atoms":
+                        row[key.replace("attention_over_", "att_over_")] = rounded(value)
+                row["skipped"] = sorted(name for (size, name), r in at.items()
+                                        if size == n and "skipped" in r) or None
+                rows.append(row)
+            rows.append({"threads": block["threads"], "scaling_exponent": {
+                name: {k: rounded(v) for k, v in e.items() if k != "sizes"}
+                for name, e in block["scaling_exponent"].items()},
+                "goal_throughput_met": block["goal"]["throughput_met"],
+                "goal_force_mae_met": block["goal"]["force_mae_met"]})
+        return rows
     return [{"threads": r["threads"], "n_atoms": s["n_atoms"],
              "floor_calls_per_s": round(r["floor_calls_per_s"], 1),
              "torchforce_steps_per_s": round(r["torchforce_steps_per_s"], 1),
@@ -119,7 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for other processes to leave the CPUs")
     parser.add_argument("--only", help="comma-separated benchmark names (neighbors, bridge, "
-                        "torchcv, cg, signature): run these and update their entries in summary.json")
+                        "torchcv, cg, signature, potential): run these and update their "
+                        "entries in summary.json")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -131,7 +156,8 @@ def main(argv=None) -> int:
             ("bench_bridge.py", "bridge.json", [], {}),
             ("bench_torchcv.py", "torchcv.json", [], {}),
             ("bench_cg.py", "cg.json", [], {}),
-            ("bench_signature.py", "signature.json", [], {})]
+            ("bench_signature.py", "signature.json", [], {}),
+            ("bench_potential.py", "potential.json", [], {})]
     if args.omp_passive:
         passive = {"OMP_WAIT_POLICY": "PASSIVE"}
         jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],
@@ -139,7 +165,8 @@ def main(argv=None) -> int:
                  ("bench_bridge.py", "bridge_omp_passive.json", [], passive),
                  ("bench_torchcv.py", "torchcv_omp_passive.json", [], passive),
                  ("bench_cg.py", "cg_omp_passive.json", ["--no-profile"], passive),
-                 ("bench_signature.py", "signature_omp_passive.json", [], passive)]
+                 ("bench_signature.py", "signature_omp_passive.json", [], passive),
+                 ("bench_potential.py", "potential_omp_passive.json", [], passive)]
     kept = []
     if args.only:
         wanted = {f"{name.strip()}.json" for name in args.only.split(",")}
