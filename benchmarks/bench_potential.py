@@ -7,7 +7,7 @@ directory), i.e. ~100 atoms/nm^3 and ~52 neighbours per atom within the 0.5 nm c
 Models, untrained (random weights, fixed seed 0: speed does not depend on the weights), float32,
 at the project's production sizes (``PotentialSettings``, parameter counts recorded):
 
-* ``attention``: ``AttentionPotential`` (features 48, 4 layers, 4 heads, 16 RBFs), ~46k
+* ``attention``: ``AttentionPotential`` (features 48, 4 layers, 4 heads, 16 RBFs), ~52k
   parameters, pairs from ``openmm_geom.ops.NeighborPairs`` (vesin cell lists, O(N));
 * ``et-vesin`` / ``tensornet-vesin``: torchmd-net 2.6.2's ET (~41k parameters) and TensorNet
   (~52k) with 32 channels, 2 layers, 32 RBFs (``TorchMDNetPotential``), fed the same vesin pairs;
@@ -43,7 +43,19 @@ Budgets: before a model runs at a size, its seconds per call and its peak memory
 from the smaller size (O(N) for the network and the vesin search; the torchmd-net search's own
 time and memory, measured separately, times (N/N_prev)^2); a model estimated above 60 s per
 call or 8 GB is not run there and the reason, with the estimate, is recorded instead of a
-number. In practice torchmd-net's own search is skipped at 30,000 atoms: 9e8 candidate pairs.
+number (``--call-budget``, ``--memory-budget`` to change them). Memory binds first: the
+activations kept for the forces' backward pass are per-edge tensors (attention 48 channels, ET
+32 x 3, TensorNet 32 x 3 x 3 per edge), ~1.5-3 GB per call at 3,000 atoms, so at 30,000 atoms
+(1.6M directed edges) all three networks are estimated at 15-28 GB and are not run with the
+default 8 GB; torchmd-net's own search alone would take ~50 s and >100 GB there (9e8 ordered
+pairs).
+
+Where the time goes besides the network: glibc returns the large per-edge tensors to the kernel
+after every call and faults fresh pages in on the next, so a large share of the CPU time is
+kernel time (recorded per size as ``process_times``: user/sys seconds, minor page faults). It
+grows with N (at 3,000 atoms ~30% in torch and ~50% in OpenMM here, where ET and TensorNet lose
+most) and makes the numbers depend on the allocator's state; timings are therefore interleaved
+and each model's ratio is taken within one run.
 
 Checks (exit status 1 if one fails): at every size, each model's OpenMM energy and forces equal
 the scripted model's (energy to 1e-4 relative, forces to 1e-3 of the largest), and the vesin and

@@ -15,8 +15,8 @@ set before torch starts, hence separate processes).
 measurement is also retried when other processes took > 10% of the CPUs meanwhile, and the
 remaining contamination is recorded ("other_load") and flagged in the tables.
 
-    .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # ~15 minutes
-    .venv/bin/python benchmarks/run_all.py --out /tmp/bench --quick          # smoke, ~80 s
+    .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # ~22 minutes
+    .venv/bin/python benchmarks/run_all.py --out /tmp/bench --quick          # smoke, ~2 min
 """
 from __future__ import annotations
 
