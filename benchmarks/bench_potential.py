@@ -7,7 +7,7 @@ directory), i.e. ~100 atoms/nm^3 and ~52 neighbours per atom within the 0.5 nm c
 Models, untrained (random weights, fixed seed 0: speed does not depend on the weights), float32,
 at the project's production sizes (``PotentialSettings``, parameter counts recorded):
 
-* ``attention``: ``AttentionPotential`` (features 48, 4 layers, 4 heads, 16 RBFs), ~52k
+* ``attention``: ``AttentionPotential`` (features 48, 4 layers, 4 heads, 32 RBFs), ~52k
   parameters, pairs from ``openmm_geom.ops.NeighborPairs`` (vesin cell lists, O(N));
 * ``et-vesin`` / ``tensornet-vesin``: torchmd-net 2.6.2's ET (~41k parameters) and TensorNet
   (~52k) with 32 channels, 2 layers, 32 RBFs (``TorchMDNetPotential``), fed the same vesin pairs;
