@@ -59,7 +59,7 @@ class PotentialSettings:
     lr_max: float = 1e-3
     lr_final: float = 1e-5
     # Forces only by default: an energy term (rho 0.05 or 0.01) pulled the network's
-    # collective energy around and left the force error higher (water, 50 frames x 6 epochs:
+    # collective energy around and left the force error higher (water, 60 frames x 6 epochs:
     # validation force MAE 585 and 419 vs 264 kJ/mol/nm). The energy is then set by the
     # offsets' least-squares refit after training.
     rho: float = 0.0
