@@ -7,6 +7,7 @@ train | export | simulate | evaluate``) or all together (``openmm-geom potential
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import time
@@ -172,8 +173,6 @@ def export(model_path: Path, out: Path, *, positions, box=None, atomic_numbers=N
 
 def _topology(data: PotentialData):
     """The data's OpenMM topology (from its PDB text), or one residue per atom from elements."""
-    import io
-
     import openmm.app as app
     import openmm.unit as unit
 
@@ -303,8 +302,6 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
     arrays = {"positions": np.asarray(frames, np.float32), "box_vectors": np.asarray(boxes),
               "time_ps": np.asarray(times), "potential_energies": np.asarray(potential),
               "kinetic_energies": np.asarray(kinetic)}
-    import io
-
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(out / f"{ensemble}.npz", buffer.getvalue())
