@@ -99,6 +99,27 @@ int registerKernels() {
         PyList_SET_ITEM($result, i, PyLong_FromLong((*$1)[i]));
 }
 
+%typemap(in) const std::vector<double>& (std::vector<double> temp) {
+    PyObject* sequence = PySequence_Fast($input, "expected a sequence of float");
+    if (!sequence) SWIG_fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(sequence); i++) {
+        double value = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(sequence, i));
+        if (value == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(sequence);
+            SWIG_fail;
+        }
+        temp.push_back(value);
+    }
+    Py_DECREF(sequence);
+    $1 = &temp;
+}
+%typemap(typecheck) const std::vector<double>& { $1 = PySequence_Check($input) ? 1 : 0; }
+%typemap(out) const std::vector<double>& {
+    $result = PyList_New($1->size());
+    for (size_t i = 0; i < $1->size(); i++)
+        PyList_SET_ITEM($result, i, PyFloat_FromDouble((*$1)[i]));
+}
+
 %factory(OpenMM::TabulatedFunction& OpenMMGeom::TorchCVForce::getTabulatedFunction,
          OpenMM::Continuous1DFunction, OpenMM::Continuous2DFunction, OpenMM::Continuous3DFunction,
          OpenMM::Discrete1DFunction, OpenMM::Discrete2DFunction, OpenMM::Discrete3DFunction);
@@ -112,8 +133,15 @@ int registerKernels() {
     function.thisown = 0
 %}
 
+// cast() returns a view of the same C++ object: keep the Python object that owns it alive
+// (e.g. TorchCVForce.cast(XmlSerializer.deserialize(xml)) would otherwise dangle).
+%pythonappend OpenMMGeom::TorchCVForce::cast %{
+    val._cast_source = force
+%}
+
 // This method releases the GIL itself around the computation and builds its tuple with it held.
 %feature("nothread") OpenMMGeom::TorchCVForce::getCollectiveVariableValues;
+%feature("nothread") OpenMMGeom::TorchCVForce::getHill;
 
 namespace OpenMMGeom {
 
@@ -144,8 +172,29 @@ public:
     OpenMM::TabulatedFunction& getTabulatedFunction(int index);
     const std::string& getTabulatedFunctionName(int index) const;
     void updateParametersInContext(OpenMM::Context& context);
+    void setHillsVariables(const std::vector<int>& cvIndices, const std::vector<double>& widths,
+                           const std::vector<double>& periods);
+    int getNumHillsVariables() const;
+    const std::vector<int>& getHillsCVIndices() const;
+    const std::vector<double>& getHillsWidths() const;
+    const std::vector<double>& getHillsPeriods() const;
+    int addHill(const std::vector<double>& center, double height);
+    int getNumHills() const;
+    const std::vector<double>& getHillCenters() const;
+    const std::vector<double>& getHillHeights() const;
+    void clearHills();
 
     %extend {
+        /** (centre tuple, height) of hill `index`. */
+        PyObject* getHill(int index) {
+            std::vector<double> center;
+            double height;
+            self->getHill(index, center, height);
+            PyObject* c = PyTuple_New(center.size());
+            for (size_t i = 0; i < center.size(); i++)
+                PyTuple_SET_ITEM(c, i, PyFloat_FromDouble(center[i]));
+            return Py_BuildValue("(Nd)", c, height);
+        }
         /** The CV values (tuple of float) at the Context's current positions. */
         PyObject* getCollectiveVariableValues(OpenMM::Context& context) {
             std::vector<double> values;

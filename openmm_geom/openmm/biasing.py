@@ -1,20 +1,31 @@
 """Biasing along the CVs of a ``TorchCVForce``: umbrella restraints and well-tempered
-metadynamics on a tabulated grid.
+metadynamics on any number of CVs.
 
-Both put the bias into the energy expression of one ``TorchCVForce``, so the CV model runs
-once per step however many CVs are biased. Metadynamics deposits Gaussian hills into a numpy
-grid and pushes it to the Context with ``updateParametersInContext`` (no Context rebuild).
+Both put the bias into one ``TorchCVForce``, so the CV model runs once per step however many
+CVs are biased. Metadynamics either deposits Gaussian hills into a numpy grid held by a
+tabulated function of the energy expression (1 to 3 CVs, like ``openmm.app.Metadynamics``), or
+keeps them as native Gaussian hills of the force (any number of CVs, cost O(hills * CVs) per
+step). Both reach a running Context with ``updateParametersInContext`` (no Context rebuild).
+The bias state (grid, hills, step) is saved and restored with :meth:`Metadynamics.save_state`
+/ :meth:`Metadynamics.load_state`; a CSV time series of the CVs, the bias and the reweighting
+offset c(t) is written for reweighting.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import json
 import math
-from typing import Mapping, Sequence
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import openmm
 import openmm.unit as unit
 
+from ..modelfile import atomic_write_bytes
 from ..units import MOLAR_GAS_CONSTANT_KJ
 from .cvforce import TorchCVForce
 
@@ -61,7 +72,9 @@ class GridAxis:
 
     ``minimum``/``maximum`` bound the grid (for a periodic CV, one period, e.g. -pi..pi),
     ``width`` is the Gaussian hill's standard deviation, ``points`` the number of grid points
-    (default: 5 per width, at least 20).
+    (default: 5 per width, at least 20). With native hills (``method="hills"``) no grid is
+    allocated: only ``width``, ``periodic`` and, for a periodic CV, the period
+    ``maximum - minimum`` matter.
     """
 
     cv: str
@@ -82,6 +95,11 @@ class GridAxis:
             raise ValueError(f"{self.cv}: at least 4 grid points are needed for splines")
 
     @property
+    def period(self) -> float:
+        """``maximum - minimum`` for a periodic CV, 0 otherwise."""
+        return self.maximum - self.minimum if self.periodic else 0.0
+
+    @property
     def grid(self) -> np.ndarray:
         return np.linspace(self.minimum, self.maximum, self.points)
 
@@ -95,61 +113,120 @@ class GridAxis:
 
 _FUNCTIONS = {1: openmm.Continuous1DFunction, 2: openmm.Continuous2DFunction,
               3: openmm.Continuous3DFunction}
+_STATE_FORMAT = "openmm-geom-metadynamics"
+_STATE_VERSION = 1
+_METHODS = ("auto", "grid", "hills")
 
 
 class Metadynamics:
-    """Well-tempered metadynamics on one, two or three CVs of a ``TorchCVForce``.
+    """Well-tempered metadynamics on any number of CVs of a ``TorchCVForce``.
 
     Parameters
     ----------
     system : openmm.System
         The force is added to it.
     model : path or ScriptModule of an exported CV module
-    axes : sequence of :class:`GridAxis` (1 to 3)
+    axes : sequence of :class:`GridAxis`, one per biased CV (each CV at most once)
     temperature : kelvin (float or Quantity)
     bias_factor : float > 1 (well-tempered gamma)
     height : initial hill height, kJ/mol (float or Quantity)
     frequency : steps between depositions
-    extra_energy : optional further expression of the CVs added to the bias (e.g. walls)
+    extra_energy : optional further expression of the CVs added to the bias (e.g. walls); it is
+        not part of ``V`` in :meth:`bias_at`, the log or the free energy
+    method : ``"auto"`` (default: ``"grid"`` for 1 to 3 CVs, ``"hills"`` beyond), ``"grid"``
+        or ``"hills"``
+    log : path of a CSV time series for reweighting (see :meth:`step`), optional
+    log_interval : steps between log rows (default: ``frequency``)
     force_options : passed to :class:`TorchCVForce`
 
-    The bias is ``metad_bias(cv...)``, a tabulated function of the biased CVs. Hill
-    heights are scaled by ``exp(-V(s)/(k_B (gamma-1) T))``; :meth:`free_energy` is
-    ``-(gamma/(gamma-1)) V`` on the grid. Each deposition is recorded in :attr:`hills`.
+    ``method="grid"``: the bias is ``metad_bias(cv...)``, a tabulated function (splines) of the
+    biased CVs, refreshed from a numpy grid at each deposition. ``method="hills"``: the hills
+    are native Gaussians of the force, ``sum_h h exp(-0.5 sum_d (delta_d/width_d)^2)``
+    (``delta`` on the circle for periodic CVs), evaluated exactly at every step in
+    O(hills * CVs), with no grid and no limit on the number of CVs.
+
+    Hill heights are scaled by ``exp(-V(s)/(k_B (gamma-1) T))``; the free energy is
+    ``-(gamma/(gamma-1)) V`` (:meth:`free_energy` on the grid, :meth:`free_energy_at` at any
+    points). Each deposition is recorded in :attr:`hills` as ``(s_1, ..., s_k, height)``.
     """
 
     def __init__(self, system: openmm.System, model, axes: Sequence[GridAxis], temperature,
                  bias_factor: float, height, frequency: int, *, extra_energy: str = "",
-                 **force_options):
-        if not 1 <= len(axes) <= 3:
-            raise ValueError(f"grid metadynamics supports 1 to 3 CVs, got {len(axes)}")
+                 method: str = "auto", log: Union[str, os.PathLike, None] = None,
+                 log_interval: Optional[int] = None, **force_options):
+        axes = list(axes)
+        if not axes:
+            raise ValueError("no axes given: metadynamics needs at least one CV")
+        names = [axis.cv for axis in axes]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"CVs {repeated} are listed more than once; bias each CV once "
+                             "(grid metadynamics supports 1 to 3 CVs, hills any number)")
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if method == "auto":
+            method = "grid" if len(axes) <= 3 else "hills"
+        if method == "grid" and not 1 <= len(axes) <= 3:
+            raise ValueError(f"grid metadynamics supports 1 to 3 CVs, got {len(axes)}; "
+                             "use method='hills' for more")
         if bias_factor <= 1:
             raise ValueError("bias_factor must be > 1")
         if frequency < 1:
             raise ValueError("frequency must be >= 1 step")
-        self.axes = list(axes)
+        if log_interval is not None and int(log_interval) < 1:
+            raise ValueError("log_interval must be >= 1 step")
+        self.method = method
+        self.axes = axes
         self.temperature = _plain(temperature, unit.kelvin)
         self.height = _plain(height, unit.kilojoule_per_mole)
         self.bias_factor = float(bias_factor)
         self.frequency = int(frequency)
-        self.delta_kT = MOLAR_GAS_CONSTANT_KJ * self.temperature * (self.bias_factor - 1)
-        self.bias = np.zeros([axis.points for axis in self.axes])
+        self.kT = MOLAR_GAS_CONSTANT_KJ * self.temperature
+        self.delta_kT = self.kT * (self.bias_factor - 1)
         self.hills: list = []
-        expression = f"metad_bias({', '.join(axis.cv for axis in self.axes)})"
-        if extra_energy:
-            expression += f" + {extra_energy}"
+        self.log_interval = int(log_interval) if log_interval is not None else self.frequency
+        self._log_path: Optional[Path] = Path(log) if log is not None else None
+        self._log_header_written = False
+        self._last_logged_step = -1
+        self._step = 0  # the last step count seen (step(), deposit(), save/load_state)
+        k = len(axes)
+        self._widths = np.array([axis.width for axis in axes], dtype=float)
+        self._periods = np.array([axis.period for axis in axes], dtype=float)
+        self._centers = np.zeros((0, k))
+        self._heights = np.zeros(0)
+        self._center_bias = np.zeros(0)  # V(s_j, t) at every hill centre (hills c(t))
+        if method == "grid":
+            self.bias = np.zeros([axis.points for axis in axes])
+            expression = f"metad_bias({', '.join(names)})"
+            if extra_energy:
+                expression += f" + {extra_energy}"
+        else:
+            self.bias = None
+            expression = extra_energy or "0"
         self.force = TorchCVForce(model, expression, **force_options)
-        missing = [axis.cv for axis in self.axes if axis.cv not in self.force.cv_names]
+        missing = [name for name in names if name not in self.force.cv_names]
         if missing:
             raise ValueError(f"no CVs named {missing}; the module's CVs are {self.force.cv_names}")
-        self._biased = [self.force.cv_names.index(axis.cv) for axis in self.axes]
-        periodic = [axis.periodic for axis in self.axes]
-        if any(periodic) and not all(periodic):
-            raise ValueError("OpenMM's tabulated functions are periodic in all or no dimensions")
-        self._function = _FUNCTIONS[len(self.axes)](*self._function_arguments(), all(periodic))
-        self.force.addTabulatedFunction("metad_bias", self._function)
+        self._biased = [self.force.cv_names.index(name) for name in names]
+        if method == "grid":
+            periodic = [axis.periodic for axis in axes]
+            if any(periodic) and not all(periodic):
+                raise ValueError("OpenMM's tabulated functions are periodic in all or no "
+                                 "dimensions (use method='hills' to mix them)")
+            self._function = _FUNCTIONS[k](*self._function_arguments(), all(periodic))
+            self.force.addTabulatedFunction("metad_bias", self._function)
+        else:
+            self._function = None
+            self.force.setHillsVariables(self._biased, self._widths.tolist(),
+                                         self._periods.tolist())
+        self.model_sha256 = hashlib.sha256(self.force.getSerializedModule()).hexdigest()
+        if isinstance(model, (str, os.PathLike)):
+            self.model_name = Path(model).name
+        else:
+            self.model_name = str(getattr(model, "original_name", type(model).__name__))
         system.addForce(self.force)
 
+    # -- the bias -----------------------------------------------------------------------------
     def _function_arguments(self) -> list:
         """Arguments of setFunctionParameters (the constructor adds the periodic flag)."""
         sizes = [axis.points for axis in self.axes]
@@ -162,7 +239,23 @@ class Metadynamics:
         values = self.force.getCollectiveVariableValues(context)
         return np.array([values[i] for i in self._biased])
 
-    def bias_at(self, point: np.ndarray) -> float:
+    def _hills_sum(self, points: np.ndarray, centers: np.ndarray, heights: np.ndarray) -> np.ndarray:
+        """sum_h height_h * gaussian(point - centre_h) at each of ``points`` (m, k)."""
+        out = np.zeros(len(points))
+        if len(heights) == 0:
+            return out
+        periodic = self._periods > 0
+        chunk = max(1, 2_000_000 // max(1, len(heights) * len(self.axes)))
+        for start in range(0, len(points), chunk):
+            d = points[start:start + chunk, None, :] - centers[None, :, :]
+            if periodic.any():
+                p = np.where(periodic, self._periods, 1.0)
+                d = np.where(periodic, d - p * np.floor(d / p + 0.5), d)
+            exponent = ((d / self._widths) ** 2).sum(-1)
+            out[start:start + chunk] = (heights * np.exp(-0.5 * exponent)).sum(-1)
+        return out
+
+    def _grid_bias(self, point) -> float:
         """The grid bias at ``point`` (multilinear interpolation), kJ/mol."""
         value = self.bias
         for axis, x in zip(self.axes, point):
@@ -175,42 +268,302 @@ class Metadynamics:
             value = (1 - t) * value[i] + t * value[i + 1]
         return float(value)
 
-    def deposit(self, context: openmm.Context) -> float:
-        """Add one hill at the current CVs and update the Context; returns its height."""
-        point = self.current_values(context)
-        height = self.height * math.exp(-self.bias_at(point) / self.delta_kT)
-        hill = np.ones_like(self.bias)
-        for dim, (axis, x) in enumerate(zip(self.axes, point)):
-            profile = np.exp(-0.5 * (axis.distance(axis.grid, x) / axis.width) ** 2)
-            shape = [1] * self.bias.ndim
-            shape[dim] = axis.points
-            hill = hill * profile.reshape(shape)
-        self.bias += height * hill
-        for dim, axis in enumerate(self.axes):
-            if axis.periodic:  # both ends are the same point; OpenMM's splines require equality
-                last = [slice(None)] * self.bias.ndim
-                first = list(last)
-                last[dim], first[dim] = -1, 0
-                self.bias[tuple(last)] = self.bias[tuple(first)]
-        self.hills.append((*point.tolist(), height))
-        self._function.setFunctionParameters(*self._function_arguments())
-        self.force.updateParametersInContext(context)
-        return height
+    def _as_points(self, points) -> np.ndarray:
+        points = np.asarray(points, dtype=float)
+        if points.ndim == 1:
+            points = points[None, :]
+        if points.ndim != 2 or points.shape[1] != len(self.axes):
+            raise ValueError(f"points must have {len(self.axes)} values each (one per axis: "
+                             f"{[a.cv for a in self.axes]}), got shape {points.shape}")
+        return points
 
-    def step(self, simulation, steps: int) -> None:
-        """Advance ``simulation`` by ``steps``, depositing a hill every ``frequency`` steps."""
-        remaining = int(steps)
-        while remaining > 0:
-            to_next = self.frequency - simulation.currentStep % self.frequency
-            chunk = min(to_next, remaining)
-            simulation.step(chunk)
-            remaining -= chunk
-            if simulation.currentStep % self.frequency == 0:
-                self.deposit(simulation.context)
+    def bias_at(self, point) -> float:
+        """The metadynamics bias V at ``point`` (one value per axis), kJ/mol.
+
+        Grid: multilinear interpolation of the grid (the Context uses splines of the same
+        grid: close, not equal). Hills: the exact sum of Gaussians the Context applies.
+        """
+        point = self._as_points(point)
+        if len(point) != 1:
+            raise ValueError("bias_at takes one point; use free_energy_at for many")
+        if self.method == "grid":
+            return self._grid_bias(point[0])
+        return float(self._hills_sum(point, self._centers, self._heights)[0])
+
+    def free_energy_at(self, points) -> np.ndarray:
+        """Free-energy estimate ``-(gamma/(gamma-1)) V`` at ``points`` (m, k), kJ/mol."""
+        points = self._as_points(points)
+        if self.method == "grid":
+            bias = np.array([self._grid_bias(p) for p in points])
+        else:
+            bias = self._hills_sum(points, self._centers, self._heights)
+        return -self.bias_factor / (self.bias_factor - 1) * bias
 
     def free_energy(self) -> np.ndarray:
         """Free-energy estimate on the grid, kJ/mol: ``-(gamma/(gamma-1)) V``."""
+        if self.method != "grid":
+            raise ValueError("free_energy() is the grid estimate; with method='hills' use "
+                             "free_energy_at(points)")
         return -self.bias_factor / (self.bias_factor - 1) * self.bias
+
+    def reweighting_offset(self) -> float:
+        """The Tiwary-Parrinello offset c(t) of the current bias, kJ/mol.
+
+        ``c(t) = kT ln( int exp(gamma V/((gamma-1) kT)) ds / int exp(V/((gamma-1) kT)) ds )``.
+
+        Grid: the integrals are trapezoidal sums over the grid (the domain of the axes; for
+        periodic axes the duplicated end point is left out). Hills (no grid in k dimensions): the
+        estimator ``c(t) = kT ln( (1/n) sum_j exp(V(s_j, t)/kT) )`` over the n deposited hill
+        centres ``s_j``. It is the same ratio of integrals if the centres are distributed as
+        the well-tempered biased ensemble, ``p(s) ~ exp(V(s,t)/((gamma-1) kT))`` (then
+        ``int e^{gamma a V} / int e^{a V} = <e^{V/kT}>_p``), i.e. the bias is quasi-stationary;
+        early in a run, when the centres were sampled under a smaller bias, it over-estimates
+        c(t). Its domain is the explored region rather than the axes' box, so the grid and
+        hills estimates differ by roughly a constant, which cancels in normalised weights.
+        Cost O(hills * k) per deposition (V at the centres is updated incrementally).
+        """
+        if self.method == "grid":
+            # trapezoidal rule on the grid (periodic axes: the duplicated end point left out)
+            values, log_weights = self.bias, np.zeros(self.bias.shape)
+            for dim, axis in enumerate(self.axes):
+                if axis.periodic:
+                    keep = np.arange(axis.points - 1)
+                    values = np.take(values, keep, axis=dim)
+                    log_weights = np.take(log_weights, keep, axis=dim)
+                else:
+                    ends = [slice(None)] * values.ndim
+                    for end in (0, -1):
+                        ends[dim] = end
+                        log_weights[tuple(ends)] += math.log(0.5)
+            values, log_weights = values.ravel(), log_weights.ravel()
+            return float(self.kT * (_logsumexp(self.bias_factor * values / self.delta_kT + log_weights)
+                                    - _logsumexp(values / self.delta_kT + log_weights)))
+        n = len(self._center_bias)
+        if n == 0:
+            return 0.0
+        return float(self.kT * (_logsumexp(self._center_bias / self.kT) - math.log(n)))
+
+    # -- depositing and stepping -------------------------------------------------------------
+    def _add_hill(self, point: np.ndarray, height: float, bias_before: float) -> None:
+        if self.method == "grid":
+            hill = np.ones_like(self.bias)
+            for dim, (axis, x) in enumerate(zip(self.axes, point)):
+                profile = np.exp(-0.5 * (axis.distance(axis.grid, x) / axis.width) ** 2)
+                shape = [1] * self.bias.ndim
+                shape[dim] = axis.points
+                hill = hill * profile.reshape(shape)
+            self.bias += height * hill
+            for dim, axis in enumerate(self.axes):
+                if axis.periodic:  # both ends are the same point; OpenMM's splines require equality
+                    last = [slice(None)] * self.bias.ndim
+                    first = list(last)
+                    last[dim], first[dim] = -1, 0
+                    self.bias[tuple(last)] = self.bias[tuple(first)]
+            self._function.setFunctionParameters(*self._function_arguments())
+        else:
+            self.force.addHill(point.tolist(), float(height))
+            # V at the earlier centres grows by the new hill; at the new one it is V + height
+            self._center_bias = self._center_bias + self._hills_sum(
+                self._centers, point[None, :], np.array([height]))
+            self._center_bias = np.append(self._center_bias, bias_before + height)
+        self._centers = np.vstack([self._centers, point[None, :]])
+        self._heights = np.append(self._heights, height)
+        self.hills.append((*point.tolist(), height))
+
+    def deposit(self, context: openmm.Context) -> float:
+        """Add one hill at the current CVs and update the Context; returns its height."""
+        point = self.current_values(context)
+        bias_before = self.bias_at(point)
+        height = self.height * math.exp(-bias_before / self.delta_kT)
+        self._add_hill(point, height, bias_before)
+        self.force.updateParametersInContext(context)
+        self._step = context.getStepCount()
+        return height
+
+    def step(self, simulation, steps: int, log: Union[str, os.PathLike, None] = None) -> None:
+        """Advance ``simulation`` by ``steps``, depositing a hill every ``frequency`` steps.
+
+        If a log is configured (here or in the constructor), every ``log_interval`` steps a row
+        ``step, time_ps, <the module's CVs...>, bias_kJmol, c_t_kJmol`` is appended to it:
+        ``bias_kJmol`` is V(s(t), t), the bias acting on that frame (before a hill deposited
+        at the same step), and ``c_t_kJmol`` the offset c(t) of :meth:`reweighting_offset`
+        for that bias. Reweighting weights are ``w = exp((V - c)/kT)``.
+        """
+        if log is not None and (self._log_path is None or Path(log) != self._log_path):
+            self._log_path = Path(log)
+            self._log_header_written = False
+        logging = self._log_path is not None
+        remaining = int(steps)
+        handle = None
+        try:
+            while remaining > 0:
+                current = simulation.currentStep
+                chunk = min(self.frequency - current % self.frequency, remaining)
+                if logging:
+                    chunk = min(chunk, self.log_interval - current % self.log_interval)
+                simulation.step(chunk)
+                remaining -= chunk
+                current = simulation.currentStep
+                self._step = current
+                if logging and current % self.log_interval == 0 and current > self._last_logged_step:
+                    if handle is None:
+                        handle = self._open_log()
+                    handle.write(self._log_row(simulation.context, current))
+                    handle.flush()
+                    self._last_logged_step = current
+                if current % self.frequency == 0:
+                    self.deposit(simulation.context)
+        finally:
+            if handle is not None:
+                handle.close()
+
+    # -- the reweighting log -----------------------------------------------------------------
+    def log_columns(self) -> list:
+        return ["step", "time_ps", *self.force.cv_names, "bias_kJmol", "c_t_kJmol"]
+
+    def _open_log(self):
+        path = self._log_path
+        if not self._log_header_written:
+            if self._last_logged_step >= 0 and path.exists() and path.stat().st_size > 0:
+                self._log_header_written = True  # resumed: rows up to the saved step are kept
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(",".join(self.log_columns()) + "\n")
+                self._log_header_written = True
+        return open(path, "a")
+
+    def _log_row(self, context: openmm.Context, step: int) -> str:
+        values = self.force.getCollectiveVariableValues(context)
+        point = np.array([values[i] for i in self._biased])
+        fields = [str(step), repr(float(_plain(context.getTime(), unit.picosecond)))]
+        fields += [repr(float(v)) for v in values]
+        fields += [repr(self.bias_at(point)), repr(self.reweighting_offset())]
+        return ",".join(fields) + "\n"
+
+    def _truncate_log(self, last_step: int) -> None:
+        """Keep the header and the rows up to ``last_step`` (a resumed run re-creates the rest)."""
+        path = self._log_path
+        if path is None or not path.exists():
+            self._last_logged_step = -1
+            self._log_header_written = False
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        if not lines or lines[0].rstrip("\n").split(",") != self.log_columns():
+            raise ValueError(f"{path} is not this metadynamics' log (expected the columns "
+                             f"{self.log_columns()})")
+        kept, last = [lines[0]], -1
+        for line in lines[1:]:
+            try:
+                step = int(line.split(",", 1)[0])
+            except ValueError:
+                break  # a half-written last row
+            if step > last_step or not line.endswith("\n"):
+                break
+            kept.append(line)
+            last = step
+        atomic_write_bytes(path, "".join(kept).encode())
+        self._last_logged_step = last
+        self._log_header_written = True
+
+    # -- checkpoint / restore ----------------------------------------------------------------
+    def _description(self) -> dict:
+        return {
+            "method": self.method,
+            "cv_names": [axis.cv for axis in self.axes],
+            "module_cv_names": self.force.cv_names,
+            "model_sha256": self.model_sha256,
+            "axes": [dataclasses.asdict(axis) for axis in self.axes],
+            "temperature_K": self.temperature,
+            "bias_factor": self.bias_factor,
+            "height_kJmol": self.height,
+            "frequency": self.frequency,
+        }
+
+    def save_state(self, path: Union[str, os.PathLike], context: Optional[openmm.Context] = None) -> Path:
+        """Write the bias state (hills, grid, step, settings, CV model hash) to an npz file,
+        atomically. Save it together with ``simulation.saveCheckpoint`` at the same step.
+
+        ``context`` (optional) supplies the step count; otherwise the last step this object
+        saw in :meth:`step`/:meth:`deposit` is recorded.
+        """
+        step = context.getStepCount() if context is not None else self._step
+        meta = {"format": _STATE_FORMAT, "version": _STATE_VERSION, "model_name": self.model_name,
+                "step": int(step), "n_hills": len(self._heights),
+                "last_logged_step": int(self._last_logged_step), **self._description()}
+        arrays = {"meta": np.array(json.dumps(meta)), "centers": self._centers,
+                  "heights": self._heights, "center_bias": self._center_bias}
+        if self.method == "grid":
+            arrays["grid"] = self.bias
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(path, buffer.getvalue())
+        return Path(path)
+
+    def load_state(self, path: Union[str, os.PathLike], context: openmm.Context, *,
+                   check_step: bool = True) -> None:
+        """Restore a bias state written by :meth:`save_state` into this object and ``context``.
+
+        Raises ``ValueError`` if the state belongs to another CV model, other biased CVs,
+        axes, method, temperature, bias factor, height or frequency, and (``check_step``) if
+        the Context's step count differs from the saved one (load the simulation checkpoint
+        first). The log, if any, is cut back to the saved step so that the resumed run appends
+        without duplicating rows.
+        """
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != _STATE_FORMAT:
+                raise ValueError(f"{path} is not a metadynamics state file")
+            if meta.get("version", 0) > _STATE_VERSION:
+                raise ValueError(f"{path}: state version {meta['version']} is newer than this "
+                                 f"code reads ({_STATE_VERSION})")
+            centers, heights = data["centers"], data["heights"]
+            center_bias = data["center_bias"]
+            grid = data["grid"] if "grid" in data.files else None
+        if meta["model_sha256"] != self.model_sha256:
+            raise ValueError(f"{path} was written for another CV model ({meta['model_name']}, "
+                             f"sha256 {meta['model_sha256'][:12]}...); this force's model is "
+                             f"{self.model_name} (sha256 {self.model_sha256[:12]}...)")
+        mine = self._description()
+        different = [key for key in mine
+                     if key != "model_sha256" and not _same(mine[key], meta.get(key))]
+        if different:
+            detail = "; ".join(f"{key}: saved {meta.get(key)!r}, here {mine[key]!r}" for key in different)
+            raise ValueError(f"{path} does not match this metadynamics: {detail}")
+        if check_step and context.getStepCount() != meta["step"]:
+            raise ValueError(f"{path} was saved at step {meta['step']} but the Context is at step "
+                             f"{context.getStepCount()}; load the simulation checkpoint first "
+                             "(or pass check_step=False to start a new run from this bias)")
+        self._centers = np.array(centers, dtype=float).reshape(-1, len(self.axes))
+        self._heights = np.array(heights, dtype=float)
+        self._center_bias = np.array(center_bias, dtype=float)
+        self.hills = [(*c.tolist(), float(h)) for c, h in zip(self._centers, self._heights)]
+        if self.method == "grid":
+            self.bias = np.array(grid, dtype=float)
+            self._function.setFunctionParameters(*self._function_arguments())
+        else:
+            self.force.clearHills()
+            for c, h in zip(self._centers, self._heights):
+                self.force.addHill(c.tolist(), float(h))
+        self.force.updateParametersInContext(context)
+        self._step = int(meta["step"])
+        if self._log_path is not None:
+            self._truncate_log(min(int(meta["step"]), int(meta.get("last_logged_step", meta["step"]))))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return b is not None and a is not None and math.isclose(float(a), float(b), rel_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    return a == b
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=float)
+    top = float(values.max())
+    return top + math.log(float(np.exp(values - top).sum()))
 
 
 def _plain(value, quantity_unit) -> float:

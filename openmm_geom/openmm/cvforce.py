@@ -66,6 +66,13 @@ class TorchCVForce(_plugin.TorchCVForce):
 
     Notes
     -----
+    Gaussian hills on any subset of the CVs (metadynamics beyond the 3 dimensions of
+    tabulated functions): ``setHillsVariables(cv_indices, widths, periods)`` (period 0 = not
+    periodic), ``addHill(center, height)``, ``getNumHills()``, ``getHill(i)`` -> ``(center,
+    height)``, ``getHillCenters()``, ``getHillHeights()``, ``clearHills()``; the energy gains
+    ``sum_h height_h exp(-0.5 sum_d (delta_d/width_d)^2)`` and its dE/dcv joins the single
+    backward pass. New hills reach a Context with ``updateParametersInContext(context)``.
+
     ``getCollectiveVariableValues(context)`` returns the CVs at the Context's positions,
     reusing the values of the last force evaluation when the positions have not moved since.
     After ``XmlSerializer.deserialize`` or ``system.getForce(i)``, use

@@ -87,6 +87,50 @@ void ReferenceCalcTorchCVForceKernel::initialize(const System& system, const Tor
             particles.push_back(i);
     periodic = force.usesPeriodicBoundaryConditions();
     compileExpressions(force);
+    copyHills(force);
+}
+
+void ReferenceCalcTorchCVForceKernel::copyHills(const TorchCVForce& force) {
+    hillsCVs = force.getHillsCVIndices();
+    hillsInverseWidth2.clear();
+    for (double w : force.getHillsWidths())
+        hillsInverseWidth2.push_back(1.0 / (w * w));
+    hillsPeriods = force.getHillsPeriods();
+    hillCenters = force.getHillCenters();
+    hillHeights = force.getHillHeights();
+}
+
+double ReferenceCalcTorchCVForceKernel::hillsEnergy(double* dEdcv) const {
+    const std::size_t d = hillsCVs.size(), n = hillHeights.size();
+    if (n == 0)
+        return 0.0;
+    // Plain loops, O(hills * d): per variable, the CV value, 1/w^2, period and 1/period.
+    std::vector<double> s(d), inversePeriod(d), derivative(d, 0.0), delta(d);
+    for (std::size_t j = 0; j < d; j++) {
+        s[j] = cvValues[hillsCVs[j]];
+        inversePeriod[j] = hillsPeriods[j] > 0.0 ? 1.0 / hillsPeriods[j] : 0.0;
+    }
+    double energy = 0.0;
+    const double* center = hillCenters.data();
+    for (std::size_t h = 0; h < n; h++, center += d) {
+        double exponent = 0.0;
+        for (std::size_t j = 0; j < d; j++) {
+            double x = s[j] - center[j];
+            if (inversePeriod[j] != 0.0)
+                x -= hillsPeriods[j] * std::floor(x * inversePeriod[j] + 0.5);
+            delta[j] = x;
+            exponent += x * x * hillsInverseWidth2[j];
+        }
+        const double g = hillHeights[h] * std::exp(-0.5 * exponent);
+        energy += g;
+        if (dEdcv != nullptr)
+            for (std::size_t j = 0; j < d; j++)
+                derivative[j] -= g * delta[j] * hillsInverseWidth2[j];
+    }
+    if (dEdcv != nullptr)
+        for (std::size_t j = 0; j < d; j++)
+            dEdcv[hillsCVs[j]] += derivative[j];
+    return energy;
 }
 
 void ReferenceCalcTorchCVForceKernel::compileExpressions(const TorchCVForce& force) {
@@ -193,11 +237,13 @@ double ReferenceCalcTorchCVForceKernel::execute(ContextImpl& context, bool inclu
     cacheValid = true;
 
     const std::map<std::string, double> values = variables(context);
-    const double energy = energyExpression.evaluate(values);
+    double energy = energyExpression.evaluate(values);
+    std::vector<double> dEdcv(cvNames.size(), 0.0);
+    if (includeForces || includeEnergy)
+        energy += hillsEnergy(includeForces ? dEdcv.data() : nullptr);
     if (includeForces) {
-        std::vector<double> dEdcv(cvNames.size());
         for (std::size_t i = 0; i < cvNames.size(); i++)
-            dEdcv[i] = cvDerivativeExpressions[i].evaluate(values);
+            dEdcv[i] += cvDerivativeExpressions[i].evaluate(values);
         if (cv.requires_grad()) {
             // One backward pass for all CVs: dE/dx = sum_i dE/dcv_i * dcv_i/dx.
             torch::Tensor weights =
@@ -245,4 +291,5 @@ void ReferenceCalcTorchCVForceKernel::copyParametersToContext(ContextImpl& conte
         throw OpenMMException("TorchCVForce.updateParametersInContext: the energy expression "
                               "cannot change; call context.reinitialize(preserveState=True)");
     compileExpressions(force);
+    copyHills(force);
 }

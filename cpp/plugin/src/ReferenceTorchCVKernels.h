@@ -36,6 +36,13 @@ private:
     void gatherCoordinates(OpenMM::ContextImpl& context, std::vector<double>& coordinates, double box[9]) const;
     /** Run the module; checks the output shape and values and records them in the cache. */
     torch::Tensor evaluate(torch::Tensor positions, const double box[9]);
+    /** Copy the force's hills variables and hills. */
+    void copyHills(const TorchCVForce& force);
+    /**
+     * The Gaussian hills' energy at the current cvValues; adds their dE/dcv to dEdcv (indexed
+     * by CV) when it is not null.
+     */
+    double hillsEnergy(double* dEdcv) const;
     /** CV values and global parameters by name, as the expressions read them. */
     std::map<std::string, double> variables(OpenMM::ContextImpl& context) const;
 
@@ -52,6 +59,9 @@ private:
     Lepton::ExpressionProgram energyExpression;
     std::vector<Lepton::ExpressionProgram> cvDerivativeExpressions;
     std::vector<Lepton::ExpressionProgram> parameterDerivativeExpressions;
+    // Gaussian hills: the CVs they act on, 1/width^2, periods (0 = none), centres (hill-major).
+    std::vector<int> hillsCVs;
+    std::vector<double> hillsInverseWidth2, hillsPeriods, hillCenters, hillHeights;
     // The CVs of the last evaluation and the coordinates/box they belong to.
     std::vector<double> cvValues;
     std::vector<double> cachedCoordinates;

@@ -3,6 +3,7 @@
 
 #include "openmm/OpenMMException.h"
 
+#include <cmath>
 #include <set>
 
 using namespace OpenMM;
@@ -107,6 +108,69 @@ TabulatedFunction& TorchCVForce::getTabulatedFunction(int index) {
 const std::string& TorchCVForce::getTabulatedFunctionName(int index) const {
     checkIndex(index, functions.size(), "tabulated function");
     return functions[index].name;
+}
+
+void TorchCVForce::setHillsVariables(const std::vector<int>& cvIndices, const std::vector<double>& widths,
+                                     const std::vector<double>& periods) {
+    const std::size_t d = cvIndices.size();
+    if (widths.size() != d)
+        throw OpenMMException("TorchCVForce.setHillsVariables: " + std::to_string(widths.size()) +
+                              " widths for " + std::to_string(d) + " hills variables");
+    if (!periods.empty() && periods.size() != d)
+        throw OpenMMException("TorchCVForce.setHillsVariables: " + std::to_string(periods.size()) +
+                              " periods for " + std::to_string(d) + " hills variables (0 = not periodic)");
+    std::set<int> unique;
+    for (std::size_t j = 0; j < d; j++) {
+        const int cv = cvIndices[j];
+        if (cv < 0 || cv >= getNumCollectiveVariables())
+            throw OpenMMException("TorchCVForce.setHillsVariables: no collective variable with index " +
+                                  std::to_string(cv) + " (the force has " +
+                                  std::to_string(getNumCollectiveVariables()) + ")");
+        if (!unique.insert(cv).second)
+            throw OpenMMException("TorchCVForce.setHillsVariables: collective variable '" + cvNames[cv] +
+                                  "' is listed twice");
+        if (!(widths[j] > 0.0) || !std::isfinite(widths[j]))
+            throw OpenMMException("TorchCVForce.setHillsVariables: the width of '" + cvNames[cv] +
+                                  "' must be positive and finite, got " + std::to_string(widths[j]));
+        if (!periods.empty() && (!(periods[j] >= 0.0) || !std::isfinite(periods[j])))
+            throw OpenMMException("TorchCVForce.setHillsVariables: the period of '" + cvNames[cv] +
+                                  "' must be >= 0 (0 = not periodic), got " + std::to_string(periods[j]));
+    }
+    if (!hillHeights.empty() && d != hillsCVs.size())
+        throw OpenMMException("TorchCVForce.setHillsVariables: " + std::to_string(hillHeights.size()) +
+                              " hills have " + std::to_string(hillsCVs.size()) +
+                              "-dimensional centres; call clearHills() before changing the dimension");
+    hillsCVs = cvIndices;
+    hillsWidths = widths;
+    hillsPeriods = periods.empty() ? std::vector<double>(d, 0.0) : periods;
+}
+
+int TorchCVForce::addHill(const std::vector<double>& center, double height) {
+    if (hillsCVs.empty())
+        throw OpenMMException("TorchCVForce.addHill: call setHillsVariables() first");
+    if (center.size() != hillsCVs.size())
+        throw OpenMMException("TorchCVForce.addHill: the centre has " + std::to_string(center.size()) +
+                              " values but there are " + std::to_string(hillsCVs.size()) + " hills variables");
+    for (double c : center)
+        if (!std::isfinite(c))
+            throw OpenMMException("TorchCVForce.addHill: the centre must be finite");
+    if (!std::isfinite(height))
+        throw OpenMMException("TorchCVForce.addHill: the height must be finite");
+    hillCenters.insert(hillCenters.end(), center.begin(), center.end());
+    hillHeights.push_back(height);
+    return static_cast<int>(hillHeights.size()) - 1;
+}
+
+void TorchCVForce::getHill(int index, std::vector<double>& center, double& height) const {
+    checkIndex(index, hillHeights.size(), "hill");
+    const std::size_t d = hillsCVs.size();
+    center.assign(hillCenters.begin() + index * d, hillCenters.begin() + (index + 1) * d);
+    height = hillHeights[index];
+}
+
+void TorchCVForce::clearHills() {
+    hillCenters.clear();
+    hillHeights.clear();
 }
 
 void TorchCVForce::getCollectiveVariableValues(Context& context, std::vector<double>& values) const {

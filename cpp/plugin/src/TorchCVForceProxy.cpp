@@ -60,7 +60,7 @@ TorchCVForceProxy::TorchCVForceProxy() : SerializationProxy("TorchCVForce") {}
 
 void TorchCVForceProxy::serialize(const void* object, SerializationNode& node) const {
     const TorchCVForce& force = *reinterpret_cast<const TorchCVForce*>(object);
-    node.setIntProperty("version", 1);
+    node.setIntProperty("version", 2);  // 2: Gaussian hills
     node.setStringProperty("name", force.getName());
     node.setIntProperty("forceGroup", force.getForceGroup());
     node.setStringProperty("energy", force.getEnergyFunction());
@@ -84,10 +84,25 @@ void TorchCVForceProxy::serialize(const void* object, SerializationNode& node) c
     for (int i = 0; i < force.getNumTabulatedFunctions(); i++)
         functions.createChildNode("Function", &force.getTabulatedFunction(i))
             .setStringProperty("name", force.getTabulatedFunctionName(i));
+    SerializationNode& hills = node.createChildNode("Hills");
+    SerializationNode& variables = hills.createChildNode("Variables");
+    for (int j = 0; j < force.getNumHillsVariables(); j++)
+        variables.createChildNode("Variable")
+            .setIntProperty("cv", force.getHillsCVIndices()[j])
+            .setDoubleProperty("width", force.getHillsWidths()[j])
+            .setDoubleProperty("period", force.getHillsPeriods()[j]);
+    const int d = force.getNumHillsVariables();
+    const std::vector<double>& centers = force.getHillCenters();
+    for (int h = 0; h < force.getNumHills(); h++) {
+        SerializationNode& hill = hills.createChildNode("Hill").setDoubleProperty("height", force.getHillHeights()[h]);
+        for (int j = 0; j < d; j++)
+            hill.setDoubleProperty("c" + std::to_string(j), centers[h * d + j]);
+    }
 }
 
 void* TorchCVForceProxy::deserialize(const SerializationNode& node) const {
-    if (node.getIntProperty("version") != 1)
+    const int version = node.getIntProperty("version");
+    if (version < 1 || version > 2)
         throw OpenMMException("TorchCVForce: unsupported serialization version " +
                               std::to_string(node.getIntProperty("version")));
     std::vector<std::string> names;
@@ -109,6 +124,26 @@ void* TorchCVForceProxy::deserialize(const SerializationNode& node) const {
             force->addEnergyParameterDerivative(p.getStringProperty("name"));
         for (const auto& f : node.getChildNode("Functions").getChildren())
             force->addTabulatedFunction(f.getStringProperty("name"), f.decodeObject<TabulatedFunction>());
+        if (version >= 2) {
+            const SerializationNode& hills = node.getChildNode("Hills");
+            std::vector<int> cvs;
+            std::vector<double> widths, periods;
+            for (const auto& v : hills.getChildNode("Variables").getChildren()) {
+                cvs.push_back(v.getIntProperty("cv"));
+                widths.push_back(v.getDoubleProperty("width"));
+                periods.push_back(v.getDoubleProperty("period"));
+            }
+            if (!cvs.empty())
+                force->setHillsVariables(cvs, widths, periods);
+            std::vector<double> center(cvs.size());
+            for (const auto& h : hills.getChildren()) {
+                if (h.getName() != "Hill")
+                    continue;
+                for (std::size_t j = 0; j < cvs.size(); j++)
+                    center[j] = h.getDoubleProperty("c" + std::to_string(j));
+                force->addHill(center, h.getDoubleProperty("height"));
+            }
+        }
     } catch (...) {
         delete force;
         throw;

@@ -21,6 +21,14 @@ namespace OpenMMGeom {
  *
  * The module is stored as its serialized TorchScript bytes, which is also how it is
  * embedded in XML serialization.
+ *
+ * Gaussian hills (metadynamics on any number of CVs): setHillsVariables() chooses d of the k
+ * CVs with a width (standard deviation) and a period (0 = not periodic) each; every addHill()
+ * adds height * exp(-0.5 sum_j (delta_j / width_j)^2) to the energy, delta_j being the
+ * difference between the CV and the hill's centre (the shortest one on the circle for a
+ * periodic CV). The hills' dE/dcv joins the expression's before the single backward pass, so
+ * they cost O(hills * d) arithmetic per step and no extra model evaluation. Hills reach a
+ * Context through updateParametersInContext().
  */
 class TorchCVForce : public OpenMM::Force {
 public:
@@ -71,7 +79,34 @@ public:
      */
     void getCollectiveVariableValues(OpenMM::Context& context, std::vector<double>& values) const;
 
-    /** Copy changed tabulated functions (e.g. a metadynamics bias grid) into a Context. */
+    /**
+     * Choose the CVs the Gaussian hills act on.
+     * @param cvIndices  indices of distinct CVs (0 <= index < k), in the order of hill centres
+     * @param widths     the hills' standard deviation along each, > 0 (CV units)
+     * @param periods    the period of each CV (e.g. 2*pi for an angle), 0 = not periodic;
+     *                   an empty vector means no CV is periodic
+     * Changing the variables while hills exist is an error unless their number stays the same
+     * (clearHills() first otherwise).
+     */
+    void setHillsVariables(const std::vector<int>& cvIndices, const std::vector<double>& widths,
+                           const std::vector<double>& periods);
+    int getNumHillsVariables() const { return static_cast<int>(hillsCVs.size()); }
+    const std::vector<int>& getHillsCVIndices() const { return hillsCVs; }
+    const std::vector<double>& getHillsWidths() const { return hillsWidths; }
+    const std::vector<double>& getHillsPeriods() const { return hillsPeriods; }
+    /** Add a hill centred at `center` (one value per hills variable); returns its index. */
+    int addHill(const std::vector<double>& center, double height);
+    int getNumHills() const { return static_cast<int>(hillHeights.size()); }
+    void getHill(int index, std::vector<double>& center, double& height) const;
+    /** All hill centres, hill-major (getNumHills() x getNumHillsVariables()). */
+    const std::vector<double>& getHillCenters() const { return hillCenters; }
+    const std::vector<double>& getHillHeights() const { return hillHeights; }
+    void clearHills();
+
+    /**
+     * Copy changed tabulated functions (e.g. a metadynamics bias grid), hills and hills
+     * variables into a Context. Not allowed: a changed energy expression or number of CVs.
+     */
     void updateParametersInContext(OpenMM::Context& context);
 
 protected:
@@ -96,6 +131,9 @@ private:
     std::vector<GlobalParameter> globalParameters;
     std::vector<std::string> parameterDerivatives;
     std::vector<Function> functions;
+    std::vector<int> hillsCVs;
+    std::vector<double> hillsWidths, hillsPeriods;
+    std::vector<double> hillCenters, hillHeights;
 };
 
 } // namespace OpenMMGeom

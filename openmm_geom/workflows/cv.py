@@ -1,0 +1,381 @@
+"""geom2vec CVs end to end: features -> VAMPnet/SPIB -> exported CV -> baselines, figures.
+
+The steps the ``openmm-geom cv`` commands run:
+
+- :func:`train_vamp` / :func:`train_spib`: a :class:`~openmm_geom.models.geom2vec.TokenCV`
+  (standardiser, token mixer, head) trained on stored token features, saved as a weights-only
+  checkpoint that records the backbone's hash, the token map, the lag and the scores;
+- :func:`export_cv`: backbone + trained head -> one TorchScript CV file for OpenMM
+  (``positions nm -> cv[k]``), validated by the foundation bridge;
+- :func:`distance_baseline` / :func:`dihedral_baseline`: deeptime's ``VAMPNet`` with the same
+  MLP lobe, lag and output dimension on all heavy-atom pair distances or on sin/cos of
+  phi/psi, scored on the same validation block by the same VAMP-2 estimator.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..data.featurize import FeatureFileError, FeatureSet
+from ..modelfile import atomic_torch_save
+
+__all__ = ["VampSettings", "train_vamp", "train_spib", "load_token_cv", "export_cv",
+           "build_geom2vec_cv", "distance_baseline", "dihedral_baseline", "CVFileError",
+           "lag_in_frames"]
+
+TOKEN_CV_FORMAT = "openmm-geom-token-cv"
+
+
+class CVFileError(RuntimeError):
+    """A trained-CV checkpoint that is missing, corrupt, or for another system/backbone."""
+
+
+@dataclasses.dataclass
+class VampSettings:
+    """VAMPnet training on token features (defaults after the paper's Table S2)."""
+
+    k: int = 2
+    lag_ps: float = 10.0
+    mixer: str = "subformer"
+    mixer_options: dict = dataclasses.field(default_factory=dict)
+    hidden: int = 128
+    layers: int = 2
+    dropout: float = 0.0
+    lr: float = 1e-3
+    batch_size: int = 5000
+    max_epochs: int = 20
+    validation_interval: int = 5
+    train_patience: int = 50
+    validation_patience: int = 10
+    epsilon: float = 1e-6
+
+
+def lag_in_frames(lag_ps: float, timestep_ps: float) -> int:
+    frames = lag_ps / timestep_ps
+    if frames < 1 or abs(frames - round(frames)) > 1e-6:
+        raise ValueError(f"the lag {lag_ps} ps is not a positive multiple of the frame spacing "
+                         f"{timestep_ps} ps")
+    return int(round(frames))
+
+
+def _token_cv(features: FeatureSet, head: torch.nn.Module, mixer_name: str, mixer_options: dict,
+              seed: int):
+    from ..models.geom2vec import TokenCV
+    from ..models.mixers import build_mixer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        global_dim = 0 if features.global_features is None else features.global_features.shape[1]
+        mixer = build_mixer(mixer_name, features.channels, features.n_tokens, global_dim,
+                            **mixer_options)
+        model = TokenCV(features.n_tokens, features.channels, global_dim, mixer, head(mixer.out_dim))
+    model.standardizer.fit(torch.as_tensor(features.tokens[:: max(1, len(features.tokens) // 20000)]))
+    return model
+
+
+def _packed(features: FeatureSet) -> list:
+    from ..models.geom2vec import TokenCV
+
+    glob = features.global_trajectories()
+    return [TokenCV.pack(t, None if glob is None else glob[i])
+            for i, t in enumerate(features.trajectories())]
+
+
+def _check_pair(train: FeatureSet, validate: Optional[FeatureSet]) -> None:
+    if validate is not None:
+        train.check_compatible(validate)
+        if abs(train.timestep_ps - validate.timestep_ps) > 1e-9:
+            raise FeatureFileError(f"training frames are {train.timestep_ps} ps apart, "
+                                   f"validation frames {validate.timestep_ps} ps")
+
+
+def train_vamp(train: FeatureSet, validate: FeatureSet, out: Path, settings: VampSettings, *,
+               seed: int = 0, progress: bool = True) -> dict:
+    """Train a geom2vec VAMPnet on token features; write ``out/vamp_cv.pt`` and figures.
+
+    Returns a summary with the held-out VAMP-2 (whole validation block) and paths.
+    """
+    from ..data.timelagged import TimeLaggedPairs
+    from ..models.heads import VAMPHead
+    from ..training.vamp import VAMPNetTrainer, plot_learning_curve
+
+    _check_pair(train, validate)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lag = lag_in_frames(settings.lag_ps, train.timestep_ps)
+    head_hp = {"hidden": settings.hidden, "k": settings.k, "layers": settings.layers,
+               "dropout": settings.dropout}
+    model = _token_cv(train, lambda n: VAMPHead(n, **head_hp), settings.mixer,
+                      settings.mixer_options, seed)
+    train_pairs = TimeLaggedPairs(_packed(train), lag)
+    validation_pairs = TimeLaggedPairs(_packed(validate), lag)
+    trainer = VAMPNetTrainer(lr=settings.lr, batch_size=settings.batch_size,
+                             max_epochs=settings.max_epochs,
+                             validation_interval=settings.validation_interval,
+                             train_patience=settings.train_patience,
+                             validation_patience=settings.validation_patience,
+                             epsilon=settings.epsilon, seed=seed, progress=progress)
+    result = trainer.fit(model, train_pairs, validation_pairs)
+    summary = {"vamp2_train": result.train_score, "vamp2_validation": result.validation_score,
+               "lag_ps": settings.lag_ps, "lag_frames": lag, "k": settings.k,
+               "epochs": result.epochs, "stop_reason": result.stop_reason,
+               "train_seconds": result.seconds, "train_pairs": len(train_pairs),
+               "validation_pairs": len(validation_pairs)}
+    path = save_token_cv(out / "vamp_cv.pt", result.lobe, train, kind="vamp",
+                         head_hyperparameters=head_hp,
+                         extra={"lag_ps": settings.lag_ps, "scores": summary,
+                                "history": result.history, "seed": seed})
+    plot_learning_curve(result.history, out / "vamp_learning_curve.png")
+    summary.update(checkpoint=str(path), learning_curve=str(out / "vamp_learning_curve.png"))
+    if hasattr(result.lobe.mixer, "attention_maps"):
+        summary["attention_maps"] = str(plot_attention(result.lobe, train, out / "attention_maps.png"))
+    return summary
+
+
+def save_token_cv(path: Path, model, features: FeatureSet, *, kind: str,
+                  head_hyperparameters: dict, extra: dict) -> Path:
+    payload = {
+        "format": TOKEN_CV_FORMAT, "version": 1, "kind": kind,
+        "mixer": json.dumps(model.mixer.hyperparameters),
+        "head": json.dumps(head_hyperparameters),
+        "token_map": features.token_map_json, "backbone": json.dumps(features.backbone),
+        "mean_pooling": features.mean_pooling, "timestep_ps": features.timestep_ps,
+        "n_tokens": features.n_tokens, "channels": features.channels,
+        "global_dim": 0 if features.global_features is None else features.global_features.shape[1],
+        "state_dict": copy.deepcopy(model.state_dict()), "extra": json.dumps(extra),
+    }
+    atomic_torch_save(path, payload)
+    return Path(path)
+
+
+def load_token_cv(path) -> tuple:
+    """(TokenCV in eval mode, info dict) from a checkpoint of :func:`train_vamp`/`train_spib`."""
+    from ..models.geom2vec import TokenCV
+    from ..models.heads import SPIBModel, VAMPHead
+    from ..models.mixers import build_mixer
+
+    path = Path(path)
+    if not path.is_file():
+        raise CVFileError(f"no trained CV at {path}")
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:
+        raise CVFileError(f"cannot read {path} as a trained-CV checkpoint: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != TOKEN_CV_FORMAT:
+        raise CVFileError(f"{path} is not an openmm-geom trained-CV checkpoint")
+    mixer = build_mixer(**json.loads(payload["mixer"]))
+    head_hp = json.loads(payload["head"])
+    head = (VAMPHead(mixer.out_dim, **head_hp) if payload["kind"] == "vamp"
+            else SPIBModel(mixer.out_dim, **head_hp))
+    model = TokenCV(payload["n_tokens"], payload["channels"], payload["global_dim"], mixer, head)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    info = {key: payload[key] for key in ("kind", "token_map", "mean_pooling", "timestep_ps")}
+    info["backbone"] = json.loads(payload["backbone"])
+    info["extra"] = json.loads(payload["extra"])
+    info["k"] = int(head_hp.get("k", head_hp.get("latent_dim", 0)))
+    return model, info
+
+
+def build_geom2vec_cv(backbone_path, cv_path):
+    """The whole CV module (eager) from a backbone checkpoint and a trained-CV checkpoint."""
+    from ..models.geom2vec import Geom2VecCV, TokenMap
+    from ..training.denoising import load_backbone
+
+    featurizer, backbone_info = load_backbone(backbone_path)
+    token_cv, info = load_token_cv(cv_path)
+    if info["backbone"].get("sha256") != backbone_info["sha256"]:
+        raise CVFileError(f"{cv_path} was trained on features of backbone "
+                          f"{info['backbone'].get('sha256', '?')[:12]}, not of {backbone_path} "
+                          f"({backbone_info['sha256'][:12]})")
+    token_cv = token_cv.to(featurizer.dtype)
+    cv = Geom2VecCV(featurizer, TokenMap.from_json(info["token_map"]), token_cv,
+                    info["mean_pooling"])
+    return cv.eval(), info
+
+
+def export_cv(backbone_path, cv_path, out, example_positions, *, example_box=None,
+              dtype: torch.dtype = torch.float32, cv_prefix: Optional[str] = None) -> dict:
+    """Write one TorchScript file ``positions (N, 3) nm [, box] -> cv[k]`` for OpenMM.
+
+    ``example_positions`` (N, 3) nm fixes and checks the system (e.g. the PDB's). The CVs are
+    named ``<kind>0 .. <kind>{k-1}`` (``vamp0``, ``spib0``...) unless ``cv_prefix`` is given.
+    """
+    from ..export import export_model
+
+    cv, info = build_geom2vec_cv(backbone_path, cv_path)
+    cv = cv.to(dtype)
+    example_positions = np.asarray(example_positions, dtype=np.float64)
+    if example_positions.shape != (cv.n_system_atoms, 3):
+        raise ValueError(f"the CV is for {cv.n_system_atoms} atoms; the example configuration "
+                         f"has shape {example_positions.shape}")
+    prefix = cv_prefix or info["kind"]
+    names = [f"{prefix}{i}" for i in range(info["k"])]
+    token_map = json.loads(info["token_map"])
+    export_model(cv, out, length_unit="nanometer", periodic=example_box is not None,
+                 example_positions=example_positions, example_box=example_box, kind="cv",
+                 cutoff=cv.featurizer.cutoff, atom_types=None, cv_names=names, dtype=dtype,
+                 hyperparameters={"backbone": info["backbone"]["hyperparameters"],
+                                  "token_cv": info["kind"]},
+                 extra={"backbone_sha256": info["backbone"]["sha256"],
+                        "token_names": token_map["token_names"],
+                        "selected_atoms": token_map["atom_indices"],
+                        "lag_ps": info["extra"].get("lag_ps")})
+    return {"out": str(out), "cv_names": names, "n_atoms": cv.n_system_atoms,
+            "dtype": str(dtype).replace("torch.", "")}
+
+
+def plot_attention(model, features: FeatureSet, path: Path, frames: int = 2000) -> Path:
+    """PNG of the SubFormer's attention maps per layer, averaged over training frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..analysis.plots import _save
+
+    take = np.linspace(0, len(features.tokens) - 1, min(frames, len(features.tokens))).astype(int)
+    tokens = torch.as_tensor(features.tokens[take]).to(model.standardizer.scalar_mean.dtype)
+    glob = None if features.global_features is None else torch.as_tensor(
+        features.global_features[take]).to(tokens.dtype)
+    with torch.no_grad():
+        maps = model.mixer.attention_maps(model.standardizer(tokens), glob)
+    maps = maps.float()
+    while maps.dim() > 3:  # (layers, B, [heads], T, T) -> (layers, T, T)
+        maps = maps.mean(1)
+    names = ["*"] + features.token_map.token_names
+    layers = maps.shape[0]
+    fig, axes = plt.subplots(1, layers, figsize=(4.2 * layers, 4), squeeze=False)
+    for layer, ax in enumerate(axes[0]):
+        image = ax.imshow(np.log10(maps[layer].numpy() + 1e-4), cmap="viridis")
+        ticks = range(maps.shape[-1])
+        labels = names if len(names) == maps.shape[-1] else [str(t) for t in ticks]
+        ax.set_xticks(list(ticks), labels, rotation=90, fontsize=6)
+        ax.set_yticks(list(ticks), labels, fontsize=6)
+        ax.set_title(f"layer {layer + 1}: log10 attention")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return _save(fig, path, 120)
+
+
+def train_spib(train: FeatureSet, validate: FeatureSet, vamp_cv_path, out: Path, *,
+               lag_ps: float, latent_dim: int = 2, n_states: int = 10, beta: float = 1e-3,
+               mixer: str = "pool", mixer_options: Optional[dict] = None, hidden: int = 64,
+               refinements: int = 5, lr: float = 1e-3, batch_size: int = 2048,
+               max_epochs: int = 20, patience: int = 5, seed: int = 0,
+               progress: bool = True) -> dict:
+    """SPIB on token features; initial labels by k-means on the VAMPnet's CVs (training
+    frames only, then predicted for validation frames). Writes ``out/spib_cv.pt``."""
+    from ..models.heads import SPIBModel
+    from ..training import spib as spib_training
+    from ..training.vamp import transform
+
+    _check_pair(train, validate)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lag = lag_in_frames(lag_ps, train.timestep_ps)
+    vamp_model, vamp_info = load_token_cv(vamp_cv_path)
+    if vamp_info["backbone"].get("sha256") != train.backbone.get("sha256") \
+            or vamp_info["token_map"] != train.token_map_json:
+        raise CVFileError(f"{vamp_cv_path} was trained on other features (backbone or system)")
+    train_packed, validate_packed = _packed(train), _packed(validate)
+    train_cvs = np.concatenate(transform(vamp_model, train_packed))
+    kmeans, train_labels = spib_training.initial_labels_kmeans(train_cvs, n_states, seed=seed)
+    validate_cvs = np.concatenate(transform(vamp_model, validate_packed))
+    validate_labels = kmeans.predict(validate_cvs.astype(kmeans.cluster_centers_.dtype))
+    head_hp = {"latent_dim": latent_dim, "hidden": hidden, "n_states": n_states}
+    model = _token_cv(train, lambda n: SPIBModel(n, **head_hp), mixer, mixer_options or {}, seed)
+    split = np.cumsum(train.lengths)[:-1]
+    vsplit = np.cumsum(validate.lengths)[:-1]
+    result = spib_training.fit_spib(
+        model, train_packed, np.split(train_labels, split), validate_packed,
+        np.split(validate_labels, vsplit), lag=lag, beta=beta, lr=lr, batch_size=batch_size,
+        refinements=refinements, max_epochs=max_epochs, patience=patience, seed=seed,
+        progress=progress)
+    summary = {"lag_ps": lag_ps, "latent_dim": latent_dim, "n_states_initial": n_states,
+               **{k: v for k, v in result.summary().items()}}
+    path = save_token_cv(out / "spib_cv.pt", result.model, train, kind="spib",
+                         head_hyperparameters=head_hp,
+                         extra={"lag_ps": lag_ps, "beta": beta, "scores": summary, "seed": seed})
+    summary["checkpoint"] = str(path)
+    return summary
+
+
+# ------------------------------------------------------------------------------- baselines
+def heavy_atom_distances(positions: np.ndarray, heavy: np.ndarray) -> np.ndarray:
+    """(T, P) distances (nm) between all pairs of the given atoms."""
+    i, j = np.triu_indices(len(heavy), 1)
+    x = positions[:, heavy]
+    return np.linalg.norm(x[:, i] - x[:, j], axis=-1).astype(np.float32)
+
+
+def backbone_dihedrals(positions: np.ndarray, topology) -> np.ndarray:
+    """(T, 2) phi, psi (radians) of a dipeptide's central residue, via mdtraj."""
+    import mdtraj
+
+    traj = mdtraj.Trajectory(positions, topology)
+    _, phi = mdtraj.compute_phi(traj)
+    _, psi = mdtraj.compute_psi(traj)
+    if phi.shape[1] < 1 or psi.shape[1] < 1:
+        raise ValueError("the topology has no backbone phi/psi dihedral")
+    return np.stack([phi[:, 0], psi[:, 0]], axis=1)
+
+
+def deeptime_vampnet(train: Sequence[np.ndarray], validate: Sequence[np.ndarray], lag: int,
+                     settings: VampSettings, seed: int, progress: bool = False) -> dict:
+    """deeptime's ``VAMPNet`` with an MLP lobe like ours; held-out VAMP-2 by our estimator
+    (equal to deeptime's, tested) on the whole validation block."""
+    from deeptime.decomposition.deep import VAMPNet
+    from deeptime.util.data import TrajectoryDataset
+
+    from ..data.timelagged import TimeLaggedPairs
+    from ..models.heads import VAMPHead
+    from ..training.vamp import vamp2_of
+
+    mean = np.concatenate(train).mean(0)
+    std = np.concatenate(train).std(0) + 1e-6
+    norm = [((t - mean) / std).astype(np.float32) for t in train]
+    vnorm = [((t - mean) / std).astype(np.float32) for t in validate]
+    torch.manual_seed(seed)
+    lobe = VAMPHead(norm[0].shape[1], hidden=settings.hidden, k=settings.k, layers=settings.layers)
+    datasets = [TrajectoryDataset(lag, t) for t in norm]
+    dataset = torch.utils.data.ConcatDataset(datasets)
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True,
+                                         generator=generator)
+    vdatasets = torch.utils.data.ConcatDataset([TrajectoryDataset(lag, t) for t in vnorm])
+    vloader = torch.utils.data.DataLoader(vdatasets, batch_size=len(vdatasets), shuffle=False)
+    vampnet = VAMPNet(lobe=lobe, learning_rate=settings.lr, epsilon=settings.epsilon,
+                      score_method="VAMP2")
+    start = time.perf_counter()
+    vampnet.fit(loader, n_epochs=settings.max_epochs, validation_loader=vloader,
+                progress=None)
+    seconds = time.perf_counter() - start
+    lobe.eval()
+    score = vamp2_of(lobe, TimeLaggedPairs(vnorm, lag))
+    train_score = vamp2_of(lobe, TimeLaggedPairs(norm, lag))
+    return {"vamp2_validation": float(score), "vamp2_train": float(train_score),
+            "epochs": settings.max_epochs, "train_seconds": seconds,
+            "features": int(norm[0].shape[1])}
+
+
+def distance_baseline(train_positions, validate_positions, heavy, lag, settings, seed):
+    tr = [heavy_atom_distances(p, heavy) for p in train_positions]
+    va = [heavy_atom_distances(p, heavy) for p in validate_positions]
+    return deeptime_vampnet(tr, va, lag, settings, seed)
+
+
+def dihedral_baseline(train_positions, validate_positions, topology, lag, settings, seed):
+    def features(p):
+        angles = backbone_dihedrals(p, topology)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+
+    return deeptime_vampnet([features(p) for p in train_positions],
+                            [features(p) for p in validate_positions], lag, settings, seed)
