@@ -638,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "1: fixed B = R = 1)")
     training_options(q)
     common_sig(q)
+    from .cli_cv import add_cv_commands
+
+    add_cv_commands(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ import torch
 
 from ..data.featurize import FeatureFileError, FeatureSet
 from ..modelfile import atomic_torch_save
+from ..units import MOLAR_GAS_CONSTANT_KJ
 
 __all__ = ["VampSettings", "train_vamp", "train_spib", "load_token_cv", "export_cv",
            "build_geom2vec_cv", "distance_baseline", "dihedral_baseline", "CVFileError",
@@ -131,12 +132,25 @@ def train_vamp(train: FeatureSet, validate: FeatureSet, out: Path, settings: Vam
     path = save_token_cv(out / "vamp_cv.pt", result.lobe, train, kind="vamp",
                          head_hyperparameters=head_hp,
                          extra={"lag_ps": settings.lag_ps, "scores": summary,
-                                "history": result.history, "seed": seed})
+                                "history": result.history, "seed": seed,
+                                "cv_statistics": cv_statistics(result.lobe, train)})
     plot_learning_curve(result.history, out / "vamp_learning_curve.png")
     summary.update(checkpoint=str(path), learning_curve=str(out / "vamp_learning_curve.png"))
     if hasattr(result.lobe.mixer, "attention_maps"):
         summary["attention_maps"] = str(plot_attention(result.lobe, train, out / "attention_maps.png"))
     return summary
+
+
+def cv_statistics(model, features: FeatureSet) -> list:
+    """Mean, standard deviation, min and max of each CV over the training frames.
+
+    Recorded with the trained CV: biasing needs the CVs' scale (hill widths, grid ranges).
+    """
+    from ..training.vamp import transform
+
+    values = np.concatenate(transform(model.eval(), _packed(features)))
+    return [{"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+             "max": float(v.max())} for v in values.T]
 
 
 def save_token_cv(path: Path, model, features: FeatureSet, *, kind: str,
@@ -227,7 +241,9 @@ def export_cv(backbone_path, cv_path, out, example_positions, *, example_box=Non
                  extra={"backbone_sha256": info["backbone"]["sha256"],
                         "token_names": token_map["token_names"],
                         "selected_atoms": token_map["atom_indices"],
-                        "lag_ps": info["extra"].get("lag_ps")})
+                        "lag_ps": info["extra"].get("lag_ps"),
+                        "cv_statistics": dict(zip(names, info["extra"].get("cv_statistics",
+                                                                           [])))})
     return {"out": str(out), "cv_names": names, "n_atoms": cv.n_system_atoms,
             "dtype": str(dtype).replace("torch.", "")}
 
@@ -267,12 +283,18 @@ def plot_attention(model, features: FeatureSet, path: Path, frames: int = 2000) 
 
 def train_spib(train: FeatureSet, validate: FeatureSet, vamp_cv_path, out: Path, *,
                lag_ps: float, latent_dim: int = 2, n_states: int = 10, beta: float = 1e-3,
-               mixer: str = "pool", mixer_options: Optional[dict] = None, hidden: int = 64,
-               refinements: int = 5, lr: float = 1e-3, batch_size: int = 2048,
+               hidden: int = 64, refinements: int = 5, lr: float = 1e-3, batch_size: int = 2048,
                max_epochs: int = 20, patience: int = 5, seed: int = 0,
                progress: bool = True) -> dict:
-    """SPIB on token features; initial labels by k-means on the VAMPnet's CVs (training
-    frames only, then predicted for validation frames). Writes ``out/spib_cv.pt``."""
+    """SPIB on geom2vec tokens; writes ``out/spib_cv.pt`` (exportable like the VAMPnet).
+
+    The encoder reads the tokens through the trained VAMPnet's standardiser and token mixer,
+    kept frozen (the paper trains a mixer per head; sharing one keeps SPIB's input small and
+    its VampPrior representatives in a space of ``mixer.out_dim`` features). Initial labels:
+    k-means with ``n_states`` clusters on the VAMPnet's CVs, fitted on training frames only and
+    predicted for validation frames; SPIB then refines them (eq. 11).
+    """
+    from ..models.geom2vec import TokenCV
     from ..models.heads import SPIBModel
     from ..training import spib as spib_training
     from ..training.vamp import transform
@@ -282,28 +304,52 @@ def train_spib(train: FeatureSet, validate: FeatureSet, vamp_cv_path, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     lag = lag_in_frames(lag_ps, train.timestep_ps)
     vamp_model, vamp_info = load_token_cv(vamp_cv_path)
+    if vamp_info["kind"] != "vamp":
+        raise CVFileError(f"{vamp_cv_path} is a {vamp_info['kind']} CV; SPIB starts from a VAMPnet")
     if vamp_info["backbone"].get("sha256") != train.backbone.get("sha256") \
             or vamp_info["token_map"] != train.token_map_json:
         raise CVFileError(f"{vamp_cv_path} was trained on other features (backbone or system)")
+    for parameter in vamp_model.parameters():
+        parameter.requires_grad_(False)
+
+    class _Mixed(torch.nn.Module):  # packed tokens -> frozen standardiser + mixer features
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, packed):
+            tokens, global_features = self.model.unpack(packed)
+            return self.model.mixer(self.model.standardizer(tokens), global_features)
+
     train_packed, validate_packed = _packed(train), _packed(validate)
+    mixed = _Mixed(vamp_model)
+    train_x = [torch.as_tensor(x) for x in transform(mixed, train_packed)]
+    validate_x = [torch.as_tensor(x) for x in transform(mixed, validate_packed)]
     train_cvs = np.concatenate(transform(vamp_model, train_packed))
     kmeans, train_labels = spib_training.initial_labels_kmeans(train_cvs, n_states, seed=seed)
     validate_cvs = np.concatenate(transform(vamp_model, validate_packed))
     validate_labels = kmeans.predict(validate_cvs.astype(kmeans.cluster_centers_.dtype))
     head_hp = {"latent_dim": latent_dim, "hidden": hidden, "n_states": n_states}
-    model = _token_cv(train, lambda n: SPIBModel(n, **head_hp), mixer, mixer_options or {}, seed)
-    split = np.cumsum(train.lengths)[:-1]
-    vsplit = np.cumsum(validate.lengths)[:-1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = SPIBModel(vamp_model.mixer.out_dim, **head_hp)
     result = spib_training.fit_spib(
-        model, train_packed, np.split(train_labels, split), validate_packed,
-        np.split(validate_labels, vsplit), lag=lag, beta=beta, lr=lr, batch_size=batch_size,
-        refinements=refinements, max_epochs=max_epochs, patience=patience, seed=seed,
-        progress=progress)
+        head, train_x, np.split(train_labels, np.cumsum(train.lengths)[:-1]), validate_x,
+        np.split(validate_labels, np.cumsum(validate.lengths)[:-1]), lag=lag, beta=beta, lr=lr,
+        batch_size=batch_size, refinements=refinements, max_epochs=max_epochs,
+        patience=patience, seed=seed, progress=progress)
+    final = np.concatenate(result.train_labels)
     summary = {"lag_ps": lag_ps, "latent_dim": latent_dim, "n_states_initial": n_states,
-               **{k: v for k, v in result.summary().items()}}
-    path = save_token_cv(out / "spib_cv.pt", result.model, train, kind="spib",
+               "n_states_final": int(len(np.unique(final))),
+               "validation_loss": result.validation_loss, "rounds": result.rounds,
+               "train_seconds": result.seconds}
+    model = TokenCV(vamp_model.n_tokens, vamp_model.channels, vamp_model.global_dim,
+                    vamp_model.mixer, result.model, vamp_model.standardizer)
+    path = save_token_cv(out / "spib_cv.pt", model, train, kind="spib",
                          head_hyperparameters=head_hp,
-                         extra={"lag_ps": lag_ps, "beta": beta, "scores": summary, "seed": seed})
+                         extra={"lag_ps": lag_ps, "beta": beta, "scores": summary, "seed": seed,
+                                "history": result.history,
+                                "cv_statistics": cv_statistics(model, train)})
     summary["checkpoint"] = str(path)
     return summary
 
@@ -379,3 +425,196 @@ def dihedral_baseline(train_positions, validate_positions, topology, lag, settin
 
     return deeptime_vampnet([features(p) for p in train_positions],
                             [features(p) for p in validate_positions], lag, settings, seed)
+
+
+# ------------------------------------------------------------------------------- reproduce
+@dataclasses.dataclass
+class ReproduceSettings:
+    """`cv reproduce` on capped alanine (defaults: the measured production run)."""
+
+    lag_ps: float = 2.0
+    k: int = 2
+    stride: int = 1
+    train_frames: Optional[int] = None
+    validation_frames: Optional[int] = 50_000
+    selection: str = "heavy"
+    tokens: str = "atom"
+    global_atoms: Optional[str] = None
+    backbone: dict = dataclasses.field(default_factory=lambda: {
+        "architecture": "et", "cutoff": 0.5, "hidden_channels": 64, "num_layers": 3,
+        "num_rbf": 32, "num_heads": 8})
+    pretrain_epochs: int = 6
+    pretrain_max_minutes: Optional[float] = 25.0
+    corpus: dict = dataclasses.field(default_factory=dict)
+    vamp: VampSettings = dataclasses.field(default_factory=VampSettings)
+
+
+QUICK_REPRODUCE = ReproduceSettings(
+    lag_ps=2.0, validation_frames=None,
+    backbone={"architecture": "et", "cutoff": 0.5, "hidden_channels": 16, "num_layers": 1,
+              "num_rbf": 8, "num_heads": 2},
+    pretrain_epochs=1, pretrain_max_minutes=2.0,
+    corpus={"ase_collections": {"g2": ["CH4", "H2O", "NH3", "C2H6", "CH3OH"]},
+            "include_openmm_data": False, "include_bundled": False, "md_pdbs": [],
+            "heavy_atom_variants": False,
+            "fragments_per_frame": 1},
+    vamp=VampSettings(mixer="pool", hidden=16, batch_size=64, max_epochs=2,
+                      validation_interval=2))
+
+
+def obtain_backbone(out: Path, settings: ReproduceSettings, *, backbone=None, seed: int = 0,
+                    progress: bool = True) -> tuple:
+    """(path, summary): the given backbone, a cached ``out/backbone.pt``, or a new pretraining.
+
+    The cache is reused only if its hyper-parameters equal the requested ones.
+    """
+    from ..data.corpus import build_corpus
+    from ..training.denoising import load_backbone, pretrain
+
+    if backbone is not None:
+        _, info = load_backbone(backbone)
+        return Path(backbone), {"source": "given", "path": str(backbone), "sha256": info["sha256"]}
+    path = out / "backbone.pt"
+    if path.exists():
+        featurizer, info = load_backbone(path)
+        wanted = {k: v for k, v in settings.backbone.items()}
+        have = {k: featurizer.hyperparameters.get(k) for k in wanted}
+        if have == wanted:
+            return path, {"source": "cached", "path": str(path), "sha256": info["sha256"]}
+    corpus_path = out / "corpus.npz"
+    start = time.perf_counter()
+    if not corpus_path.exists():
+        build_corpus(corpus_path, seed=seed, progress=progress, **settings.corpus)
+    corpus_seconds = time.perf_counter() - start
+    result = pretrain(corpus_path, settings.backbone, out=path, epochs=settings.pretrain_epochs,
+                      max_minutes=settings.pretrain_max_minutes, seed=seed, progress=progress)
+    summary = {k: v for k, v in result.items() if k not in ("history",)}
+    summary.update(source="pretrained", path=str(path), corpus_seconds=corpus_seconds)
+    return path, summary
+
+
+def reproduce(train_path, validate_path, topology_path, out, *,
+              settings: Optional[ReproduceSettings] = None, backbone=None, seed: int = 0,
+              progress: bool = True) -> dict:
+    """The acceptance run: pretrain (or reuse) -> featurize -> VAMPnet vs deeptime baselines.
+
+    ``train_path``/``validate_path``: npz (or mdtraj) trajectories of the system in
+    ``topology_path``; the validation block is the first ``validation_frames`` frames of
+    ``validate_path`` (a contiguous time block of an independent run).
+    """
+    import mdtraj
+
+    from ..data.featurize import featurize, read_positions
+    from ..models.geom2vec import TokenMap
+    from ..training.denoising import load_backbone
+
+    settings = settings or ReproduceSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    backbone_path, backbone_summary = obtain_backbone(out, settings, backbone=backbone,
+                                                      seed=seed, progress=progress)
+    featurizer, info = load_backbone(backbone_path)
+    top = mdtraj.load_topology(str(topology_path))
+    token_map = TokenMap.from_topology(top, settings.selection, settings.tokens,
+                                       settings.global_atoms)
+    n_atoms = top.n_atoms
+    train_positions, _, dt_train = read_positions(train_path, stride=settings.stride,
+                                                  n_atoms=n_atoms)
+    validate_positions, _, dt_val = read_positions(validate_path, stride=settings.stride,
+                                                   n_atoms=n_atoms)
+    if settings.train_frames:
+        train_positions = train_positions[:settings.train_frames]
+    if settings.validation_frames:
+        validate_positions = validate_positions[:settings.validation_frames]
+    timestep = dt_train or 1.0 * settings.stride
+    if dt_val is not None and dt_train is not None and abs(dt_val - dt_train) > 1e-9:
+        raise ValueError(f"training frames are {dt_train} ps apart, validation frames {dt_val}")
+    lag = lag_in_frames(settings.lag_ps, timestep)
+    for name, positions in (("training", train_positions), ("validation", validate_positions)):
+        if lag >= len(positions):
+            raise ValueError(f"the lag ({lag} frames) is longer than the {name} data "
+                             f"({len(positions)} frames)")
+    t0 = time.perf_counter()
+    features = {}
+    for name, positions in (("train", train_positions), ("validate", validate_positions)):
+        features[name] = featurize(featurizer, token_map, [positions],
+                                   backbone_sha256=info["sha256"], timestep_ps=timestep,
+                                   progress=progress)
+    featurize_seconds = time.perf_counter() - t0
+    frames_per_second = (len(train_positions) + len(validate_positions)) / featurize_seconds
+    vamp_settings = dataclasses.replace(settings.vamp, k=settings.k, lag_ps=settings.lag_ps)
+    ours = train_vamp(features["train"], features["validate"], out / "vamp", vamp_settings,
+                      seed=seed, progress=progress)
+    heavy = top.select("not element H")
+    distance = distance_baseline([train_positions], [validate_positions], heavy, lag,
+                                 vamp_settings, seed)
+    dihedral = dihedral_baseline([train_positions], [validate_positions], top, lag,
+                                 vamp_settings, seed)
+    cv_file = out / "cv.pt"
+    export = export_cv(backbone_path, ours["checkpoint"], cv_file, validate_positions[0])
+    figures = plot_cvs_against_dihedrals(ours["checkpoint"], features["validate"],
+                                         validate_positions, top, out)
+    return {
+        "vamp2_geom2vec": ours["vamp2_validation"],
+        "vamp2_distance_baseline": distance["vamp2_validation"],
+        "vamp2_dihedral_baseline": dihedral["vamp2_validation"],
+        "vamp2_train": {"geom2vec": ours["vamp2_train"], "distance": distance["vamp2_train"],
+                        "dihedral": dihedral["vamp2_train"]},
+        "lag_ps": settings.lag_ps, "k": settings.k,
+        "train_frames": int(len(train_positions)), "validation_frames": int(len(validate_positions)),
+        "timestep_ps": timestep, "tokens": settings.tokens, "selection": settings.selection,
+        "n_tokens": token_map.n_tokens, "mixer": vamp_settings.mixer,
+        "backbone": backbone_summary, "featurize_frames_per_second": frames_per_second,
+        "train_seconds": {"geom2vec": ours["train_seconds"],
+                          "distance": distance["train_seconds"],
+                          "dihedral": dihedral["train_seconds"]},
+        "geom2vec_stop_reason": ours["stop_reason"], "geom2vec_epochs": ours["epochs"],
+        "exported_cv": export["out"], "cv_names": export["cv_names"],
+        "figures": figures + [ours["learning_curve"]] + (
+            [ours["attention_maps"]] if "attention_maps" in ours else []),
+        "seed": seed, "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def plot_cvs_against_dihedrals(cv_path, features: FeatureSet, positions: np.ndarray, topology,
+                               out: Path, max_points: int = 20000,
+                               temperature_K: float = 300.0) -> list:
+    """PNGs: each learned CV coloured over the phi/psi plane, and the CVs' free-energy surface."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..analysis.plots import _save
+    from ..training.vamp import transform
+
+    model, info = load_token_cv(cv_path)
+    cvs = np.concatenate(transform(model, _packed(features)))
+    angles = backbone_dihedrals(positions, topology)
+    take = np.linspace(0, len(cvs) - 1, min(max_points, len(cvs))).astype(int)
+    k = cvs.shape[1]
+    fig, axes = plt.subplots(1, k, figsize=(4.5 * k, 4), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        image = ax.scatter(angles[take, 0], angles[take, 1], c=cvs[take, i], s=2, cmap="coolwarm")
+        ax.set_xlabel("phi (rad)")
+        ax.set_ylabel("psi (rad)")
+        ax.set_title(f"{info['kind']} CV {i}")
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    first = _save(fig, out / "cvs_vs_phi_psi.png", 120)
+    figures = [str(first)]
+    if k >= 2:
+        counts, xe, ye = np.histogram2d(cvs[:, 0], cvs[:, 1], bins=60)
+        with np.errstate(divide="ignore"):
+            free = -MOLAR_GAS_CONSTANT_KJ * temperature_K * np.log(counts / counts.sum())
+        free -= np.nanmin(free[np.isfinite(free)])
+        fig, ax = plt.subplots(figsize=(5, 4))
+        image = ax.pcolormesh(xe, ye, np.where(np.isfinite(free), free, np.nan).T, cmap="viridis")
+        ax.set_xlabel("CV 0")
+        ax.set_ylabel("CV 1")
+        ax.set_title(f"free energy of the learned CVs (kJ/mol, {temperature_K:g} K)")
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        figures.append(str(_save(fig, out / "cv_free_energy.png", 120)))
+    return figures
