@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     common_sig(q)
     from .cli_cv import add_cv_commands
 
-    add_cv_commands(sub)
+    add_cv_commands(sub, _emit)
     return parser
 
 

@@ -36,21 +36,22 @@ def _slice(text):
 
 def _run_cv(args) -> int:
     from . import set_threads
-    from .cli import _emit
 
+    _emit = args.emit  # the running CLI's writer (the JSON stream may be redirected)
     set_threads(args.threads)
     progress = not args.no_progress
     command = args.cv_command
     if command == "corpus":
         from .data.corpus import build_corpus
 
-        options = {}
-        if args.no_ase:
-            options["ase_collections"] = ()
+        options = {"ase_collections": tuple(args.ase)}
         if args.md_ps is not None:
             options["md_picoseconds"] = args.md_ps
+        if args.md_pdb is not None:
+            options["md_pdbs"] = args.md_pdb
         result = build_corpus(args.out, pdbs=args.pdb or (), seed=args.seed, progress=progress,
-                              include_openmm_data=not args.no_openmm_data, **options)
+                              include_openmm_data=not args.no_openmm_data,
+                              include_bundled=not args.no_bundled, **options)
     elif command == "pretrain":
         from .data.corpus import build_corpus
         from .training.denoising import pretrain
@@ -178,8 +179,11 @@ def _run_cv(args) -> int:
     return 0
 
 
-def add_cv_commands(sub) -> None:
-    """Register ``cv`` and its sub-commands on an argparse sub-parser collection."""
+def add_cv_commands(sub, emit) -> None:
+    """Register ``cv`` and its sub-commands on an argparse sub-parser collection.
+
+    ``emit(args, payload, text)`` writes a command's result (JSON with ``--json``).
+    """
     cvp = sub.add_parser("cv", help="geom2vec CVs: corpus | pretrain | featurize | train-vamp | "
                                     "train-spib | export | bias | reproduce")
     cvsub = cvp.add_subparsers(dest="cv_command", required=True)
@@ -190,14 +194,20 @@ def add_cv_commands(sub) -> None:
         q.add_argument("--threads", type=int, default=None)
         q.add_argument("--no-progress", action="store_true")
         q.add_argument("--json", action="store_true", help="machine-readable output")
-        q.set_defaults(func=_cmd_cv)
+        q.set_defaults(func=_cmd_cv, emit=emit)
 
     q = cvsub.add_parser("corpus", help="pretraining corpus from ASE molecules, OpenMM's and "
                                         "our structures, short OpenMM runs, your PDBs")
     q.add_argument("--pdb", nargs="+", help="more structures (PDB) to include")
+    q.add_argument("--md-pdb", nargs="*", help="structures to simulate with OpenMM (amber14, "
+                                                "vacuum); default: alanine and villin")
     q.add_argument("--md-ps", type=float, help="ps of OpenMM MD per structure and temperature")
-    q.add_argument("--no-ase", action="store_true")
-    q.add_argument("--no-openmm-data", action="store_true")
+    q.add_argument("--ase", nargs="*", default=["g2", "s22"],
+                   help="ASE molecule collections (none: --ase with no names)")
+    q.add_argument("--no-bundled", action="store_true",
+                   help="leave out the bundled alanine and T4 lysozyme")
+    q.add_argument("--no-openmm-data", action="store_true",
+                   help="leave out the structures shipped with OpenMM")
     common(q, "corpus file (.npz)")
 
     q = cvsub.add_parser("pretrain", help="denoising pretraining of an ET/TensorNet backbone")

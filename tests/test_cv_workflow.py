@@ -1,0 +1,182 @@
+"""`openmm-geom cv` end to end on capped alanine made here with OpenMM (no shared data):
+corpus -> pretrain -> featurize -> VAMPnet/SPIB -> export -> OpenMM (eager = exported, forces
+vs finite differences) -> biased run with checkpoint/resume -> bad inputs."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from openmm_geom.data import bundled
+
+HANG_GUARD = 900  # seconds; a hang guard, not a speed requirement
+PDB = str(bundled("alanine-dipeptide.pdb"))
+
+
+def _cli(*args, expect=0):
+    run = subprocess.run([sys.executable, "-m", "openmm_geom.cli", *map(str, args), "--json",
+                          "--no-progress", "--threads", "1"], capture_output=True, text=True,
+                         timeout=HANG_GUARD)
+    assert run.returncode == expect, run.stderr[-3000:]
+    if expect != 0:
+        return run.stderr
+    try:
+        return json.loads(run.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"not JSON: {run.stdout[-2000:]!r}\n{run.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from openmm_geom.data.datagen import generate_reference
+
+    d = tmp_path_factory.mktemp("cv")
+    trajectories = []
+    for seed in (1, 2):
+        path = d / f"ala_{seed}.npz"
+        generate_reference(PDB, path, n_frames=150, save_interval_ps=0.2, timestep_fs=1.0,
+                           equilibration_ps=2.0, seed=seed, threads=1, progress=False)
+        trajectories.append(path)
+    out = {"dir": d, "trajectories": trajectories}
+    out["corpus"] = _cli("cv", "corpus", "--out", d / "corpus.npz", "--ase", "s22",
+                         "--no-bundled", "--no-openmm-data", "--pdb", PDB, "--md-pdb", PDB,
+                         "--md-ps", "0.4")
+    out["pretrain"] = _cli("cv", "pretrain", "--corpus", d / "corpus.npz", "--out",
+                           d / "backbone.pt", "--hidden-channels", "16", "--num-layers", "1",
+                           "--num-rbf", "8", "--num-heads", "2", "--epochs", "1",
+                           "--batch-size", "20")
+    for name, path in zip(("train", "validate"), trajectories):
+        out[name] = _cli("cv", "featurize", path, "--backbone", d / "backbone.pt",
+                         "--topology", PDB, "--tokens", "atom", "--out", d / f"{name}.npz",
+                         "--global-atoms", "name CA or name C or name N")
+    out["vamp"] = _cli("cv", "train-vamp", "--train", d / "train.npz", "--validate",
+                       d / "validate.npz", "--lag-ps", "1.0", "--mixer", "subformer",
+                       "--hidden", "16", "--batch-size", "64", "--epochs", "2",
+                       "--out", d / "vamp")
+    out["export"] = _cli("cv", "export", "--backbone", d / "backbone.pt", "--cv",
+                         d / "vamp" / "vamp_cv.pt", "--topology", PDB, "--out", d / "cv.pt",
+                         "--check")
+    return out
+
+
+def test_pipeline_files_and_scores(pipeline):
+    d = pipeline["dir"]
+    assert pipeline["corpus"]["n_structures"] > 10 if "n_structures" in pipeline["corpus"] \
+        else (d / "corpus.npz").exists()
+    assert pipeline["train"]["frames"] == 150 and pipeline["train"]["channels"] == 16
+    assert pipeline["train"]["timestep_ps"] == pytest.approx(0.2)
+    vamp = pipeline["vamp"]
+    assert 1.0 <= vamp["vamp2_validation"] <= 3.0 and vamp["lag_frames"] == 5
+    assert (d / "vamp" / "vamp_learning_curve.png").stat().st_size > 1000
+    assert (d / "vamp" / "attention_maps.png").stat().st_size > 1000
+    assert pipeline["export"]["check_export_passed"] is True
+    assert pipeline["export"]["cv_names"] == ["vamp0", "vamp1"]
+
+
+def test_exported_cv_equals_eager_inside_openmm_and_forces_match_finite_differences(pipeline):
+    import openmm
+    import openmm.app as app
+    import openmm.unit as unit
+
+    from openmm_geom.openmm import TorchCVForce
+    from openmm_geom.workflows.cv import build_geom2vec_cv, export_cv
+
+    d = pipeline["dir"]
+    eager, _ = build_geom2vec_cv(d / "backbone.pt", d / "vamp" / "vamp_cv.pt")
+    eager = eager.double()
+    pdb = app.PDBFile(PDB)
+    x0 = np.array(pdb.positions.value_in_unit(unit.nanometer))
+    path = d / "cv64.pt"
+    export_cv(d / "backbone.pt", d / "vamp" / "vamp_cv.pt", path, x0, dtype=torch.float64)
+    system = openmm.System()
+    for atom in pdb.topology.atoms():
+        system.addParticle(atom.element.mass)
+    force = TorchCVForce(str(path), "3*vamp0 - 2*vamp1^2")
+    system.addForce(force)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    rng = np.random.default_rng(0)
+    x = x0 + 0.01 * rng.normal(size=x0.shape)
+    context.setPositions(x)
+    state = context.getState(getEnergy=True, getForces=True)
+    values = np.array(force.getCollectiveVariableValues(context))
+    expected = eager(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-9)
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    assert energy == pytest.approx(3 * expected[0] - 2 * expected[1] ** 2, abs=1e-9)
+    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+
+    def energy_at(y):
+        cv = eager(torch.tensor(y)).detach().numpy()
+        return 3 * cv[0] - 2 * cv[1] ** 2
+
+    h = 1e-5
+    for atom, axis in [(4, 0), (8, 1), (14, 2), (1, 0)]:
+        plus, minus = x.copy(), x.copy()
+        plus[atom, axis] += h
+        minus[atom, axis] -= h
+        numeric = -(energy_at(plus) - energy_at(minus)) / (2 * h)
+        assert forces[atom, axis] == pytest.approx(numeric, rel=1e-4, abs=1e-5)
+    assert np.abs(forces[[0, 2, 3]]).max() == 0.0  # hydrogens are not featurized
+
+
+def test_spib_on_tokens_exports_too(pipeline):
+    d = pipeline["dir"]
+    spib = _cli("cv", "train-spib", "--train", d / "train.npz", "--validate", d / "validate.npz",
+                "--vamp", d / "vamp" / "vamp_cv.pt", "--lag-ps", "1.0", "--states", "3",
+                "--epochs", "2", "--refinements", "1", "--out", d / "spib")
+    assert spib["n_states_initial"] == 3 and np.isfinite(spib["validation_loss"])
+    exported = _cli("cv", "export", "--backbone", d / "backbone.pt", "--cv",
+                    d / "spib" / "spib_cv.pt", "--topology", PDB, "--out", d / "spib.pt")
+    assert exported["cv_names"] == ["spib0", "spib1"]
+
+
+def test_bias_run_resumes_from_its_checkpoint(pipeline, tmp_path):
+    d = pipeline["dir"]
+    first = _cli("cv", "bias", "--pdb", PDB, "--model", d / "cv.pt", "--out", tmp_path / "run",
+                 "--picoseconds", "0.6", "--checkpoint-ps", "0.2", "--deposit-ps", "0.1")
+    assert first["frames"] == 6 and first["hills"] == 6 and not first["resumed"]
+    longer = _cli("cv", "bias", "--pdb", PDB, "--model", d / "cv.pt", "--out", tmp_path / "run",
+                  "--picoseconds", "1.0", "--checkpoint-ps", "0.2", "--deposit-ps", "0.1")
+    assert longer["resumed"] and longer["frames"] == 10 and longer["hills"] == 10
+    rows = np.loadtxt(tmp_path / "run" / "bias_log.csv", delimiter=",", skiprows=1)
+    assert rows.shape[0] == 10 and np.all(np.diff(rows[:, 0]) > 0)  # appended, no duplicates
+    assert (tmp_path / "run" / "phi_profile.png").exists()
+
+
+def test_bad_inputs_are_clear_errors(pipeline, tmp_path):
+    d = pipeline["dir"]
+    wrong = tmp_path / "wrong_atoms.npz"
+    np.savez(wrong, positions=np.zeros((5, 21, 3), np.float32), save_interval_ps=1.0)
+    message = _cli("cv", "featurize", wrong, "--backbone", d / "backbone.pt", "--topology", PDB,
+                   "--out", tmp_path / "f.npz", expect=1)
+    assert "21 atoms per frame but the topology has 22" in message
+    message = _cli("cv", "train-vamp", "--train", d / "train.npz", "--validate",
+                   d / "validate.npz", "--lag-ps", "400", "--out", tmp_path / "v", expect=1)
+    assert "longer than every trajectory" in message
+    message = _cli("cv", "bias", "--pdb", str(bundled("t4-lysozyme-l99a.pdb")), "--model",
+                   d / "cv.pt", "--out", tmp_path / "b", "--picoseconds", "0.1", expect=1)
+    assert "22 atoms" in message or "phi and psi" in message
+    message = _cli("cv", "export", "--backbone", d / "train.npz", "--cv",
+                   d / "vamp" / "vamp_cv.pt", "--topology", PDB, "--out", tmp_path / "x.pt",
+                   expect=1)
+    assert "error:" in message
+    from openmm_geom.data.featurize import FeatureFileError, FeatureSet
+
+    features = FeatureSet.load(d / "train.npz")
+    with pytest.raises(FeatureFileError, match="NaN"):
+        FeatureSet(features.tokens * np.nan, features.lengths, None, features.token_map_json,
+                   features.backbone, features.timestep_ps)
+
+
+def test_quick_reproduce_reports_every_score(pipeline, tmp_path):
+    train, validate = pipeline["trajectories"]
+    result = _cli("cv", "reproduce", "--train", train, "--validate", validate, "--topology", PDB,
+                  "--out", tmp_path / "rep", "--quick", "--lag-ps", "1.0",
+                  "--backbone", pipeline["dir"] / "backbone.pt")
+    for key in ("vamp2_geom2vec", "vamp2_distance_baseline", "vamp2_dihedral_baseline"):
+        assert 1.0 <= result[key] <= 3.0
+    assert result["lag_ps"] == 1.0 and result["k"] == 2
+    assert (tmp_path / "rep" / "cvs_vs_phi_psi.png").exists()
