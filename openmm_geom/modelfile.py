@@ -183,6 +183,17 @@ def save_model(module: torch.jit.ScriptModule, path: os.PathLike) -> Path:
     return Path(path)
 
 
+def _register_torchscript_classes() -> None:
+    """Load the libraries whose TorchScript classes and ops our models may contain.
+
+    A scripted model that calls vesin's neighbour list (or our native ops) can only be
+    deserialised once those are registered with torch, whoever imports what first.
+    """
+    import vesin_torch  # noqa: F401  (registers torch.classes.vesin)
+
+    from . import ops  # noqa: F401  (registers the openmm_geom native ops)
+
+
 def load_model(path: os.PathLike, map_location: str = "cpu"):
     """Load an exported model file.
 
@@ -202,6 +213,7 @@ def load_model(path: os.PathLike, map_location: str = "cpu"):
         raise ModelFileError(
             f"{path} is not a TorchScript model file (not a zip archive; truncated or another format?)"
         )
+    _register_torchscript_classes()
     try:
         module = torch.jit.load(str(path), map_location=map_location)
     except Exception as error:  # torch raises bare RuntimeErrors with C++ traces

@@ -439,14 +439,14 @@ class ReproduceSettings:
     validation_frames: Optional[int] = 50_000
     selection: str = "heavy"
     tokens: str = "atom"
-    global_atoms: Optional[str] = None
+    global_atoms: Optional[str] = "not element H"
     backbone: dict = dataclasses.field(default_factory=lambda: {
         "architecture": "et", "cutoff": 0.5, "hidden_channels": 64, "num_layers": 3,
         "num_rbf": 32, "num_heads": 8})
-    pretrain_epochs: int = 6
+    pretrain_epochs: int = 4
     pretrain_max_minutes: Optional[float] = 25.0
     corpus: dict = dataclasses.field(default_factory=dict)
-    vamp: VampSettings = dataclasses.field(default_factory=VampSettings)
+    vamp: VampSettings = dataclasses.field(default_factory=lambda: VampSettings(mixer="pool"))
 
 
 QUICK_REPRODUCE = ReproduceSettings(
