@@ -26,3 +26,15 @@ def alanine_pdb():
     from openmm_geom.data import bundled
 
     return app.PDBFile(str(bundled("alanine-dipeptide.pdb")))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny training problems (500 x 32 matmuls): a 2-thread intra-op pool only adds contention
+    on a shared machine (measured 6 s at 1 thread vs 25-100 s at 2). Restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,6 +1,7 @@
 """Random, smooth CV modules for TorchCVForce tests (scriptable, periodic or not)."""
 from typing import Optional
 
+import openmm
 import torch
 
 from openmm_geom.ops import neighbor_pairs
@@ -47,3 +48,16 @@ class Coordinates(torch.nn.Module):
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         return positions[0]
+
+
+def particle_context(forces, n, box, platform="Reference"):
+    """A Context of ``n`` 12-amu particles holding ``forces`` (periodic when ``box`` is given)."""
+    system = openmm.System()
+    for _ in range(n):
+        system.addParticle(12.0)
+    if box is not None:
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    for force in forces:
+        system.addForce(force)
+    return openmm.Context(system, openmm.VerletIntegrator(0.001),
+                          openmm.Platform.getPlatformByName(platform))

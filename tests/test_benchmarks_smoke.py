@@ -16,5 +16,6 @@ def test_run_all_quick(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     names = {Path(r["json"]).stem for r in summary["benchmarks"]}
-    assert {"neighbors", "bridge", "torchcv", "cg", "signature", "potential"} <= names
+    assert {"neighbors", "bridge", "torchcv", "cg", "signature", "potential",
+            "cv"} <= names
     assert all(r["ok"] for r in summary["benchmarks"])

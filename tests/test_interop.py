@@ -7,6 +7,7 @@ import pytest
 import torch
 from analytic import jittered_lattice
 from cv_models import Coordinates, CountingCVs, RandomPairCVs
+from cv_models import particle_context as _context
 
 from openmm_geom.export import export_model
 from openmm_geom.openmm import TorchCVForce
@@ -27,18 +28,6 @@ def _export(tmp_path, periodic, rng, n_side=3, name="cvs.pt"):
                  periodic=periodic, example_positions=positions, example_box=box, cutoff=0.4,
                  cv_names=["a", "b"])
     return path, positions, box
-
-
-def _context(forces, n, box, platform="Reference"):
-    system = openmm.System()
-    for _ in range(n):
-        system.addParticle(12.0)
-    if box is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-    for force in forces:
-        system.addForce(force)
-    return openmm.Context(system, openmm.VerletIntegrator(0.001),
-                          openmm.Platform.getPlatformByName(platform))
 
 
 def _state(context, positions):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from analytic import jittered_lattice
 from cv_models import CountingCVs, NaNCV, RandomPairCVs
+from cv_models import particle_context as _context
 
 from openmm_geom.export import export_model
 from openmm_geom.openmm import TorchCVForce, torch_force
@@ -30,18 +31,6 @@ def _case(k, periodic, rng, tmp_path):
     export_model(RandomPairCVs(k, seed=k, cutoff=0.4), path, kind="cv", length_unit="nm",
                  periodic=periodic, example_positions=positions, example_box=box, cutoff=0.4)
     return path, positions, box
-
-
-def _context(forces, n, box, platform="Reference"):
-    system = openmm.System()
-    for _ in range(n):
-        system.addParticle(12.0)
-    if box is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-    for force in forces:
-        system.addForce(force)
-    return openmm.Context(system, openmm.VerletIntegrator(0.001),
-                          openmm.Platform.getPlatformByName(platform))
 
 
 def _ours(path, k):

@@ -12,14 +12,7 @@ from openmm_geom.training.vamp import (fit_vampnet, load_lobe_state, plot_learni
                                        transform, vamp2_of, vamp2_score)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny (500 x 32 matmuls): a 2-thread intra-op pool only adds
-    contention on a shared machine (measured 6 s at 1 thread vs 25-100 s at 2). Restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------- synthetic data

@@ -37,8 +37,8 @@ __all__ = ["single_cv_module", "custom_cv_force", "bias_variables"]
 ModelLike = Union[str, os.PathLike, torch.jit.ScriptModule]
 
 
-class _SingleCV(torch.nn.Module):
-    """Output ``index`` of a CV module taking ``(positions, box)``, optionally on a subset."""
+class _Selection(torch.nn.Module):
+    """Output ``index`` of a CV module, optionally evaluated on a subset of the particles."""
 
     def __init__(self, cv_module: torch.nn.Module, index: int, particles: Optional[Sequence[int]]):
         super().__init__()
@@ -46,6 +46,10 @@ class _SingleCV(torch.nn.Module):
         self.index = index
         self.subset = particles is not None
         self.register_buffer("particles", torch.tensor(list(particles or []), dtype=torch.int64))
+
+
+class _SingleCV(_Selection):
+    """For a CV module taking ``(positions, box)``."""
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.subset:
@@ -53,15 +57,8 @@ class _SingleCV(torch.nn.Module):
         return self.cv_module(positions, box)[self.index]
 
 
-class _SingleCVNoBox(torch.nn.Module):
-    """The same for a (non-periodic, metadata-less) module whose forward takes positions only."""
-
-    def __init__(self, cv_module: torch.nn.Module, index: int, particles: Optional[Sequence[int]]):
-        super().__init__()
-        self.cv_module = cv_module
-        self.index = index
-        self.subset = particles is not None
-        self.register_buffer("particles", torch.tensor(list(particles or []), dtype=torch.int64))
+class _SingleCVNoBox(_Selection):
+    """For a (non-periodic, metadata-less) module whose forward takes positions only."""
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         if self.subset:
