@@ -2,9 +2,9 @@
 
 Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py),
 DIR/torchcv.json (bench_torchcv.py), DIR/cg.json (bench_cg.py), DIR/signature.json
-(bench_signature.py), DIR/potential.json (bench_potential.py) and DIR/summary.json (headline
-numbers, pass/fail, machine load), and prints the tables. Exits non-zero if a benchmark fails,
-including any of its correctness checks.
+(bench_signature.py), DIR/potential.json (bench_potential.py), DIR/cv.json (bench_cv.py) and
+DIR/summary.json (headline numbers, pass/fail, machine load), and prints the tables. Exits
+non-zero if a benchmark fails, including any of its correctness checks.
 
 ``--omp-passive`` also repeats every benchmark (torchmd-net neighbour lists left out) with
 ``OMP_WAIT_POLICY=PASSIVE`` into DIR/*_omp_passive.json: torch's OpenMP workers then sleep
@@ -15,7 +15,7 @@ set before torch starts, hence separate processes).
 measurement is also retried when other processes took > 10% of the CPUs meanwhile, and the
 remaining contamination is recorded ("other_load") and flagged in the tables.
 
-    .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # ~22 minutes
+    .venv/bin/python benchmarks/run_all.py --out benchmarks/results          # ~32 minutes
     .venv/bin/python benchmarks/run_all.py --out /tmp/bench --quick          # smoke, ~2 min
 """
 from __future__ import annotations
@@ -79,6 +79,21 @@ def headline(data: dict) -> list:
                  "fused_ns_per_day": round(r["fused_ns_per_day"], 2),
                  "ours_over_fused": round(r["ours_over_fused"], 3)}
                 for r in data["rows"]]
+    if data["benchmark"] == "cv":
+        return ([{"threads": r["threads"],
+                  "amber_ns_per_day": round(r["amber_ns_per_day"], 1),
+                  "zero_ns_per_day": round(r["zero_ns_per_day"], 2),
+                  "ours_ns_per_day": round(r["ours_ns_per_day"], 2),
+                  "peer_ns_per_day": round(r["peer_ns_per_day"], 2),
+                  "speedup_ours_over_peer": round(r["speedup_ours_over_peer"], 3),
+                  "goal": r["goal"], "goal_met": r["goal_met"]} for r in data["md"]]
+                + [{"threads": r["threads"], "featurize": r["system"], "n_atoms": r["n_atoms"],
+                    "frames_per_s": round(r["frames_per_s"], 1)} for r in data["featurize"]]
+                + [{"threads": r["threads"], "vampnet_lobe": r["lobe"],
+                    "ours_seconds_per_epoch": round(r["ours_seconds_per_epoch"], 3),
+                    "deeptime_seconds_per_epoch": round(r["deeptime_seconds_per_epoch"], 3),
+                    "speedup_ours_over_deeptime": round(r["speedup_ours_over_deeptime"], 3)}
+                   for r in data["vampnet"]])
     if data["benchmark"] == "cg":
         def rounded(value, digits):
             return None if value is None else round(value, digits)
@@ -143,7 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for other processes to leave the CPUs")
     parser.add_argument("--only", help="comma-separated benchmark names (neighbors, bridge, "
-                        "torchcv, cg, signature, potential): run these and update their "
+                        "torchcv, cg, signature, potential, cv): run these and update their "
                         "entries in summary.json")
     args = parser.parse_args(argv)
 
@@ -157,7 +172,8 @@ def main(argv=None) -> int:
             ("bench_torchcv.py", "torchcv.json", [], {}),
             ("bench_cg.py", "cg.json", [], {}),
             ("bench_signature.py", "signature.json", [], {}),
-            ("bench_potential.py", "potential.json", [], {})]
+            ("bench_potential.py", "potential.json", [], {}),
+            ("bench_cv.py", "cv.json", [], {})]
     if args.omp_passive:
         passive = {"OMP_WAIT_POLICY": "PASSIVE"}
         jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],
@@ -166,7 +182,8 @@ def main(argv=None) -> int:
                  ("bench_torchcv.py", "torchcv_omp_passive.json", [], passive),
                  ("bench_cg.py", "cg_omp_passive.json", ["--no-profile"], passive),
                  ("bench_signature.py", "signature_omp_passive.json", [], passive),
-                 ("bench_potential.py", "potential_omp_passive.json", [], passive)]
+                 ("bench_potential.py", "potential_omp_passive.json", [], passive),
+                 ("bench_cv.py", "cv_omp_passive.json", [], passive)]
     kept = []
     if args.only:
         wanted = {f"{name.strip()}.json" for name in args.only.split(",")}
