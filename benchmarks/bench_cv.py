@@ -123,7 +123,7 @@ MODES = {
              # seconds per timed block (metadynamics, others), blocks
              "block_seconds": (10.0, 4.0), "blocks": 3, "warmup": 50,
              "featurize": {"alanine": (128, 5), "t4": (32, 2)},  # (batch frames, repeats)
-             "vampnet": {"mlp": 50_000, "tokencv": 10_000}, "vampnet_repeats": 3},
+             "vampnet": {"mlp": 50_000, "tokencv": 30_000}, "vampnet_repeats": 3},
     "quick": {"frequency": 5, "sample_steps": 200, "sample_every": 10,
               "block_seconds": (0.3, 0.2), "blocks": 1, "warmup": 5,
               "featurize": {"alanine": (16, 1), "t4": (1, 1)},

@@ -37,6 +37,7 @@ __all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi", "Simula
 PHI_NEGATIVE_CORE = -1.0
 PHI_POSITIVE_CORE = 0.4
 _SHIFT_ABOVE = 2.2
+REFERENCE_BIN_CEILING_KJMOL = 15.0
 
 
 class SimulationBlewUp(RuntimeError):
@@ -266,7 +267,8 @@ def analyse_run(out, temperature_K: float, *, run: Optional[dict] = None,
     """Transitions, reweighted phi profile and basin free-energy difference of a finished run.
 
     ``reference``: phi of a long unbiased reference (radians) to compare the profile with, on
-    the bins both populate (profiles aligned by their mean over those bins).
+    the bins both populate where the reference's free energy is at most 15 kJ/mol (profiles
+    aligned by their mean over those bins).
     """
     from ..analysis import reweight
 
@@ -314,7 +316,9 @@ def analyse_run(out, temperature_K: float, *, run: Optional[dict] = None,
         reference_profile = reweight.reweighted_profile(reference, None, bins=bins,
                                                         temperature=temperature_K, periodic=True)
         a, b = profile.free_energy, reference_profile.free_energy
-        both = np.isfinite(a) & np.isfinite(b)
+        # bins the reference samples well (F <= 15 kJ/mol, >= ~1/400 of the top bin's
+        # frames); sparser bins carry the reference's own noise
+        both = np.isfinite(a) & np.isfinite(b) & (b <= REFERENCE_BIN_CEILING_KJMOL)
         if both.any():
             shift = np.mean(a[both] - b[both])
             summary["profile_rmse_vs_reference_kJmol"] = float(
