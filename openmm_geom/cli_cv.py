@@ -101,11 +101,12 @@ def _run_cv(args) -> int:
                   "backbone_sha256": info["sha256"]}
     elif command == "train-vamp":
         from .data.featurize import FeatureSet
-        from .workflows.cv import VampSettings, train_vamp
+        from .workflows.cv import DEFAULT_VAMP_TRAINER, VampSettings, train_vamp
 
+        trainer = dataclasses.replace(DEFAULT_VAMP_TRAINER, lr=args.lr,
+                                      batch_size=args.batch_size, max_epochs=args.epochs)
         settings = VampSettings(k=args.k, lag_ps=args.lag_ps, mixer=args.mixer,
-                                hidden=args.hidden, lr=args.lr, batch_size=args.batch_size,
-                                max_epochs=args.epochs, dropout=args.dropout)
+                                hidden=args.hidden, dropout=args.dropout, trainer=trainer)
         result = train_vamp(FeatureSet.load(args.train), FeatureSet.load(args.validate),
                             Path(args.out), settings, seed=args.seed, progress=progress)
     elif command == "train-spib":

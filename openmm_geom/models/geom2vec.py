@@ -153,8 +153,16 @@ class Geom2VecFeaturizer(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.angstrom_per_nm.dtype
 
+    @torch.jit.export
+    def check_atomic_numbers(self, atomic_numbers: torch.Tensor) -> None:
+        """Refuse atomic numbers the embedding has no row for."""
+        if atomic_numbers.numel() > 0 and (int(atomic_numbers.min()) < 1
+                                           or int(atomic_numbers.max()) >= self.max_z):
+            raise ValueError("atomic numbers must lie in 1.." + str(self.max_z - 1)
+                             + " for this backbone")
+
     def forward(self, atomic_numbers: torch.Tensor, positions: torch.Tensor,
-                boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
+                boxes: Optional[torch.Tensor] = None, check_inputs: bool = True) -> torch.Tensor:
         """Features of every atom of every frame.
 
         Parameters
@@ -162,6 +170,10 @@ class Geom2VecFeaturizer(torch.nn.Module):
         atomic_numbers : Tensor (N,) int64
         positions : Tensor (B, N, 3), nm
         boxes : Tensor (B, 3, 3), nm, rows a, b, c; or None (not periodic)
+        check_inputs : bool
+            Check atomic numbers and finite positions (two host syncs). :class:`Geom2VecCV`
+            checks its fixed atomic numbers once and relies on the export wrapper's check of
+            non-finite outputs, so it passes False on OpenMM's per-step path.
 
         Returns
         -------
@@ -174,12 +186,10 @@ class Geom2VecFeaturizer(torch.nn.Module):
         if atomic_numbers.dim() != 1 or atomic_numbers.size(0) != n_atoms:
             raise ValueError("expected " + str(n_atoms) + " atomic numbers, got "
                              + str(list(atomic_numbers.shape)))
-        if n_atoms > 0 and (int(atomic_numbers.min()) < 1
-                            or int(atomic_numbers.max()) >= self.max_z):
-            raise ValueError("atomic numbers must lie in 1.." + str(self.max_z - 1)
-                             + " for this backbone")
-        if not bool(torch.isfinite(positions).all()):
-            raise ValueError("positions contain NaN or infinite values")
+        if check_inputs:
+            self.check_atomic_numbers(atomic_numbers)
+            if not bool(torch.isfinite(positions).all()):
+                raise ValueError("positions contain NaN or infinite values")
         scale = self.angstrom_per_nm
         pos = positions.to(scale.dtype).reshape(frames * n_atoms, 3) * scale
         box: Optional[torch.Tensor] = None
@@ -487,6 +497,7 @@ class Geom2VecCV(torch.nn.Module):
         if token_cv.channels != featurizer.hidden_channels:
             raise ValueError(f"the trained CV expects {token_cv.channels} features per token; "
                              f"the backbone gives {featurizer.hidden_channels}")
+        featurizer.check_atomic_numbers(torch.as_tensor(token_map.atomic_numbers))
         self.featurizer = featurizer
         for parameter in self.featurizer.parameters():
             parameter.requires_grad_(False)
@@ -506,7 +517,8 @@ class Geom2VecCV(torch.nn.Module):
             raise ValueError("this CV was built for " + str(self.n_system_atoms)
                              + " atoms, got positions of shape " + str(list(positions.shape)))
         selected = positions.index_select(1, self.atom_indices)
-        features = self.featurizer(self.atomic_numbers, selected, boxes)
+        # atomic numbers checked at construction; non-finite CVs are refused by the export wrapper
+        features = self.featurizer(self.atomic_numbers, selected, boxes, False)
         tokens = pool_tokens(features, self.token_index, self.n_tokens, self.mean_pooling)
         global_features: Optional[torch.Tensor] = None
         if self.has_global:

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..modelfile import atomic_write_bytes
 from ..units import MOLAR_GAS_CONSTANT_KJ
+from .cv import phi_psi_quadruplets
 
 __all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi", "SimulationBlewUp",
            "PHI_NEGATIVE_CORE", "PHI_POSITIVE_CORE"]
@@ -123,7 +124,7 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     from .._threads import cpu_platform_properties
     from ..export import export_model
     from ..modelfile import read_metadata
-    from ..models import Dihedrals, backbone_quadruplets
+    from ..models import Dihedrals
     from ..openmm import GridAxis, Metadynamics
     from ..progress import progress_bar
 
@@ -135,10 +136,7 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     n_threads = set_threads(threads)
     pdb = app.PDBFile(str(pdb_path))
     system = _alanine_system(pdb)
-    quads = np.asarray(backbone_quadruplets(pdb.topology)).reshape(-1, 4)
-    if len(quads) != 2:
-        raise ValueError(f"{pdb_path}: the phi analysis needs exactly one residue with phi and "
-                         f"psi (capped alanine); found {len(quads) // 2}")
+    quads = phi_psi_quadruplets(pdb.topology)
     temperature = settings.temperature_K * unit.kelvin
     meta = None
     log_steps = settings.steps(settings.log_ps)
@@ -246,18 +244,16 @@ def _save_series(path: Path, steps: Sequence[int], angles: Sequence[np.ndarray])
 
 def reference_phi(paths: Sequence, pdb_path, stride: int = 1) -> np.ndarray:
     """phi (radians) of long unbiased reference trajectories (npz with positions in nm)."""
-    import openmm.app as app
+    import mdtraj
 
     from ..data.featurize import read_positions
-    from ..models import backbone_quadruplets
-    from ..analysis.free_energy import dihedrals
+    from .cv import backbone_dihedrals
 
-    pdb = app.PDBFile(str(pdb_path))
-    quads = np.asarray(backbone_quadruplets(pdb.topology)).reshape(-1, 4)[:2]
+    topology = mdtraj.load_topology(str(pdb_path))
     phis = []
     for path in paths:
-        positions, _, _ = read_positions(path, stride=stride, n_atoms=pdb.topology.getNumAtoms())
-        phis.append(dihedrals(positions, quads[:1])[:, 0])
+        positions, _, _ = read_positions(path, stride=stride, n_atoms=topology.n_atoms)
+        phis.append(backbone_dihedrals(positions, topology)[:, 0])
     return np.concatenate(phis)
 
 
