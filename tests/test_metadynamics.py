@@ -272,7 +272,8 @@ def test_grid_and_hills_agree_for_two_cvs():
             context.setPositions(p)
             meta.deposit(context)
     heights = np.array([[h[-1] for h in meta.hills] for meta in metas])
-    assert np.allclose(heights[0], heights[1], atol=0.02)  # multilinear vs exact V in the scaling
+    # both scale heights by the exact V (the grid's bias_at is the sum of Gaussians it tabulates)
+    assert np.allclose(heights[0], heights[1], rtol=1e-12, atol=0.0)
     for _ in range(20):
         p = [[*rng.uniform(-0.6, 0.6, size=2), 0.1]]
         grid_e, hills_e = [
@@ -280,6 +281,21 @@ def test_grid_and_hills_agree_for_two_cvs():
             for c in (contexts[0].setPositions(p) or contexts[0], contexts[1].setPositions(p) or contexts[1])]
         assert grid_e == pytest.approx(hills_e, abs=0.05)
         assert metas[1].bias_at(p[0][:2]) == pytest.approx(hills_e, rel=1e-10)
+        assert metas[0].bias_at(p[0][:2]) == pytest.approx(grid_e, abs=0.05)
+
+
+def test_grid_bias_is_zero_outside_a_non_periodic_range_as_in_the_context():
+    system = _system(1)
+    meta = Metadynamics(system, _scripted(Coordinates()), [GridAxis("x", -1.0, 1.0, 0.3, points=81)],
+                        300, 5.0, 1.0, 10, cv_names=["x", "y", "z"], force_group=2)
+    context = _context(system)
+    context.setPositions([[0.95, 0.0, 0.0]])
+    meta.deposit(context)
+    for x, inside in [(0.9, True), (1.05, False), (-1.2, False)]:
+        context.setPositions([[x, 0.0, 0.0]])
+        applied = context.getState(getEnergy=True, groups={2}).getPotentialEnergy().value_in_unit(KJ)
+        assert meta.bias_at([x]) == pytest.approx(applied, abs=1e-3)
+        assert (meta.bias_at([x]) > 0.5) == inside
 
 
 def test_reweighting_offset_on_a_1d_grid_is_the_integral():

@@ -255,18 +255,21 @@ class Metadynamics:
             out[start:start + chunk] = (heights * np.exp(-0.5 * exponent)).sum(-1)
         return out
 
-    def _grid_bias(self, point) -> float:
-        """The grid bias at ``point`` (multilinear interpolation), kJ/mol."""
-        value = self.bias
-        for axis, x in zip(self.axes, point):
-            grid = axis.grid
-            if axis.periodic:
-                x = axis.minimum + (x - axis.minimum) % (axis.maximum - axis.minimum)
-            x = min(max(x, axis.minimum), axis.maximum)
-            i = min(int((x - axis.minimum) / (grid[1] - grid[0])), axis.points - 2)
-            t = (x - grid[i]) / (grid[1] - grid[0])
-            value = (1 - t) * value[i] + t * value[i + 1]
-        return float(value)
+    def _grid_bias(self, points: np.ndarray) -> np.ndarray:
+        """The bias the grid tabulates at ``points`` (m, k), kJ/mol.
+
+        The grid holds the sum of the deposited Gaussians at its nodes, and the Context splines
+        between them; so between nodes the exact sum is a closer account of the applied bias
+        than any interpolation of the grid in numpy (multilinear was off by up to 0.45 kJ/mol
+        on a 48^3 grid where the splines were within 0.005). Outside a non-periodic axis'
+        range OpenMM's tabulated functions are zero, and so is this.
+        """
+        bias = self._hills_sum(points, self._centers, self._heights)
+        inside = np.ones(len(points), dtype=bool)
+        for dim, axis in enumerate(self.axes):
+            if not axis.periodic:
+                inside &= (points[:, dim] >= axis.minimum) & (points[:, dim] <= axis.maximum)
+        return np.where(inside, bias, 0.0)
 
     def _as_points(self, points) -> np.ndarray:
         points = np.asarray(points, dtype=float)
@@ -280,21 +283,22 @@ class Metadynamics:
     def bias_at(self, point) -> float:
         """The metadynamics bias V at ``point`` (one value per axis), kJ/mol.
 
-        Grid: multilinear interpolation of the grid (the Context uses splines of the same
-        grid: close, not equal). Hills: the exact sum of Gaussians the Context applies.
+        Hills: the exact sum of Gaussians the Context applies. Grid: the same exact sum, which
+        the grid tabulates at its nodes and the Context's splines follow between them (zero
+        outside a non-periodic axis' range, as in the Context).
         """
         point = self._as_points(point)
         if len(point) != 1:
             raise ValueError("bias_at takes one point; use free_energy_at for many")
         if self.method == "grid":
-            return self._grid_bias(point[0])
+            return float(self._grid_bias(point)[0])
         return float(self._hills_sum(point, self._centers, self._heights)[0])
 
     def free_energy_at(self, points) -> np.ndarray:
         """Free-energy estimate ``-(gamma/(gamma-1)) V`` at ``points`` (m, k), kJ/mol."""
         points = self._as_points(points)
         if self.method == "grid":
-            bias = np.array([self._grid_bias(p) for p in points])
+            bias = self._grid_bias(points)
         else:
             bias = self._hills_sum(points, self._centers, self._heights)
         return -self.bias_factor / (self.bias_factor - 1) * bias
