@@ -1,7 +1,8 @@
 """``openmm-geom cv ...``: geom2vec CVs from corpus to biased OpenMM runs (every step ``--json``).
 
 corpus -> pretrain -> featurize -> train-vamp / train-spib -> export -> bias; ``reproduce`` runs
-the acceptance job on capped alanine end to end.
+the acceptance job on capped alanine end to end; ``explore`` runs it on hot OpenMM runs it makes
+itself, for CVs of an event the data at the temperature of interest lack.
 """
 from __future__ import annotations
 
@@ -32,6 +33,24 @@ def _slice(text):
         return slice(None)
     parts = [int(p) if p else None for p in text.split(":")]
     return slice(*parts)
+
+
+def _base_learn_settings(args):
+    from .workflows.cv import QUICK_REPRODUCE, ReproduceSettings
+
+    return QUICK_REPRODUCE if args.quick else ReproduceSettings()
+
+
+def _learn_settings(args, settings):
+    """``settings`` (a ReproduceSettings) with the command line's overrides."""
+    overrides = {name: getattr(args, name) for name in
+                 ("lag_ps", "k", "validation_frames", "train_frames", "tokens",
+                  "pretrain_epochs") if getattr(args, name, None) is not None}
+    settings = dataclasses.replace(settings, **overrides)
+    if args.mixer:
+        settings = dataclasses.replace(settings, vamp=dataclasses.replace(
+            settings.vamp, mixer=args.mixer))
+    return settings
 
 
 def _run_cv(args) -> int:
@@ -161,20 +180,24 @@ def _run_cv(args) -> int:
             result[mode] = run
         if not args.compare:
             result = result[args.mode]
-    else:  # reproduce
-        from .workflows.cv import QUICK_REPRODUCE, ReproduceSettings, reproduce
+    elif command == "explore":
+        from .workflows.cv import ExploreSettings, explore
 
-        settings = QUICK_REPRODUCE if args.quick else ReproduceSettings()
+        defaults = ExploreSettings()
+        learn = _learn_settings(args, dataclasses.replace(
+            _base_learn_settings(args), lag_ps=defaults.learn.lag_ps, validation_frames=None))
         overrides = {name: getattr(args, name) for name in
-                     ("lag_ps", "k", "validation_frames", "train_frames", "tokens",
-                      "pretrain_epochs") if getattr(args, name, None) is not None}
-        settings = dataclasses.replace(settings, **overrides)
-        if args.mixer:
-            settings = dataclasses.replace(settings, vamp=dataclasses.replace(
-                settings.vamp, mixer=args.mixer))
+                     ("temperature_K", "nanoseconds", "save_interval_ps", "timestep_fs",
+                      "equilibration_ps") if getattr(args, name) is not None}
+        settings = dataclasses.replace(defaults, learn=learn, **overrides)
+        result = explore(args.pdb, args.out, settings=settings, backbone=args.backbone,
+                         seed=args.seed, threads=args.threads, progress=progress)
+    else:  # reproduce
+        from .workflows.cv import reproduce
+
         result = reproduce(args.train, args.validate, args.topology, args.out,
-                           settings=settings, backbone=args.backbone, seed=args.seed,
-                           progress=progress)
+                           settings=_learn_settings(args, _base_learn_settings(args)),
+                           backbone=args.backbone, seed=args.seed, progress=progress)
     text = "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
     _emit(args, result, text or str(result))
     return 0
@@ -186,7 +209,7 @@ def add_cv_commands(sub, emit) -> None:
     ``emit(args, payload, text)`` writes a command's result (JSON with ``--json``).
     """
     cvp = sub.add_parser("cv", help="geom2vec CVs: corpus | pretrain | featurize | train-vamp | "
-                                    "train-spib | export | bias | reproduce")
+                                    "train-spib | export | bias | reproduce | explore")
     cvsub = cvp.add_subparsers(dest="cv_command", required=True)
 
     def common(q, out_help="output file"):
@@ -298,18 +321,33 @@ def add_cv_commands(sub, emit) -> None:
     q.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     common(q, "output directory")
 
+    def learning(q):
+        q.add_argument("--backbone", help="reuse this pretrained backbone")
+        q.add_argument("--lag-ps", type=float)
+        q.add_argument("--k", type=int)
+        q.add_argument("--mixer")
+        q.add_argument("--tokens", choices=["residue", "atom"])
+        q.add_argument("--pretrain-epochs", type=int)
+        q.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
+        common(q, "output directory")
+
     q = cvsub.add_parser("reproduce", help="pretrain, featurize, VAMPnet vs deeptime baselines, "
                                            "export; one JSON")
     q.add_argument("--train", required=True)
     q.add_argument("--validate", required=True)
     q.add_argument("--topology", required=True)
-    q.add_argument("--backbone", help="reuse this pretrained backbone")
-    q.add_argument("--lag-ps", type=float)
-    q.add_argument("--k", type=int)
-    q.add_argument("--mixer")
-    q.add_argument("--tokens", choices=["residue", "atom"])
     q.add_argument("--train-frames", type=int)
     q.add_argument("--validation-frames", type=int)
-    q.add_argument("--pretrain-epochs", type=int)
-    q.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
-    common(q, "output directory")
+    learning(q)
+
+    q = cvsub.add_parser("explore", help="hot unbiased OpenMM runs -> reproduce on them -> a CV "
+                                         "that knows the rare event (default 700 K, 2 x 5 ns, "
+                                         "lag 10 ps)")
+    q.add_argument("--pdb", required=True)
+    q.add_argument("--temperature", dest="temperature_K", type=float, help="K (default 700)")
+    q.add_argument("--nanoseconds", type=float, help="length of each of the two runs (default 5)")
+    q.add_argument("--interval-ps", dest="save_interval_ps", type=float,
+                   help="ps between frames (default 1)")
+    q.add_argument("--timestep-fs", type=float, help="default 1 (HBonds constraints)")
+    q.add_argument("--equilibration-ps", type=float, help="default 100")
+    learning(q)

@@ -180,3 +180,28 @@ def test_quick_reproduce_reports_every_score(pipeline, tmp_path):
         assert 1.0 <= result[key] <= 3.0
     assert result["lag_ps"] == 1.0 and result["k"] == 2
     assert (tmp_path / "rep" / "cvs_vs_phi_psi.png").exists()
+
+
+def test_explore_learns_from_hot_runs_it_makes_and_reuses(pipeline, tmp_path):
+    args = ("cv", "explore", "--pdb", PDB, "--out", tmp_path / "hot", "--quick",
+            "--temperature", "600", "--nanoseconds", "0.03", "--interval-ps", "0.2",
+            "--equilibration-ps", "1", "--lag-ps", "1.0",
+            "--backbone", pipeline["dir"] / "backbone.pt")
+    result = _cli(*args)
+    hot = result["exploration"]
+    assert hot["temperature_K"] == 600 and hot["nanoseconds_each"] == 0.03
+    assert all(isinstance(n, int) and n >= 0 for n in hot["phi_transitions"])
+    runs = [np.load(path) for path in hot["trajectories"]]
+    assert [len(run["positions"]) for run in runs] == [150, 150]
+    assert not np.allclose(runs[0]["positions"], runs[1]["positions"])  # independent seeds
+    assert result["train_frames"] == result["validation_frames"] == 150
+    assert 1.0 <= result["vamp2_geom2vec"] <= 3.0
+    assert (tmp_path / "hot" / "cv.pt").exists()
+    stamps = [(tmp_path / "hot" / f"hot_{n}.npz").stat().st_mtime_ns for n in ("train", "validate")]
+    again = _cli(*args)  # the hot runs are reused, not simulated again
+    assert [(tmp_path / "hot" / f"hot_{n}.npz").stat().st_mtime_ns
+            for n in ("train", "validate")] == stamps
+    assert again["exploration"]["phi_transitions"] == hot["phi_transitions"]
+    hotter = list(args)
+    hotter[hotter.index("--temperature") + 1] = "650"
+    assert "not made with these settings" in _cli(*hotter, expect=1)  # nothing is overwritten

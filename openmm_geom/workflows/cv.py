@@ -30,7 +30,7 @@ from ..units import MOLAR_GAS_CONSTANT_KJ
 
 __all__ = ["VampSettings", "DEFAULT_VAMP_TRAINER", "phi_psi_quadruplets", "train_vamp", "train_spib", "load_token_cv", "export_cv",
            "build_geom2vec_cv", "distance_baseline", "dihedral_baseline", "CVFileError",
-           "lag_in_frames"]
+           "lag_in_frames", "ReproduceSettings", "reproduce", "ExploreSettings", "explore"]
 
 TOKEN_CV_FORMAT = "openmm-geom-token-cv"
 
@@ -501,12 +501,13 @@ def obtain_backbone(out: Path, settings: ReproduceSettings, *, backbone=None, se
 
 def reproduce(train_path, validate_path, topology_path, out, *,
               settings: Optional[ReproduceSettings] = None, backbone=None, seed: int = 0,
-              progress: bool = True) -> dict:
+              progress: bool = True, temperature_K: float = 300.0) -> dict:
     """The acceptance run: pretrain (or reuse) -> featurize -> VAMPnet vs deeptime baselines.
 
     ``train_path``/``validate_path``: npz (or mdtraj) trajectories of the system in
     ``topology_path``; the validation block is the first ``validation_frames`` frames of
-    ``validate_path`` (a contiguous time block of an independent run).
+    ``validate_path`` (a contiguous time block of an independent run). ``temperature_K`` is
+    that of the data (it labels the CVs' free-energy plot).
     """
     import mdtraj
 
@@ -560,7 +561,7 @@ def reproduce(train_path, validate_path, topology_path, out, *,
     cv_file = out / "cv.pt"
     export = export_cv(backbone_path, ours["checkpoint"], cv_file, validate_positions[0])
     figures = plot_cvs_against_dihedrals(ours["checkpoint"], features["validate"],
-                                         validate_positions, top, out)
+                                         validate_positions, top, out, temperature_K=temperature_K)
     return {
         "vamp2_geom2vec": ours["vamp2_validation"],
         "vamp2_distance_baseline": distance["vamp2_validation"],
@@ -581,6 +582,89 @@ def reproduce(train_path, validate_path, topology_path, out, *,
             [ours["attention_maps"]] if "attention_maps" in ours else []),
         "seed": seed, "wall_seconds": time.perf_counter() - started,
     }
+
+
+# ------------------------------------------------------------------------- explore hot
+@dataclasses.dataclass
+class ExploreSettings:
+    """`cv explore`: learn CVs from hot unbiased runs (defaults: the measured alanine run).
+
+    When the rare event is absent from data at the temperature of interest (capped alanine's
+    phi > 0 basin at 300 K), a VAMPnet trained on them cannot know it. At a higher temperature
+    the same unbiased dynamics cross the barrier; the slowest process there is the rare event,
+    and the CVs learned from it can then bias the cold system.
+    """
+
+    temperature_K: float = 700.0
+    nanoseconds: float = 5.0
+    save_interval_ps: float = 1.0
+    timestep_fs: float = 1.0
+    constraints: Optional[str] = "HBonds"
+    equilibration_ps: float = 100.0
+    learn: ReproduceSettings = dataclasses.field(
+        default_factory=lambda: ReproduceSettings(lag_ps=10.0, validation_frames=None))
+
+
+def explore(pdb_path, out, *, settings: Optional[ExploreSettings] = None, backbone=None,
+            seed: int = 0, threads: Optional[int] = None, progress: bool = True) -> dict:
+    """Two independent hot OpenMM runs -> :func:`reproduce` on them (train on one, validate
+    on the other) -> an exported CV in ``out/cv.pt`` to bias the system at any temperature.
+
+    Like :func:`reproduce` it is written for a capped dipeptide (the baselines and plots use
+    its phi/psi); the exported CV itself knows nothing of phi/psi.
+
+    The hot runs are ``out/hot_train.npz`` and ``out/hot_validate.npz``; they checkpoint as
+    they go and an existing run with the same settings is reused, so calling again resumes or
+    skips the simulation. The JSON adds ``exploration``: the runs' settings, wall time and the
+    phi transitions (core to core) they contain, the event the CVs should learn.
+    """
+    import warnings
+
+    import mdtraj
+
+    from ..analysis.reweight import count_transitions
+    from ..data.datagen import generate_reference
+    from .cv_bias import PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, shifted_phi
+
+    settings = settings or ExploreSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_frames = int(round(settings.nanoseconds * 1000.0 / settings.save_interval_ps))
+    if n_frames < 2:
+        raise ValueError(f"{settings.nanoseconds} ns at {settings.save_interval_ps} ps per frame "
+                         "is less than two frames")
+    started = time.perf_counter()
+    paths = []
+    for offset, name in enumerate(("train", "validate")):
+        path = out / f"hot_{name}.npz"
+        with warnings.catch_warnings():  # forces are not used here, so constraints are fine
+            warnings.filterwarnings("ignore", message=".*constraint forces.*")
+            generate_reference(pdb_path, path, n_frames=n_frames,
+                               save_interval_ps=settings.save_interval_ps,
+                               timestep_fs=settings.timestep_fs,
+                               temperature_K=settings.temperature_K,
+                               equilibration_ps=settings.equilibration_ps,
+                               constraints=settings.constraints, seed=seed + 1 + offset,
+                               threads=threads, progress=progress)
+        paths.append(path)
+    simulate_seconds = time.perf_counter() - started
+    topology = mdtraj.load_topology(str(pdb_path))
+    transitions = []
+    for path in paths:
+        with np.load(path) as data:
+            phi = backbone_dihedrals(data["positions"], topology)[:, 0]
+        transitions.append(int(count_transitions(shifted_phi(phi), PHI_NEGATIVE_CORE,
+                                                 PHI_POSITIVE_CORE)))
+    result = reproduce(paths[0], paths[1], pdb_path, out, settings=settings.learn,
+                       backbone=backbone, seed=seed, progress=progress,
+                       temperature_K=settings.temperature_K)
+    result["exploration"] = {
+        "temperature_K": settings.temperature_K, "nanoseconds_each": settings.nanoseconds,
+        "save_interval_ps": settings.save_interval_ps, "timestep_fs": settings.timestep_fs,
+        "constraints": settings.constraints, "trajectories": [str(p) for p in paths],
+        "phi_transitions": transitions, "simulate_seconds": simulate_seconds}
+    result["wall_seconds"] = time.perf_counter() - started
+    return result
 
 
 def plot_cvs_against_dihedrals(cv_path, features: FeatureSet, positions: np.ndarray, topology,
