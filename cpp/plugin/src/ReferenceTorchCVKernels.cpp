@@ -155,14 +155,18 @@ void ReferenceCalcTorchCVForceKernel::compileExpressions(const TorchCVForce& for
                                       "', which is neither a collective variable (" + cvs +
                                       ") nor a global parameter");
             }
-        std::vector<Lepton::ExpressionProgram> cvDerivatives, parameterDerivatives;
+        // copy-constructed once from the temporary, so no ExpressionProgram is ever assigned to
+        auto program = [](const Lepton::ParsedExpression& e) {
+            return std::make_unique<Lepton::ExpressionProgram>(e.createProgram());
+        };
+        std::vector<Program> cvDerivatives, parameterDerivatives;
         for (const std::string& cv : cvNames)
-            cvDerivatives.push_back(energy.differentiate(cv).optimize().createProgram());
+            cvDerivatives.push_back(program(energy.differentiate(cv).optimize()));
         for (const std::string& p : parameterDerivativeNames)
-            parameterDerivatives.push_back(energy.differentiate(p).optimize().createProgram());
-        energyExpression = energy.createProgram();
-        cvDerivativeExpressions = cvDerivatives;
-        parameterDerivativeExpressions = parameterDerivatives;
+            parameterDerivatives.push_back(program(energy.differentiate(p).optimize()));
+        energyExpression = program(energy);
+        cvDerivativeExpressions = std::move(cvDerivatives);
+        parameterDerivativeExpressions = std::move(parameterDerivatives);
     } catch (const OpenMMException&) {
         for (auto* f : created)
             delete f;
@@ -237,13 +241,13 @@ double ReferenceCalcTorchCVForceKernel::execute(ContextImpl& context, bool inclu
     cacheValid = true;
 
     const std::map<std::string, double> values = variables(context);
-    double energy = energyExpression.evaluate(values);
+    double energy = energyExpression->evaluate(values);
     std::vector<double> dEdcv(cvNames.size(), 0.0);
     if (includeForces || includeEnergy)
         energy += hillsEnergy(includeForces ? dEdcv.data() : nullptr);
     if (includeForces) {
         for (std::size_t i = 0; i < cvNames.size(); i++)
-            dEdcv[i] += cvDerivativeExpressions[i].evaluate(values);
+            dEdcv[i] += cvDerivativeExpressions[i]->evaluate(values);
         if (cv.requires_grad()) {
             // One backward pass for all CVs: dE/dx = sum_i dE/dcv_i * dcv_i/dx.
             torch::Tensor weights =
@@ -262,7 +266,7 @@ double ReferenceCalcTorchCVForceKernel::execute(ContextImpl& context, bool inclu
         }
         std::map<std::string, double>& derivatives = *platformData(context).energyParameterDerivatives;
         for (std::size_t i = 0; i < parameterDerivativeNames.size(); i++)
-            derivatives[parameterDerivativeNames[i]] += parameterDerivativeExpressions[i].evaluate(values);
+            derivatives[parameterDerivativeNames[i]] += parameterDerivativeExpressions[i]->evaluate(values);
     }
     return includeEnergy ? energy : 0.0;
 }

@@ -10,6 +10,7 @@
 #include <torch/script.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -56,9 +57,14 @@ private:
     std::vector<Lepton::CustomFunction*> functions;
     // ExpressionProgram, not CompiledExpression: the latter's layout depends on whether OpenMM
     // was built with Lepton's JIT (asmjit headers are not shipped), so it is not ABI-safe here.
-    Lepton::ExpressionProgram energyExpression;
-    std::vector<Lepton::ExpressionProgram> cvDerivativeExpressions;
-    std::vector<Lepton::ExpressionProgram> parameterDerivativeExpressions;
+    // Held by pointer and never assigned to: Lepton's ExpressionProgram::operator= overwrites
+    // its operations without deleting them, so recompiling by assignment (every metadynamics
+    // deposition) leaked every operation, including a tabulated bias's spline table (42 MB
+    // per update on a 501 x 501 grid).
+    using Program = std::unique_ptr<Lepton::ExpressionProgram>;
+    Program energyExpression;
+    std::vector<Program> cvDerivativeExpressions;
+    std::vector<Program> parameterDerivativeExpressions;
     // Gaussian hills: the CVs they act on, 1/width^2, periods (0 = none), centres (hill-major).
     std::vector<int> hillsCVs;
     std::vector<double> hillsInverseWidth2, hillsPeriods, hillCenters, hillHeights;
