@@ -205,3 +205,14 @@ def test_explore_learns_from_hot_runs_it_makes_and_reuses(pipeline, tmp_path):
     hotter = list(args)
     hotter[hotter.index("--temperature") + 1] = "650"
     assert "not made with these settings" in _cli(*hotter, expect=1)  # nothing is overwritten
+
+
+def test_a_blown_up_run_stops_with_a_diagnosis_and_saves_nothing_of_it(tmp_path):
+    from openmm_geom.workflows.cv_bias import BiasSettings, SimulationBlewUp, run_biased
+
+    settings = BiasSettings(picoseconds=1.0, timestep_fs=6.0, checkpoint_ps=0.5)  # unstable
+    with pytest.raises(SimulationBlewUp, match="bonds broke.*timestep"):
+        run_biased(PDB, tmp_path / "run", mode="unbiased", settings=settings, threads=1,
+                   progress=False)
+    assert not (tmp_path / "run" / "dihedrals.npz").exists()  # no frame of the blow-up kept
+    assert not (tmp_path / "run" / "summary.json").exists()

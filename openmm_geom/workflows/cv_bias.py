@@ -232,7 +232,9 @@ def _check_sane(state, positions: np.ndarray, step: int, settings: BiasSettings)
     extent = float(np.ptp(positions, axis=0).max())
     if extent > 5.0:  # a 22-atom peptide spans ~1 nm; 5 nm means it came apart
         raise SimulationBlewUp(f"step {step}: the molecule spans {extent:.1f} nm (bonds broke); "
-                               "the bias pushed it into an unphysical region")
+                               "a steep bias (lower the hill height or widen the hills, "
+                               "--width-fraction) or too long a timestep. Checkpoints and "
+                               "series saved before this step are kept")
 
 
 def _save_series(path: Path, steps: Sequence[int], angles: Sequence[np.ndarray]) -> None:
