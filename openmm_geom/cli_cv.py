@@ -35,14 +35,13 @@ def _slice(text):
     return slice(*parts)
 
 
-def _base_learn_settings(args):
+def _learn_settings(args, **defaults):
+    """The ReproduceSettings of ``--quick`` or the defaults, changed by ``defaults`` and then
+    by the command line's options."""
     from .workflows.cv import QUICK_REPRODUCE, ReproduceSettings
 
-    return QUICK_REPRODUCE if args.quick else ReproduceSettings()
-
-
-def _learn_settings(args, settings):
-    """``settings`` (a ReproduceSettings) with the command line's overrides."""
+    settings = dataclasses.replace(QUICK_REPRODUCE if args.quick else ReproduceSettings(),
+                                   **defaults)
     overrides = {name: getattr(args, name) for name in
                  ("lag_ps", "k", "validation_frames", "train_frames", "tokens",
                   "pretrain_epochs") if getattr(args, name, None) is not None}
@@ -184,8 +183,8 @@ def _run_cv(args) -> int:
         from .workflows.cv import ExploreSettings, explore
 
         defaults = ExploreSettings()
-        learn = _learn_settings(args, dataclasses.replace(
-            _base_learn_settings(args), lag_ps=defaults.learn.lag_ps, validation_frames=None))
+        learn = _learn_settings(args, lag_ps=defaults.learn.lag_ps,
+                                validation_frames=defaults.learn.validation_frames)
         overrides = {name: getattr(args, name) for name in
                      ("temperature_K", "nanoseconds", "save_interval_ps", "timestep_fs",
                       "equilibration_ps") if getattr(args, name) is not None}
@@ -196,7 +195,7 @@ def _run_cv(args) -> int:
         from .workflows.cv import reproduce
 
         result = reproduce(args.train, args.validate, args.topology, args.out,
-                           settings=_learn_settings(args, _base_learn_settings(args)),
+                           settings=_learn_settings(args),
                            backbone=args.backbone, seed=args.seed, progress=progress)
     text = "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
     _emit(args, result, text or str(result))

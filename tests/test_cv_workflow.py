@@ -189,7 +189,7 @@ def test_explore_learns_from_hot_runs_it_makes_and_reuses(pipeline, tmp_path):
             "--backbone", pipeline["dir"] / "backbone.pt")
     result = _cli(*args)
     hot = result["exploration"]
-    assert hot["temperature_K"] == 600 and hot["nanoseconds_each"] == 0.03
+    assert hot["temperature_K"] == 600 and hot["ns_per_run"] == 0.03
     assert all(isinstance(n, int) and n >= 0 for n in hot["phi_transitions"])
     runs = [np.load(path) for path in hot["trajectories"]]
     assert [len(run["positions"]) for run in runs] == [150, 150]

@@ -659,7 +659,7 @@ def explore(pdb_path, out, *, settings: Optional[ExploreSettings] = None, backbo
                        backbone=backbone, seed=seed, progress=progress,
                        temperature_K=settings.temperature_K)
     result["exploration"] = {
-        "temperature_K": settings.temperature_K, "nanoseconds_each": settings.nanoseconds,
+        "temperature_K": settings.temperature_K, "ns_per_run": settings.nanoseconds,
         "save_interval_ps": settings.save_interval_ps, "timestep_fs": settings.timestep_fs,
         "constraints": settings.constraints, "trajectories": [str(p) for p in paths],
         "phi_transitions": transitions, "simulate_seconds": simulate_seconds}
