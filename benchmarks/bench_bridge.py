@@ -46,7 +46,7 @@ from _common import (LoadMonitor, environment, fmt, measure_clean,  # noqa: E402
 
 import openmm_geom  # noqa: E402
 from openmm_geom.export import export_model  # noqa: E402
-from openmm_geom.modelfile import load_model  # noqa: E402
+from openmm_geom.openmm import ExportedModel  # noqa: E402
 from openmm_geom.openmm import python_force, torch_force  # noqa: E402
 from openmm_geom.ops import NeighborPairs, neighbor_pairs  # noqa: E402
 
@@ -148,7 +148,7 @@ def run_system(cells: int, threads_list, timing, workdir: Path) -> tuple[dict, l
     export_model(LJ(), path, length_unit="angstrom", energy_unit="eV", periodic=True,
                  example_positions=positions, example_box=box, cutoff=CUTOFF,
                  masses=[MASS] * n)
-    module, _ = load_model(path)
+    module = ExportedModel.load(path).module
     x = torch.tensor(positions, dtype=torch.float64, requires_grad=True)
     box_t = torch.tensor(box, dtype=torch.float64)
 

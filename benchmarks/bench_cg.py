@@ -35,10 +35,10 @@ Methods, all Langevin at 300 K, friction 1/ps, 2 fs:
   mean energies and forces, the same model cost), converted to torchmd's units (Angstrom,
   kcal/mol). ``params`` is a stand-in with the masses (torchmd's ``Parameters`` needs a
   moleculekit Molecule and a force field, and is only read for masses when terms=[]);
-* omm/replica: R OpenMM Contexts (CPU platform), each of ``cg_system`` of the model exported
+* omm/replica: R OpenMM Contexts (CPU platform), each of ``create_system`` of the model exported
   with ``export_cg_model(..., native_priors=True)`` (priors as native forces + one TorchForce),
   ``LangevinMiddleIntegrator``, stepped in turn (k steps each per block);
-* omm/batched: one Context of ``cg_system`` of ``export_cg_model(..., replicas=R)``: R disjoint
+* omm/batched: one Context of ``create_system`` of ``export_cg_model(..., replicas=R)``: R disjoint
   copies, one TorchForce call per step, ``LangevinMiddleIntegrator``;
 * floor: the ``EnsembleForces(model)`` call alone on B configurations (calls/s x B): the model
   cost shared by ours and torchmd, to split their step time into model and integrator + glue.
@@ -91,7 +91,7 @@ from openmm_geom.export.cg import export_cg_model  # noqa: E402
 from openmm_geom.models.cgschnet import CGSchNet  # noqa: E402
 from openmm_geom.models.geometry import bond_angles, bond_lengths, dihedral_angles  # noqa: E402
 from openmm_geom.models.priors import fit_priors  # noqa: E402
-from openmm_geom.openmm.cg import cg_system  # noqa: E402
+from openmm_geom.openmm import create_system  # noqa: E402
 from openmm_geom.simulate import BatchedLangevin, EnsembleForces  # noqa: E402
 
 TEMPERATURE = 300.0  # K
@@ -299,8 +299,8 @@ def export(model, path: Path, example, masses, replicas: int) -> Path:
 
 
 def omm_context(path: Path, positions: np.ndarray, threads: int, seed: int):
-    """(Context, integrator) of ``cg_system(path)`` on the CPU platform."""
-    system = cg_system(path)
+    """(Context, integrator) of ``create_system(path)`` on the CPU platform."""
+    system = create_system(path)
     integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE * unit.kelvin,
                                                  FRICTION / unit.picosecond,
                                                  TIMESTEP_PS * unit.picoseconds)
@@ -343,7 +343,7 @@ def agreement(name: str, got, want, *, energy=True) -> dict:
     return check
 
 
-def check_system(case: dict, workdir: Path, threads: int) -> list:
+def check_models(case: dict, workdir: Path, threads: int) -> list:
     """All four methods give the model's energies and forces on the same R_CHECK frames."""
     model, masses, name = case["model"], case["masses"], case["name"]
     x = case["positions"][np.linspace(0, FRAMES - 1, R_CHECK).astype(int)]
@@ -375,7 +375,7 @@ def check_system(case: dict, workdir: Path, threads: int) -> list:
         got.append(omm_energy_forces(context))
         got_network.append(omm_energy_forces(context, {1}))
         del context
-    checks.append(agreement("omm/replica (cg_system: native priors + TorchForce) == model",
+    checks.append(agreement("omm/replica (create_system: native priors + TorchForce) == model",
                             (np.array([g[0] for g in got]), np.stack([g[1] for g in got])),
                             want))
     checks.append(agreement("omm/replica network only (force group 1) == model w/o priors",
@@ -829,7 +829,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as workdir, tempfile.TemporaryDirectory(dir=shm) as scratch:
         cases = [build(name) for name in SYSTEMS[mode]]
         for case in cases:
-            case_checks = check_system(case, Path(workdir), max(threads))
+            case_checks = check_models(case, Path(workdir), max(threads))
             checks += case_checks
             systems.append({"name": case["name"], "description": case["description"],
                             "n_beads": len(case["masses"]), "bead_types": case["types"],
@@ -873,9 +873,9 @@ def main(argv=None) -> int:
                     "checkpoint=tmpfs file) call per block, resuming the previous one",
             "torchmd": "torchmd 1.1.2 Integrator (Verlet + Langevin) on System(n, B, float32), "
                        "Forces(terms=[], external=EnsembleForces(model) in Angstrom/kcal)",
-            "omm_replica": "R Contexts (CPU) of cg_system(export_cg_model(replicas=1)), "
+            "omm_replica": "R Contexts (CPU) of create_system(export_cg_model(replicas=1)), "
                            "LangevinMiddleIntegrator, stepped in turn",
-            "omm_batched": "one Context (CPU) of cg_system(export_cg_model(replicas=R)), "
+            "omm_batched": "one Context (CPU) of create_system(export_cg_model(replicas=R)), "
                            "LangevinMiddleIntegrator",
             "floor": "EnsembleForces(model)(x) alone on B float64 configurations",
             "goal": f"ours / torchmd >= {GOAL} at {GOAL_REPLICAS} replicas",

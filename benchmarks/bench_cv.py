@@ -86,17 +86,17 @@ from _common import (LoadMonitor, environment, fmt, measure_clean,  # noqa: E402
                      thread_counts, write_json)
 
 import openmm_geom  # noqa: E402
-from openmm_geom._threads import cpu_platform_properties  # noqa: E402
+from openmm_geom.threads import cpu_platform_properties  # noqa: E402
 from openmm_geom.data import bundled  # noqa: E402
 from openmm_geom.data.timelagged import TimeLaggedPairs  # noqa: E402
 from openmm_geom.export import export_model  # noqa: E402
-from openmm_geom.modelfile import load_model  # noqa: E402
+from openmm_geom.openmm import ExportedModel  # noqa: E402
 from openmm_geom.models.geom2vec import (Geom2VecCV, Geom2VecFeaturizer, TokenCV,  # noqa: E402
                                          TokenMap)
 from openmm_geom.models.heads import VAMPHead  # noqa: E402
 from openmm_geom.models.mixers import build_mixer  # noqa: E402
 from openmm_geom.openmm import GridAxis, Metadynamics, TorchCVForce  # noqa: E402
-from openmm_geom.openmm.interop import bias_variables  # noqa: E402
+from openmm_geom.openmm import bias_variables  # noqa: E402
 from openmm_geom.training.vamp import VAMPNetTrainer, vamp2_of, vamp2_score  # noqa: E402
 
 ALANINE = "alanine-dipeptide.pdb"
@@ -574,7 +574,7 @@ def main(argv=None) -> int:
         export_model(cv, path, length_unit="nanometer", periodic=False,
                      example_positions=positions, kind="cv", cv_names=CV_NAMES,
                      dtype=torch.float32)
-        module, _ = load_model(path)
+        module = ExportedModel.load(path).module
         x = torch.tensor(positions, dtype=torch.float32)
         with torch.no_grad():
             error = relative_error(module(x).numpy(), cv(x).numpy())

@@ -25,7 +25,7 @@ platform ``{"Threads": T}``):
   also, untimed by the interleaving, the pair search alone and the forward pass alone (where
   the time goes) and the peak anonymous resident memory added by one energy+force call (RssAnon
   sampled from /proc every 2 ms, after ``malloc_trim``);
-* OpenMM: ``export_potential`` -> ``potential_system`` (one TorchForce, CPU platform),
+* OpenMM: ``export_potential`` -> ``create_system`` (one TorchForce, CPU platform),
   ``VerletIntegrator`` 0.5 fs, velocities at 300 K; blocks of ``integrator.step(k)``, the
   models' blocks interleaved, each block started from the same positions and velocities (so
   every block sees liquid-water geometry; untrained forces are weak, so the atoms otherwise
@@ -92,11 +92,11 @@ from _common import (LoadMonitor, cores, environment, fmt, measure_clean,  # noq
                      timed, timed_interleaved, write_json)
 
 import openmm_geom  # noqa: E402
-from openmm_geom._threads import cpu_platform_properties  # noqa: E402
+from openmm_geom.threads import cpu_platform_properties  # noqa: E402
 from openmm_geom.data.water import water_box_pdb  # noqa: E402
 from openmm_geom.export import export_potential  # noqa: E402
 from openmm_geom.models.potentials import build_potential  # noqa: E402
-from openmm_geom.openmm import potential_system  # noqa: E402
+from openmm_geom.openmm import create_system  # noqa: E402
 from openmm_geom.ops import neighbor_pairs  # noqa: E402
 from openmm_geom.workflows.potential import PotentialSettings  # noqa: E402
 
@@ -394,7 +394,7 @@ def run_size(system: dict, threads: int, timing, previous: dict, workdir: Path,
         path = workdir / f"{name}_{n}.pt"
         export_potential(model, path, positions=system["positions"], box=system["box"],
                          masses=system["masses"])
-        omm_system = potential_system(path, system["topology"], remove_cm_motion=False)
+        omm_system = create_system(path, system["topology"], remove_cm_motion=False)
         integrator = openmm.VerletIntegrator(TIMESTEP_FS * unit.femtoseconds)
         context = openmm.Context(omm_system, integrator, openmm.Platform.getPlatformByName("CPU"),
                                  cpu_platform_properties(threads))

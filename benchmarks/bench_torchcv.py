@@ -64,7 +64,7 @@ from bench_bridge import rates  # noqa: E402  (interleaved block timing)
 import openmm_geom  # noqa: E402
 from openmm_geom.data import bundled  # noqa: E402
 from openmm_geom.export import export_model  # noqa: E402
-from openmm_geom.modelfile import load_model  # noqa: E402
+from openmm_geom.openmm import ExportedModel  # noqa: E402
 from openmm_geom.openmm import TorchCVForce, torch_force  # noqa: E402
 from openmm_geom.openmm.forces import openmmtorch  # noqa: E402
 
@@ -205,7 +205,7 @@ def prepare(k: int, pdb, positions, atomic_numbers, workdir: Path) -> dict:
     export_model(model, path, kind="cv", length_unit="angstrom", periodic=False,
                  example_positions=positions, cv_names=[f"cv{i}" for i in range(k)],
                  hyperparameters={**ET, "k": k, "seed": SEED + k})
-    module, _ = load_model(path)
+    module = ExportedModel.load(path).module
     with torch.no_grad():
         start = module(torch.tensor(positions, dtype=torch.float64)).numpy()
     centres = np.round(start) + OFFSET  # 0.5-1.5 CV units away: energy depends on the CVs

@@ -15,8 +15,8 @@ import torch
 
 from openmm_geom.data import bundled
 from openmm_geom.data.datagen import generate_reference
-from openmm_geom.models.cgschnet import load_cgschnet
 from openmm_geom.simulate import BatchedLangevin, EnsembleForces, TrajectoryWriter, read_trajectory
+from openmm_geom.training.checkpoints import load_cgschnet
 from openmm_geom.workflows import coarse_grain as cg
 
 

@@ -48,10 +48,10 @@ def alanine_system(pdb):
 
 def make_cv(pdb, out: Path, seed: int, threads: int) -> Path:
     """A quick geom2vec VAMPnet CV exported for OpenMM: a demonstration, not a converged CV."""
-    from openmm_geom._threads import cpu_platform_properties
+    from openmm_geom.threads import cpu_platform_properties
     from openmm_geom.data import bundled
     from openmm_geom.data.corpus import build_corpus
-    from openmm_geom.data.featurize import featurize
+    from openmm_geom.training.features import featurize
     from openmm_geom.models.geom2vec import TokenMap
     from openmm_geom.training.denoising import load_backbone, pretrain
     from openmm_geom.workflows.cv import (DEFAULT_VAMP_TRAINER, VampSettings, export_cv,
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from openmm_geom import set_threads
-    from openmm_geom._threads import cpu_platform_properties
+    from openmm_geom.threads import cpu_platform_properties
     from openmm_geom.analysis import reweight
     from openmm_geom.data import bundled
     from openmm_geom.modelfile import read_metadata

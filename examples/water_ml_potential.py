@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from openmm_geom import set_threads
     from openmm_geom.data.water import water_box_pdb
     from openmm_geom.export import export_potential
-    from openmm_geom.models.potentials import load_potential
+    from openmm_geom.training.checkpoints import load_potential
     from openmm_geom.openmm import potential_system
 
     set_threads(None)

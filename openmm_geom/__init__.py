@@ -1,40 +1,31 @@
 """openmm-geom: geometric deep-learning potentials and collective variables inside OpenMM.
 
-Data flows data -> models -> training -> export -> openmm (forces, biasing, reporters) ->
-analysis. The public entry points for the OpenMM bridge are
-:func:`openmm_geom.export.export_model`, :func:`openmm_geom.openmm.torch_force`,
-:func:`openmm_geom.openmm.python_force` and :func:`openmm_geom.export.check_export`.
-"""
-__version__ = "0.1.0"
+Data flows down these layers, and imports point only down them (``tests/test_layering.py``
+enforces it):
 
-from ._threads import set_threads  # noqa: E402
+==========================  ======================================================================
+``errors, units, io``       one error hierarchy; unit conversions; atomic writes, hashing,
+                            versioned file formats, figures
+``ops``                     neighbour pairs (vesin-torch), pair geometry, path signatures
+``data``                    reference runs (positions + forces), trajectories, mappings, datasets
+``models``                  plain scriptable ``torch.nn.Module``\\ s (no file formats)
+``modelfile, contract``     the self-describing model file (:class:`~openmm_geom.openmm.
+                            ExportedModel`) and the OpenMM export contract
+``training, simulate``      estimators and checkpoints; the batched Langevin simulator
+``export``                  models -> model files (never imports ``openmm``)
+``openmm``                  ``create_system``, ``TorchCVForce``, ``Metadynamics``, reporters,
+                            ``check_export``
+``analysis``                free energies, KL/sigma, reweighting, plots
+``workflows``, ``cli``      the jobs behind ``openmm-geom ...`` and the command line
+==========================  ======================================================================
+
+The OpenMM entry points are :func:`openmm_geom.openmm.create_system` (a System from an exported
+model, openmm-ml style), :func:`openmm_geom.openmm.add_to_system` and
+:class:`openmm_geom.openmm.TorchCVForce`; models are exported by
+:func:`openmm_geom.export.export_model` and validated by :func:`openmm_geom.openmm.check_export`.
+"""
+from .native import native_build_info, plugin_error
+from .threads import set_threads
+from .version import __version__
 
 __all__ = ["__version__", "set_threads", "native_build_info", "plugin_error"]
-
-
-def _load_plugin():
-    """Import the OpenMM plugin so TorchCVForce's kernels are registered with the platforms."""
-    # openmm first: its import loads the platform plugins (CPU, ...), and the kernels can only
-    # be registered with platforms that exist.
-    import openmm  # noqa: F401
-
-    try:
-        from . import torchcv_plugin  # noqa: F401
-    except ImportError as error:  # not built: everything but TorchCVForce still works
-        return error
-    return None
-
-
-_PLUGIN_ERROR = _load_plugin()
-
-
-def plugin_error():
-    """Why the TorchCVForce plugin could not be loaded, or None if it is loaded."""
-    return _PLUGIN_ERROR
-
-
-def native_build_info() -> dict:
-    """What the compiled extension ``openmm_geom._native`` was built against (raises if absent)."""
-    from . import _native
-
-    return dict(_native.build_info())

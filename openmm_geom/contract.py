@@ -6,6 +6,11 @@ whatever units they like; :class:`OpenMMBoundary` converts at the boundary, cast
 model's dtype and back, checks the atom count, the box against the cutoff and the output, and
 carries the model-file metadata. The same wrapper is scripted by the TorchScript bridge and
 called eagerly by the ``PythonForce`` bridge, so both bridges give the same numbers.
+
+The box is checked against the cutoff where it enters: once when a model meets a System
+(:meth:`openmm_geom.modelfile.ExportedModel.check_system`) and, during a run, by the pair
+search of models that use :func:`openmm_geom.ops.neighbor_pairs`; the wrapper adds no check
+(and no host transfer) of its own per evaluation.
 """
 from __future__ import annotations
 
@@ -15,9 +20,9 @@ import torch
 
 from .modelfile import METADATA_ATTRIBUTE, ModelMetadata
 from .ops.neighbors import check_box_holds_cutoff
-from .units import energy_to_kj_per_mol, length_to_nm
+from .units import as_nm_array, energy_to_kj_per_mol, length_to_nm
 
-__all__ = ["OpenMMBoundary", "PeriodicOpenMMBoundary", "boundary_for"]
+__all__ = ["OpenMMBoundary", "PeriodicOpenMMBoundary", "boundary_for", "describe"]
 
 
 class _BoundaryBase(torch.nn.Module):
@@ -29,7 +34,6 @@ class _BoundaryBase(torch.nn.Module):
         self.is_potential = metadata.kind == "potential"
         self.n_atoms = int(metadata.n_atoms)
         self.output_dim = int(metadata.output_dim)
-        self.cutoff_nm = float(metadata.cutoff_nm) if metadata.cutoff_nm else 0.0
         self.model_dtype = getattr(torch, metadata.dtype)
         setattr(self, METADATA_ATTRIBUTE, metadata.to_json())
 
@@ -75,8 +79,6 @@ class PeriodicOpenMMBoundary(_BoundaryBase):
         if box is None:
             raise ValueError("this model is periodic and needs the box vectors; use a TorchForce "
                              "with setUsesPeriodicBoundaryConditions(True) and a periodic System")
-        if self.cutoff_nm > 0.0:
-            check_box_holds_cutoff(box, self.cutoff_nm)
         model_box = box.to(self.model_dtype) / self.nm_per_model_length
         output = self.model(self._to_model(positions), model_box)
         return self._from_model(output, positions)
@@ -86,23 +88,6 @@ def boundary_for(model: torch.nn.Module, metadata: ModelMetadata) -> _BoundaryBa
     """The contract wrapper matching ``metadata`` (periodic or not) around ``model``."""
     cls = PeriodicOpenMMBoundary if metadata.periodic else OpenMMBoundary
     return cls(model, metadata)
-
-
-def as_nm_array(value, shape_name: str, expected_tail: tuple):
-    """A float64 numpy array in nm from an array, nested lists, Vec3s or an OpenMM Quantity."""
-    import numpy as np
-    import openmm.unit as unit
-
-    if unit.is_quantity(value):
-        value = value.value_in_unit(unit.nanometer)
-    array = np.asarray([[float(c) for c in row] for row in value] if not hasattr(value, "shape")
-                       else value, dtype=np.float64)
-    if array.ndim != 1 + len(expected_tail) or tuple(array.shape[1:]) != expected_tail:
-        raise ValueError(f"{shape_name} must have shape (N, {', '.join(map(str, expected_tail))})"
-                         f" in nm, got {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{shape_name} contains NaN or infinite values")
-    return array
 
 
 def _infer_dtype(module: torch.nn.Module) -> torch.dtype:
@@ -135,7 +120,7 @@ def describe(
 
     ``example_positions``/``example_box`` are in nm; ``cutoff`` is in the model's own length unit.
     """
-    from . import __version__
+    from .version import __version__
     from .units import canonical_energy_unit, canonical_length_unit
 
     if kind == "potential" and energy_unit is None:
@@ -158,9 +143,7 @@ def describe(
     nm_per_unit = length_to_nm(length_unit)
     cutoff_nm = None
     if cutoff is not None:
-        if not cutoff > 0:
-            raise ValueError(f"cutoff must be positive, got {cutoff}")
-        cutoff_nm = float(cutoff) * nm_per_unit
+        cutoff_nm = float(cutoff) * nm_per_unit  # ModelMetadata refuses cutoff <= 0
         if box is not None:
             check_box_holds_cutoff(torch.as_tensor(box), cutoff_nm)
 

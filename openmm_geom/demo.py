@@ -75,12 +75,12 @@ def run_cv_demo(out: Path, *, steps: int = 100_000, seed: int = 1, threads: int 
     import openmm.app as app
     import openmm.unit as unit
 
-    from . import set_threads
-    from ._threads import cpu_platform_properties
+    from .threads import set_threads
+    from .threads import cpu_platform_properties
     from .data import bundled
-    from .export import check_export, export_model
+    from .export import export_model
     from .models import Dihedrals, backbone_quadruplets
-    from .openmm import CVReporter, GridAxis, Metadynamics
+    from .openmm import CVReporter, GridAxis, Metadynamics, check_export
     from .progress import ProgressReporter
 
     out = Path(out)

@@ -90,13 +90,13 @@ def _known_bad(versions: dict) -> list:
 
 def _native_status(versions: dict) -> dict:
     try:
-        from . import native_build_info
+        from .native import native_build_info
 
         info = native_build_info()
     except Exception as error:  # report, do not raise: this is a diagnosis tool
         return {"ok": False, "detail": f"{type(error).__name__}: {error}. Run `make native`."}
     problems = []
-    from . import plugin_error
+    from .native import plugin_error
 
     if plugin_error() is not None:
         problems.append(f"the TorchCVForce plugin did not load: {plugin_error()}")

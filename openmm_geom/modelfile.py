@@ -1,10 +1,17 @@
-"""The openmm-geom model-file format: a TorchScript file that describes itself.
+"""The openmm-geom model file: a TorchScript file that describes itself, and
+:class:`ExportedModel`, the one way to read it.
 
 An exported model is a TorchScript module that follows the export contract
 (``forward(positions[N,3] nm[, box[3,3] nm]) -> energy kJ/mol`` or ``-> cv[k]``) and carries
-its metadata as a JSON string attribute, ``openmm_geom_metadata``. Because the metadata is part
-of the module, it survives everything that copies the module: ``torch.jit.save``/``load``,
-openmm-torch's ``TorchForce`` and its XML serialization, Simulation checkpoints.
+its metadata (:class:`ModelMetadata`) as a JSON string attribute, ``openmm_geom_metadata``.
+Because the metadata is part of the module, it survives everything that copies the module:
+``torch.jit.save``/``load``, openmm-torch's ``TorchForce`` and its XML serialization,
+Simulation checkpoints. The file also holds the same JSON as an extra archive member, so
+:func:`read_metadata` reads it without deserialising the module.
+
+Every OpenMM-side function takes a path *or* an :class:`ExportedModel`; loading a model once
+(``ExportedModel.load(path)``) and passing the object around never reads or deserialises the
+file again. Checks of a model against a System or Topology live here, with one set of messages.
 
 This module sits below both :mod:`openmm_geom.export` (which writes files) and
 :mod:`openmm_geom.openmm` (which reads them), so neither imports the other.
@@ -12,43 +19,35 @@ This module sits below both :mod:`openmm_geom.export` (which writes files) and
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
+
+from .errors import ModelFileError, TopologyMismatchError
+from .io import atomic_write_bytes, check_format, format_tag
+from .ops.neighbors import check_box_holds_cutoff
 
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_ATTRIBUTE",
     "ModelMetadata",
-    "ModelFileError",
-    "TopologyMismatchError",
-    "load_model",
+    "ExportedModel",
+    "ModelLike",
     "save_model",
     "read_metadata",
     "metadata_of",
-    "atomic_write_bytes",
-    "atomic_torch_save",
-    "sha256_of_arrays",
 ]
 
+FORMAT_KIND = "model"
 FORMAT_VERSION = 1
 METADATA_ATTRIBUTE = "openmm_geom_metadata"
+METADATA_MEMBER = "openmm_geom_metadata.json"  # the same JSON as an extra archive member
 KINDS = ("potential", "cv")
-
-
-class ModelFileError(RuntimeError):
-    """A file that is missing, corrupt, or not an openmm-geom model."""
-
-
-class TopologyMismatchError(ValueError):
-    """A model used with a system it was not made for (atom count, types, periodicity)."""
 
 
 @dataclasses.dataclass
@@ -80,7 +79,6 @@ class ModelMetadata:
     extra: dict = dataclasses.field(default_factory=dict)
     package_version: str = ""
     torch_version: str = ""
-    format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -93,45 +91,50 @@ class ModelMetadata:
             raise ValueError(
                 f"{len(self.cv_names)} cv_names given for {self.output_dim} CV outputs"
             )
+        if self.cv_names is not None and len(set(self.cv_names)) != len(self.cv_names):
+            raise ValueError(f"cv_names must be unique, got {self.cv_names}")
         if self.atom_types is not None and len(self.atom_types) != self.n_atoms:
             raise ValueError(f"{len(self.atom_types)} atom_types for {self.n_atoms} atoms")
         if self.masses_amu is not None and len(self.masses_amu) != self.n_atoms:
             raise ValueError(f"{len(self.masses_amu)} masses for {self.n_atoms} atoms")
+        if self.cutoff_nm is not None and not self.cutoff_nm > 0:
+            raise ValueError(f"cutoff must be positive, got {self.cutoff_nm} nm")
+
+    @property
+    def is_coarse_grained(self) -> bool:
+        """Whether the file is a CG model export (:func:`openmm_geom.export.export_cg_model`)."""
+        return self.kind == "potential" and "cg" in self.extra
+
+    @property
+    def names(self) -> list:
+        """The outputs' names: ``cv_names`` or ``cv0 ... cv{k-1}`` (a potential: ``energy``)."""
+        if self.kind == "potential":
+            return ["energy"]
+        return list(self.cv_names or [f"cv{i}" for i in range(self.output_dim)])
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        data["format"] = format_tag(FORMAT_KIND, FORMAT_VERSION)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelMetadata":
-        data = json.loads(text)
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelFileError(
-                f"model file format version {version}, this openmm-geom reads {FORMAT_VERSION}"
-            )
+    def from_json(cls, text: str, source: Any = "this model") -> "ModelMetadata":
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise ModelFileError(f"{source}: its metadata is not valid JSON ({error})") from None
+        if "format" in data:
+            check_format(data.pop("format"), FORMAT_KIND, (FORMAT_VERSION,), source=source,
+                         error=ModelFileError)
+        elif data.get("format_version") != FORMAT_VERSION:  # files before the unified tags
+            raise ModelFileError(f"{source}: model file format version "
+                                 f"{data.get('format_version')}, this openmm-geom reads "
+                                 f"{FORMAT_VERSION}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def check_topology(self, n_atoms: int, atom_types: Optional[Sequence] = None,
-                       periodic: Optional[bool] = None) -> None:
-        """Raise :class:`TopologyMismatchError` unless the model fits this system."""
-        if n_atoms != self.n_atoms:
-            raise TopologyMismatchError(
-                f"the model was exported for {self.n_atoms} atoms but the system has {n_atoms}"
-            )
-        if atom_types is not None and self.atom_types is not None:
-            given = [str(t) for t in atom_types]
-            stored = [str(t) for t in self.atom_types]
-            if given != stored:
-                first = next(i for i, (a, b) in enumerate(zip(given, stored)) if a != b)
-                raise TopologyMismatchError(
-                    f"atom types differ from the model's, first at atom {first}: "
-                    f"system {given[first]!r}, model {stored[first]!r}"
-                )
-        if periodic is not None and periodic != self.periodic:
-            want = "periodic" if self.periodic else "non-periodic"
-            have = "periodic" if periodic else "non-periodic"
-            raise TopologyMismatchError(f"the model is {want} but the system is {have}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as error:
+            raise ModelFileError(f"{source}: inconsistent metadata ({error})") from None
 
 
 def metadata_of(module: torch.nn.Module) -> ModelMetadata:
@@ -145,44 +148,6 @@ def metadata_of(module: torch.nn.Module) -> ModelMetadata:
     return ModelMetadata.from_json(text)
 
 
-def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(path: os.PathLike, payload) -> None:
-    """``torch.save`` of plain data (tensors, dicts, numbers) through :func:`atomic_write_bytes`.
-
-    Checkpoints written this way load with ``torch.load(..., weights_only=True)``.
-    """
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def save_model(module: torch.jit.ScriptModule, path: os.PathLike) -> Path:
-    """Save an exported module atomically; its metadata must already be attached."""
-    metadata_of(module)  # refuse to write a file that cannot be read back
-    buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
-
-
 def _register_torchscript_classes() -> None:
     """Load the libraries whose TorchScript classes and ops our models may contain.
 
@@ -194,50 +159,347 @@ def _register_torchscript_classes() -> None:
     from . import ops  # noqa: F401  (registers the openmm_geom native ops)
 
 
-def load_model(path: os.PathLike, map_location: str = "cpu"):
-    """Load an exported model file.
+def _serialize(module: torch.jit.ScriptModule, metadata: Optional[ModelMetadata]) -> bytes:
+    buffer = io.BytesIO()
+    extra = {} if metadata is None else {METADATA_MEMBER: metadata.to_json()}
+    torch.jit.save(module, buffer, _extra_files=extra)
+    return buffer.getvalue()
 
-    Returns
-    -------
-    (torch.jit.ScriptModule, ModelMetadata)
 
-    Raises
-    ------
-    ModelFileError
-        The file is missing, truncated/corrupt, not TorchScript, or not an openmm-geom model.
+def save_model(module: torch.jit.ScriptModule, path: os.PathLike) -> "ExportedModel":
+    """Save an exported module atomically; its metadata must already be attached."""
+    metadata = metadata_of(module)  # refuse to write a file that cannot be read back
+    data = _serialize(module, metadata)
+    atomic_write_bytes(path, data)
+    model = ExportedModel(module, metadata, data=data, source=str(path))
+    model.from_file = True
+    return model
+
+
+def _metadata_member(archive: zipfile.ZipFile) -> Optional[str]:
+    for name in archive.namelist():
+        if name.endswith("/extra/" + METADATA_MEMBER):
+            return name
+    return None
+
+
+def read_metadata(path: os.PathLike) -> ModelMetadata:
+    """Metadata of a model file, read from the archive without deserialising the module.
+
+    Files written before the metadata had its own archive member are loaded in full.
     """
     path = Path(path)
+    _check_file(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = _metadata_member(archive)
+            text = None if member is None else archive.read(member).decode()
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{path} is not a readable model file: {error}") from None
+    if text is None:
+        return ExportedModel.load(path).metadata
+    return ModelMetadata.from_json(text, source=path)
+
+
+def _check_file(path: Path) -> None:
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(
-            f"{path} is not a TorchScript model file (not a zip archive; truncated or another format?)"
-        )
-    _register_torchscript_classes()
+            f"{path} is not a TorchScript model file (not a zip archive; truncated or another "
+            "format?)")
+
+
+def _is_element_symbol(text: str) -> bool:
+    from openmm.app import element
+
     try:
-        module = torch.jit.load(str(path), map_location=map_location)
-    except Exception as error:  # torch raises bare RuntimeErrors with C++ traces
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise ModelFileError(f"{path} could not be loaded as TorchScript: {first_line}") from error
-    try:
-        metadata = metadata_of(module)
-    except ModelFileError as error:
-        raise ModelFileError(f"{path}: {error}") from None
-    return module, metadata
+        element.get_by_symbol(text)
+    except KeyError:
+        return False
+    return True
 
 
-def read_metadata(path: os.PathLike) -> ModelMetadata:
-    """Metadata of a model file."""
-    return load_model(path)[1]
+ModelLike = Union[str, os.PathLike, torch.jit.ScriptModule, "ExportedModel"]
 
 
-def sha256_of_arrays(*arrays: Any) -> str:
-    """A short content hash of training data, recorded in model files (``training_data_hash``)."""
-    import numpy as np
+class ExportedModel:
+    """An exported model, read and deserialised once.
 
-    digest = hashlib.sha256()
-    for array in arrays:
-        a = np.ascontiguousarray(np.asarray(array))
-        digest.update(str(a.dtype).encode() + str(a.shape).encode())
-        digest.update(a.tobytes())
-    return digest.hexdigest()[:16]
+    Holds the TorchScript module, its parsed :class:`ModelMetadata` and its serialized bytes
+    (what a ``TorchCVForce`` embeds), and checks the model against what it is used with, in
+    one place. Calling it calls the module: ``model(positions_nm, box_nm)``.
+
+    Use :meth:`load` (a path, an exported ScriptModule, or an ``ExportedModel``, which is
+    returned as it is). :func:`openmm_geom.export.export_model` returns one.
+
+    Attributes
+    ----------
+    module : torch.jit.ScriptModule
+    metadata : ModelMetadata or None
+        None only for a bare scripted module loaded with ``allow_bare=True`` (a CV module
+        without openmm-geom metadata, whose caller names the CVs).
+    source : str
+        The file it came from, or a description of the module.
+    """
+
+    def __init__(self, module: torch.jit.ScriptModule, metadata: Optional[ModelMetadata], *,
+                 data: Optional[bytes] = None, source: str = "this module"):
+        self.module = module
+        self.metadata = metadata
+        self.source = source
+        self.from_file = False
+        self._data = data
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: ModelLike, *, allow_bare: bool = False) -> "ExportedModel":
+        """The exported model behind a path, a ScriptModule or an ``ExportedModel``.
+
+        Parameters
+        ----------
+        model : path, torch.jit.ScriptModule or ExportedModel
+            A file written by :func:`openmm_geom.export.export_model` or the module it holds.
+        allow_bare : bool
+            Accept a scripted module without openmm-geom metadata (``metadata`` is then None).
+
+        Raises
+        ------
+        ModelFileError
+            A missing, truncated or corrupt file, or one that is not an openmm-geom model.
+        TypeError
+            An eager (unscripted) module or another type.
+        """
+        if isinstance(model, ExportedModel):
+            if model.metadata is None and not allow_bare:
+                raise ModelFileError(f"{model.source} carries no openmm-geom metadata; export "
+                                     "it with openmm_geom.export.export_model first")
+            return model
+        if isinstance(model, (str, os.PathLike)):
+            return cls._from_file(Path(model))
+        if isinstance(model, torch.jit.ScriptModule):
+            name = f"ScriptModule {getattr(model, 'original_name', type(model).__name__)}"
+            try:
+                metadata = metadata_of(model)
+            except ModelFileError:
+                if not allow_bare:
+                    raise
+                metadata = None
+            return cls(model, metadata, source=name)
+        if isinstance(model, torch.nn.Module):
+            raise TypeError(
+                f"{type(model).__name__} is an eager module: export it first with "
+                "openmm_geom.export.export_model(...) (it fixes units and periodicity), or use "
+                "openmm_geom.openmm.python_force(...) for a model that cannot be scripted")
+        raise TypeError("expected a model file path, an exported ScriptModule or an "
+                        f"ExportedModel, got {type(model).__name__}")
+
+    @classmethod
+    def _from_file(cls, path: Path) -> "ExportedModel":
+        _check_file(path)
+        data = path.read_bytes()
+        _register_torchscript_classes()
+        try:
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        except Exception as error:  # torch raises bare RuntimeErrors with C++ traces
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ModelFileError(f"{path} could not be loaded as TorchScript: {first}") from error
+        text = getattr(module, METADATA_ATTRIBUTE, None)
+        if not isinstance(text, str):
+            raise ModelFileError(f"{path}: this module carries no openmm-geom metadata; "
+                                 "export it with openmm_geom.export.export_model first")
+        model = cls(module, ModelMetadata.from_json(text, source=path), data=data,
+                    source=str(path))
+        model.from_file = True
+        return model
+
+    # -- what it is ------------------------------------------------------------------------
+    @property
+    def data(self) -> bytes:
+        """The serialized TorchScript module (the file's bytes when loaded from a file)."""
+        if self._data is None:
+            self._data = _serialize(self.module, self.metadata)
+        return self._data
+
+    @property
+    def name(self) -> str:
+        """The file's name (without its directory), or the module's description."""
+        return Path(self.source).name if self.from_file else self.source
+
+    @property
+    def kind(self) -> Optional[str]:
+        return None if self.metadata is None else self.metadata.kind
+
+    @property
+    def n_atoms(self) -> Optional[int]:
+        return None if self.metadata is None else self.metadata.n_atoms
+
+    @property
+    def periodic(self) -> bool:
+        return bool(self.metadata is not None and self.metadata.periodic)
+
+    def __call__(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None):
+        return self.module(positions, box)
+
+    def __repr__(self) -> str:
+        if self.metadata is None:
+            return f"ExportedModel({self.source}, no metadata)"
+        m = self.metadata
+        what = "CG potential" if m.is_coarse_grained else m.kind
+        return (f"ExportedModel({self.source}: {what}, {m.n_atoms} atoms, "
+                f"{'periodic' if m.periodic else 'non-periodic'}"
+                + (f", CVs {m.names}" if m.kind == "cv" else "") + ")")
+
+    # -- checks, one set of messages -------------------------------------------------------
+    def require_kind(self, kind: str, purpose: str) -> None:
+        """Raise unless the model is of ``kind`` (``"potential"`` or ``"cv"``).
+
+        ``purpose`` completes "... is needed for <purpose>". A bare module passes as a CV module.
+        """
+        found = self.kind or "cv"
+        if found == kind:
+            return
+        if kind == "cv":
+            raise ValueError(f"{self.source} is a potential (energy) model, but {purpose} needs a "
+                             "CV module: export the CVs with export_model(..., kind='cv')")
+        raise ValueError(f"{self.source} is a CV module, but {purpose} needs a potential: a CV "
+                         "module is not an energy; bias it with openmm_geom.openmm.TorchCVForce "
+                         "(or Metadynamics / restraint_force)")
+
+    def cv_names(self, names: Optional[Sequence[str]] = None) -> List[str]:
+        """The k names the outputs are known by: ``names`` (checked) or the model's own."""
+        if names is not None:
+            names = [str(n) for n in names]
+            if self.metadata is not None and len(names) != self.metadata.output_dim:
+                raise ValueError(f"{len(names)} cv_names given for a module with "
+                                 f"{self.metadata.output_dim} CV outputs "
+                                 f"({self.metadata.names})")
+            if len(set(names)) != len(names):
+                raise ValueError(f"cv_names must be unique, got {names}")
+            if not names:
+                raise ValueError("cv_names is empty")
+            return names
+        if self.metadata is None:
+            raise ValueError("this module carries no openmm-geom metadata: pass cv_names "
+                             "(one per output) so that the CVs can be counted and named")
+        return self.metadata.names
+
+    def cv_index(self, which, names: Sequence[str]) -> int:
+        """Position of a CV given by name or index among ``names``."""
+        names = list(names)
+        if isinstance(which, str):
+            if which not in names:
+                raise ValueError(f"no CV named {which!r}; the module's CVs are {names}")
+            return names.index(which)
+        index = int(which)
+        if not 0 <= index < len(names):
+            raise IndexError(f"CV index {index} out of range for a module with {len(names)} CVs")
+        return index
+
+    def resolve_periodic(self, periodic: Optional[bool]) -> bool:
+        """``periodic`` checked against the model's own (default: the model's; bare: False)."""
+        if periodic is None:
+            return self.periodic
+        if self.metadata is not None and bool(periodic) != self.metadata.periodic:
+            raise ValueError(f"periodic={periodic} contradicts the model, exported with "
+                             f"periodic={self.metadata.periodic}")
+        return bool(periodic)
+
+    def check_particles(self, particles: Optional[Sequence[int]],
+                        n_system: Optional[int] = None) -> Optional[List[int]]:
+        """System particles passed to the model, checked (count, distinct, in range)."""
+        if particles is None:
+            if n_system is not None and self.metadata is not None:
+                self.check_atom_count(n_system, "the system has")
+            return None
+        particles = [int(p) for p in particles]
+        if any(p < 0 for p in particles):
+            raise ValueError("particle indices must be >= 0")
+        if len(set(particles)) != len(particles):
+            raise ValueError("particle indices must be distinct")
+        if self.metadata is not None:
+            self.check_atom_count(len(particles), "particles gives")
+        if n_system is not None and particles and max(particles) >= n_system:
+            raise ValueError(f"particle index {max(particles)} out of range for a system of "
+                             f"{n_system} particles")
+        return particles
+
+    def check_atom_count(self, n: int, what: str = "the system has") -> None:
+        if self.metadata is not None and n != self.metadata.n_atoms:
+            raise TopologyMismatchError(f"{self.source} was exported for "
+                                        f"{self.metadata.n_atoms} atoms but {what} {n}")
+
+    def check_atom_types(self, atom_types: Sequence) -> None:
+        """Raise if the model records atom types and ``atom_types`` differ from them."""
+        stored = None if self.metadata is None else self.metadata.atom_types
+        if stored is None:
+            return
+        given, stored = [str(t) for t in atom_types], [str(t) for t in stored]
+        self.check_atom_count(len(given))
+        if given != stored:
+            first = next(i for i, (a, b) in enumerate(zip(given, stored)) if a != b)
+            raise TopologyMismatchError(
+                f"atom types differ from {self.source}'s, first at atom {first}: system "
+                f"{given[first]!r}, model {stored[first]!r}")
+
+    def check_elements(self, elements: Sequence) -> None:
+        """Raise if the model's atom types name elements (atomic numbers or symbols) and
+        ``elements`` (``openmm.app.Element`` or None per atom) differ from them.
+
+        Atom types that are not elements (e.g. force-field types) are not compared.
+        """
+        stored = None if self.metadata is None else self.metadata.atom_types
+        self.check_atom_count(len(elements), "the topology has")
+        if stored is None:
+            return
+        for index, (element, kind) in enumerate(zip(elements, stored)):
+            text = str(kind)
+            if text.isdigit():
+                expected, found = int(text), None if element is None else element.atomic_number
+            elif _is_element_symbol(text):
+                expected, found = text.lower(), None if element is None else element.symbol.lower()
+            else:
+                continue
+            if found != expected:
+                raise TopologyMismatchError(
+                    f"atom {index} is {'an atom without element' if element is None else element.symbol} "
+                    f"in the topology but {kind!r} in {self.source} (atoms must be in the model's "
+                    "order)")
+
+    def check_periodicity(self, periodic: bool) -> None:
+        if self.metadata is not None and bool(periodic) != self.metadata.periodic:
+            want = "periodic" if self.metadata.periodic else "non-periodic"
+            have = "periodic" if periodic else "non-periodic"
+            raise TopologyMismatchError(f"{self.source} is {want} but the system is {have}")
+
+    def check_box(self, box_nm) -> None:
+        """Raise if a periodic model's cutoff does not fit in ``box_nm`` (3x3, nm)."""
+        if self.metadata is not None and self.metadata.periodic and self.metadata.cutoff_nm:
+            check_box_holds_cutoff(torch.as_tensor(box_nm, dtype=torch.float64),
+                                   self.metadata.cutoff_nm)
+
+    def check_topology(self, topology) -> None:
+        """Check an ``openmm.app.Topology`` (atoms, elements if recorded, periodic box)."""
+        from .units import box_to_nm
+
+        atoms = list(topology.atoms())
+        self.check_atom_count(len(atoms), "the topology has")
+        if not (self.metadata is not None and self.metadata.is_coarse_grained):
+            self.check_elements([atom.element for atom in atoms])
+        box = topology.getPeriodicBoxVectors()
+        if not (self.metadata is not None and self.metadata.is_coarse_grained):
+            self.check_periodicity(box is not None)
+        if box is not None and self.periodic:
+            self.check_box(box_to_nm(box))
+
+    def check_system(self, system, particles: Optional[Sequence[int]] = None) -> Optional[list]:
+        """Check an ``openmm.System`` (atom count or particle subset, box vs cutoff).
+
+        Returns the checked particle list (None for all particles).
+        """
+        from .units import box_to_nm
+
+        particles = self.check_particles(particles, system.getNumParticles())
+        if self.periodic:
+            self.check_box(box_to_nm(system.getDefaultPeriodicBoxVectors()))
+        return particles

@@ -18,6 +18,9 @@ __all__ = [
     "canonical_length_unit",
     "canonical_energy_unit",
     "kT_kj_per_mol",
+    "value_in",
+    "as_nm_array",
+    "box_to_nm",
 ]
 
 AVOGADRO = 6.02214076e23
@@ -111,3 +114,42 @@ def kT_kj_per_mol(temperature_kelvin: float) -> float:
     if not (temperature_kelvin > 0 and math.isfinite(temperature_kelvin)):
         raise ValueError(f"temperature must be positive and finite, got {temperature_kelvin} K")
     return MOLAR_GAS_CONSTANT_KJ * temperature_kelvin
+
+
+def value_in(value, unit) -> float:
+    """A float from a plain number (taken to be in ``unit``) or an OpenMM Quantity."""
+    if u.is_quantity(value):
+        return float(value.value_in_unit(unit))
+    return float(value)
+
+
+def as_nm_array(value, name: str, tail: tuple = (3,)):
+    """A float64 numpy array in nm from an array, nested lists, Vec3s or an OpenMM Quantity.
+
+    Raises ValueError unless the shape is ``(N, *tail)`` and every value is finite.
+    """
+    import numpy as np
+
+    if u.is_quantity(value):
+        value = value.value_in_unit(u.nanometer)
+    array = np.asarray([[float(c) for c in row] for row in value] if not hasattr(value, "shape")
+                       else value, dtype=np.float64)
+    if array.ndim != 1 + len(tail) or tuple(array.shape[1:]) != tuple(tail):
+        raise ValueError(f"{name} must have shape (N, {', '.join(map(str, tail))}) in nm, "
+                         f"got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def box_to_nm(box):
+    """Box vectors (three Vec3 Quantities, a (3, 3) Quantity or array in nm) as a (3, 3) array."""
+    import numpy as np
+
+    if u.is_quantity(box):
+        box = box.value_in_unit(u.nanometer)
+    rows = [row.value_in_unit(u.nanometer) if u.is_quantity(row) else row for row in box]
+    array = np.array([[float(c) for c in row] for row in rows], dtype=np.float64)
+    if array.shape != (3, 3):
+        raise ValueError(f"box vectors must be 3 x 3, got shape {array.shape}")
+    return array

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from openmm_geom.export import export_potential
-from openmm_geom.modelfile import TopologyMismatchError
+from openmm_geom.errors import TopologyMismatchError
 from openmm_geom.models.attention import AttentionPotential, smooth_envelope
 from openmm_geom.openmm import potential_system
 

@@ -9,7 +9,7 @@ import torch
 from analytic import LJHarmonic, jittered_lattice
 
 from openmm_geom.export import ExportError, ModelFileError, export_model, load_model
-from openmm_geom.modelfile import TopologyMismatchError
+from openmm_geom.errors import TopologyMismatchError
 from openmm_geom.models import Dihedrals
 from openmm_geom.openmm import CVReporter, torch_force
 

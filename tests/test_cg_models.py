@@ -7,9 +7,10 @@ import torch
 from openmm_geom.data.mapping import (alanine_backbone_cb_mapping, ca_mapping, group_mapping,
                                       optimized_force_map, slice_mapping)
 from openmm_geom.export import export_cg_model
-from openmm_geom.models.cgschnet import CGSchNet, load_cgschnet, save_cgschnet, stack_ensemble
+from openmm_geom.models.cgschnet import CGSchNet, stack_ensemble
+from openmm_geom.training.checkpoints import load_cgschnet, save_cgschnet
 from openmm_geom.models.priors import CGPriors, chain_topology, fit_priors
-from openmm_geom.modelfile import ModelFileError
+from openmm_geom.errors import ModelFileError
 from openmm_geom.openmm.cg import cg_system, prior_forces
 from openmm_geom.training.force_matching import (TrainConfig, force_matching_loss,
                                                  time_block_folds, train_ensemble, train_fold)

@@ -163,10 +163,11 @@ def test_bad_inputs_are_clear_errors(pipeline, tmp_path):
                    d / "vamp" / "vamp_cv.pt", "--topology", PDB, "--out", tmp_path / "x.pt",
                    expect=1)
     assert "error:" in message
-    from openmm_geom.data.featurize import FeatureFileError, FeatureSet
+    from openmm_geom.errors import FileFormatError
+    from openmm_geom.training.features import FeatureSet
 
     features = FeatureSet.load(d / "train.npz")
-    with pytest.raises(FeatureFileError, match="NaN"):
+    with pytest.raises(FileFormatError, match="NaN"):
         FeatureSet(features.tokens * np.nan, features.lengths, None, features.token_map_json,
                    features.backbone, features.timestep_ps)
 
@@ -208,10 +209,10 @@ def test_explore_learns_from_hot_runs_it_makes_and_reuses(pipeline, tmp_path):
 
 
 def test_a_blown_up_run_stops_with_a_diagnosis_and_saves_nothing_of_it(tmp_path):
-    from openmm_geom.workflows.cv_bias import BiasSettings, SimulationBlewUp, run_biased
+    from openmm_geom.workflows.cv_bias import BiasSettings, SimulationBlowUp, run_biased
 
     settings = BiasSettings(picoseconds=1.0, timestep_fs=6.0, checkpoint_ps=0.5)  # unstable
-    with pytest.raises(SimulationBlewUp, match="bonds broke.*timestep"):
+    with pytest.raises(SimulationBlowUp, match="bonds broke.*timestep"):
         run_biased(PDB, tmp_path / "run", mode="unbiased", settings=settings, threads=1,
                    progress=False)
     assert not (tmp_path / "run" / "dihedrals.npz").exists()  # no frame of the blow-up kept

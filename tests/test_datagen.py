@@ -11,7 +11,7 @@ import pytest
 
 from openmm_geom.data import bundled
 from openmm_geom.data.datagen import (
-    UnstableSimulationError,
+    SimulationBlowUp,
     generate_reference,
     load_reference,
     reference_topology,
@@ -241,7 +241,7 @@ def test_clashing_atoms_are_named(tmp_path):
 
 def test_blow_up_stops_with_a_diagnosis(tmp_path):
     out = tmp_path / "out.npz"
-    with pytest.raises(UnstableSimulationError,
+    with pytest.raises(SimulationBlowUp,
                        match=r"unstable at MD step \d+: .*last finite state, the largest "
                              r"forces: atom \d+ \(\w+\d:\w+\)") as info:
         generate_reference(ALANINE, out, n_frames=10, timestep_fs=5.0, save_interval_ps=0.05,

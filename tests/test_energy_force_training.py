@@ -11,8 +11,9 @@ import torch
 
 from openmm_geom.models.atomistic import fit_energy_offsets
 from openmm_geom.models.attention import AttentionPotential
-from openmm_geom.models.potentials import build_potential, load_potential, save_potential
-from openmm_geom.modelfile import ModelFileError
+from openmm_geom.models.potentials import build_potential
+from openmm_geom.training.checkpoints import load_potential, save_potential
+from openmm_geom.errors import ModelFileError
 from openmm_geom.training.energy_force import (EnergyForceConfig, energy_force_loss,
                                                evaluate_potential, one_cycle_lambda,
                                                train_potential)

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from openmm_geom.data import bundled
-from openmm_geom.data.featurize import FeatureFileError, FeatureSet, featurize, read_positions
+from openmm_geom.data.trajectories import read_positions
+from openmm_geom.errors import FileFormatError
+from openmm_geom.training.features import FeatureSet, featurize
 from openmm_geom.models.geom2vec import Geom2VecFeaturizer, TokenMap, global_distances, pool_tokens
 
 
@@ -206,14 +208,14 @@ def test_feature_file_round_trip_and_errors(alanine, tmp_path):
     assert back.timestep_ps == 2.0
     other = FeatureSet(fs.tokens, fs.lengths, fs.global_features, fs.token_map_json,
                        {"sha256": "def"}, 2.0)
-    with pytest.raises(FeatureFileError, match="different backbones"):
+    with pytest.raises(FileFormatError, match="different backbones"):
         back.check_compatible(other)
     (tmp_path / "corrupt.npz").write_bytes(out.read_bytes()[:200])
-    with pytest.raises(FeatureFileError, match="cannot read"):
+    with pytest.raises(FileFormatError, match="cannot read"):
         FeatureSet.load(tmp_path / "corrupt.npz")
-    with pytest.raises(FeatureFileError, match="no feature file"):
+    with pytest.raises(FileFormatError, match="no feature file"):
         FeatureSet.load(tmp_path / "missing.npz")
-    with pytest.raises(FeatureFileError, match="NaN"):
+    with pytest.raises(FileFormatError, match="NaN"):
         FeatureSet(fs.tokens * np.nan, fs.lengths, None, fs.token_map_json, {}, 1.0)
 
 

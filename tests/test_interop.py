@@ -136,7 +136,7 @@ def test_errors(rng, tmp_path):
     with pytest.raises(ValueError, match="pass cv_names"):
         custom_cv_force(torch.jit.script(CountingCVs()), "cv0")
 
-    from openmm_geom.modelfile import ModelFileError
+    from openmm_geom.errors import ModelFileError
 
     junk = tmp_path / "junk.pt"
     junk.write_text("not a model")

@@ -106,14 +106,14 @@ def test_bad_inputs_fail_with_clear_messages(reproduced, tmp_path):
 
 
 def test_a_collapsed_liquid_is_stopped_with_a_diagnosis():
-    from openmm_geom.workflows.potential import UnstableSimulationError, _check_no_collapse
+    from openmm_geom.workflows.potential import SimulationBlowUp, _check_no_collapse
 
     box = np.eye(3) * 1.2
     x = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3) * 0.4
     _check_no_collapse(x, box, 10, "nvt")  # 0.4 nm apart: fine
     x[5] = x[4] + [0.0, 0.0, 0.01]
-    with pytest.raises(UnstableSimulationError, match="atoms 4 and 5 are 0.0100 nm apart"):
+    with pytest.raises(SimulationBlowUp, match="atoms 4 and 5 are 0.0100 nm apart"):
         _check_no_collapse(x, box, 10, "nvt")
     x[5] = x[4] + box[0] + [0.0, 0.003, 0.0]  # through the periodic boundary
-    with pytest.raises(UnstableSimulationError, match="collapsed"):
+    with pytest.raises(SimulationBlowUp, match="collapsed"):
         _check_no_collapse(x, box, 10, "nvt")

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from openmm_geom.data import bundled
-from openmm_geom.data.corpus import CorpusError, build_corpus, load_corpus, \
+from openmm_geom.data.corpus import FileFormatError, build_corpus, load_corpus, \
     pack_structures
 from openmm_geom.models.geom2vec import Geom2VecFeaturizer
-from openmm_geom.modelfile import ModelFileError
-from openmm_geom.training.denoising import (BackboneFileError, DenoisingModel, backbone_paths,
+from openmm_geom.errors import ModelFileError
+from openmm_geom.training.denoising import (ModelFileError, DenoisingModel, backbone_paths,
                                             load_backbone, load_denoising_model, pretrain,
                                             predict_structures)
 
@@ -110,21 +110,21 @@ def test_split_is_by_group(corpus):
 
 
 def test_corpus_file_errors(corpus_path, tmp_path):
-    with pytest.raises(CorpusError, match="not found"):
+    with pytest.raises(FileFormatError, match="not found"):
         load_corpus(tmp_path / "nope.npz")
     data = corpus_path.read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CorpusError, match="could not be read"):
+    with pytest.raises(FileFormatError, match="could not be read"):
         load_corpus(tmp_path / "cut.npz")
     np.savez(tmp_path / "other.npz", positions=np.zeros((3, 3)))
-    with pytest.raises(CorpusError, match="missing arrays"):
+    with pytest.raises(FileFormatError, match="missing arrays"):
         load_corpus(tmp_path / "other.npz")
     # edited content: the recorded hash no longer matches
     with np.load(corpus_path) as f:
         arrays = {k: f[k] for k in f.files}
     arrays["positions"] = arrays["positions"] + np.float32(0.01)
     np.savez(tmp_path / "edited.npz", **arrays)
-    with pytest.raises(CorpusError, match="hash"):
+    with pytest.raises(FileFormatError, match="hash"):
         load_corpus(tmp_path / "edited.npz")
 
 
@@ -199,24 +199,24 @@ def test_resume_is_bit_identical(corpus, tmp_path):
 
 def test_backbone_file_errors(trained, tmp_path):
     out, _ = trained
-    with pytest.raises(BackboneFileError, match="not found"):
+    with pytest.raises(ModelFileError, match="not found"):
         load_backbone(tmp_path / "missing.pt")
     data = out.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(BackboneFileError, match="not a backbone file|could not be read"):
+    with pytest.raises(ModelFileError, match="not a backbone file|could not be read"):
         load_backbone(tmp_path / "cut.pt")
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(BackboneFileError, match="not a backbone file"):
+    with pytest.raises(ModelFileError, match="not a backbone file"):
         load_backbone(tmp_path / "text.pt")
     torch.save({"model": {"w": torch.zeros(2)}, "epoch": 3}, tmp_path / "other.pt")
-    with pytest.raises(BackboneFileError, match="not an openmm-geom backbone"):
+    with pytest.raises(ModelFileError, match="not an openmm-geom backbone"):
         load_backbone(tmp_path / "other.pt")
-    with pytest.raises(BackboneFileError, match="not an openmm-geom backbone"):
+    with pytest.raises(ModelFileError, match="not an openmm-geom backbone"):
         load_backbone(backbone_paths(out)["checkpoint"])
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "scripted.pt"))
-    with pytest.raises(BackboneFileError, match="TorchScript"):
+    with pytest.raises(ModelFileError, match="TorchScript"):
         load_backbone(tmp_path / "scripted.pt")
-    assert issubclass(BackboneFileError, ModelFileError)
+    assert issubclass(ModelFileError, ModelFileError)
 
 
 # ------------------------------------------------------------------------------- equivariance

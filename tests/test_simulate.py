@@ -22,7 +22,7 @@ from openmm_geom.simulate import (
     CheckpointError,
     CheckpointMismatchError,
     SimulationBlowUp,
-    TrajectoryFileError,
+    FileFormatError,
     TrajectoryWriter,
     benchmark_integrator,
     read_trajectory,
@@ -570,9 +570,9 @@ def test_trajectory_writer_refuses_bad_frames_and_mismatched_files(tmp_path):
         with pytest.raises(ValueError, match="positions must have shape"):
             w.append(7, 0.014, np.zeros((2, 3)), np.zeros(2))
     assert read_trajectory(path).n_frames == 1
-    with pytest.raises(TrajectoryFileError, match="2 replicas of 1 beads"):
+    with pytest.raises(FileFormatError, match="2 replicas of 1 beads"):
         TrajectoryWriter(path, 3, 1, mode="a")
-    with pytest.raises(TrajectoryFileError, match="spread"):
+    with pytest.raises(FileFormatError, match="spread"):
         TrajectoryWriter(path, 2, 1, mode="a", spread=True)
     with pytest.raises(ValueError, match="mode"):
         TrajectoryWriter(path, 2, 1, mode="r")
@@ -583,14 +583,14 @@ def test_read_trajectory_errors(tmp_path):
         read_trajectory(tmp_path / "missing.h5")
     garbage = tmp_path / "garbage.h5"
     garbage.write_bytes(b"\x00not hdf5" * 100)
-    with pytest.raises(TrajectoryFileError, match="not a readable HDF5"):
+    with pytest.raises(FileFormatError, match="not a readable HDF5"):
         read_trajectory(garbage)
-    with pytest.raises(TrajectoryFileError, match="cannot be opened"):
+    with pytest.raises(FileFormatError, match="cannot be opened"):
         TrajectoryWriter(garbage, 1, 1, mode="a")
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["positions"] = np.zeros((1, 1, 1, 3))
-    with pytest.raises(TrajectoryFileError, match="not an openmm-geom trajectory"):
+    with pytest.raises(FileFormatError, match="not an openmm-geom trajectory"):
         read_trajectory(other)
     good = tmp_path / "good.h5"
     with TrajectoryWriter(good, 50, 20, chunk_frames=1) as w:
@@ -598,7 +598,7 @@ def test_read_trajectory_errors(tmp_path):
             w.append(i + 1, 0.002 * (i + 1), np.zeros((50, 20, 3)), np.zeros(50))
     cut = tmp_path / "cut.h5"
     cut.write_bytes(good.read_bytes()[:2000])
-    with pytest.raises(TrajectoryFileError):
+    with pytest.raises(FileFormatError):
         read_trajectory(cut)
 
 
@@ -612,7 +612,7 @@ def test_reading_a_trajectory_another_process_is_writing_says_so(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "open"
-        with pytest.raises(TrajectoryFileError, match="locked by a process writing it"):
+        with pytest.raises(FileFormatError, match="locked by a process writing it"):
             read_trajectory(path)
     finally:
         child.kill()

@@ -12,7 +12,7 @@ import openmm.unit as unit
 import pytest
 import torch
 
-from openmm_geom._threads import cpu_platform_properties
+from openmm_geom.threads import cpu_platform_properties
 from openmm_geom.export import export_model
 from openmm_geom.modelfile import metadata_of
 from openmm_geom.models.torchmdnet import TorchMDNetPotential

@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .plots import _save
+from ..io import save_figure
 
 __all__ = ["half_min_width", "nve_drift", "plot_force_parity", "plot_rdfs", "radial_distribution",
            "rdf_error"]
@@ -371,7 +371,7 @@ def plot_rdfs(curves: Mapping, path: PathLike, *, title: Optional[str] = None,
         ax.legend(fontsize=8)
     if grouped and title:
         fig.suptitle(title)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def _element_symbol(z: int) -> str:
@@ -464,4 +464,4 @@ def plot_force_parity(
            ylabel="predicted force component (kJ/mol/nm)",
            title=title or f"forces: MAE {overall[0]:.3g}, RMSE {overall[1]:.3g} kJ/mol/nm")
     ax.legend(fontsize=7, loc="upper left", markerscale=3)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)

@@ -1,20 +1,20 @@
 """PNG figures in the style of the CGSchNet paper (Figs. 4, 5 and 7).
 
 Every function draws on its own :class:`matplotlib.figure.Figure` with the Agg canvas (no
-pyplot, no global backend state), writes a PNG to ``path`` (creating parent directories) and
+pyplot, no global backend state), writes a PNG to ``path`` atomically with
+:func:`save_figure` (:func:`openmm_geom.io.save_figure`; creating parent directories) and
 returns ``path`` as a :class:`pathlib.Path`.
 """
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..io import save_figure
 from .free_energy import (
     NoiseCurve,
     bin_edges,
@@ -22,23 +22,11 @@ from .free_energy import (
     noise_equivalent_sigma,
 )
 
-__all__ = ["plot_free_energy_surfaces", "plot_noise_curve", "plot_tica_free_energy",
+__all__ = ["save_figure", "plot_free_energy_surfaces", "plot_noise_curve", "plot_tica_free_energy",
            "plot_learning_curves", "plot_classification_curves", "plot_method_comparison"]
 
 PathLike = Union[str, Path]
 _CMAP = "nipy_spectral"
-
-
-def _save(fig: Figure, path: PathLike, dpi: int) -> Path:
-    """Render to memory, then replace ``path`` atomically (no half-written PNG on a crash)."""
-    from ..modelfile import atomic_write_bytes
-
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=dpi, format="png")
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
 
 
 def _finite_max(arrays) -> float:
@@ -127,7 +115,7 @@ def plot_free_energy_surfaces(
     for ax in axes.ravel():
         ax.set_xlim(-math.pi, math.pi)
     fig.colorbar(image, ax=axes[0, :].tolist(), label="F (kJ/mol)", shrink=0.9)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_noise_curve(
@@ -187,7 +175,7 @@ def plot_noise_curve(
         ax.set_ylabel(ylabel)
         ax.set_xlim(sigmas[0], sigmas[-1])
         ax.legend(fontsize=8, loc="upper left")
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_tica_free_energy(
@@ -263,7 +251,7 @@ def plot_tica_free_energy(
         ax.set_xlabel("TIC 1")
         ax.set_ylabel("TIC 2")
     fig.colorbar(image, ax=axes.tolist(), label="F (kJ/mol)", shrink=0.9)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_learning_curves(histories, path: PathLike, dpi: int = 120) -> Path:
@@ -284,7 +272,7 @@ def plot_learning_curves(histories, path: PathLike, dpi: int = 120) -> Path:
            title="learning curves (dots: restored best epoch)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_potential_learning_curves(history: Mapping[str, list], path: PathLike,
@@ -313,7 +301,7 @@ def plot_potential_learning_curves(history: Mapping[str, list], path: PathLike,
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
     ax.set_title("energy+force training")
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_classification_curves(histories: Mapping[str, list], path: PathLike,
@@ -341,7 +329,7 @@ def plot_classification_curves(histories: Mapping[str, list], path: PathLike,
                title="validation accuracy, mean over folds")
     ax_acc.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_method_comparison(results: Mapping[str, dict], path: PathLike, dpi: int = 120) -> Path:
@@ -359,4 +347,4 @@ def plot_method_comparison(results: Mapping[str, dict], path: PathLike, dpi: int
     ax.set(ylabel="%", ylim=(0, 105), title="independent test set, mean over CV folds")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)

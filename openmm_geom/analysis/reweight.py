@@ -608,7 +608,7 @@ def plot_profile(profile: Profile, path, *, labels: Optional[Sequence[str]] = No
     """
     from matplotlib.figure import Figure
 
-    from .plots import _save
+    from ..io import save_figure
 
     free = np.asarray(profile.free_energy, dtype=np.float64)
     finite = free[np.isfinite(free)]
@@ -637,4 +637,4 @@ def plot_profile(profile: Profile, path, *, labels: Optional[Sequence[str]] = No
         raise ValueError(f"plot_profile draws 1D and 2D profiles, got {profile.ndim}D")
     ax.set_title(title or f"ESS {profile.effective_sample_size:.0f}")
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)

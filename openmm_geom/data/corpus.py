@@ -32,7 +32,6 @@ block's fragments a little; that is the only leak, and it concerns protein fragm
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -43,21 +42,17 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-from ..modelfile import atomic_write_bytes, sha256_of_arrays
+from ..errors import FileFormatError
+from ..io import atomic_savez, check_format, format_tag, sha256_of_arrays
 
-__all__ = ["build_corpus", "load_corpus", "Corpus", "CorpusError", "CORPUS_FORMAT",
+__all__ = ["build_corpus", "load_corpus", "Corpus",
            "DEFAULT_MAX_Z", "openmm_data_pdb"]
 
-CORPUS_FORMAT = "openmm-geom-corpus"
-CORPUS_VERSION = 1
+CORPUS_KIND, CORPUS_VERSION = "corpus", 1
 DEFAULT_MAX_Z = 36  # the featurizer's default embedding rows (H..Br)
 _REQUIRED = ("atomic_numbers", "positions", "offsets", "group", "names", "metadata")
 _SOLVENT = {"HOH", "WAT", "SOL", "TIP3", "NA", "CL", "Na", "Cl", "K", "Na+", "Cl-", "MG", "CA2"}
 _LIPID_FILES = ("DLPC", "DLPE", "DMPC", "DOPC", "DPPC", "POPC", "POPE")
-
-
-class CorpusError(ValueError):
-    """A corpus file that is missing, corrupt, or not an openmm-geom corpus."""
 
 
 def openmm_data_pdb(name: str) -> Path:
@@ -106,23 +101,23 @@ class Corpus:
         where = f" in {self.path}" if self.path else ""
         n_atoms = len(self.atomic_numbers)
         if self.positions.shape != (n_atoms, 3):
-            raise CorpusError(f"positions have shape {self.positions.shape}, expected "
+            raise FileFormatError(f"positions have shape {self.positions.shape}, expected "
                               f"({n_atoms}, 3){where}")
         o = self.offsets
         if o.ndim != 1 or len(o) < 1 or o[0] != 0 or o[-1] != n_atoms or np.any(np.diff(o) < 1):
-            raise CorpusError(f"offsets must rise strictly from 0 to {n_atoms}{where}")
+            raise FileFormatError(f"offsets must rise strictly from 0 to {n_atoms}{where}")
         if self.group.shape != (len(o) - 1,):
-            raise CorpusError(f"group has {len(self.group)} entries for {len(o) - 1} "
+            raise FileFormatError(f"group has {len(self.group)} entries for {len(o) - 1} "
                               f"structures{where}")
         if self.heavy_only.shape != self.group.shape:
-            raise CorpusError(f"heavy_only has {len(self.heavy_only)} entries for "
+            raise FileFormatError(f"heavy_only has {len(self.heavy_only)} entries for "
                               f"{len(self.group)} structures{where}")
         if len(self.group) and (self.group.min() < 0 or self.group.max() >= len(self.names)):
-            raise CorpusError(f"group indices exceed the {len(self.names)} names{where}")
+            raise FileFormatError(f"group indices exceed the {len(self.names)} names{where}")
         if n_atoms and (self.atomic_numbers.min() < 1):
-            raise CorpusError(f"atomic numbers must be >= 1{where}")
+            raise FileFormatError(f"atomic numbers must be >= 1{where}")
         if not np.all(np.isfinite(self.positions)):
-            raise CorpusError(f"positions contain NaN or infinite values{where}")
+            raise FileFormatError(f"positions contain NaN or infinite values{where}")
 
     # -- basic access
     def __len__(self) -> int:
@@ -255,59 +250,54 @@ def load_corpus(path) -> Corpus:
 
     Raises
     ------
-    CorpusError
+    FileFormatError
         Missing file, not an npz, missing arrays, inconsistent arrays, or a content hash that
         differs from the one recorded at build time (corruption).
     """
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"corpus file not found: {path}")
+        raise FileFormatError(f"corpus file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in _REQUIRED if k not in data.files]
             if missing:
-                raise CorpusError(f"{path} is not an openmm-geom corpus: missing arrays "
+                raise FileFormatError(f"{path} is not an openmm-geom corpus: missing arrays "
                                   f"{missing} (has {sorted(data.files)})")
             arrays = {k: data[k] for k in _REQUIRED}
             heavy_only = data["heavy_only"] if "heavy_only" in data.files else None
-    except CorpusError:
+    except FileFormatError:
         raise
     except Exception as error:  # zipfile.BadZipFile, ValueError, OSError, EOFError ...
-        raise CorpusError(f"{path} could not be read as an npz corpus (truncated or another "
+        raise FileFormatError(f"{path} could not be read as an npz corpus (truncated or another "
                           f"format?): {type(error).__name__}: {error}") from error
     try:
         metadata = json.loads(str(arrays["metadata"]))
     except (TypeError, ValueError) as error:
-        raise CorpusError(f"{path}: metadata is not valid JSON ({error})") from error
-    if not isinstance(metadata, dict) or metadata.get("format") != CORPUS_FORMAT:
-        raise CorpusError(f"{path} is not an openmm-geom corpus (format "
-                          f"{metadata.get('format') if isinstance(metadata, dict) else None!r})")
-    if metadata.get("version") != CORPUS_VERSION:
-        raise CorpusError(f"{path}: corpus version {metadata.get('version')}, this openmm-geom "
-                          f"reads {CORPUS_VERSION}")
+        raise FileFormatError(f"{path}: metadata is not valid JSON ({error})") from error
+    if not isinstance(metadata, dict):
+        metadata = {}
+    check_format(metadata.get("format"), CORPUS_KIND, (CORPUS_VERSION,), source=path,
+                 version=metadata.get("version"))
     if metadata.get("units", {}).get("positions") != "nm":
-        raise CorpusError(f"{path}: positions are not recorded in nm")
+        raise FileFormatError(f"{path}: positions are not recorded in nm")
     corpus = Corpus(arrays["atomic_numbers"], arrays["positions"], arrays["offsets"],
                     arrays["group"], arrays["names"].tolist(), metadata, path, heavy_only)
     if metadata.get("sha256") != corpus.sha256:
-        raise CorpusError(f"{path}: content hash {corpus.sha256} differs from the recorded "
+        raise FileFormatError(f"{path}: content hash {corpus.sha256} differs from the recorded "
                           f"{metadata.get('sha256')} (corrupt or edited file)")
     return corpus
 
 
 def _save_corpus(out: Path, z, pos, offsets, group, names, heavy_only, metadata) -> Corpus:
     corpus = Corpus(z, pos, offsets, group, names, metadata, out, heavy_only)
-    metadata = dict(metadata, format=CORPUS_FORMAT, version=CORPUS_VERSION,
+    metadata = dict(metadata, format=format_tag(CORPUS_KIND, CORPUS_VERSION),
                     units={"positions": "nm"}, sha256=corpus.sha256,
                     n_structures=len(corpus), n_atoms=corpus.n_atoms, n_groups=corpus.n_groups)
     corpus.metadata = metadata
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, atomic_numbers=corpus.atomic_numbers,
-                        positions=corpus.positions, offsets=corpus.offsets, group=corpus.group,
-                        names=np.asarray(corpus.names, dtype=str),
-                        heavy_only=corpus.heavy_only,
-                        metadata=np.asarray(json.dumps(metadata, sort_keys=True)))
-    atomic_write_bytes(out, buffer.getvalue())
+    atomic_savez(out, compressed=True, atomic_numbers=corpus.atomic_numbers,
+                 positions=corpus.positions, offsets=corpus.offsets, group=corpus.group,
+                 names=np.asarray(corpus.names, dtype=str), heavy_only=corpus.heavy_only,
+                 metadata=np.asarray(json.dumps(metadata, sort_keys=True)))
     return corpus
 
 

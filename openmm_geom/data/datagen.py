@@ -47,7 +47,6 @@ so an interruption at any moment loses at most the frames since the last chunk. 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -55,33 +54,32 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as unit
 
-from . import _arguments as check
-from .._threads import cpu_platform_properties
-from ..modelfile import atomic_write_bytes
+from ..errors import FileFormatError, SimulationBlowUp
+from .. import arguments as check
+from ..threads import cpu_platform_properties
+from ..io import (atomic_open, atomic_savez, atomic_write_bytes, check_format, format_tag,
+                  npy_member, read_npz)
 from ..progress import progress_bar
 
 __all__ = [
     "UNITS",
-    "UnstableSimulationError",
     "generate_reference",
     "load_reference",
     "reference_topology",
 ]
 
-FORMAT = "openmm_geom.reference/1"
-_WORK_FORMAT = "openmm_geom.reference-work/1"
+FORMAT = format_tag("reference", 1)
+WORK_KIND, WORK_VERSION = "reference-work", 1
 
 UNITS = {
     "positions": "nm",
@@ -103,10 +101,6 @@ _CONSTRAINTS = {None: None, "hbonds": app.HBonds, "allbonds": app.AllBonds,
 _MINIMISE_TOLERANCE = 10.0  # kJ/mol/nm, OpenMM's default
 _FRAME_KEYS = ("positions", "forces", "potential_energies", "box_vectors")
 _CHECK_EVERY = 1000  # equilibration steps between energy checks
-
-
-class UnstableSimulationError(RuntimeError):
-    """The simulation produced non-finite energies, forces or positions."""
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -364,7 +358,7 @@ class _Simulation:
         self._good = self.context.createCheckpoint()
         return arrays
 
-    def _unstable(self, problem: str, window: int) -> UnstableSimulationError:
+    def _unstable(self, problem: str, window: int) -> SimulationBlowUp:
         """Replay from the last good checkpoint to the first bad step and describe it."""
         step, last = self.context.getStepCount(), None
         if self._good is not None:
@@ -397,7 +391,7 @@ class _Simulation:
                      "(use timestep_fs <= 1 without constraints), clashing atoms in the input "
                      "structure, or a force field that does not fit it. Frames saved so far "
                      f"are in {self.work_dir}.")
-        return UnstableSimulationError(" ".join(parts))
+        return SimulationBlowUp(" ".join(parts))
 
     def prepare(self, positions_nm: np.ndarray) -> None:
         """Set the input positions, check their energy, minimise, and draw velocities."""
@@ -461,12 +455,6 @@ class _Simulation:
 
 # --- the work directory --------------------------------------------------------------------
 
-def _npz_bytes(arrays: dict) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
 class _WorkDir:
     """``<out>.partial/``: settings, the equilibrated checkpoint and chunks of frames.
 
@@ -478,7 +466,7 @@ class _WorkDir:
         self.path = path
         self.recipe = recipe
         self._lock = None
-        self.state = {"format": _WORK_FORMAT, "recipe": recipe, "equilibrated": False,
+        self.state = {"format": format_tag(WORK_KIND, WORK_VERSION), "recipe": recipe, "equilibrated": False,
                       "chunks": []}
 
     def __enter__(self) -> "_WorkDir":
@@ -518,9 +506,10 @@ class _WorkDir:
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{state_file} is corrupt ({error}); delete {self.path} to start "
                              f"over") from None
-        if state.get("format") != _WORK_FORMAT:
-            raise ValueError(f"{self.path} was written by another version of openmm-geom "
-                             f"({state.get('format')!r}); delete it to start over")
+        try:
+            check_format(state.get("format"), WORK_KIND, (WORK_VERSION,), source=self.path)
+        except FileFormatError as error:
+            raise FileFormatError(f"{error}; delete it to start over") from None
         differences = [f"{key}: recorded {recorded.get(key)!r}, now {value!r}"
                        + (" (the PDB file changed)" if key == "pdb_sha256" else "")
                        for key, value in self.recipe.items() if recorded.get(key) != value]
@@ -572,7 +561,7 @@ class _WorkDir:
     def save_chunk(self, frames: dict, checkpoint: bytes) -> None:
         index = len(self.state["chunks"])
         payload = dict(frames, checkpoint=np.frombuffer(checkpoint, dtype=np.uint8))
-        atomic_write_bytes(self.chunk_path(index), _npz_bytes(payload))
+        atomic_savez(self.chunk_path(index), **payload)
         self.state["chunks"].append(len(frames["positions"]))
         self._write_state()
 
@@ -589,54 +578,19 @@ class _WorkDir:
 
 # --- writing the reference file ------------------------------------------------------------
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def _atomic_open(path: Path):
-    """A binary file handle whose contents replace ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a data file is for sharing
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _npy_member(archive: zipfile.ZipFile, name: str, shape: tuple, dtype: np.dtype,
-                blocks: Iterable[np.ndarray]) -> None:
-    """Write ``blocks`` (stacked along axis 0) as ``name.npy``; fixed date, so reproducible."""
-    info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-    with archive.open(info, "w", force_zip64=True) as member:
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                  "shape": tuple(shape)}
-        np.lib.format.write_array_header_1_0(member, header)
-        for block in blocks:
-            member.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
-
-
 def _write_reference(out: Path, work: _WorkDir, static: dict) -> None:
     """Stream the chunks and the static arrays into ``out``, atomically and byte-reproducibly."""
     n_frames = work.frames_done
     with np.load(work.chunk_path(0)) as first:
         frame_arrays = {key: (first[key].shape[1:], first[key].dtype)
                         for key in _FRAME_KEYS if key in first.files}
-    with _atomic_open(out) as handle, \
+    with atomic_open(out) as handle, \
             zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for key, (tail, dtype) in frame_arrays.items():
-            _npy_member(archive, key, (n_frames, *tail), dtype, work.iter_chunks(key))
+            npy_member(archive, key, (n_frames, *tail), dtype, work.iter_chunks(key))
         for key, value in static.items():
             value = np.asarray(value)
-            _npy_member(archive, key, value.shape, value.dtype, [value])
+            npy_member(archive, key, value.shape, value.dtype, [value])
 
 
 def _static_arrays(recipe: _Recipe, system: openmm.System, structure: _Structure,
@@ -785,7 +739,7 @@ def generate_reference(
     ValueError
         Invalid settings, an unreadable PDB, a structure the force field cannot parametrise or
         whose initial energy is not finite, or a work directory recorded with other settings.
-    UnstableSimulationError
+    SimulationBlowUp
         The energy, positions or forces became non-finite; the message names the MD step and
         the atoms with the largest forces.
     """
@@ -876,22 +830,6 @@ def _check_per_atom(name: str, array: np.ndarray, n_atoms: int, path: Path) -> N
     if array.shape != (n_atoms,) or not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{path}: {name} has shape {array.shape} and dtype {array.dtype}, "
                          f"expected numbers of shape ({n_atoms},) for {n_atoms} atoms")
-
-
-def read_npz(path: Path, what: str) -> dict:
-    """All arrays of an npz file (no pickles), with errors that name the file and the problem.
-
-    ``what`` names the kind of file in the not-found message ("reference file", ...).
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not an npz file (truncated, or another format?)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-        raise ValueError(f"{path} is corrupt or not a NumPy npz file: {error}") from error
 
 
 def load_reference(path: Union[str, os.PathLike], require_forces: bool = True) -> dict:

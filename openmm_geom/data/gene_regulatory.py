@@ -36,8 +36,8 @@ from typing import Sequence, Union
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from . import _arguments as check
-from .. import __version__
+from .. import arguments as check
+from ..version import __version__
 from ..progress import progress_bar
 from .path_dataset import save_path_dataset
 

@@ -31,8 +31,8 @@ import mdtraj
 import numpy as np
 import openmm.app as app
 
-from . import _arguments as check
-from .. import __version__
+from .. import arguments as check
+from ..version import __version__
 from ..progress import progress_bar
 from . import bundled
 from .datagen import generate_reference, load_reference, reference_topology

@@ -41,8 +41,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import _arguments as check
-from .datagen import _atomic_open, _npy_member, read_npz
+from .. import arguments as check
+from ..io import atomic_open, npy_member, read_npz
 
 __all__ = [
     "PathDataset",
@@ -272,12 +272,12 @@ def save_path_dataset(out: Union[str, os.PathLike], **arrays) -> Path:
     if out.is_dir():
         raise ValueError(f"out must be a file path, but {out} is a directory")
     checked = validate_path_arrays(arrays, source=str(out))
-    with _atomic_open(out) as handle, \
+    with atomic_open(out) as handle, \
             zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for key in REQUIRED_KEYS + OPTIONAL_KEYS:
             if key in checked:
                 value = np.asarray(checked[key])
-                _npy_member(archive, key, value.shape, value.dtype, [value])
+                npy_member(archive, key, value.shape, value.dtype, [value])
     return out
 
 

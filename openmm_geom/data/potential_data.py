@@ -24,8 +24,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ..modelfile import sha256_of_arrays
-from .datagen import read_npz
+from ..io import sha256_of_arrays
+from ..io import read_npz
 
 __all__ = ["PotentialData", "load_potential_data", "time_block_split"]
 

@@ -37,8 +37,8 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
-from . import _arguments as check
-from ..modelfile import atomic_write_bytes
+from .. import arguments as check
+from ..io import atomic_write_bytes
 
 __all__ = [
     "WATER_DENSITY",

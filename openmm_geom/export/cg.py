@@ -5,8 +5,8 @@ import os
 from typing import Optional
 
 import numpy as np
-import torch
 
+from ..modelfile import ExportedModel
 from ..models.cgschnet import CGSchNet, ReplicaBatch
 from .torchscript import export_model
 
@@ -16,7 +16,7 @@ __all__ = ["export_cg_model"]
 def export_cg_model(model: CGSchNet, path: os.PathLike, *, example_positions, masses,
                     mapping: Optional[dict] = None, native_priors: bool = True,
                     replicas: int = 1, training_data_hash: Optional[str] = None,
-                    extra: Optional[dict] = None) -> torch.jit.ScriptModule:
+                    extra: Optional[dict] = None) -> ExportedModel:
     """Export a CGSchNet (ensemble mean) as an OpenMM-ready TorchScript potential.
 
     Parameters
@@ -26,7 +26,7 @@ def export_cg_model(model: CGSchNet, path: os.PathLike, *, example_positions, ma
     masses : (n_beads,) amu
     mapping : the CG mapping's ``to_dict()`` (recorded in the file)
     native_priors : export the learned correction only and record the priors in the metadata,
-        so :func:`openmm_geom.openmm.cg.cg_system` adds them as native OpenMM forces;
+        so :func:`openmm_geom.openmm.create_system` adds them as native OpenMM forces;
         False keeps the priors inside the TorchScript module
     replicas : R > 1 exports R disjoint copies evaluated in one call (replica-batched OpenMM)
     """

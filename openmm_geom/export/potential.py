@@ -5,8 +5,8 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
+from ..modelfile import ExportedModel
 from ..models.atomistic import AtomisticPotential
 from .torchscript import export_model
 
@@ -16,7 +16,7 @@ __all__ = ["export_potential"]
 def export_potential(model: AtomisticPotential, path: os.PathLike, *, positions, box=None,
                      atomic_numbers: Optional[Sequence[int]] = None, masses=None,
                      training_data_hash: Optional[str] = None,
-                     extra: Optional[dict] = None) -> torch.jit.ScriptModule:
+                     extra: Optional[dict] = None) -> ExportedModel:
     """Write ``model`` as an OpenMM-ready TorchScript potential (nm, kJ/mol).
 
     Parameters
@@ -34,7 +34,7 @@ def export_potential(model: AtomisticPotential, path: os.PathLike, *, positions,
         larger water box): the model is re-targeted with ``for_atoms`` first; an element it
         was not trained on is an error.
     masses : (N,) amu, optional
-        Recorded so that :func:`openmm_geom.openmm.potential_system` can build a System.
+        Recorded so that :func:`openmm_geom.openmm.create_system` can build a System.
     """
     if atomic_numbers is not None:
         model = model.for_atoms(atomic_numbers)

@@ -7,13 +7,10 @@ from typing import Optional
 import torch
 
 from ..contract import boundary_for, describe
-from ..modelfile import ModelMetadata, save_model
+from ..errors import ExportError
+from ..modelfile import ExportedModel, ModelMetadata, save_model
 
-__all__ = ["export_model", "ExportError"]
-
-
-class ExportError(RuntimeError):
-    """A model that cannot be exported (not scriptable, or its script disagrees with it)."""
+__all__ = ["export_model"]
 
 
 def export_model(
@@ -35,7 +32,7 @@ def export_model(
     training_data_hash: Optional[str] = None,
     extra: Optional[dict] = None,
     dtype: Optional[torch.dtype] = None,
-) -> torch.jit.ScriptModule:
+) -> ExportedModel:
     """Export ``module`` as a self-describing TorchScript file that OpenMM can run.
 
     Parameters
@@ -65,9 +62,16 @@ def export_model(
 
     Returns
     -------
-    torch.jit.ScriptModule
-        The exported module, ``forward(positions nm[, box nm]) -> kJ/mol`` (or ``cv[k]``),
-        with its metadata in the ``openmm_geom_metadata`` attribute.
+    ExportedModel
+        The file as loaded: ``.module`` is the exported ScriptModule, ``forward(positions
+        nm[, box nm]) -> kJ/mol`` (or ``cv[k]``), with its metadata in the
+        ``openmm_geom_metadata`` attribute; ``.metadata`` the parsed metadata. Pass it to
+        :func:`openmm_geom.openmm.create_system` & co. without reading the file again.
+
+    Raises
+    ------
+    ExportError
+        The model cannot be scripted, or its script disagrees with it on the example.
     """
     metadata = describe(
         module, kind=kind, length_unit=length_unit, energy_unit=energy_unit, periodic=periodic,
@@ -86,8 +90,7 @@ def export_model(
             "openmm_geom.openmm.python_force (the openmm.PythonForce bridge)."
         ) from error
     _verify_script(eager, scripted, metadata)
-    save_model(scripted, path)
-    return scripted
+    return save_model(scripted, path)
 
 
 def _verify_script(eager: torch.nn.Module, scripted: torch.jit.ScriptModule,

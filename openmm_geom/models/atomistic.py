@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..ops.neighbors import NeighborPairs
+from ..ops.neighbors import NeighborPairs, check_cutoff
 
 __all__ = ["AtomisticPotential", "fit_energy_offsets", "species_indices", "smooth_envelope",
            "REPULSION_EPSILON"]
@@ -99,8 +99,7 @@ class AtomisticPotential(torch.nn.Module):
             raise ValueError("atomic numbers must be >= 1 (virtual sites and unknown elements "
                              "have no chemistry a potential can learn)")
         self.elements: List[int] = sorted({int(z) for z in (elements or atomic_numbers)})
-        if not cutoff > 0:
-            raise ValueError(f"cutoff must be positive (nm), got {cutoff}")
+        check_cutoff(cutoff)
         self.cutoff = float(cutoff)
         self.register_buffer("atomic_numbers", torch.tensor(atomic_numbers, dtype=torch.int64))
         self.register_buffer("species", species_indices(atomic_numbers, self.elements))

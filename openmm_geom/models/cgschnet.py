@@ -20,7 +20,7 @@ import torch
 
 from .priors import CGPriors
 
-__all__ = ["CGSchNet", "ReplicaBatch", "stack_ensemble", "save_cgschnet", "load_cgschnet"]
+__all__ = ["CGSchNet", "ReplicaBatch", "stack_ensemble"]
 
 
 class _Linear(torch.nn.Module):
@@ -204,52 +204,3 @@ def stack_ensemble(models: List[CGSchNet]) -> CGSchNet:
         for name, target in parameters.items():
             target.copy_(torch.cat([dict(m.named_parameters())[name] for m in models], dim=0))
     return stacked
-
-
-def save_cgschnet(model: CGSchNet, path, metadata: Optional[dict] = None) -> None:
-    """Write a CGSchNet (architecture, priors, weights, free-form metadata) atomically.
-
-    The file loads with ``torch.load(..., weights_only=True)`` (:func:`load_cgschnet`).
-    """
-    import json
-
-    from ..modelfile import atomic_torch_save
-
-    payload = {
-        "format": "openmm-geom CGSchNet 1",
-        "config": json.dumps({"bead_types": model.bead_types.tolist(),
-                              "hyperparameters": model.hyperparameters,
-                              "dtype": str(model.embedding.dtype).replace("torch.", ""),
-                              "priors": model.priors.to_config() if model.use_priors else None,
-                              "metadata": metadata or {}}),
-        "state": {k: v for k, v in model.state_dict().items() if not k.startswith("priors.")},
-    }
-    atomic_torch_save(path, payload)
-
-
-def load_cgschnet(path) -> tuple:
-    """(CGSchNet, metadata dict) from :func:`save_cgschnet`'s file; clear errors otherwise."""
-    import json
-    from pathlib import Path
-
-    from ..modelfile import ModelFileError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"CG model file not found: {path}")
-    try:
-        payload = torch.load(path, weights_only=True)
-    except Exception as error:
-        raise ModelFileError(f"{path} is not a readable CG model file: "
-                             f"{str(error).strip().splitlines()[0]}") from error
-    if not isinstance(payload, dict) or payload.get("format") != "openmm-geom CGSchNet 1":
-        raise ModelFileError(f"{path} is not an openmm-geom CGSchNet file")
-    config = json.loads(payload["config"])
-    priors = CGPriors.from_config(config["priors"]) if config["priors"] else None
-    model = CGSchNet(config["bead_types"], priors, **config["hyperparameters"],
-                     dtype=getattr(torch, config["dtype"]))
-    missing, unexpected = model.load_state_dict(payload["state"], strict=False)
-    if unexpected or [k for k in missing if not k.startswith("priors.")]:
-        raise ModelFileError(f"{path}: weights do not match the architecture "
-                             f"(missing {missing}, unexpected {unexpected})")
-    return model, config["metadata"]

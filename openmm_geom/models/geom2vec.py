@@ -29,8 +29,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..ops.neighbors import check_box_holds_cutoff
-from .torchmdnet import ANGSTROM_PER_NM, _VesinEdges, _build
+from ..ops.neighbors import check_cutoff
+from ..data.trajectories import as_mdtraj_topology
+from .torchmdnet import ANGSTROM_PER_NM, VesinEdges, build_torchmdnet
 
 __all__ = ["Geom2VecFeaturizer", "TokenMap", "pool_tokens", "Geom2VecCV", "TokenCV",
            "TokenStandardizer", "global_distances",
@@ -126,8 +127,7 @@ class Geom2VecFeaturizer(torch.nn.Module):
             raise ValueError(f"architecture must be 'et' or 'tensornet', got {architecture!r}")
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        if cutoff <= 0:
-            raise ValueError("cutoff must be positive (nm)")
+        check_cutoff(cutoff)
         self.cutoff = float(cutoff)
         self.max_z = int(max_z)
         self.hidden_channels = int(hidden_channels)
@@ -139,10 +139,10 @@ class Geom2VecFeaturizer(torch.nn.Module):
         }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            representation, _ = _build(architecture, hidden_channels, num_layers, num_rbf,
+            representation, _ = build_torchmdnet(architecture, hidden_channels, num_layers, num_rbf,
                                        num_heads, architecture == "et", "silu", "O(3)",
                                        self.cutoff * ANGSTROM_PER_NM, self.max_z, 64, dtype)
-        representation.distance = _VesinEdges(self.cutoff * ANGSTROM_PER_NM)
+        representation.distance = VesinEdges(self.cutoff * ANGSTROM_PER_NM)
         self.backbone = (_ETFeatures(representation) if architecture == "et"
                          else _TensorNetFeatures(representation))
         self.register_buffer("angstrom_per_nm", torch.tensor(ANGSTROM_PER_NM, dtype=dtype),
@@ -196,8 +196,6 @@ class Geom2VecFeaturizer(torch.nn.Module):
         if boxes is not None:
             if boxes.dim() != 3 or boxes.size(0) != frames:
                 raise ValueError("boxes must have shape (frames, 3, 3)")
-            for f in range(frames):
-                check_box_holds_cutoff(boxes[f], self.cutoff)
             box = boxes.to(scale.dtype) * scale
         z = atomic_numbers.to(torch.int64).repeat(frames)
         batch = torch.arange(frames, dtype=torch.int64,
@@ -300,7 +298,7 @@ class TokenMap:
         """
         import mdtraj
 
-        top = _as_mdtraj_topology(topology)
+        top = as_mdtraj_topology(topology)
         solvent = "not (water or resname NA or resname CL or resname K or resname HOH)"
         expression = {"heavy": f"{solvent} and not element H", "solute": solvent,
                       "all": "all"}.get(selection, selection)
@@ -369,16 +367,6 @@ class TokenMap:
         return cls(data["atom_indices"], data["token_index"], data["token_names"],
                    data["atomic_numbers"], data["n_system_atoms"],
                    np.asarray(data.get("global_pairs", []), dtype=np.int64).reshape(-1, 2))
-
-
-def _as_mdtraj_topology(topology):
-    import mdtraj
-
-    if isinstance(topology, mdtraj.Topology):
-        return topology
-    if isinstance(topology, (str, bytes)) or hasattr(topology, "__fspath__"):
-        return mdtraj.load_topology(str(topology))
-    return mdtraj.Topology.from_openmm(topology)
 
 
 class TokenStandardizer(torch.nn.Module):

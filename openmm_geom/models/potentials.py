@@ -1,29 +1,22 @@
-"""The all-atom potential architectures, registered in one place, and their checkpoint files.
+"""The all-atom potential architectures, registered in one place.
 
 ``build_potential("attention" | "et" | "tensornet", atomic_numbers, **sizes)`` makes a model;
-:func:`save_potential` / :func:`load_potential` write and read a trained one as its
-hyper-parameters plus a state dict (read with ``torch.load(..., weights_only=True)``), so that
-a checkpoint never executes code when it is loaded.
+``potential_class(architecture).from_hyperparameters(...)`` rebuilds a trained one (checkpoint
+files are :mod:`openmm_geom.training.checkpoints`).
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
-import torch
-
-from ..modelfile import ModelFileError, atomic_torch_save
 from .atomistic import AtomisticPotential
 
-__all__ = ["ARCHITECTURES", "build_potential", "save_potential", "load_potential",
-           "POTENTIAL_FORMAT"]
+__all__ = ["ARCHITECTURES", "build_potential", "potential_class"]
 
-POTENTIAL_FORMAT = "openmm_geom.potential/1"
 ARCHITECTURES = ("attention", "et", "tensornet")
 
 
-def _class_for(architecture: str):
+def potential_class(architecture: str):
+    """The class implementing ``architecture`` (``"attention"``, ``"et"``, ``"tensornet"``)."""
     if architecture == "attention":
         from .attention import AttentionPotential
 
@@ -42,37 +35,7 @@ def build_potential(architecture: str, atomic_numbers: Sequence[int], **options)
     seed); see :class:`~openmm_geom.models.attention.AttentionPotential` and
     :class:`~openmm_geom.models.torchmdnet.TorchMDNetPotential`.
     """
-    cls = _class_for(architecture)
+    cls = potential_class(architecture)
     if architecture in ("et", "tensornet"):
         options = dict(options, architecture=architecture)
     return cls(atomic_numbers, **options)
-
-
-def save_potential(model: AtomisticPotential, path: Union[str, os.PathLike], **extra) -> Path:
-    """Write ``model`` (hyper-parameters, atoms, state dict and ``extra`` plain data) atomically."""
-    payload = {"format": POTENTIAL_FORMAT, "hyperparameters": dict(model.hyperparameters),
-               "atomic_numbers": [int(z) for z in model.atomic_numbers.tolist()],
-               "state_dict": model.state_dict(), "extra": extra}
-    path = Path(path)
-    atomic_torch_save(path, payload)
-    return path
-
-
-def load_potential(path: Union[str, os.PathLike]) -> tuple:
-    """``(model, extra)`` from a file written by :func:`save_potential`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"potential file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ModelFileError(f"{path} is not a readable potential checkpoint ({error})") from error
-    if not isinstance(payload, dict) or payload.get("format") != POTENTIAL_FORMAT:
-        raise ModelFileError(
-            f"{path} is not an openmm-geom potential checkpoint (format "
-            f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}); "
-            "exported TorchScript files are read with openmm_geom.modelfile.load_model")
-    hp = payload["hyperparameters"]
-    model = _class_for(hp["architecture"]).from_hyperparameters(payload["atomic_numbers"], hp)
-    model.load_state_dict(payload["state_dict"])
-    return model, payload.get("extra", {})

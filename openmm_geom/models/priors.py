@@ -12,13 +12,13 @@ Terms (all energies kJ/mol, lengths nm, angles radians):
 Boltzmann inversion with the Jacobian (``p(r) / r^2`` for distances, ``p(theta) / sin(theta)``
 for angles). Degenerate data (zero variance, no curvature) raise instead of producing NaNs.
 The same energies as native OpenMM forces come from
-:func:`openmm_geom.openmm.cg.prior_forces` (which reads :meth:`CGPriors.to_config`), so inside
+:func:`openmm_geom.openmm.priors.prior_forces` (which reads :meth:`CGPriors.to_config`), so inside
 OpenMM only the neural correction runs in torch.
 """
 from __future__ import annotations
 
 import itertools
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import torch

@@ -16,7 +16,7 @@ Units inside the network
 
 Neighbour pairs
     ``neighbors="vesin"`` (default) replaces torchmd-net's ``OptimizedDistance`` submodule
-    (``representation.distance``; O(N^2) brute force on CPU) by :class:`_VesinEdges`, which
+    (``representation.distance``; O(N^2) brute force on CPU) by :class:`VesinEdges`, which
     calls our :class:`~openmm_geom.ops.neighbors.NeighborPairs` (vesin cell lists, O(N), any
     triclinic box, exact second derivatives) once per frame and rewrites the half list into
     the graph torchmd-net's layers expect, identical to what ``OptimizedDistance(loop=True,
@@ -51,14 +51,14 @@ import torch
 from ..ops.neighbors import NeighborPairs, check_box_holds_cutoff
 from .atomistic import AtomisticPotential
 
-__all__ = ["TorchMDNetPotential", "ANGSTROM_PER_NM"]
+__all__ = ["TorchMDNetPotential", "ANGSTROM_PER_NM", "VesinEdges", "build_torchmdnet"]
 
 ANGSTROM_PER_NM = 10.0
 _ARCHITECTURES = ("et", "tensornet")
 _NEIGHBORS = ("vesin", "torchmdnet")
 
 
-class _VesinEdges(torch.nn.Module):
+class VesinEdges(torch.nn.Module):
     """Drop-in for torchmd-net's ``OptimizedDistance(loop=True, return_vecs=True)``, by vesin.
 
     ``forward(pos[M,3], batch[M], box[B,3,3] or [3,3] or None) -> (edge_index[2,E] int64,
@@ -261,12 +261,12 @@ class TorchMDNetPotential(AtomisticPotential):
         max_z = max(self.elements) + 1
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.representation, self.output_model = _build(
+            self.representation, self.output_model = build_torchmdnet(
                 architecture, hidden_channels, num_layers, num_rbf, num_heads, bool(trainable_rbf),
                 activation, equivariance_invariance_group, self.cutoff_angstrom, max_z,
                 max_num_neighbors, dtype)
         if neighbors == "vesin":
-            self.representation.distance = _VesinEdges(self.cutoff_angstrom)
+            self.representation.distance = VesinEdges(self.cutoff_angstrom)
         else:
             search = self.representation.distance
             # OptimizedDistance keeps a placeholder box as a persistent buffer; leaving it out of
@@ -296,17 +296,18 @@ class TorchMDNetPotential(AtomisticPotential):
         return cls(atomic_numbers, **kwargs)
 
     def _check_boxes(self, boxes: torch.Tensor) -> None:
+        """torchmd-net's own search only: its boxes must be in OpenMM's reduced form.
+
+        (With vesin, the pair search checks the box against the cutoff.)"""
         rows_per_frame: List[List[List[float]]] = boxes.detach().to(torch.float64).tolist()
         for f in range(boxes.size(0)):
-            # In nm, so that a too-small box is reported in the user's units.
+            a, b, c = rows_per_frame[f][0], rows_per_frame[f][1], rows_per_frame[f][2]
+            if a[1] != 0.0 or a[2] != 0.0 or b[2] != 0.0 or a[0] < 2.0 * abs(b[0]) \
+                    or a[0] < 2.0 * abs(c[0]) or b[1] < 2.0 * abs(c[1]):
+                raise ValueError("torchmd-net's pair search needs boxes in reduced "
+                                 "lower-triangular form (OpenMM's), got " + str(rows_per_frame[f])
+                                 + "; use neighbors='vesin' for general boxes")
             check_box_holds_cutoff(boxes[f], self.cutoff)
-            if self.neighbor_mode == "torchmdnet":
-                a, b, c = rows_per_frame[f][0], rows_per_frame[f][1], rows_per_frame[f][2]
-                if a[1] != 0.0 or a[2] != 0.0 or b[2] != 0.0 or a[0] < 2.0 * abs(b[0]) \
-                        or a[0] < 2.0 * abs(c[0]) or b[1] < 2.0 * abs(c[1]):
-                    raise ValueError("torchmd-net's pair search needs boxes in reduced "
-                                     "lower-triangular form (OpenMM's), got " + str(rows_per_frame[f])
-                                     + "; use neighbors='vesin' for general boxes")
 
     def interaction_energies(self, positions: torch.Tensor,
                              boxes: Optional[torch.Tensor]) -> torch.Tensor:
@@ -322,7 +323,8 @@ class TorchMDNetPotential(AtomisticPotential):
         pos = positions.to(scale.dtype).reshape(frames * n_atoms, 3) * scale
         box: Optional[torch.Tensor] = None
         if boxes is not None:
-            self._check_boxes(boxes)
+            if self.neighbor_mode == "torchmdnet":
+                self._check_boxes(boxes)
             box = boxes.to(scale.dtype) * scale
         z = self.atomic_numbers.repeat(frames)
         batch = torch.arange(frames, dtype=torch.int64, device=pos.device).repeat_interleave(n_atoms)
@@ -335,7 +337,7 @@ class TorchMDNetPotential(AtomisticPotential):
                 f"neighbors={self.neighbor_mode!r}, elements={self.elements}")
 
 
-def _build(architecture: str, hidden: int, layers: int, num_rbf: int, heads: int,
+def build_torchmdnet(architecture: str, hidden: int, layers: int, num_rbf: int, heads: int,
            trainable_rbf: bool, activation: str, group: str, cutoff_angstrom: float, max_z: int,
            max_num_neighbors: int, dtype: torch.dtype) -> Tuple[torch.nn.Module, torch.nn.Module]:
     """torchmd-net's representation network and energy head, as ``create_model`` pairs them."""

@@ -1,29 +1,45 @@
-"""OpenMM side of openmm-geom: forces from exported models, reporters and in-Context checks.
+"""OpenMM side of openmm-geom: exported models as forces, biases, reporters and checks.
 
-Reads model files (:mod:`openmm_geom.modelfile`); never imports training or export code.
+One door per job:
+
+- :func:`create_system` / :func:`add_to_system`: an exported potential or CG model as a
+  System (openmm-ml style), or added to your System (a potential on some particles, a bias on
+  the CVs of a CV module);
+- :class:`TorchCVForce`: k neural CVs from one model pass, biased by any expression;
+  :func:`restraint_force` and :class:`Metadynamics` build on it;
+- :func:`custom_cv_force` / :func:`bias_variables`: the same CVs inside OpenMM's own
+  ``CustomCVForce`` / ``app.Metadynamics`` (one ``TorchForce`` per CV);
+- :func:`python_force`: an eager model that cannot be scripted, through ``openmm.PythonForce``;
+- :class:`CVReporter`, :class:`SignatureReporter`, :class:`EnsembleSpreadReporter`;
+- :func:`check_export`: a model file held to physics inside real Contexts.
+
+Every function taking a model accepts a path, an exported ScriptModule or an
+:class:`ExportedModel` (read once, never reloaded). Reads model files
+(:mod:`openmm_geom.modelfile`); never imports training or export code.
 """
+from ..modelfile import ExportedModel
 from .biasing import GridAxis, Metadynamics, restraint_force
 from .cvforce import TorchCVForce
-from .forces import CVComponent, check_system, load_exported, python_force, torch_force
-from .potential import EnsembleSpreadReporter, OutOfDistributionWarning, potential_system
-from .reporters import CVReporter, SignatureReporter
+from .forces import python_force
+from .interop import bias_variables, custom_cv_force
+from .reporters import CVReporter, EnsembleSpreadReporter, SignatureReporter
+from .system import add_to_system, create_system
 from .validation import CheckResult, ExportReport, check_export
 
 __all__ = [
+    "ExportedModel",
+    "create_system",
+    "add_to_system",
     "TorchCVForce",
     "restraint_force",
     "Metadynamics",
     "GridAxis",
-    "torch_force",
+    "custom_cv_force",
+    "bias_variables",
     "python_force",
-    "load_exported",
-    "check_system",
-    "CVComponent",
     "CVReporter",
     "SignatureReporter",
-    "potential_system",
     "EnsembleSpreadReporter",
-    "OutOfDistributionWarning",
     "check_export",
     "ExportReport",
     "CheckResult",

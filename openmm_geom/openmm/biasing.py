@@ -13,8 +13,6 @@ offset c(t) is written for reweighting.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
 import math
 import os
@@ -25,8 +23,11 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
-from ..modelfile import atomic_write_bytes
-from ..units import MOLAR_GAS_CONSTANT_KJ
+from ..errors import FileFormatError
+from ..io import (atomic_savez, atomic_write_bytes, check_format, format_tag, read_npz,
+                  sha256_of_bytes)
+from ..modelfile import ExportedModel
+from ..units import MOLAR_GAS_CONSTANT_KJ, value_in
 from .cvforce import TorchCVForce
 
 __all__ = ["restraint_force", "GridAxis", "Metadynamics"]
@@ -113,8 +114,8 @@ class GridAxis:
 
 _FUNCTIONS = {1: openmm.Continuous1DFunction, 2: openmm.Continuous2DFunction,
               3: openmm.Continuous3DFunction}
-_STATE_FORMAT = "openmm-geom-metadynamics"
-_STATE_VERSION = 1
+STATE_KIND = "metadynamics-state"
+STATE_VERSION = 1
 _METHODS = ("auto", "grid", "hills")
 
 
@@ -177,8 +178,8 @@ class Metadynamics:
             raise ValueError("log_interval must be >= 1 step")
         self.method = method
         self.axes = axes
-        self.temperature = _plain(temperature, unit.kelvin)
-        self.height = _plain(height, unit.kilojoule_per_mole)
+        self.temperature = value_in(temperature, unit.kelvin)
+        self.height = value_in(height, unit.kilojoule_per_mole)
         self.bias_factor = float(bias_factor)
         self.frequency = int(frequency)
         self.kT = MOLAR_GAS_CONSTANT_KJ * self.temperature
@@ -203,6 +204,7 @@ class Metadynamics:
         else:
             self.bias = None
             expression = extra_energy or "0"
+        model = ExportedModel.load(model, allow_bare=True)
         self.force = TorchCVForce(model, expression, **force_options)
         missing = [name for name in names if name not in self.force.cv_names]
         if missing:
@@ -219,11 +221,8 @@ class Metadynamics:
             self._function = None
             self.force.setHillsVariables(self._biased, self._widths.tolist(),
                                          self._periods.tolist())
-        self.model_sha256 = hashlib.sha256(self.force.getSerializedModule()).hexdigest()
-        if isinstance(model, (str, os.PathLike)):
-            self.model_name = Path(model).name
-        else:
-            self.model_name = str(getattr(model, "original_name", type(model).__name__))
+        self.model_sha256 = sha256_of_bytes(self.force.getSerializedModule())
+        self.model_name = model.name
         system.addForce(self.force)
 
     # -- the bias -----------------------------------------------------------------------------
@@ -439,7 +438,7 @@ class Metadynamics:
     def _log_row(self, context: openmm.Context, step: int) -> str:
         values = self.force.getCollectiveVariableValues(context)
         point = np.array([values[i] for i in self._biased])
-        fields = [str(step), repr(float(_plain(context.getTime(), unit.picosecond)))]
+        fields = [str(step), repr(value_in(context.getTime(), unit.picosecond))]
         fields += [repr(float(v)) for v in values]
         fields += [repr(self.bias_at(point)), repr(self.reweighting_offset())]
         return ",".join(fields) + "\n"
@@ -491,17 +490,14 @@ class Metadynamics:
         saw in :meth:`step`/:meth:`deposit` is recorded.
         """
         step = context.getStepCount() if context is not None else self._step
-        meta = {"format": _STATE_FORMAT, "version": _STATE_VERSION, "model_name": self.model_name,
+        meta = {"format": format_tag(STATE_KIND, STATE_VERSION), "model_name": self.model_name,
                 "step": int(step), "n_hills": len(self._heights),
                 "last_logged_step": int(self._last_logged_step), **self._description()}
         arrays = {"meta": np.array(json.dumps(meta)), "centers": self._centers,
                   "heights": self._heights, "center_bias": self._center_bias}
         if self.method == "grid":
             arrays["grid"] = self.bias
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(path, buffer.getvalue())
-        return Path(path)
+        return atomic_savez(path, **arrays)
 
     def load_state(self, path: Union[str, os.PathLike], context: openmm.Context, *,
                    check_step: bool = True) -> None:
@@ -513,16 +509,18 @@ class Metadynamics:
         first). The log, if any, is cut back to the saved step so that the resumed run appends
         without duplicating rows.
         """
-        with np.load(path, allow_pickle=False) as data:
+        data = read_npz(path, "metadynamics state file")
+        try:
             meta = json.loads(str(data["meta"]))
-            if meta.get("format") != _STATE_FORMAT:
-                raise ValueError(f"{path} is not a metadynamics state file")
-            if meta.get("version", 0) > _STATE_VERSION:
-                raise ValueError(f"{path}: state version {meta['version']} is newer than this "
-                                 f"code reads ({_STATE_VERSION})")
-            centers, heights = data["centers"], data["heights"]
-            center_bias = data["center_bias"]
-            grid = data["grid"] if "grid" in data.files else None
+        except (KeyError, ValueError):
+            meta = {}
+        check_format(meta.get("format"), STATE_KIND, (STATE_VERSION,), source=path,
+                     version=meta.get("version"))
+        missing = [key for key in ("centers", "heights", "center_bias") if key not in data]
+        if missing:
+            raise FileFormatError(f"{path} lacks the arrays {missing} of a metadynamics state")
+        centers, heights, center_bias = data["centers"], data["heights"], data["center_bias"]
+        grid = data.get("grid")
         if meta["model_sha256"] != self.model_sha256:
             raise ValueError(f"{path} was written for another CV model ({meta['model_name']}, "
                              f"sha256 {meta['model_sha256'][:12]}...); this force's model is "
@@ -568,9 +566,3 @@ def _logsumexp(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=float)
     top = float(values.max())
     return top + math.log(float(np.exp(values - top).sum()))
-
-
-def _plain(value, quantity_unit) -> float:
-    if unit.is_quantity(value):
-        return float(value.value_in_unit(quantity_unit))
-    return float(value)

@@ -7,39 +7,15 @@ before a Context exists.
 """
 from __future__ import annotations
 
-import io
-import os
-from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence
 
-import torch
-
-from .. import torchcv_plugin as _plugin
-from ..modelfile import ModelFileError, ModelMetadata, load_model, metadata_of
+from .. import torchcv_plugin as plugin
+from ..modelfile import ExportedModel, ModelLike, ModelMetadata
 
 __all__ = ["TorchCVForce"]
 
 
-def _module_bytes(model) -> tuple:
-    """(serialized TorchScript bytes, metadata or None) of a path or ScriptModule."""
-    if isinstance(model, (str, os.PathLike)):
-        _, metadata = load_model(model)  # validates the file before we embed it
-        return Path(model).read_bytes(), metadata
-    if isinstance(model, torch.jit.ScriptModule):
-        buffer = io.BytesIO()
-        torch.jit.save(model, buffer)
-        try:
-            metadata = metadata_of(model)
-        except ModelFileError:
-            metadata = None  # any scriptable module is allowed; the caller names its CVs
-        return buffer.getvalue(), metadata
-    if isinstance(model, torch.nn.Module):
-        raise TypeError(f"{type(model).__name__} is an eager module: export it with "
-                        "openmm_geom.export.export_model(..., kind='cv') or torch.jit.script it")
-    raise TypeError(f"expected a model file path or a ScriptModule, got {type(model)}")
-
-
-class TorchCVForce(_plugin.TorchCVForce):
+class TorchCVForce(plugin.TorchCVForce):
     """An OpenMM force whose energy is an expression of the k CVs of one TorchScript module.
 
     The module maps ``positions[N,3]`` (nm) (and ``box[3,3]`` when periodic) to ``cv[k]``; it
@@ -49,9 +25,11 @@ class TorchCVForce(_plugin.TorchCVForce):
 
     Parameters
     ----------
-    model : path or ScriptModule
+    model : path, ScriptModule or ExportedModel
         A CV module exported with ``export_model(..., kind="cv")`` (its metadata names the CVs
-        and sets periodicity), or any scripted module together with ``cv_names``.
+        and sets periodicity), or any scripted module together with ``cv_names``. The file is
+        read and deserialised once (pass an :class:`~openmm_geom.openmm.ExportedModel` to share one
+        load between several forces).
     energy : str
         Energy expression in kJ/mol, e.g. ``"0.5*k*(phi-phi0)^2"``.
     cv_names : sequence of str, optional
@@ -79,27 +57,21 @@ class TorchCVForce(_plugin.TorchCVForce):
     ``TorchCVForce.cast(force)`` to reach these methods.
     """
 
-    def __init__(self, model: Union[str, os.PathLike, torch.jit.ScriptModule], energy: str, *,
+    def __init__(self, model: ModelLike, energy: str, *,
                  cv_names: Optional[Sequence[str]] = None,
                  particles: Optional[Sequence[int]] = None,
                  global_parameters: Optional[Mapping[str, float]] = None,
                  periodic: Optional[bool] = None, force_group: Optional[int] = None):
-        _plugin.registerKernels()  # platforms loaded after import (e.g. plugins) get kernels too
-        data, metadata = _module_bytes(model)
-        names = self._names(metadata, cv_names)
-        super().__init__(data, energy, names)
-        self.metadata: Optional[ModelMetadata] = metadata
-        if periodic is None:
-            periodic = bool(metadata.periodic) if metadata else False
-        elif metadata is not None and periodic != metadata.periodic:
-            raise ValueError(f"periodic={periodic} contradicts the model, exported with "
-                             f"periodic={metadata.periodic}")
+        plugin.registerKernels()  # platforms loaded after import (e.g. plugins) get kernels too
+        model = ExportedModel.load(model, allow_bare=True)
+        model.require_kind("cv", "TorchCVForce")
+        names = model.cv_names(cv_names)
+        periodic = model.resolve_periodic(periodic)
+        particles = model.check_particles(particles)
+        super().__init__(model.data, energy, names)
+        self.model = model
         self.setUsesPeriodicBoundaryConditions(periodic)
         if particles is not None:
-            particles = [int(p) for p in particles]
-            if metadata is not None and len(particles) != metadata.n_atoms:
-                raise ValueError(f"{len(particles)} particles given for a model exported for "
-                                 f"{metadata.n_atoms} atoms")
             self.setParticles(particles)
         for name, value in (global_parameters or {}).items():
             self.addGlobalParameter(name, float(value))
@@ -107,21 +79,10 @@ class TorchCVForce(_plugin.TorchCVForce):
             self.setForceGroup(force_group)
         self.setName("TorchCVForce")
 
-    @staticmethod
-    def _names(metadata: Optional[ModelMetadata], cv_names) -> list:
-        if cv_names is not None:
-            names = [str(n) for n in cv_names]
-            if metadata is not None and len(names) != metadata.output_dim:
-                raise ValueError(f"{len(names)} cv_names for a module with "
-                                 f"{metadata.output_dim} CV outputs")
-            return names
-        if metadata is None:
-            raise ValueError("this module carries no openmm-geom metadata: pass cv_names "
-                             "(one per output) so the force knows how many CVs it returns")
-        if metadata.kind != "cv":
-            raise ValueError("the model is a potential; TorchCVForce takes a CV module "
-                             "(export it with kind='cv')")
-        return list(metadata.cv_names or [f"cv{i}" for i in range(metadata.output_dim)])
+    @property
+    def metadata(self) -> Optional[ModelMetadata]:
+        """The model's metadata (None for a bare scripted module)."""
+        return self.model.metadata
 
     @property
     def cv_names(self) -> list:

@@ -1,12 +1,14 @@
-"""OpenMM forces from exported models: openmm-torch's ``TorchForce`` and ``openmm.PythonForce``.
+"""OpenMM forces from models: openmm-torch's ``TorchForce`` and ``openmm.PythonForce``.
 
 Both bridges call the same contract wrapper (:mod:`openmm_geom.contract`), so a model gives the
-same energies and forces through either.
+same energies and forces through either. :func:`torch_force` is the one place a ``TorchForce``
+is built (by :func:`~openmm_geom.openmm.add_to_system`, the ``CustomCVForce`` interop and
+``check_export``); users reach it through :func:`~openmm_geom.openmm.create_system` and
+:func:`~openmm_geom.openmm.add_to_system`.
 """
 from __future__ import annotations
 
-import os
-from typing import Optional, Union
+from typing import List, Optional, Sequence
 
 import numpy as np
 import openmm
@@ -14,12 +16,9 @@ import openmm.unit as unit
 import torch
 
 from ..contract import boundary_for, describe
-from ..modelfile import ModelMetadata, load_model, metadata_of
-from ..ops.neighbors import check_box_holds_cutoff
+from ..modelfile import ExportedModel, ModelLike
 
-__all__ = [
-    "torch_force", "python_force", "load_exported", "CVComponent", "check_system", "openmmtorch",
-]
+__all__ = ["torch_force", "python_force", "selected_output", "openmmtorch"]
 
 
 def openmmtorch():
@@ -41,104 +40,112 @@ def openmmtorch():
     return sys.modules["openmmtorch"]
 
 
-class CVComponent(torch.nn.Module):
-    """One output of a CV module as a scalar, which is what a ``TorchForce`` must return.
+class SelectedOutput(torch.nn.Module):
+    """A model evaluated on a subset of the System's particles, optionally one output of it.
 
-    Needed only for the one-force-per-CV layout (e.g. inside ``CustomCVForce``);
-    ``TorchCVForce`` evaluates all CVs in one pass instead.
+    A ``TorchForce`` passes every particle of the System and takes one number back; this
+    wrapper selects ``positions[particles]`` (if given) and output ``index`` (if >= 0).
     """
 
-    def __init__(self, cv_module: torch.nn.Module, index: int):
+    def __init__(self, module: torch.nn.Module, index: int, particles: Optional[Sequence[int]]):
         super().__init__()
-        self.cv_module = cv_module
-        self.index = index
+        self.module = module
+        self.index = int(index)
+        self.subset = particles is not None
+        self.register_buffer("particles", torch.tensor(list(particles or []), dtype=torch.int64))
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.cv_module(positions, box)[self.index]
+        if self.subset:
+            positions = positions.index_select(0, self.particles)
+        output = self.module(positions, box)
+        return output[self.index] if self.index >= 0 else output
 
 
-def load_exported(model: Union[str, os.PathLike, torch.jit.ScriptModule]):
-    """(scripted module, metadata) from a model file path or an exported ScriptModule."""
-    if isinstance(model, (str, os.PathLike)):
-        return load_model(model)
-    if isinstance(model, torch.jit.ScriptModule):
-        return model, metadata_of(model)
-    if isinstance(model, torch.nn.Module):
-        raise TypeError(
-            f"{type(model).__name__} is an eager module: export it first with "
-            "openmm_geom.export.export_model(...) (it fixes units and periodicity), or use "
-            "openmm_geom.openmm.python_force(...) for a model that cannot be scripted"
-        )
-    raise TypeError(f"expected a model file path or an exported ScriptModule, got {type(model)}")
+class SelectedOutputNoBox(SelectedOutput):
+    """:class:`SelectedOutput` of a (bare, non-periodic) module whose forward takes positions."""
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        if self.subset:
+            positions = positions.index_select(0, self.particles)
+        output = self.module(positions)
+        return output[self.index] if self.index >= 0 else output
 
 
-def check_system(metadata: ModelMetadata, system: openmm.System) -> None:
-    """Raise a clear error unless ``system`` suits the model (atoms, periodicity, box/cutoff)."""
-    metadata.check_topology(system.getNumParticles(), periodic=None)
-    if metadata.periodic:
-        box = np.array([v.value_in_unit(unit.nanometer)
-                        for v in system.getDefaultPeriodicBoxVectors()])
-        if metadata.cutoff_nm:
-            check_box_holds_cutoff(torch.as_tensor(box), metadata.cutoff_nm)
+def _takes_box(module: torch.jit.ScriptModule) -> bool:
+    """Whether ``module.forward`` accepts a second (box) argument."""
+    try:
+        arguments = module.forward.schema.arguments  # type: ignore[attr-defined]
+    except AttributeError:
+        return True
+    return len(arguments) >= 3  # self, positions, box
 
 
-def _scalar_module(module, metadata: ModelMetadata, output_index: Optional[int]):
-    if metadata.kind == "potential":
-        if output_index is not None:
-            raise ValueError("output_index is only meaningful for a CV module")
-        return module
-    if output_index is None:
-        if metadata.output_dim != 1:
-            raise ValueError(
-                f"this CV module returns {metadata.output_dim} CVs; a TorchForce takes one: pass "
-                "output_index, or use TorchCVForce to evaluate all of them in one model pass"
-            )
-        output_index = 0
-    if not 0 <= output_index < metadata.output_dim:
-        raise IndexError(f"output_index {output_index} out of range for {metadata.output_dim} CVs")
-    return CVComponent(module, int(output_index))
+def selected_output(model: ExportedModel, index: Optional[int], particles: Optional[List[int]],
+                    periodic: bool) -> torch.jit.ScriptModule:
+    """The scripted module a ``TorchForce`` runs: ``model``'s output ``index`` (None: the
+    whole scalar output) on ``particles`` (None: all)."""
+    if index is None and particles is None:
+        return model.module
+    index = -1 if index is None else int(index)
+    if _takes_box(model.module):
+        wrapper = SelectedOutput(model.module, index, particles)
+    else:
+        if periodic:
+            raise ValueError("the module's forward takes positions only, so it cannot be periodic")
+        wrapper = SelectedOutputNoBox(model.module, index, particles)
+    return torch.jit.script(wrapper)
 
 
-def torch_force(
-    model: Union[str, os.PathLike, torch.jit.ScriptModule],
-    *,
-    output_index: Optional[int] = None,
-    system: Optional[openmm.System] = None,
-    force_group: Optional[int] = None,
-):
-    """A ready openmm-torch ``TorchForce`` for an exported model.
+def torch_force(model: ModelLike, *, output_index: Optional[int] = None,
+                particles: Optional[Sequence[int]] = None,
+                periodic: Optional[bool] = None, force_group: Optional[int] = None):
+    """An openmm-torch ``TorchForce`` running an exported model.
 
     Parameters
     ----------
-    model : path or ScriptModule
-        A file written by :func:`openmm_geom.export.export_model`, or the module it returned.
+    model : path, ScriptModule or ExportedModel
     output_index : int, optional
-        For a CV module: which CV the force returns as its "energy" (e.g. for ``CustomCVForce``).
-    system : openmm.System, optional
-        If given, checked against the model (atom count, periodicity, box vs cutoff).
+        For a CV module: which CV the force returns as its "energy" (e.g. one collective
+        variable of a ``CustomCVForce``). A 1-CV module needs none.
+    particles : sequence of int, optional
+        System particles the model sees, in its atom order (default: all of them).
+    periodic : bool, optional
+        Whether the model takes the box: the model's own setting (checked if given); only a
+        bare scripted module without metadata needs it.
     force_group : int, optional
-        OpenMM force group.
 
     Returns
     -------
     openmmtorch.TorchForce
-        Periodicity set from the model's metadata; energies in kJ/mol, forces by autograd.
+        Periodicity from the model's metadata; energies in kJ/mol, forces by autograd.
     """
-    module, metadata = load_exported(model)
-    scalar = _scalar_module(module, metadata, output_index)
-    if not isinstance(scalar, torch.jit.ScriptModule):
-        scalar = torch.jit.script(scalar)
-    if system is not None:
-        check_system(metadata, system)
-    force = openmmtorch().TorchForce(scalar)
-    force.setUsesPeriodicBoundaryConditions(metadata.periodic)
+    model = ExportedModel.load(model, allow_bare=True)
+    particles = model.check_particles(particles)
+    periodic = model.resolve_periodic(periodic)
+    if model.kind == "potential":
+        if output_index is not None:
+            raise ValueError("output_index is only meaningful for a CV module")
+    else:
+        names = model.cv_names() if model.metadata is not None else None
+        if output_index is None:
+            if names is not None and len(names) != 1:
+                raise ValueError(
+                    f"{model.source} returns {len(names)} CVs; a TorchForce takes one: pass "
+                    "output_index, or use TorchCVForce to evaluate all of them in one model pass")
+            output_index = 0
+        elif names is not None:
+            output_index = model.cv_index(output_index, names)
+        elif int(output_index) < 0:
+            raise IndexError(f"CV index {output_index} must be >= 0")
+    force = openmmtorch().TorchForce(selected_output(model, output_index, particles, periodic))
+    force.setUsesPeriodicBoundaryConditions(periodic)
     force.setOutputsForces(False)
     if force_group is not None:
         force.setForceGroup(force_group)
     return force
 
 
-class _TorchComputation:
+class TorchComputation:
     """The callable an ``openmm.PythonForce`` runs: the contract wrapper plus autograd.
 
     A top-level class (not a closure) so that it pickles, which XmlSerializer needs.
@@ -190,9 +197,20 @@ def python_force(
         example_positions=example_positions, example_box=example_box, cutoff=cutoff,
         **metadata_fields,
     )
-    scalar = _scalar_module(module, metadata, output_index)  # validates output_index
-    index = None if scalar is module else scalar.index
-    computation = _TorchComputation(boundary_for(module, metadata), periodic, index)
+    if kind == "potential":
+        if output_index is not None:
+            raise ValueError("output_index is only meaningful for a CV module")
+    elif output_index is None:
+        if metadata.output_dim != 1:
+            raise ValueError(
+                f"this CV module returns {metadata.output_dim} CVs; a force takes one: pass "
+                "output_index, or export it and use TorchCVForce for all of them in one pass")
+        output_index = 0
+    elif not 0 <= int(output_index) < metadata.output_dim:
+        raise IndexError(f"output_index {output_index} out of range for "
+                         f"{metadata.output_dim} CVs")
+    computation = TorchComputation(boundary_for(module, metadata), periodic,
+                                   None if output_index is None else int(output_index))
     force = openmm.PythonForce(computation)
     force.setUsesPeriodicBoundaryConditions(periodic)
     if force_group is not None:

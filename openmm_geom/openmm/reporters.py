@@ -1,20 +1,28 @@
-"""Reporters that evaluate exported modules on the fly, in OpenMM's ``app`` conventions."""
+"""Reporters that evaluate exported modules on the fly, in OpenMM's ``app`` conventions.
+
+:class:`CVReporter` logs CVs (or a model's energy), :class:`SignatureReporter` the streaming
+log-signature of a coordinate path, :class:`EnsembleSpreadReporter` how much an ensemble of
+exported potentials disagrees (a sign that the run left the training data).
+"""
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 import openmm.unit as unit
 import torch
 
+from ..errors import OutOfDistributionError, OutOfDistributionWarning
+from ..modelfile import ExportedModel
 from ..torchcv_plugin import TorchCVForce as TorchCVForceBase
-from .forces import load_exported
 
-__all__ = ["CVReporter", "SignatureReporter"]
+__all__ = ["CVReporter", "SignatureReporter", "EnsembleSpreadReporter"]
 
 
-class _CsvFile:
+class CsvReporterFile:
     """The output file of a CSV reporter: opened from a path (owned) or given open (borrowed)."""
 
     def _open_output(self, file, append: bool) -> None:
@@ -32,7 +40,7 @@ class _CsvFile:
             pass
 
 
-class CVReporter(_CsvFile):
+class CVReporter(CsvReporterFile):
     """Evaluate an exported CV module (or potential) every N steps and write CSV.
 
     Behaves like ``openmm.app.StateDataReporter``: a header line starting with ``#``, quoted
@@ -76,11 +84,12 @@ class CVReporter(_CsvFile):
             default = [self._force.getCollectiveVariableName(i)
                        for i in range(self._force.getNumCollectiveVariables())]
         else:
-            self._module, self._meta = load_exported(model)
+            self._model = ExportedModel.load(model)
+            self._module, self._meta = self._model.module, self._model.metadata
             if self._meta.kind == "potential":
                 default = ["Model energy (kJ/mol)"]
             else:
-                default = self._meta.cv_names or [f"cv{i}" for i in range(self._meta.output_dim)]
+                default = self._meta.names
             n_used = self._meta.n_atoms if self._indices is None else len(self._indices)
             if n_used != self._meta.n_atoms:
                 raise ValueError(f"{n_used} atom_indices for a model of {self._meta.n_atoms} atoms")
@@ -112,7 +121,7 @@ class CVReporter(_CsvFile):
             return
         n = system.getNumParticles()
         if self._indices is None:
-            self._meta.check_topology(n)
+            self._model.check_atom_count(n)
         elif self._indices.min() < 0 or self._indices.max() >= n:
             raise IndexError(f"atom_indices out of range for a system of {n} particles")
 
@@ -145,7 +154,7 @@ class CVReporter(_CsvFile):
         print(self._separator.join(row), file=self._out)
         self._out.flush()
 
-class SignatureReporter(_CsvFile):
+class SignatureReporter(CsvReporterFile):
     """Streaming log-signature of a coordinate path, written during an OpenMM run.
 
     Every ``sampleInterval`` steps the chosen coordinates (selected atoms, or beads of a linear
@@ -258,3 +267,94 @@ class SignatureReporter(_CsvFile):
         elif simulation.currentStep % self._report == 0 and self._stream.points_seen >= 2:
             self._write(simulation, state)
 
+
+class EnsembleSpreadReporter(CsvReporterFile):
+    """Write the force disagreement of an ensemble of exported potentials every N steps.
+
+    Columns: ``Step``, ``Time (ps)``, ``Max force spread (kJ/mol/nm)`` (largest per-atom
+    standard deviation of the force vectors across the models, i.e. ``sqrt(sum_c var_c)``),
+    ``Mean force spread (kJ/mol/nm)`` and ``Energy spread (kJ/mol)`` (standard deviation of the
+    models' energies).
+
+    Parameters
+    ----------
+    file : path or file-like
+    reportInterval : int
+        Steps between evaluations.
+    models : sequence of paths or ScriptModules (at least 2)
+        Exported potentials for the simulated system (e.g. trained with different seeds).
+    threshold : float, optional
+        kJ/mol/nm. When the max spread exceeds it, an :class:`OutOfDistributionWarning` is
+        issued (once per excursion), or :class:`OutOfDistributionError` raised with
+        ``stop=True``.
+    stop : bool
+        Stop the simulation (raise) instead of warning.
+    """
+
+    def __init__(self, file, reportInterval: int, models: Sequence, *,
+                 threshold: Optional[float] = None, stop: bool = False, append: bool = False):
+        if reportInterval < 1:
+            raise ValueError(f"reportInterval must be >= 1, got {reportInterval}")
+        if len(models) < 2:
+            raise ValueError("an ensemble needs at least two models")
+        if threshold is not None and not threshold > 0:
+            raise ValueError(f"threshold must be positive (kJ/mol/nm), got {threshold}")
+        self._interval = int(reportInterval)
+        loaded = [ExportedModel.load(m) for m in models]
+        for model in loaded:
+            model.require_kind("potential", "EnsembleSpreadReporter")
+        self._modules = [m.module for m in loaded]
+        self._metadata = [m.metadata for m in loaded]
+        first = self._metadata[0]
+        for meta in self._metadata[1:]:
+            if meta.n_atoms != first.n_atoms or meta.periodic != first.periodic:
+                raise ValueError("all ensemble members must be potentials for the same system "
+                                 "(atom count and periodicity)")
+        self._threshold, self._stop = threshold, stop
+        self._alarm = False
+        self.largest_spread = 0.0
+        self._open_output(file, append)
+        if not append:
+            print('#"Step","Time (ps)","Max force spread (kJ/mol/nm)",'
+                  '"Mean force spread (kJ/mol/nm)","Energy spread (kJ/mol)"', file=self._out)
+            self._out.flush()
+
+    def describeNextReport(self, simulation):
+        steps = self._interval - simulation.currentStep % self._interval
+        return {"steps": steps, "periodic": False, "include": ["positions"]}
+
+    def spread(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray]) -> tuple:
+        """(max per-atom force spread, mean per-atom spread, energy spread) at one configuration."""
+        energies, forces = [], []
+        box = None if box_nm is None else torch.as_tensor(box_nm, dtype=torch.float64)
+        for module in self._modules:
+            x = torch.as_tensor(positions_nm, dtype=torch.float64).clone().requires_grad_(True)
+            energy = module(x, box)
+            (gradient,) = torch.autograd.grad(energy, x)
+            energies.append(float(energy.detach()))
+            forces.append(-gradient.numpy())
+        per_atom = np.sqrt(np.stack(forces).var(axis=0).sum(axis=-1))
+        return float(per_atom.max()), float(per_atom.mean()), float(np.std(energies))
+
+    def report(self, simulation, state):
+        positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+        if positions.shape[0] != self._metadata[0].n_atoms:
+            raise ValueError(f"the ensemble was exported for {self._metadata[0].n_atoms} atoms, "
+                             f"the simulation has {positions.shape[0]}")
+        box = None
+        if self._metadata[0].periodic:
+            box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
+        largest, mean, energy = self.spread(positions, box)
+        self.largest_spread = max(self.largest_spread, largest)
+        time_ps = state.getTime().value_in_unit(unit.picosecond)
+        print(f"{simulation.currentStep},{time_ps!r},{largest!r},{mean!r},{energy!r}", file=self._out)
+        self._out.flush()
+        exceeded = self._threshold is not None and (largest > self._threshold or not math.isfinite(largest))
+        if exceeded and not self._alarm:
+            message = (f"step {simulation.currentStep}: the ensemble's forces disagree by up to "
+                       f"{largest:.4g} kJ/mol/nm (threshold {self._threshold:g}): the simulation "
+                       "has probably left the configurations the models were trained on")
+            if self._stop:
+                raise OutOfDistributionError(message)
+            warnings.warn(message, OutOfDistributionWarning, stacklevel=2)
+        self._alarm = exceeded

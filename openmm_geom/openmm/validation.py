@@ -10,24 +10,25 @@ Checks (each one a :class:`CheckResult`):
 - ``nve_drift`` (potentials): a short velocity-Verlet run conserves energy, measured as the
   standard deviation of the total energy over that of the kinetic energy.
 
-It lives on the OpenMM side (the export package re-exports it), so that ``openmm_geom.openmm``
-never imports ``openmm_geom.export``.
+It lives on the OpenMM side (``openmm_geom.openmm.check_export``, its one address), so that
+``openmm_geom.export`` and ``openmm_geom.openmm`` never import each other.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import openmm
 import openmm.unit as unit
 import torch
 
-from .._threads import cpu_platform_properties
-from ..contract import as_nm_array, boundary_for
-from .forces import load_exported, torch_force
+from ..contract import boundary_for
+from ..modelfile import ExportedModel, ModelLike
+from ..threads import cpu_platform_properties
+from ..units import as_nm_array
+from .forces import torch_force
 
 __all__ = ["check_export", "ExportReport", "CheckResult", "DEFAULT_CHECKS"]
 
@@ -86,8 +87,8 @@ def _platform_properties(name: str) -> dict:
 class _Harness:
     """One OpenMM Context per (platform, CV component) holding the exported model."""
 
-    def __init__(self, module, metadata, box, masses):
-        self.module, self.metadata, self.box = module, metadata, box
+    def __init__(self, model: ExportedModel, box, masses):
+        self.model, self.box = model, box
         self.masses = masses
         self._contexts = {}
 
@@ -99,7 +100,7 @@ class _Harness:
                 system.addParticle(mass)
             if self.box is not None:
                 system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in self.box])
-            system.addForce(torch_force(self.module, output_index=component))
+            system.addForce(torch_force(self.model, output_index=component))
             integrator = openmm.VerletIntegrator(timestep_fs * 1e-3)
             self._contexts[key] = openmm.Context(
                 system, integrator, openmm.Platform.getPlatformByName(platform),
@@ -133,7 +134,7 @@ def _relative_errors(e1, f1, e2, f2):
 
 
 def check_export(
-    model: Union[str, os.PathLike, torch.jit.ScriptModule],
+    model: ModelLike,
     *,
     eager: Optional[torch.nn.Module] = None,
     positions=None,
@@ -152,8 +153,8 @@ def check_export(
 
     Parameters
     ----------
-    model : path or ScriptModule
-        The exported model.
+    model : path, ScriptModule or ExportedModel
+        The exported model (read once).
     eager : torch.nn.Module, optional
         The original model (in its own units). If given, Context results are compared with it
         (through the same unit wrapper); otherwise with the exported module run by torch.
@@ -176,13 +177,14 @@ def check_export(
     unknown = set(checks) - set(DEFAULT_CHECKS)
     if unknown:
         raise ValueError(f"unknown checks {sorted(unknown)}; known: {list(DEFAULT_CHECKS)}")
-    module, meta = load_exported(model)
+    exported = ExportedModel.load(model)
+    module, meta = exported.module, exported.metadata
     if positions is None:
         if meta.example_positions_nm is None:
             raise ValueError("no positions given and the model file stores no example")
         positions = meta.example_positions_nm
     positions = as_nm_array(positions, "positions", (3,))
-    meta.check_topology(positions.shape[0])
+    exported.check_atom_count(positions.shape[0], "positions have")
     if meta.periodic:
         box = meta.example_box_nm if box is None else box
         if box is None:
@@ -193,7 +195,7 @@ def check_export(
     rng = np.random.default_rng(seed)
     tol = tolerance if tolerance is not None else (1e-6 if meta.dtype == "float64" else 1e-4)
     masses = meta.masses_amu or [12.0] * meta.n_atoms
-    harness = _Harness(module, meta, box, masses)
+    harness = _Harness(exported, box, masses)
     reference = boundary_for(eager, meta) if eager is not None else module
     components = [None] if meta.kind == "potential" else list(range(meta.output_dim))
     results = []
@@ -291,5 +293,4 @@ def check_export(
         run("periodic_images", periodic_images)
     if "nve_drift" in checks and meta.kind == "potential" and nve_steps > 0:
         run("nve_drift", nve_drift)
-    name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
-    return ExportReport(name, meta.kind, meta.n_atoms, meta.periodic, meta.output_dim, results)
+    return ExportReport(exported.source, meta.kind, meta.n_atoms, meta.periodic, meta.output_dim, results)

@@ -15,7 +15,7 @@ from vesin_torch import NeighborList
 
 from .pair_geometry import pair_geometry
 
-__all__ = ["neighbor_pairs", "NeighborPairs", "check_box_holds_cutoff"]
+__all__ = ["neighbor_pairs", "NeighborPairs", "check_box_holds_cutoff", "check_cutoff"]
 
 
 def _cross(u: List[float], v: List[float]) -> List[float]:
@@ -26,6 +26,12 @@ def _norm(u: List[float]) -> float:
     return math.sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2])
 
 
+def check_cutoff(cutoff: float) -> None:
+    """Raise unless ``cutoff`` is positive and finite: the one check of a cutoff's value."""
+    if not (cutoff > 0.0 and cutoff < float("inf")):
+        raise ValueError("cutoff must be positive and finite, got " + str(cutoff))
+
+
 def check_box_holds_cutoff(box: torch.Tensor, cutoff: float) -> None:
     """Raise unless ``box`` (rows a, b, c) holds ``cutoff`` under the minimum-image convention.
 
@@ -33,8 +39,7 @@ def check_box_holds_cutoff(box: torch.Tensor, cutoff: float) -> None:
     when the cutoff is at most half of the smallest distance between opposite faces of the
     cell: ``width_a = V / |b x c|`` and cyclic.
     """
-    if not (cutoff > 0.0 and cutoff < float("inf")):
-        raise ValueError("cutoff must be positive and finite, got " + str(cutoff))
+    check_cutoff(cutoff)
     if box.dim() != 2 or box.size(0) != 3 or box.size(1) != 3:
         raise ValueError("box must have shape (3, 3) (rows are the box vectors a, b, c), got "
                          + str(list(box.shape)))
@@ -53,8 +58,10 @@ def check_box_holds_cutoff(box: torch.Tensor, cutoff: float) -> None:
     if 2.0 * cutoff > min_width:
         raise ValueError(
             "box too small for the cutoff: 2 x cutoff = " + str(2.0 * cutoff) + " exceeds the "
-            "smallest box width " + str(min_width) + " (same length unit), so pairs would see "
-            "more than one periodic image. Use a larger box or a smaller cutoff."
+            "smallest box width " + str(min_width) + " (the box is "
+            + str(round(100.0 * min_width / (2.0 * cutoff), 1)) + "% of what the cutoff needs), "
+            "so pairs would see more than one periodic image. Use a larger box or a smaller "
+            "cutoff."
         )
 
 
@@ -98,8 +105,6 @@ def neighbor_pairs(
         raise ValueError("positions must have shape (N, 3), got " + str(list(positions.shape)))
     if positions.dtype != torch.float32 and positions.dtype != torch.float64:
         raise TypeError("positions must be float32 or float64, got " + str(positions.dtype))
-    if not (cutoff > 0.0 and cutoff < float("inf")):
-        raise ValueError("cutoff must be positive and finite, got " + str(cutoff))
     if not bool(torch.isfinite(positions).all()):
         bad: List[int] = torch.nonzero(~torch.isfinite(positions).all(dim=1)).flatten()[:10].tolist()
         raise ValueError("positions contain NaN or infinite values (first bad atoms: "
@@ -107,9 +112,10 @@ def neighbor_pairs(
 
     periodic = box is not None
     if box is None:
+        check_cutoff(cutoff)
         cell = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device)
     else:
-        check_box_holds_cutoff(box, cutoff)
+        check_box_holds_cutoff(box, cutoff)  # the per-call box check of every model
         cell = box.to(dtype=positions.dtype, device=positions.device)
 
     if positions.size(0) == 0:  # vesin refuses empty inputs; nothing to pair
@@ -140,8 +146,7 @@ class NeighborPairs(torch.nn.Module):
 
     def __init__(self, cutoff: float, n_threads: int = 0):
         super().__init__()
-        if not (cutoff > 0.0 and math.isfinite(cutoff)):
-            raise ValueError(f"cutoff must be positive and finite, got {cutoff}")
+        check_cutoff(cutoff)
         self.cutoff = float(cutoff)
         self.n_threads = int(n_threads)
         self.search = NeighborList(cutoff=self.cutoff, full_list=False, n_threads=self.n_threads)

@@ -12,31 +12,20 @@ Typical use::
                 checkpoint="cg.ckpt", checkpoint_interval=50_000)
 
 Running the same script again after an interruption resumes from ``cg.ckpt`` and yields the same
-trajectory as an uninterrupted run. See :mod:`openmm_geom.simulate.langevin` and
+trajectory as an uninterrupted run. A blow-up raises :class:`openmm_geom.errors.SimulationBlowUp`;
+unreadable checkpoints :class:`~openmm_geom.errors.CheckpointError`. See :mod:`openmm_geom.simulate.langevin` and
 :mod:`openmm_geom.simulate.trajectory`.
 """
-from .langevin import (
-    BatchedLangevin,
-    CheckpointError,
-    CheckpointMismatchError,
-    ForceFn,
-    RunSummary,
-    SimulationBlowUp,
-    benchmark_integrator,
-)
 from .ensemble import EnsembleForces
-from .trajectory import Trajectory, TrajectoryFileError, TrajectoryWriter, read_trajectory
+from .langevin import BatchedLangevin, ForceFn, RunSummary, benchmark_integrator
+from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
 
 __all__ = [
     "BatchedLangevin",
-    "CheckpointError",
-    "CheckpointMismatchError",
     "EnsembleForces",
     "ForceFn",
     "RunSummary",
-    "SimulationBlowUp",
     "Trajectory",
-    "TrajectoryFileError",
     "TrajectoryWriter",
     "benchmark_integrator",
     "read_trajectory",

@@ -53,15 +53,14 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
-from ..modelfile import atomic_torch_save
+from ..errors import CheckpointError, CheckpointMismatchError, SimulationBlowUp
+from ..io import load_versioned, save_versioned
 from ..progress import progress_bar
 from ..units import MOLAR_GAS_CONSTANT_KJ
 from .trajectory import TrajectoryWriter
 
 __all__ = [
     "BatchedLangevin",
-    "CheckpointError",
-    "CheckpointMismatchError",
     "ForceFn",
     "RunSummary",
     "SimulationBlowUp",
@@ -72,44 +71,8 @@ __all__ = [
 ForceFn = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]
 
 INTEGRATORS = ("baoab", "overdamped")
-CHECKPOINT_FORMAT = "openmm_geom.simulate.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_KIND, CHECKPOINT_VERSION = "langevin-checkpoint", 1
 _MAX_LISTED = 20  # replicas/beads named in a blow-up message
-
-
-class SimulationBlowUp(RuntimeError):
-    """The simulation became unstable: non-finite positions, forces or energies, or forces
-    above ``blowup_force``.
-
-    Attributes
-    ----------
-    step : int
-        The step at which the blow-up was detected (a save or checkpoint step).
-    last_good_step : int
-        The previous check, which passed; frames up to it were written.
-    replicas, beads : list of int
-        Replicas and beads with a non-finite or too large force or a non-finite position
-        (replicas with a non-finite energy are included in ``replicas``).
-    max_force : float
-        Largest finite force magnitude found, kJ/mol/nm (nan if none is finite).
-    """
-
-    def __init__(self, message: str, *, step: int, last_good_step: int, replicas: list,
-                 beads: list, max_force: float):
-        super().__init__(message)
-        self.step = step
-        self.last_good_step = last_good_step
-        self.replicas = replicas
-        self.beads = beads
-        self.max_force = max_force
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read (corrupt, truncated, or not a simulate checkpoint)."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint written by a different simulation setup than the one asked to resume it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -550,8 +513,6 @@ class BatchedLangevin:
 
     def _write_checkpoint(self, path: Path, st: _State, config: dict) -> None:
         payload = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
             "config": config,
             "step": st.step,
             "positions": st.x,
@@ -561,20 +522,14 @@ class BatchedLangevin:
             "spread": st.s,
             "generator_state": self.generator.get_state(),
         }
-        atomic_torch_save(path, payload)
+        save_versioned(path, CHECKPOINT_KIND, CHECKPOINT_VERSION, payload)
 
     def _read_checkpoint(self, path: Path, config: dict) -> _State:
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises assorted errors for damaged files
-            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise CheckpointError(f"checkpoint {path} cannot be read (corrupt or not a "
-                                  f"checkpoint; delete it to start over): {first}") from error
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} is not an openmm_geom.simulate checkpoint")
-        if payload.get("version") != CHECKPOINT_VERSION:
-            raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}; "
-                                  f"this openmm-geom reads {CHECKPOINT_VERSION}")
+            payload = load_versioned(path, CHECKPOINT_KIND, (CHECKPOINT_VERSION,),
+                                     what="simulation checkpoint", error=CheckpointError)
+        except CheckpointError as error:
+            raise CheckpointError(f"{error} (delete it to start over)") from None
         stored = payload.get("config")
         if not isinstance(stored, dict):
             raise CheckpointError(f"{path} has no simulation settings (config)")

@@ -23,7 +23,7 @@ that a resumed simulation produces the same file as an uninterrupted one.
 :func:`read_trajectory` reads a file back into numpy arrays.
 
 Limitation: HDF5 has no journal. A process killed *while* frames are being flushed can leave
-the file unreadable (:func:`read_trajectory` then raises :class:`TrajectoryFileError`); a process
+the file unreadable (:func:`read_trajectory` then raises :class:`FileFormatError`); a process
 killed between flushes leaves a consistent file whose ``n_frames`` counts every flushed frame.
 """
 from __future__ import annotations
@@ -35,17 +35,16 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from ..errors import FileFormatError
+from ..io import check_format, format_tag
+
 __all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
     "Trajectory",
-    "TrajectoryFileError",
     "TrajectoryWriter",
     "read_trajectory",
 ]
 
-FORMAT_NAME = "openmm_geom.trajectory"
-FORMAT_VERSION = 1
+FORMAT_KIND, FORMAT_VERSION = "trajectory", 1
 _CHUNK_BYTES = 1 << 20  # target size of one positions chunk (HDF5's default chunk cache: 1 MiB)
 _MAX_CHUNK_FRAMES = 1024
 _UNITS = {"positions": "nm", "time": "ps", "step": "", "energies": "kJ/mol"}
@@ -60,9 +59,12 @@ def _h5py():
     return h5py
 
 
-class TrajectoryFileError(RuntimeError):
-    """A trajectory file that is corrupt, truncated, not an openmm-geom trajectory, or that
-    does not match the writer opened on it."""
+def _check_format(f, path) -> None:
+    """Refuse an HDF5 file that is not an openmm-geom trajectory of a version we read."""
+    tag = f.attrs.get("format")
+    tag = tag.decode() if isinstance(tag, bytes) else (str(tag) if tag is not None else None)
+    check_format(tag, FORMAT_KIND, (FORMAT_VERSION,), source=path,
+                 version=f.attrs.get("format_version"))
 
 
 @dataclasses.dataclass
@@ -152,7 +154,7 @@ class TrajectoryWriter:
 
     Raises
     ------
-    TrajectoryFileError
+    FileFormatError
         ``mode="a"`` on a file that is not a readable openmm-geom trajectory or whose shape or
         ``spread`` dataset differs from this writer's.
 
@@ -187,7 +189,7 @@ class TrajectoryWriter:
             try:
                 self._file = h5py.File(self.path, "r+", rdcc_nbytes=cache)
             except OSError as error:
-                raise TrajectoryFileError(
+                raise FileFormatError(
                     f"{self.path} cannot be opened as HDF5 to continue it (truncated, or another "
                     f"format?): {error}") from error
             try:
@@ -217,8 +219,7 @@ class TrajectoryWriter:
     def _create(self, compression, spread_unit: str) -> None:
         b, n, c = self.n_replicas, self.n_beads, self.chunk_frames
         f = self._file
-        f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["format"] = format_tag(FORMAT_KIND, FORMAT_VERSION)
         f.attrs["n_replicas"] = b
         f.attrs["n_beads"] = n
         f.attrs["n_frames"] = 0
@@ -240,33 +241,27 @@ class TrajectoryWriter:
 
     def _open_existing(self) -> None:
         f = self._file
-        if f.attrs.get("format") != FORMAT_NAME:
-            raise TrajectoryFileError(f"{self.path} is not an openmm-geom trajectory "
-                                      f"(format attribute {f.attrs.get('format')!r})")
-        version = int(f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise TrajectoryFileError(f"{self.path} has trajectory format version {version}; "
-                                      f"this openmm-geom writes {FORMAT_VERSION}")
+        _check_format(f, self.path)
         _require_attributes(f, self.path)
         shape = (int(f.attrs["n_replicas"]), int(f.attrs["n_beads"]))
         if shape != (self.n_replicas, self.n_beads):
-            raise TrajectoryFileError(
+            raise FileFormatError(
                 f"{self.path} holds {shape[0]} replicas of {shape[1]} beads; this writer was "
                 f"opened for {self.n_replicas} replicas of {self.n_beads} beads")
         if ("spread" in f) != self.has_spread:
             has = "has" if "spread" in f else "has no"
-            raise TrajectoryFileError(f"{self.path} {has} spread dataset but the writer was "
+            raise FileFormatError(f"{self.path} {has} spread dataset but the writer was "
                                       f"opened with spread={self.has_spread}")
         missing = [name for name in self._dataset_names() if name not in f]
         if missing:
-            raise TrajectoryFileError(f"{self.path} lacks the dataset(s) {missing}")
+            raise FileFormatError(f"{self.path} lacks the dataset(s) {missing}")
         chunks = f["positions"].chunks
         self.chunk_frames = int(chunks[0]) if chunks else self.chunk_frames
         # frames beyond n_frames were being written when the previous process stopped: drop them
         n_frames = int(f.attrs["n_frames"])
         lengths = {name: f[name].shape[0] for name in self._dataset_names()}
         if any(length < n_frames for length in lengths.values()):
-            raise TrajectoryFileError(
+            raise FileFormatError(
                 f"{self.path} is inconsistent: n_frames = {n_frames} but datasets have {lengths}")
         self._resize(n_frames)
 
@@ -451,7 +446,7 @@ def read_trajectory(path: os.PathLike, frames: Optional[slice] = None) -> Trajec
     ------
     FileNotFoundError
         The file does not exist.
-    TrajectoryFileError
+    FileFormatError
         The file is not HDF5 (or is truncated), not an openmm-geom trajectory, or inconsistent.
     """
     h5py = _h5py()
@@ -463,37 +458,30 @@ def read_trajectory(path: os.PathLike, frames: Optional[slice] = None) -> Trajec
     try:
         handle = h5py.File(path, "r")
     except BlockingIOError as error:
-        raise TrajectoryFileError(
+        raise FileFormatError(
             f"{path} is locked by a process writing it (a simulation still running?); read it "
             "when the run has finished or stopped"
         ) from error
     except OSError as error:
-        raise TrajectoryFileError(
+        raise FileFormatError(
             f"{path} is not a readable HDF5 file (truncated, or another format?): {error}"
         ) from error
     with handle as f:
-        if f.attrs.get("format") != FORMAT_NAME:
-            raise TrajectoryFileError(f"{path} is not an openmm-geom trajectory "
-                                      f"(format attribute {f.attrs.get('format')!r})")
-        version = int(f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise TrajectoryFileError(
-                f"{path} has trajectory format version {version}; this openmm-geom reads "
-                f"{FORMAT_VERSION}")
+        _check_format(f, path)
         _require_attributes(f, path)
         names = ["positions", "time", "step", "energies"] + (["spread"] if "spread" in f else [])
         missing = [name for name in names[:4] if name not in f]
         if missing:
-            raise TrajectoryFileError(f"{path} lacks the dataset(s) {missing}")
+            raise FileFormatError(f"{path} lacks the dataset(s) {missing}")
         n = int(f.attrs["n_frames"])
         if any(f[name].shape[0] < n for name in names):
-            raise TrajectoryFileError(f"{path} is inconsistent: n_frames = {n} exceeds the "
+            raise FileFormatError(f"{path} is inconsistent: n_frames = {n} exceeds the "
                                       "length of a dataset")
         index = slice(*(frames or slice(None)).indices(n))
         try:
             data = {name: _read(f[name], index, n) for name in names}
         except OSError as error:
-            raise TrajectoryFileError(f"{path}: a dataset could not be read (corrupt?): {error}") \
+            raise FileFormatError(f"{path}: a dataset could not be read (corrupt?): {error}") \
                 from error
         attributes = {key: _plain(value) for key, value in f.attrs.items()}
         units = {name: str(f[name].attrs.get("unit", "")) for name in names}
@@ -505,7 +493,7 @@ def read_trajectory(path: os.PathLike, frames: Optional[slice] = None) -> Trajec
 def _require_attributes(f, path) -> None:
     missing = [key for key in ("n_replicas", "n_beads", "n_frames") if key not in f.attrs]
     if missing:
-        raise TrajectoryFileError(f"{path} lacks the attribute(s) {missing}")
+        raise FileFormatError(f"{path} lacks the attribute(s) {missing}")
 
 
 def _read(dataset, index: slice, n: int) -> np.ndarray:

@@ -41,20 +41,17 @@ import numpy as np
 import torch
 
 from ..data.corpus import Corpus, load_corpus, pack_structures
-from ..modelfile import ModelFileError, atomic_torch_save, atomic_write_bytes
+from ..errors import CheckpointError, ModelFileError
+from ..io import (atomic_torch_save, atomic_write_bytes, check_format, format_tag,
+                  load_versioned)
 from ..models.geom2vec import Geom2VecFeaturizer
 
 __all__ = ["DenoisingModel", "pretrain", "load_backbone", "load_denoising_model",
-           "BackboneFileError", "BACKBONE_FORMAT", "BACKBONE_VERSION", "backbone_paths",
+           "backbone_paths",
            "predict_structures"]
 
-BACKBONE_FORMAT = "openmm-geom-backbone"
-BACKBONE_VERSION = 1
-CHECKPOINT_FORMAT = "openmm-geom-denoising-checkpoint"
-
-
-class BackboneFileError(ModelFileError):
-    """A backbone file that is missing, corrupt, or not an openmm-geom backbone."""
+BACKBONE_KIND, BACKBONE_VERSION = "backbone", 1
+CHECKPOINT_KIND, CHECKPOINT_VERSION = "denoising-checkpoint", 1
 
 
 class DenoisingModel(torch.nn.Module):
@@ -181,7 +178,7 @@ class _Validation:
 def _plot_history(history: dict, baseline: float, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    from ..analysis.plots import _save
+    from ..io import save_figure
 
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot(1, 1, 1)
@@ -196,7 +193,7 @@ def _plot_history(history: dict, baseline: float, path: Path) -> None:
            title="denoising pretraining")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path, 110)
+    save_figure(fig, path, 110)
 
 
 def _state_copy(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -299,7 +296,7 @@ def _pretrain(corpus, featurizer_hyperparameters, out, noise_nm, epochs, batch_s
 
     def save_checkpoint():
         atomic_torch_save(paths["checkpoint"], {
-            "format": CHECKPOINT_FORMAT, "config": config, "model": model.state_dict(),
+            "format": format_tag(CHECKPOINT_KIND, CHECKPOINT_VERSION), "config": config, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "history": history, "epoch": epoch,
             "step": step, "partial_sse": partial_sse, "partial_count": partial_count,
             "best_validation_loss": best_val, "best_epoch": best_epoch,
@@ -389,23 +386,20 @@ def _pretrain(corpus, featurizer_hyperparameters, out, noise_nm, epochs, batch_s
 
 def _load_checkpoint(path: Path) -> dict:
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"pretraining checkpoint {path} is unreadable ({error}); delete it or "
-                         "pass resume=False") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a denoising-pretraining checkpoint")
-    return checkpoint
+        return load_versioned(path, CHECKPOINT_KIND, (CHECKPOINT_VERSION,),
+                              what="pretraining checkpoint", error=CheckpointError)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; delete it or pass resume=False") from None
 
 
 def _write_backbone(path: Path, hp: dict, state: dict, history: dict, config: dict,
                     corpus: Corpus, best_epoch: int, best_val: float, zero_baseline: float,
                     epochs_completed: int, val_idx: np.ndarray) -> None:
-    from .. import __version__
+    from ..version import __version__
 
     val_groups = sorted({corpus.group_name(int(i)) for i in val_idx})
     payload = {
-        "format": BACKBONE_FORMAT, "version": BACKBONE_VERSION, "hyperparameters": hp,
+        "format": format_tag(BACKBONE_KIND, BACKBONE_VERSION), "hyperparameters": hp,
         "state_dict": state["featurizer"], "head_state_dict": state["head"],
         "head": "GatedEquivariantBlock(d, 1)", "history": history,
         "corpus_sha256": corpus.sha256,
@@ -432,31 +426,28 @@ def _write_backbone(path: Path, hp: dict, state: dict, history: dict, config: di
 def _read_backbone(path) -> Tuple[dict, bytes]:
     path = Path(path)
     if not path.is_file():
-        raise BackboneFileError(f"backbone file not found: {path}")
+        raise ModelFileError(f"backbone file not found: {path}")
     data = path.read_bytes()
     if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise BackboneFileError(f"{path} is not a backbone file (not a torch.save zip archive; "
+        raise ModelFileError(f"{path} is not a backbone file (not a torch.save zip archive; "
                                 "truncated or another format?)")
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-        raise BackboneFileError(f"{path} is a TorchScript model, not a pretrained backbone "
-                                "(load exported models with openmm_geom.modelfile.load_model)")
+        raise ModelFileError(f"{path} is a TorchScript model, not a pretrained backbone "
+                                "(load exported models with openmm_geom.openmm.ExportedModel.load)")
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise BackboneFileError(f"{path} could not be read as a backbone file (corrupt, or not "
+        raise ModelFileError(f"{path} could not be read as a backbone file (corrupt, or not "
                                 f"plain torch.save data): {first}") from error
-    if not isinstance(payload, dict) or payload.get("format") != BACKBONE_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise BackboneFileError(f"{path} is not an openmm-geom backbone (format {found!r}; "
-                                f"expected {BACKBONE_FORMAT!r})")
-    if payload.get("version") != BACKBONE_VERSION:
-        raise BackboneFileError(f"{path}: backbone version {payload.get('version')}, this "
-                                f"openmm-geom reads {BACKBONE_VERSION}")
+    if not isinstance(payload, dict):
+        payload = {}
+    check_format(payload.get("format"), BACKBONE_KIND, (BACKBONE_VERSION,), source=path,
+                 version=payload.get("version"), error=ModelFileError)
     for key in ("hyperparameters", "state_dict", "head_state_dict"):
         if key not in payload:
-            raise BackboneFileError(f"{path}: backbone file lacks {key!r}")
+            raise ModelFileError(f"{path}: backbone file lacks {key!r}")
     return payload, data
 
 
@@ -471,7 +462,7 @@ def load_backbone(path, *, freeze: bool = False) -> Tuple[Geom2VecFeaturizer, di
 
     Raises
     ------
-    BackboneFileError (a :class:`openmm_geom.modelfile.ModelFileError`)
+    ModelFileError (a :class:`openmm_geom.modelfile.ModelFileError`)
         Missing, corrupt, TorchScript, or otherwise not a backbone file; or weights that do not
         fit the recorded hyper-parameters.
     """
@@ -480,7 +471,7 @@ def load_backbone(path, *, freeze: bool = False) -> Tuple[Geom2VecFeaturizer, di
         featurizer = Geom2VecFeaturizer(**payload["hyperparameters"])
         featurizer.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError) as error:
-        raise BackboneFileError(f"{path}: weights do not fit the recorded hyper-parameters: "
+        raise ModelFileError(f"{path}: weights do not fit the recorded hyper-parameters: "
                                 f"{str(error).splitlines()[0]}") from error
     featurizer.eval()
     if freeze:
@@ -499,6 +490,6 @@ def load_denoising_model(path) -> Tuple[DenoisingModel, dict]:
     try:
         model.head.load_state_dict(payload["head_state_dict"])
     except RuntimeError as error:
-        raise BackboneFileError(f"{path}: head weights do not fit: "
+        raise ModelFileError(f"{path}: head weights do not fit: "
                                 f"{str(error).splitlines()[0]}") from error
     return model.eval(), info

@@ -31,13 +31,16 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from ..modelfile import atomic_torch_save
+from ..errors import CheckpointError
+from ..io import load_versioned, save_versioned
 from ..models.atomistic import AtomisticPotential, fit_energy_offsets
 from ..ops.neighbors import neighbor_pairs
 from ..progress import progress_bar
 
 __all__ = ["EnergyForceConfig", "energy_force_loss", "prepare_model", "evaluate_potential",
            "train_potential", "TrainingResult", "one_cycle_lambda", "refit_energy_offsets"]
+
+CHECKPOINT_KIND, CHECKPOINT_VERSION = "energy-force-checkpoint", 1
 
 # The untrained network's forces start at this fraction of the reference spread: large
 # enough for a useful first gradient, small enough not to start from a huge energy error.
@@ -305,7 +308,8 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
                                 "validation_energy_mae_per_atom": [], "learning_rate": []}
     best_state, best_metrics, best_epoch, start_epoch, stale = None, None, -1, 0, 0
     if checkpoint is not None and Path(checkpoint).exists():
-        saved = torch.load(checkpoint, weights_only=True)
+        saved = load_versioned(checkpoint, CHECKPOINT_KIND, (CHECKPOINT_VERSION,),
+                               what="training checkpoint", error=CheckpointError)
         if saved.get("settings") != settings or saved.get("data_hash") != data_hash:
             raise ValueError(
                 f"{checkpoint} belongs to another training run (other data or settings); "
@@ -360,13 +364,12 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
             stale += 1
         finished = stale >= config.patience or epoch == config.epochs - 1
         if checkpoint is not None:
-            atomic_torch_save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(),
-                               "generator": generator.get_state(), "history": history,
-                               "best_state": best_state, "best_metrics": best_metrics,
-                               "best_epoch": best_epoch, "epoch": epoch, "stale": stale,
-                               "finished": finished, "settings": settings,
-                               "data_hash": data_hash})
+            save_versioned(checkpoint, CHECKPOINT_KIND, CHECKPOINT_VERSION, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "history": history, "best_state": best_state, "best_metrics": best_metrics,
+                "best_epoch": best_epoch, "epoch": epoch, "stale": stale, "finished": finished,
+                "settings": settings, "data_hash": data_hash})
         bar.set_postfix(loss=f"{total / count:.3g}", val_fmae=f"{metrics['force_mae']:.1f}")
         bar.update(1)
         if callback is not None:

@@ -18,12 +18,15 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from ..modelfile import atomic_torch_save, atomic_write_bytes
+from ..errors import CheckpointError
+from ..io import atomic_write_bytes, load_versioned, save_versioned
 from ..models.cgschnet import CGSchNet, stack_ensemble
 from ..progress import progress_bar
 
 __all__ = ["TrainConfig", "time_block_folds", "force_matching_loss", "train_fold",
            "train_ensemble", "FoldResult"]
+
+CHECKPOINT_KIND, CHECKPOINT_VERSION = "force-matching-checkpoint", 1
 
 
 @dataclasses.dataclass
@@ -109,7 +112,8 @@ def train_fold(make_model: Callable[[int], CGSchNet], positions: torch.Tensor,
     best_state, best_val, best_epoch, start_epoch, stale = None, math.inf, -1, 0, 0
     generator = torch.Generator().manual_seed(config.seed + 7919 * fold)
     if checkpoint is not None and Path(checkpoint).exists():
-        saved = torch.load(checkpoint, weights_only=True)
+        saved = load_versioned(checkpoint, CHECKPOINT_KIND, (CHECKPOINT_VERSION,),
+                               what="force-matching checkpoint", error=CheckpointError)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -158,11 +162,12 @@ def train_fold(make_model: Callable[[int], CGSchNet], positions: torch.Tensor,
             stale += 1
         finished = stale >= config.patience or epoch == config.epochs - 1
         if checkpoint is not None:
-            atomic_torch_save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "history": history,
-                               "best_state": best_state, "best_validation": best_val,
-                               "best_epoch": best_epoch, "epoch": epoch, "stale": stale,
-                               "generator": generator.get_state(), "finished": finished})
+            save_versioned(checkpoint, CHECKPOINT_KIND, CHECKPOINT_VERSION, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history,
+                "best_state": best_state, "best_validation": best_val, "best_epoch": best_epoch,
+                "epoch": epoch, "stale": stale, "generator": generator.get_state(),
+                "finished": finished})
         bar.set_postfix(train=f"{total / count:.1f}", val=f"{validation:.1f}")
         bar.update(1)
         if callback is not None:

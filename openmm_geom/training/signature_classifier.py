@@ -20,24 +20,26 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from openmm_geom.data.path_dataset import PathDataset, WindowSet
-from openmm_geom.modelfile import atomic_write_bytes
-from openmm_geom.models.deep_signature import METHODS, build_model
-from openmm_geom.progress import progress_bar
+from ..data.path_dataset import PathDataset, WindowSet
+from ..errors import ModelFileError
+from ..io import atomic_write_bytes, load_versioned, save_versioned
+from ..models.deep_signature import METHODS, build_model
+from ..progress import progress_bar
 
 __all__ = ["TrainingSettings", "SVM_METHOD", "ALL_METHODS", "classification_metrics",
            "train_fold", "cross_validate", "load_classifier", "predict"]
+
+CLASSIFIER_KIND, CLASSIFIER_VERSION = "signature-classifier", 1
 
 SVM_METHOD = "dihedral-svm"
 ALL_METHODS = tuple(METHODS) + (SVM_METHOD,)
@@ -276,15 +278,14 @@ def cross_validate(dataset: Union[PathDataset, str, os.PathLike], method: str,
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
             if "state_dict" in result:
-                buffer = io.BytesIO()
-                torch.save({"method": method, "hyperparameters": result["hyperparameters"],
-                            "state_dict": result["state_dict"], "input_scale": result["input_scale"],
-                            "label_names": list(dataset.label_names),
-                            "window_length": dataset.fold(k, settings.groups, settings.folds)[
-                                "train"].window_length,
-                            "groups": settings.groups, "folds": settings.folds,
-                            "data": dataset.fingerprint}, buffer)
-                atomic_write_bytes(directory / f"fold{k}.pt", buffer.getvalue())
+                save_versioned(directory / f"fold{k}.pt", CLASSIFIER_KIND, CLASSIFIER_VERSION, {
+                    "method": method, "hyperparameters": result["hyperparameters"],
+                    "state_dict": result["state_dict"], "input_scale": result["input_scale"],
+                    "label_names": list(dataset.label_names),
+                    "window_length": dataset.fold(k, settings.groups, settings.folds)[
+                        "train"].window_length,
+                    "groups": settings.groups, "folds": settings.folds,
+                    "data": dataset.fingerprint})
             atomic_write_bytes(record_path, json.dumps(record, indent=1).encode())
         results.append(record)
     summary = {"method": method, "folds": len(results), "best_epochs": [r["best_epoch"] for r in results],
@@ -302,15 +303,8 @@ def cross_validate(dataset: Union[PathDataset, str, os.PathLike], method: str,
 
 def load_classifier(path: Union[str, os.PathLike]):
     """Rebuild a saved fold model: returns ``(model, info)`` with ``info['input_scale']`` etc."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no classifier file {path}")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable classifier file ({error})") from error
-    if not isinstance(saved, dict) or "method" not in saved or "state_dict" not in saved:
-        raise ValueError(f"{path} is not a signature classifier file (no method/state_dict)")
+    saved = load_versioned(path, CLASSIFIER_KIND, (CLASSIFIER_VERSION,),
+                           what="signature classifier file", error=ModelFileError)
     hyper = dict(saved["hyperparameters"])
     n_nodes, channels, n_classes = hyper.pop("n_nodes"), hyper.pop("channels"), hyper.pop("n_classes")
     model = build_model(saved["method"], n_nodes=n_nodes, channels=channels, n_classes=n_classes, **hyper)

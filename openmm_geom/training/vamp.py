@@ -30,11 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from openmm_geom.data.timelagged import TimeLaggedPairs
-from openmm_geom.progress import progress_bar
+from ..data.timelagged import TimeLaggedPairs
+from ..errors import ModelFileError
+from ..io import load_versioned, save_figure, save_versioned
+from ..progress import progress_bar
 
 __all__ = ["vamp2_score", "covariances", "vamp2_of", "transform", "VAMPNetTrainer",
            "VAMPNetResult", "fit_vampnet", "plot_learning_curve", "load_lobe_state"]
+
+LOBE_KIND, LOBE_VERSION = "vampnet-lobe", 1
 
 _MODES = ("regularize", "trunc", "clamp")
 
@@ -189,20 +193,18 @@ class VAMPNetResult:
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write best state(s), scores and history atomically (``torch.load(weights_only=True)``)."""
-        from openmm_geom.modelfile import atomic_torch_save
-
         payload = {"best_state": self.best_state, "best_state_timelagged": self.best_state_timelagged,
                    "validation_score": self.validation_score, "train_score": self.train_score,
                    "best_step": self.best_step, "history": self.history,
                    "stop_reason": self.stop_reason}
-        atomic_torch_save(Path(path), payload)
-        return Path(path)
+        return save_versioned(path, LOBE_KIND, LOBE_VERSION, payload)
 
 
 def load_lobe_state(lobe: nn.Module, path: Union[str, Path],
                     lobe_timelagged: Optional[nn.Module] = None) -> dict:
     """Load a state saved by :meth:`VAMPNetResult.save` into ``lobe`` (and the lagged lobe)."""
-    payload = torch.load(Path(path), weights_only=True)
+    payload = load_versioned(path, LOBE_KIND, (LOBE_VERSION,), what="VAMPnet lobe state",
+                             error=ModelFileError)
     lobe.load_state_dict(payload["best_state"])
     if lobe_timelagged is not None:
         if payload["best_state_timelagged"] is None:
@@ -436,7 +438,6 @@ def plot_learning_curve(history: Dict[str, Sequence[float]], path: Union[str, Pa
     """
     from matplotlib.figure import Figure
 
-    from openmm_geom.analysis.plots import _save
 
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.add_subplot(1, 1, 1)
@@ -451,4 +452,4 @@ def plot_learning_curve(history: Dict[str, Sequence[float]], path: Union[str, Pa
     ax.set(xlabel="training batch", ylabel="VAMP-2 score", title="VAMPnet learning curve")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)

@@ -15,17 +15,18 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import set_threads
+from ..threads import set_threads
 from ..analysis import (ALANINE_CG_PHI_PSI, dihedrals, kl_divergence, mse_bin_energies,
                         noise_curve, noise_equivalent_sigma, ramachandran_histogram)
 from ..data.datagen import load_reference, reference_topology
 from ..data.mapping import (CGMapping, alanine_backbone_cb_mapping, ca_mapping,
                             optimized_force_map)
 from ..export import export_cg_model
-from ..modelfile import atomic_write_bytes, sha256_of_arrays
-from ..models.cgschnet import CGSchNet, load_cgschnet, save_cgschnet
+from ..io import atomic_write_bytes, sha256_of_arrays
+from ..models.cgschnet import CGSchNet
 from ..models.priors import fit_priors
 from ..simulate import BatchedLangevin, EnsembleForces, TrajectoryWriter, read_trajectory
+from ..training.checkpoints import load_cgschnet, save_cgschnet
 from ..training.force_matching import TrainConfig, train_ensemble
 from ..units import MOLAR_GAS_CONSTANT_KJ
 

@@ -23,20 +23,19 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..data.featurize import FeatureFileError, FeatureSet
-from ..modelfile import atomic_torch_save
+from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, backbone_dihedrals,
+                               shifted_phi)
+from ..errors import FileFormatError
+from ..training.features import FeatureSet
+from ..io import load_versioned, save_versioned
 from ..training.vamp import VAMPNetTrainer
 from ..units import MOLAR_GAS_CONSTANT_KJ
 
-__all__ = ["VampSettings", "DEFAULT_VAMP_TRAINER", "phi_psi_quadruplets", "train_vamp", "train_spib", "load_token_cv", "export_cv",
-           "build_geom2vec_cv", "distance_baseline", "dihedral_baseline", "CVFileError",
+__all__ = ["VampSettings", "DEFAULT_VAMP_TRAINER", "train_vamp", "train_spib", "load_token_cv", "export_cv",
+           "build_geom2vec_cv", "distance_baseline", "dihedral_baseline",
            "lag_in_frames", "ReproduceSettings", "reproduce", "ExploreSettings", "explore"]
 
-TOKEN_CV_FORMAT = "openmm-geom-token-cv"
-
-
-class CVFileError(RuntimeError):
-    """A trained-CV checkpoint that is missing, corrupt, or for another system/backbone."""
+TOKEN_CV_KIND, TOKEN_CV_VERSION = "token-cv", 1
 
 
 # Table S2's AdamW lr 2e-4 and patience 10/2 were set for 5,000-frame batches of large
@@ -94,7 +93,7 @@ def _check_pair(train: FeatureSet, validate: Optional[FeatureSet]) -> None:
     if validate is not None:
         train.check_compatible(validate)
         if abs(train.timestep_ps - validate.timestep_ps) > 1e-9:
-            raise FeatureFileError(f"training frames are {train.timestep_ps} ps apart, "
+            raise FileFormatError(f"training frames are {train.timestep_ps} ps apart, "
                                    f"validation frames {validate.timestep_ps} ps")
 
 
@@ -152,7 +151,7 @@ def cv_statistics(model, features: FeatureSet) -> list:
 def save_token_cv(path: Path, model, features: FeatureSet, *, kind: str,
                   head_hyperparameters: dict, extra: dict) -> Path:
     payload = {
-        "format": TOKEN_CV_FORMAT, "version": 1, "kind": kind,
+        "kind": kind,
         "mixer": json.dumps(model.mixer.hyperparameters),
         "head": json.dumps(head_hyperparameters),
         "token_map": features.token_map_json, "backbone": json.dumps(features.backbone),
@@ -161,8 +160,7 @@ def save_token_cv(path: Path, model, features: FeatureSet, *, kind: str,
         "global_dim": 0 if features.global_features is None else features.global_features.shape[1],
         "state_dict": copy.deepcopy(model.state_dict()), "extra": json.dumps(extra),
     }
-    atomic_torch_save(path, payload)
-    return Path(path)
+    return save_versioned(path, TOKEN_CV_KIND, TOKEN_CV_VERSION, payload)
 
 
 def load_token_cv(path) -> tuple:
@@ -173,13 +171,9 @@ def load_token_cv(path) -> tuple:
 
     path = Path(path)
     if not path.is_file():
-        raise CVFileError(f"no trained CV at {path}")
-    try:
-        payload = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as error:
-        raise CVFileError(f"cannot read {path} as a trained-CV checkpoint: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != TOKEN_CV_FORMAT:
-        raise CVFileError(f"{path} is not an openmm-geom trained-CV checkpoint")
+        raise FileFormatError(f"no trained CV at {path}")
+    payload = load_versioned(path, TOKEN_CV_KIND, (TOKEN_CV_VERSION,),
+                             what="trained-CV checkpoint")
     mixer = build_mixer(**json.loads(payload["mixer"]))
     head_hp = json.loads(payload["head"])
     head = (VAMPHead(mixer.out_dim, **head_hp) if payload["kind"] == "vamp"
@@ -202,7 +196,7 @@ def build_geom2vec_cv(backbone_path, cv_path):
     featurizer, backbone_info = load_backbone(backbone_path)
     token_cv, info = load_token_cv(cv_path)
     if info["backbone"].get("sha256") != backbone_info["sha256"]:
-        raise CVFileError(f"{cv_path} was trained on features of backbone "
+        raise FileFormatError(f"{cv_path} was trained on features of backbone "
                           f"{info['backbone'].get('sha256', '?')[:12]}, not of {backbone_path} "
                           f"({backbone_info['sha256'][:12]})")
     token_cv = token_cv.to(featurizer.dtype)
@@ -251,7 +245,7 @@ def plot_attention(model, features: FeatureSet, path: Path, frames: int = 2000) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..analysis.plots import _save
+    from ..io import save_figure
 
     take = np.linspace(0, len(features.tokens) - 1, min(frames, len(features.tokens))).astype(int)
     tokens = torch.as_tensor(features.tokens[take]).to(model.standardizer.scalar_mean.dtype)
@@ -274,7 +268,7 @@ def plot_attention(model, features: FeatureSet, path: Path, frames: int = 2000) 
         ax.set_title(f"layer {layer + 1}: log10 attention")
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
-    return _save(fig, path, 120)
+    return save_figure(fig, path, 120)
 
 
 def train_spib(train: FeatureSet, validate: FeatureSet, vamp_cv_path, out: Path, *,
@@ -301,10 +295,10 @@ def train_spib(train: FeatureSet, validate: FeatureSet, vamp_cv_path, out: Path,
     lag = lag_in_frames(lag_ps, train.timestep_ps)
     vamp_model, vamp_info = load_token_cv(vamp_cv_path)
     if vamp_info["kind"] != "vamp":
-        raise CVFileError(f"{vamp_cv_path} is a {vamp_info['kind']} CV; SPIB starts from a VAMPnet")
+        raise FileFormatError(f"{vamp_cv_path} is a {vamp_info['kind']} CV; SPIB starts from a VAMPnet")
     if vamp_info["backbone"].get("sha256") != train.backbone.get("sha256") \
             or vamp_info["token_map"] != train.token_map_json:
-        raise CVFileError(f"{vamp_cv_path} was trained on other features (backbone or system)")
+        raise FileFormatError(f"{vamp_cv_path} was trained on other features (backbone or system)")
     for parameter in vamp_model.parameters():
         parameter.requires_grad_(False)
 
@@ -356,27 +350,6 @@ def heavy_atom_distances(positions: np.ndarray, heavy: np.ndarray) -> np.ndarray
     i, j = np.triu_indices(len(heavy), 1)
     x = positions[:, heavy]
     return np.linalg.norm(x[:, i] - x[:, j], axis=-1).astype(np.float32)
-
-
-def phi_psi_quadruplets(topology) -> np.ndarray:
-    """(2, 4) atom indices of phi and psi of a dipeptide (one residue with both), e.g. capped
-    alanine; ``topology`` is a PDB path, an mdtraj or an OpenMM topology."""
-    from ..models import backbone_quadruplets
-    from ..models.geom2vec import _as_mdtraj_topology
-
-    quads = np.asarray(backbone_quadruplets(_as_mdtraj_topology(topology).to_openmm()))
-    quads = quads.reshape(-1, 4)
-    if len(quads) != 2:
-        raise ValueError("the phi/psi analysis needs exactly one residue with phi and psi "
-                         f"(capped alanine); found {len(quads) // 2}")
-    return quads
-
-
-def backbone_dihedrals(positions: np.ndarray, topology) -> np.ndarray:
-    """(T, 2) phi, psi (radians) of a dipeptide's central residue."""
-    from ..analysis.free_energy import dihedrals
-
-    return dihedrals(positions, phi_psi_quadruplets(topology))
 
 
 def deeptime_vampnet(train: Sequence[np.ndarray], validate: Sequence[np.ndarray], lag: int,
@@ -511,7 +484,8 @@ def reproduce(train_path, validate_path, topology_path, out, *,
     """
     import mdtraj
 
-    from ..data.featurize import featurize, read_positions
+    from ..data.trajectories import read_positions
+    from ..training.features import featurize
     from ..models.geom2vec import TokenMap
     from ..training.denoising import load_backbone
 
@@ -624,7 +598,6 @@ def explore(pdb_path, out, *, settings: Optional[ExploreSettings] = None, backbo
 
     from ..analysis.reweight import count_transitions
     from ..data.datagen import generate_reference
-    from .cv_bias import PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, shifted_phi
 
     settings = settings or ExploreSettings()
     out = Path(out)
@@ -676,7 +649,7 @@ def plot_cvs_against_dihedrals(cv_path, features: FeatureSet, positions: np.ndar
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..analysis.plots import _save
+    from ..io import save_figure
     from ..training.vamp import transform
 
     model, info = load_token_cv(cv_path)
@@ -692,7 +665,7 @@ def plot_cvs_against_dihedrals(cv_path, features: FeatureSet, positions: np.ndar
         ax.set_title(f"{info['kind']} CV {i}")
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    first = _save(fig, out / "cvs_vs_phi_psi.png", 120)
+    first = save_figure(fig, out / "cvs_vs_phi_psi.png", 120)
     figures = [str(first)]
     if k >= 2:
         counts, xe, ye = np.histogram2d(cvs[:, 0], cvs[:, 1], bins=60)
@@ -706,5 +679,5 @@ def plot_cvs_against_dihedrals(cv_path, features: FeatureSet, positions: np.ndar
         ax.set_title(f"free energy of the learned CVs (kJ/mol, {temperature_K:g} K)")
         fig.colorbar(image, ax=ax)
         fig.tight_layout()
-        figures.append(str(_save(fig, out / "cv_free_energy.png", 120)))
+        figures.append(str(save_figure(fig, out / "cv_free_energy.png", 120)))
     return figures

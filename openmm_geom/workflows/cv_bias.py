@@ -26,23 +26,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..modelfile import atomic_write_bytes
+from ..errors import SimulationBlowUp
+from ..io import atomic_write_bytes
 from ..units import MOLAR_GAS_CONSTANT_KJ
-from .cv import phi_psi_quadruplets
+from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, PHI_SHIFT_ABOVE,
+                               backbone_dihedrals, phi_psi_quadruplets, shifted_phi)
 
-__all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi", "SimulationBlewUp",
-           "PHI_NEGATIVE_CORE", "PHI_POSITIVE_CORE"]
+__all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi"]
 
-# Core regions of the two phi basins of capped alanine (radians, after shifting phi > 2.2 by
-# -2 pi so that the beta basin near +-pi is contiguous): C7eq/beta/PII and C7ax/alpha_L.
-PHI_NEGATIVE_CORE = -1.0
-PHI_POSITIVE_CORE = 0.4
-_SHIFT_ABOVE = 2.2
 REFERENCE_BIN_CEILING_KJMOL = 15.0
-
-
-class SimulationBlewUp(RuntimeError):
-    """The biased simulation produced non-finite energies or exploded coordinates."""
 
 
 @dataclasses.dataclass
@@ -81,12 +73,6 @@ def _phi_psi(positions: np.ndarray, quads: np.ndarray) -> np.ndarray:
     return dihedrals(positions[None], quads)[0]
 
 
-def shifted_phi(phi: np.ndarray) -> np.ndarray:
-    """phi with the beta basin made contiguous: values above 2.2 rad move down by 2 pi."""
-    phi = np.asarray(phi, dtype=np.float64)
-    return np.where(phi > _SHIFT_ABOVE, phi - 2 * math.pi, phi)
-
-
 def _learned_axes(metadata, settings: BiasSettings):
     from ..openmm import GridAxis
 
@@ -120,8 +106,8 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     import openmm.app as app
     import openmm.unit as unit
 
-    from .. import set_threads
-    from .._threads import cpu_platform_properties
+    from ..threads import set_threads
+    from ..threads import cpu_platform_properties
     from ..export import export_model
     from ..modelfile import read_metadata
     from ..models import Dihedrals
@@ -227,11 +213,11 @@ def _check_sane(state, positions: np.ndarray, step: int, settings: BiasSettings)
 
     energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     if not math.isfinite(energy) or not np.isfinite(positions).all():
-        raise SimulationBlewUp(f"step {step}: non-finite potential energy ({energy}) or "
+        raise SimulationBlowUp(f"step {step}: non-finite potential energy ({energy}) or "
                                "coordinates; lower the timestep or the hill height")
     extent = float(np.ptp(positions, axis=0).max())
     if extent > 5.0:  # a 22-atom peptide spans ~1 nm; 5 nm means it came apart
-        raise SimulationBlewUp(f"step {step}: the molecule spans {extent:.1f} nm (bonds broke); "
+        raise SimulationBlowUp(f"step {step}: the molecule spans {extent:.1f} nm (bonds broke); "
                                "a steep bias (lower the hill height or widen the hills, "
                                "--width-fraction) or too long a timestep. Checkpoints and "
                                "series saved before this step are kept")
@@ -248,8 +234,7 @@ def reference_phi(paths: Sequence, pdb_path, stride: int = 1) -> np.ndarray:
     """phi (radians) of long unbiased reference trajectories (npz with positions in nm)."""
     import mdtraj
 
-    from ..data.featurize import read_positions
-    from .cv import backbone_dihedrals
+    from ..data.trajectories import read_positions
 
     topology = mdtraj.load_topology(str(pdb_path))
     phis = []
@@ -304,7 +289,7 @@ def analyse_run(out, temperature_K: float, *, run: Optional[dict] = None,
     })
     if positive.any() and (~positive).any():
         diff = reweight.free_energy_difference(
-            shifted_phi(phi), w, temperature_K, (-2 * math.pi, 0.0), (0.0, _SHIFT_ABOVE))
+            shifted_phi(phi), w, temperature_K, (-2 * math.pi, 0.0), (0.0, PHI_SHIFT_ABOVE))
         summary["delta_f_phi_positive_minus_negative_kJmol"] = float(diff.delta_f)
         summary["delta_f_error_kJmol"] = float(diff.error)
     else:

@@ -17,21 +17,19 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .. import set_threads
+from ..errors import SimulationBlowUp
+from ..threads import set_threads
 from ..analysis.liquid import (nve_drift, plot_force_parity, plot_rdfs, radial_distribution,
                                rdf_error)
 from ..data.potential_data import PotentialData, load_potential_data, time_block_split
 from ..export import export_potential
-from ..modelfile import atomic_write_bytes
-from ..models.potentials import build_potential, load_potential, save_potential
+from ..io import atomic_write_bytes
+from ..models.potentials import build_potential
+from ..training.checkpoints import load_potential, save_potential
 from ..training.energy_force import EnergyForceConfig, evaluate_potential, train_potential
 
 __all__ = ["PotentialSettings", "budget", "train", "export", "simulate", "evaluate",
-           "reproduce", "UnstableSimulationError"]
-
-
-class UnstableSimulationError(RuntimeError):
-    """The OpenMM run produced non-finite or exploding energies, or atoms fell into each other."""
+           "reproduce"]
 
 
 @dataclasses.dataclass
@@ -207,7 +205,7 @@ def _check_no_collapse(positions, box, step: int, ensemble: str) -> None:
     pairs, _, r = neighbor_pairs(x, COLLAPSE_NM, b)
     if r.numel():
         k = int(torch.argmin(r))
-        raise UnstableSimulationError(
+        raise SimulationBlowUp(
             f"{ensemble} run collapsed at step {step}: atoms {int(pairs[0, k])} and "
             f"{int(pairs[1, k])} are {float(r[k]):.4f} nm apart. The potential has a hole at "
             "distances its training data never reached; train with core_repulsion (the "
@@ -225,20 +223,20 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
     ``VerletIntegrator`` for ``nve_ps`` after velocities are drawn at the temperature. Frames
     (positions, boxes) and energies are saved every ``report_interval`` steps to
     ``<ensemble>.npz`` and ``<ensemble>.csv``; a non-finite or exploding energy stops the run
-    with :class:`UnstableSimulationError`, and so do two atoms closer than 0.05 nm (a
+    with :class:`SimulationBlowUp`, and so do two atoms closer than 0.05 nm (a
     collapse that energies alone do not reveal).
     """
     import openmm
     import openmm.app as app
     import openmm.unit as unit
 
-    from .._threads import cpu_platform_properties
-    from ..openmm import EnsembleSpreadReporter, potential_system
+    from ..threads import cpu_platform_properties
+    from ..openmm import EnsembleSpreadReporter, create_system
     from ..progress import ProgressReporter
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    system = potential_system(exported, topology)
+    system = create_system(exported, topology)
     dt = settings.timestep_fs * 1e-3 * unit.picosecond
     temperature = settings.temperature_K * unit.kelvin
     if ensemble == "nvt":
@@ -277,7 +275,7 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
         try:
             simulation.step(settings.report_interval)
         except openmm.OpenMMException as error:  # e.g. the model refused NaN coordinates
-            raise UnstableSimulationError(
+            raise SimulationBlowUp(
                 f"{ensemble} run unstable near step {simulation.currentStep}: "
                 f"{str(error).strip().splitlines()[-1]}. {advice}") from error
         state = simulation.context.getState(getPositions=True, getEnergy=True)
@@ -286,7 +284,7 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
         # Kinetic energy above 100 kT per atom means the integration has blown up.
         runaway = e_kin > 100 * 0.0083144626 * settings.temperature_K * n_atoms
         if not (math.isfinite(e_pot) and math.isfinite(e_kin)) or runaway:
-            raise UnstableSimulationError(
+            raise SimulationBlowUp(
                 f"{ensemble} run unstable at step {simulation.currentStep}: potential {e_pot:.6g} "
                 f"kJ/mol, kinetic {e_kin:.6g} kJ/mol. {advice}")
         frame = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)

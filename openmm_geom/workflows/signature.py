@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from openmm_geom.data.path_dataset import PathDataset, coarse_path
-from openmm_geom.modelfile import atomic_write_bytes
+from openmm_geom.io import atomic_write_bytes
 from openmm_geom.ops.signature import logsignature, windowed_logsignature
 from openmm_geom.training.signature_classifier import (ALL_METHODS, SVM_METHOD, TrainingSettings,
                                                        cross_validate)

@@ -14,16 +14,12 @@ __all__ = ["add_cv_commands"]
 
 
 def _cmd_cv(args) -> int:
-    from .data.corpus import CorpusError
-    from .data.featurize import FeatureFileError
-    from .modelfile import ModelFileError
-    from .workflows.cv import CVFileError
-    from .workflows.cv_bias import SimulationBlewUp
+    from ..errors import FileFormatError, ModelFileError, SimulationBlowUp
 
     try:
         return _run_cv(args)
-    except (ValueError, TypeError, FileNotFoundError, ModelFileError, CorpusError,
-            FeatureFileError, CVFileError, SimulationBlewUp) as error:
+    except (ValueError, TypeError, FileNotFoundError, ModelFileError, FileFormatError,
+            FileFormatError, FileFormatError, SimulationBlowUp) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -38,7 +34,7 @@ def _slice(text):
 def _learn_settings(args, **defaults):
     """The ReproduceSettings of ``--quick`` or the defaults, changed by ``defaults`` and then
     by the command line's options."""
-    from .workflows.cv import QUICK_REPRODUCE, ReproduceSettings
+    from ..workflows.cv import QUICK_REPRODUCE, ReproduceSettings
 
     settings = dataclasses.replace(QUICK_REPRODUCE if args.quick else ReproduceSettings(),
                                    **defaults)
@@ -53,14 +49,14 @@ def _learn_settings(args, **defaults):
 
 
 def _run_cv(args) -> int:
-    from . import set_threads
+    from ..threads import set_threads
 
     _emit = args.emit  # the running CLI's writer (the JSON stream may be redirected)
     set_threads(args.threads)
     progress = not args.no_progress
     command = args.cv_command
     if command == "corpus":
-        from .data.corpus import build_corpus
+        from ..data.corpus import build_corpus
 
         options = {"ase_collections": tuple(args.ase)}
         if args.md_ps is not None:
@@ -71,8 +67,8 @@ def _run_cv(args) -> int:
                               include_openmm_data=not args.no_openmm_data,
                               include_bundled=not args.no_bundled, **options)
     elif command == "pretrain":
-        from .data.corpus import build_corpus
-        from .training.denoising import pretrain
+        from ..data.corpus import build_corpus
+        from ..training.denoising import pretrain
 
         corpus = args.corpus
         if corpus is None:
@@ -90,9 +86,10 @@ def _run_cv(args) -> int:
         import mdtraj
         import numpy as np
 
-        from .data.featurize import featurize, read_positions
-        from .models.geom2vec import TokenMap
-        from .training.denoising import load_backbone
+        from ..data.trajectories import read_positions
+        from ..training.features import featurize
+        from ..models.geom2vec import TokenMap
+        from ..training.denoising import load_backbone
 
         featurizer, info = load_backbone(args.backbone)
         top = mdtraj.load_topology(args.topology)
@@ -104,7 +101,7 @@ def _run_cv(args) -> int:
                                                   n_atoms=top.n_atoms)
             if boxes is not None:
                 raise ValueError(f"{path} is periodic: featurize periodic trajectories from "
-                                 "Python (openmm_geom.data.featurize.featurize takes boxes)")
+                                 "Python (openmm_geom.training.features.featurize takes boxes)")
             trajectories.append(np.ascontiguousarray(positions[frames]))
             timestep = timestep or (dt / args.stride if dt else None)
         features = featurize(featurizer, token_map, trajectories, backbone_sha256=info["sha256"],
@@ -118,8 +115,8 @@ def _run_cv(args) -> int:
                   "channels": features.channels, "timestep_ps": features.timestep_ps,
                   "backbone_sha256": info["sha256"]}
     elif command == "train-vamp":
-        from .data.featurize import FeatureSet
-        from .workflows.cv import DEFAULT_VAMP_TRAINER, VampSettings, train_vamp
+        from ..training.features import FeatureSet
+        from ..workflows.cv import DEFAULT_VAMP_TRAINER, VampSettings, train_vamp
 
         trainer = dataclasses.replace(DEFAULT_VAMP_TRAINER, lr=args.lr,
                                       batch_size=args.batch_size, max_epochs=args.epochs)
@@ -128,8 +125,8 @@ def _run_cv(args) -> int:
         result = train_vamp(FeatureSet.load(args.train), FeatureSet.load(args.validate),
                             Path(args.out), settings, seed=args.seed, progress=progress)
     elif command == "train-spib":
-        from .data.featurize import FeatureSet
-        from .workflows.cv import train_spib
+        from ..training.features import FeatureSet
+        from ..workflows.cv import train_spib
 
         result = train_spib(FeatureSet.load(args.train), FeatureSet.load(args.validate),
                             args.vamp, Path(args.out), lag_ps=args.lag_ps,
@@ -140,7 +137,7 @@ def _run_cv(args) -> int:
         import mdtraj
         import torch
 
-        from .workflows.cv import export_cv
+        from ..workflows.cv import export_cv
 
         frame = mdtraj.load_frame(args.topology, 0)
         box = None if frame.unitcell_vectors is None or not args.periodic \
@@ -148,7 +145,7 @@ def _run_cv(args) -> int:
         result = export_cv(args.backbone, args.cv, args.out, frame.xyz[0], example_box=box,
                            dtype=torch.float64 if args.float64 else torch.float32)
         if args.check:
-            from .openmm.validation import check_export
+            from ..openmm.validation import check_export
 
             report = check_export(args.out)
             result["check_export_passed"] = report.passed
@@ -156,7 +153,7 @@ def _run_cv(args) -> int:
                 _emit(args, result, report.format())
                 return 1
     elif command == "bias":
-        from .workflows.cv_bias import BiasSettings, analyse_run, reference_phi, run_biased
+        from ..workflows.cv_bias import BiasSettings, analyse_run, reference_phi, run_biased
 
         overrides = {name: getattr(args, name) for name in
                      ("picoseconds", "bias_factor", "height_kJmol", "width_fraction",
@@ -180,7 +177,7 @@ def _run_cv(args) -> int:
         if not args.compare:
             result = result[args.mode]
     elif command == "explore":
-        from .workflows.cv import ExploreSettings, explore
+        from ..workflows.cv import ExploreSettings, explore
 
         defaults = ExploreSettings()
         learn = _learn_settings(args, lag_ps=defaults.learn.lag_ps,
@@ -192,7 +189,7 @@ def _run_cv(args) -> int:
         result = explore(args.pdb, args.out, settings=settings, backbone=args.backbone,
                          seed=args.seed, threads=args.threads, progress=progress)
     else:  # reproduce
-        from .workflows.cv import reproduce
+        from ..workflows.cv import reproduce
 
         result = reproduce(args.train, args.validate, args.topology, args.out,
                            settings=_learn_settings(args),

@@ -1,4 +1,4 @@
-"""Argument checks shared by the data generators: a ValueError that names the argument."""
+"""Argument checks shared across the package: a ValueError that names the argument."""
 from __future__ import annotations
 
 import math

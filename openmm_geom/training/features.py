@@ -1,4 +1,5 @@
-"""Trajectories -> geom2vec token features on disk, in a self-describing file.
+"""Trajectories -> geom2vec token features, the input of VAMPnet/SPIB heads, in a
+self-describing file.
 
 :func:`featurize` runs a frozen backbone (:class:`~openmm_geom.models.geom2vec.Geom2VecFeaturizer`)
 over any number of trajectories, pools atoms into the tokens of a
@@ -9,14 +10,11 @@ where each trajectory starts (lagged pairs must not cross trajectory boundaries)
 and the number of system atoms. Downstream training refuses features made by another backbone
 or for another system.
 
-Trajectory inputs: any mdtraj-readable file (DCD, XTC, HDF5, PDB, ...) with a topology, or an
-npz with ``positions`` (frames, atoms, 3) in nm (our datagen files and ``../shared/data``),
-optionally ``box_vectors`` (frames, 3, 3) nm and ``save_interval_ps``.
+Trajectory inputs: whatever :func:`openmm_geom.data.trajectories.read_positions` reads.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from pathlib import Path
@@ -25,17 +23,15 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..modelfile import atomic_write_bytes
+from ..data.trajectories import read_positions
+from ..errors import FileFormatError
+from ..io import atomic_savez, check_format, format_tag, read_npz
+from ..models.geom2vec import TokenMap, global_distances, pool_tokens
 from ..progress import progress_bar
 
-__all__ = ["FeatureSet", "FeatureFileError", "featurize", "read_positions", "FEATURE_FORMAT"]
+__all__ = ["FeatureSet", "featurize"]
 
-FEATURE_FORMAT = "openmm-geom-token-features"
-FEATURE_VERSION = 1
-
-
-class FeatureFileError(RuntimeError):
-    """A feature file that is missing, corrupt, or made for something else."""
+FEATURE_KIND, FEATURE_VERSION = "token-features", 1
 
 
 @dataclasses.dataclass
@@ -66,21 +62,19 @@ class FeatureSet:
     def __post_init__(self):
         self.lengths = np.asarray(self.lengths, dtype=np.int64)
         if self.tokens.ndim != 4 or self.tokens.shape[2] != 4:
-            raise FeatureFileError(f"tokens must have shape (frames, tokens, 4, d), got "
+            raise FileFormatError(f"tokens must have shape (frames, tokens, 4, d), got "
                                    f"{self.tokens.shape}")
         if int(self.lengths.sum()) != len(self.tokens):
-            raise FeatureFileError(f"trajectory lengths sum to {int(self.lengths.sum())} but "
+            raise FileFormatError(f"trajectory lengths sum to {int(self.lengths.sum())} but "
                                    f"there are {len(self.tokens)} frames")
         bad = ~np.isfinite(self.tokens).reshape(len(self.tokens), -1).all(1)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
-            raise FeatureFileError(f"features of frame {first} (and {int(bad.sum()) - 1} "
+            raise FileFormatError(f"features of frame {first} (and {int(bad.sum()) - 1} "
                                    "others) are NaN or infinite")
 
     @property
-    def token_map(self):
-        from ..models.geom2vec import TokenMap
-
+    def token_map(self) -> TokenMap:
         return TokenMap.from_json(self.token_map_json)
 
     @property
@@ -103,15 +97,15 @@ class FeatureSet:
     def check_compatible(self, other: "FeatureSet") -> None:
         """Refuse to mix features from different backbones, token maps or pooling."""
         if self.backbone.get("sha256") != other.backbone.get("sha256"):
-            raise FeatureFileError("the feature sets were made by different backbones "
+            raise FileFormatError("the feature sets were made by different backbones "
                                    f"({self.backbone.get('sha256', '?')[:12]} vs "
                                    f"{other.backbone.get('sha256', '?')[:12]})")
         if self.token_map_json != other.token_map_json or self.mean_pooling != other.mean_pooling:
-            raise FeatureFileError("the feature sets use different token maps (another system "
+            raise FileFormatError("the feature sets use different token maps (another system "
                                    "or selection) or pooling")
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
-        header = {"format": FEATURE_FORMAT, "version": FEATURE_VERSION,
+        header = {"format": format_tag(FEATURE_KIND, FEATURE_VERSION),
                   "backbone": self.backbone, "timestep_ps": float(self.timestep_ps),
                   "mean_pooling": bool(self.mean_pooling), "sources": list(self.sources),
                   "units": {"positions": "nm", "global_features": "nm",
@@ -123,96 +117,31 @@ class FeatureSet:
                   "lengths": self.lengths, "token_map": np.array(self.token_map_json)}
         if self.global_features is not None:
             arrays["global_features"] = self.global_features
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        path = Path(path)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        return atomic_savez(path, **arrays)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "FeatureSet":
+        """Read a feature file; :class:`~openmm_geom.errors.FileFormatError` if it is not one."""
         path = Path(path)
         if not path.is_file():
-            raise FeatureFileError(f"no feature file at {path}")
+            raise FileFormatError(f"no feature file at {path}")
+        data = read_npz(path, "feature file")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                header = json.loads(str(data["header"]))
-                if header.get("format") != FEATURE_FORMAT:
-                    raise FeatureFileError(f"{path} is not an openmm-geom feature file")
-                if header.get("version", 0) > FEATURE_VERSION:
-                    raise FeatureFileError(f"{path} was written by a newer openmm-geom")
-                return cls(
-                    tokens=data["tokens"], lengths=data["lengths"],
-                    global_features=(data["global_features"]
-                                     if "global_features" in data.files else None),
-                    token_map_json=str(data["token_map"]), backbone=header["backbone"],
-                    timestep_ps=float(header["timestep_ps"]),
-                    mean_pooling=bool(header.get("mean_pooling", False)),
-                    sources=list(header.get("sources", [])))
-        except FeatureFileError:
-            raise
+            header = json.loads(str(data["header"]))
+        except (KeyError, ValueError):
+            header = {}
+        check_format(header.get("format"), FEATURE_KIND, (FEATURE_VERSION,), source=path,
+                     version=header.get("version"))
+        try:
+            return cls(tokens=data["tokens"], lengths=data["lengths"],
+                       global_features=data.get("global_features"),
+                       token_map_json=str(data["token_map"]), backbone=header["backbone"],
+                       timestep_ps=float(header["timestep_ps"]),
+                       mean_pooling=bool(header.get("mean_pooling", False)),
+                       sources=list(header.get("sources", [])))
         except KeyError as error:
-            raise FeatureFileError(f"{path} is not an openmm-geom feature file (missing "
-                                   f"{error})") from error
-        except Exception as error:  # zip/npz corruption surfaces as several error types
-            raise FeatureFileError(f"cannot read feature file {path}: {error}") from error
-
-
-def read_positions(path: Union[str, os.PathLike], topology=None, *, stride: int = 1,
-                   n_atoms: Optional[int] = None):
-    """(positions (T, N, 3) nm float32, boxes (T, 3, 3) nm or None, timestep_ps or None).
-
-    ``topology`` (a PDB path or mdtraj/OpenMM topology) is needed for mdtraj formats other
-    than PDB/HDF5. ``n_atoms`` checks the atom count against the system's.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no trajectory file at {path}")
-    if stride < 1:
-        raise ValueError("stride must be >= 1")
-    boxes = timestep = None
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if "positions" not in data.files:
-                    raise ValueError(f"{path} has no 'positions' array (frames, atoms, 3) in nm")
-                positions = np.asarray(data["positions"][::stride], dtype=np.float32)
-                if "box_vectors" in data.files:
-                    boxes = np.asarray(data["box_vectors"][::stride], dtype=np.float32)
-                if "save_interval_ps" in data.files:
-                    timestep = float(data["save_interval_ps"]) * stride
-        except ValueError:
-            raise
-        except Exception as error:
-            raise ValueError(f"cannot read {path}: {error}") from error
-    else:
-        import mdtraj
-
-        from ..models.geom2vec import _as_mdtraj_topology
-
-        kwargs = {}
-        if topology is not None and path.suffix not in (".pdb", ".h5"):
-            kwargs["top"] = _as_mdtraj_topology(topology)
-        try:
-            traj = mdtraj.load(str(path), stride=stride, **kwargs)
-        except Exception as error:
-            raise ValueError(f"cannot read trajectory {path}: {error}") from error
-        positions = traj.xyz.astype(np.float32)
-        if traj.unitcell_vectors is not None:
-            boxes = traj.unitcell_vectors.astype(np.float32)
-        if path.suffix == ".h5" and traj.n_frames > 1:  # DCD/XTC times are often frame numbers
-            timestep = float(traj.timestep)
-    if positions.ndim != 3 or positions.shape[2] != 3:
-        raise ValueError(f"{path}: positions must have shape (frames, atoms, 3), got "
-                         f"{positions.shape}")
-    if n_atoms is not None and positions.shape[1] != n_atoms:
-        raise ValueError(f"{path} has {positions.shape[1]} atoms per frame but the topology "
-                         f"has {n_atoms}")
-    bad = ~np.isfinite(positions).reshape(len(positions), -1).all(1)
-    if bad.any():
-        raise ValueError(f"{path}: frame {int(np.flatnonzero(bad)[0])} has NaN or infinite "
-                         "coordinates")
-    return positions, boxes, timestep
+            raise FileFormatError(f"{path} is not a complete feature file (missing "
+                                  f"{error})") from error
 
 
 @torch.no_grad()
@@ -238,8 +167,6 @@ def featurize(featurizer, token_map, trajectories: Sequence, *, backbone_sha256:
     -------
     FeatureSet
     """
-    from ..models.geom2vec import global_distances, pool_tokens
-
     featurizer.eval()
     dtype = featurizer.angstrom_per_nm.dtype
     loaded, sources = [], []

@@ -1,14 +1,11 @@
-"""Coarse-grained models in OpenMM: priors as native forces + the network in a TorchForce."""
+"""Coarse-grained priors as native OpenMM forces (the network runs in a TorchForce beside them)."""
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import openmm
 
-from .forces import load_exported, torch_force
-
-__all__ = ["prior_forces", "cg_system"]
+__all__ = ["prior_forces"]
 
 
 def prior_forces(config: dict, particles: Optional[Sequence[int]] = None) -> list:
@@ -54,29 +51,3 @@ def prior_forces(config: dict, particles: Optional[Sequence[int]] = None) -> lis
     for force in forces:
         force.setName(f"CGPrior{type(force).__name__}")
     return forces
-
-
-def cg_system(model: os.PathLike, *, masses: Optional[Sequence[float]] = None) -> openmm.System:
-    """An OpenMM System for an exported CG model (from :func:`export_cg_model`).
-
-    One particle per bead (times the exported replica count), masses from the file unless
-    given, the priors as native forces (when exported with ``native_priors=True``; replicated
-    per copy), and the network as one TorchForce (force group 1, priors in group 0).
-    """
-    module, metadata = load_exported(model)
-    cg = metadata.extra.get("cg")
-    if cg is None:
-        raise ValueError(f"{model} is not a coarse-grained model export (no 'cg' metadata)")
-    masses = metadata.masses_amu if masses is None else list(masses)
-    if masses is None or len(masses) != metadata.n_atoms:
-        raise ValueError(f"need {metadata.n_atoms} masses")
-    system = openmm.System()
-    for mass in masses:
-        system.addParticle(float(mass))
-    if cg["priors"]:
-        n = cg["n_beads"]
-        for replica in range(cg["replicas"]):
-            for force in prior_forces(cg["priors"], range(replica * n, (replica + 1) * n)):
-                system.addForce(force)
-    system.addForce(torch_force(module, system=system, force_group=1))
-    return system

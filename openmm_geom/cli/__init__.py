@@ -54,7 +54,7 @@ def _stdout_to_stderr():
 
 
 def _cmd_doctor(args) -> int:
-    from .doctor import format_doctor, run_doctor
+    from ..doctor import format_doctor, run_doctor
 
     report = run_doctor()
     _emit(args, report, format_doctor(report))
@@ -62,8 +62,8 @@ def _cmd_doctor(args) -> int:
 
 
 def _cmd_check_export(args) -> int:
-    from .modelfile import ModelFileError
-    from .openmm.validation import check_export
+    from ..errors import ModelFileError
+    from ..openmm.validation import check_export
 
     positions = box = None
     if args.positions:
@@ -102,7 +102,7 @@ def _read_configuration(path: str):
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     summary = run_demo(args.out, part=args.part, steps=args.steps, frames=args.frames,
                        seed=args.seed, threads=args.threads, progress=not args.no_progress)
@@ -120,7 +120,7 @@ _DATAGEN_DEFAULTS = {"interval_ps": (1.0, 0.1), "timestep_fs": (1.0, 0.5),
 
 
 def _cmd_datagen(args) -> int:
-    from .data.datagen import generate_reference, load_reference
+    from ..data.datagen import generate_reference, load_reference
 
     if (args.pdb is None) == (args.water_box is None):
         raise SystemExit("error: datagen needs either a PDB file or --water-box N (not both)")
@@ -138,7 +138,7 @@ def _cmd_datagen(args) -> int:
     if args.nonbonded_cutoff is not None:
         options["nonbonded_cutoff_nm"] = args.nonbonded_cutoff
     if water:
-        from .data.water import generate_water_reference
+        from ..data.water import generate_water_reference
 
         path = generate_water_reference(args.water_box, args.out, density=args.water_density,
                                         **options)
@@ -160,7 +160,7 @@ def _cmd_datagen(args) -> int:
 def _cg_settings(args):
     import dataclasses
 
-    from .workflows.coarse_grain import PRODUCTION, QUICK
+    from ..workflows.coarse_grain import PRODUCTION, QUICK
 
     base = QUICK if getattr(args, "quick", False) else PRODUCTION
     overrides = {name: getattr(args, name) for name in
@@ -173,10 +173,10 @@ def _cg_settings(args):
 
 
 def _cmd_cg(args) -> int:
-    from .workflows import coarse_grain as cg
+    from ..workflows import coarse_grain as cg
 
     settings = _cg_settings(args)
-    from . import set_threads
+    from ..threads import set_threads
 
     set_threads(args.threads)
     if args.cg_command == "train":
@@ -184,9 +184,9 @@ def _cmd_cg(args) -> int:
                                force_map=settings.force_map)
         result = cg.train(data, args.out, settings, seed=args.seed, progress=not args.no_progress)
     elif args.cg_command == "simulate":
-        from .models.cgschnet import load_cgschnet
+        from ..training.checkpoints import load_cgschnet
 
-        from .data.mapping import CGMapping
+        from ..data.mapping import CGMapping
 
         model, metadata = load_cgschnet(args.model)
         mapping = (CGMapping.from_dict(metadata["mapping"]) if "mapping" in metadata
@@ -219,7 +219,7 @@ def _cmd_cg(args) -> int:
 def _potential_settings(args):
     import dataclasses
 
-    from .workflows.potential import budget
+    from ..workflows.potential import budget
 
     architecture = getattr(args, "model", None) or "attention"
     base = budget("quick" if getattr(args, "quick", False) else "production", architecture)
@@ -245,13 +245,13 @@ def _pdb_system(path):
 
 
 def _cmd_potential(args) -> int:
-    from .modelfile import ModelFileError
-    from .workflows.potential import UnstableSimulationError
+    from ..errors import ModelFileError
+    from ..errors import SimulationBlowUp
 
     try:
         return _run_potential(args)
     except (ValueError, TypeError, FileNotFoundError, ModelFileError,
-            UnstableSimulationError) as error:  # bad input: a message, not a traceback
+            SimulationBlowUp) as error:  # bad input: a message, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -259,14 +259,14 @@ def _cmd_potential(args) -> int:
 def _run_potential(args) -> int:
     from pathlib import Path
 
-    from . import set_threads
-    from .workflows import potential as wf
+    from ..threads import set_threads
+    from ..workflows import potential as wf
 
     set_threads(args.threads)
     settings = _potential_settings(args)
     progress = not args.no_progress
     if args.potential_command == "train":
-        from .data.potential_data import load_potential_data
+        from ..data.potential_data import load_potential_data
 
         result = wf.train(load_potential_data(args.data), Path(args.out), settings,
                           seed=args.seed, progress=progress)
@@ -295,9 +295,9 @@ def _run_potential(args) -> int:
         result["final_potential_energy"] = float(run["potential_energies"][-1])
         result["out"] = str(out)
     elif args.potential_command == "evaluate":
-        from .data.potential_data import load_potential_data
-        from .models.potentials import load_potential
-        from .training.energy_force import evaluate_potential
+        from ..data.potential_data import load_potential_data
+        from ..training.checkpoints import load_potential
+        from ..training.energy_force import evaluate_potential
 
         model, _ = load_potential(args.checkpoint)
         data = load_potential_data(args.data)
@@ -307,7 +307,7 @@ def _run_potential(args) -> int:
         metrics = evaluate_potential(model, data.positions.astype(
             "float32" if dtype.is_floating_point and dtype.itemsize == 4 else "float64"),
             data.energies, data.forces, data.boxes)
-        from .analysis.liquid import plot_force_parity
+        from ..analysis.liquid import plot_force_parity
 
         Path(args.out).mkdir(parents=True, exist_ok=True)
         plot_force_parity(data.forces, metrics["predicted_forces"],
@@ -322,8 +322,8 @@ def _run_potential(args) -> int:
 
 
 def _signature_settings(args):
-    from .training.signature_classifier import TrainingSettings
-    from .workflows.signature import GENE_PRODUCTION
+    from ..training.signature_classifier import TrainingSettings
+    from ..workflows.signature import GENE_PRODUCTION
 
     base = GENE_PRODUCTION if args.signature_command == "reproduce" else TrainingSettings()
     overrides = {name: getattr(args, name) for name in
@@ -333,21 +333,21 @@ def _signature_settings(args):
 
 
 def _cmd_signature(args) -> int:
-    from . import set_threads
-    from .workflows import signature as workflow
+    from ..threads import set_threads
+    from ..workflows import signature as workflow
 
     set_threads(args.threads)
     command = args.signature_command
     progress = not args.no_progress
     if command == "generate-gene":
-        from .data.gene_regulatory import generate_gene_dataset
+        from ..data.gene_regulatory import generate_gene_dataset
 
         path = generate_gene_dataset(args.out, n_trajectories=args.trajectories, n_test=args.test,
                                      n_nodes=args.nodes, n_frames=args.frames, seed=args.seed,
                                      rate_spread=args.rate_spread, progress=progress)
         result = {"out": str(path), "trajectories": args.trajectories, "test": args.test}
     elif command == "generate-md":
-        from .data.md_classification import generate_md_dataset
+        from ..data.md_classification import generate_md_dataset
 
         path = generate_md_dataset(args.out, n_trajectories=args.trajectories, n_test=args.test,
                                    n_frames=args.frames, temperatures=tuple(args.temperatures),
@@ -359,8 +359,8 @@ def _cmd_signature(args) -> int:
         result = workflow.train(args.data, args.out, methods, _signature_settings(args),
                                 progress=progress)
     elif command == "evaluate":
-        from .data.path_dataset import PathDataset
-        from .training.signature_classifier import classification_metrics, load_classifier, predict
+        from ..data.path_dataset import PathDataset
+        from ..training.signature_classifier import classification_metrics, load_classifier, predict
 
         model, info = load_classifier(args.model)
         data = PathDataset(args.data)
@@ -638,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "1: fixed B = R = 1)")
     training_options(q)
     common_sig(q)
-    from .cli_cv import add_cv_commands
+    from .cv import add_cv_commands
 
     add_cv_commands(sub, _emit)
     return parser
