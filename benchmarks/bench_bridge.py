@@ -11,7 +11,7 @@ CPU platform ``{"Threads": T}``):
 
 * floor: the exported ScriptModule in a plain Python loop, ``e = module(x, box); e.backward()``
   (x float64 nm, requires_grad): calls/s;
-* TorchForce: ``openmm_geom.openmm.torch_force(path)`` alone in an ``openmm.System``, Verlet,
+* TorchForce: ``openmm_geom.openmm.forces.torch_force(path)`` (what ``create_system`` adds) alone in an ``openmm.System``, Verlet,
   1 fs: steps/s;  ratio = steps/s / floor calls/s (goal >= 0.8);
 * PythonForce: ``openmm_geom.openmm.python_force(...)`` with the same (eager) model: steps/s.
 
@@ -47,7 +47,8 @@ from _common import (LoadMonitor, environment, fmt, measure_clean,  # noqa: E402
 import openmm_geom  # noqa: E402
 from openmm_geom.export import export_model  # noqa: E402
 from openmm_geom.openmm import ExportedModel  # noqa: E402
-from openmm_geom.openmm import python_force, torch_force  # noqa: E402
+from openmm_geom.openmm import python_force  # noqa: E402
+from openmm_geom.openmm.forces import torch_force  # noqa: E402
 from openmm_geom.ops import NeighborPairs, neighbor_pairs  # noqa: E402
 
 DENSITY = 21.0  # atoms / nm^3, liquid argon near 85 K (1.40 g/cm^3)

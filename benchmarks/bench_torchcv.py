@@ -21,7 +21,7 @@ Bias, identical in both forces: ``sum_i 0.5*kappa*(cv_i - c_i)^2`` with global p
 kappa = 10 and c_i = round(cv_i(start)) + 1 (bias forces up to ~300 kJ/mol/nm at the start).
 
 * ours: ``openmm_geom.openmm.TorchCVForce(path, expression)``: one model pass per step;
-* peer: ``openmm.CustomCVForce(expression)`` over ``torch_force(path, output_index=i)`` for
+* peer: ``openmm.CustomCVForce(expression)`` over one TorchForce per CV (``custom_cv_force``) for
   i < k: k model passes per step;
 * fused: one openmm-torch ``TorchForce`` of a scripted module computing the CVs and the bias
   itself: a single pass with no expression, the target for ours;
@@ -65,7 +65,7 @@ import openmm_geom  # noqa: E402
 from openmm_geom.data import bundled  # noqa: E402
 from openmm_geom.export import export_model  # noqa: E402
 from openmm_geom.openmm import ExportedModel  # noqa: E402
-from openmm_geom.openmm import TorchCVForce, torch_force  # noqa: E402
+from openmm_geom.openmm import TorchCVForce, custom_cv_force  # noqa: E402
 from openmm_geom.openmm.forces import openmmtorch  # noqa: E402
 
 PDB = "alanine-dipeptide.pdb"
@@ -122,13 +122,7 @@ def ours_force(path, k: int, params: dict):
 
 
 def peer_force(path, k: int, params: dict):
-    force = openmm.CustomCVForce(expression(k))
-    for name, value in params.items():
-        force.addGlobalParameter(name, value)
-    for i in range(k):
-        force.addCollectiveVariable(f"cv{i}", torch_force(path, output_index=i))
-    force.setForceGroup(BIAS_GROUP)
-    return force
+    return custom_cv_force(path, expression(k), global_parameters=params, force_group=BIAS_GROUP)
 
 
 class BiasEnergy(torch.nn.Module):
@@ -360,7 +354,7 @@ def main(argv=None) -> int:
             "bias": "sum_i 0.5*kappa*(cv_i - c_i)^2, c_i = round(cv_i(start)) + offset",
             "kappa": KAPPA, "offset": OFFSET, "ks": list(KS[mode]),
             "ours": "openmm_geom.openmm.TorchCVForce(path, expression)",
-            "peer": "openmm.CustomCVForce(expression) + torch_force(path, output_index=i), "
+            "peer": "openmm.CustomCVForce(expression) + one TorchForce per CV (custom_cv_force), "
                     "i < k",
             "floor": "exported ScriptModule: torch.autograd.grad(module(x), x, ones(k)), "
                      "Python loop",

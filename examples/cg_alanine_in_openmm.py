@@ -16,8 +16,9 @@ import openmm.unit as unit
 
 from openmm_geom.data import bundled
 from openmm_geom.data.datagen import generate_reference
-from openmm_geom.openmm import CVReporter
-from openmm_geom.openmm.cg import cg_system
+from openmm_geom.export import export_model
+from openmm_geom.models import Dihedrals
+from openmm_geom.openmm import CVReporter, ExportedModel, create_system
 from openmm_geom.workflows import coarse_grain as cg
 
 
@@ -37,29 +38,27 @@ def main():
     trained = cg.train(data, args.out, settings, progress=False)
 
     # 3. The exported model in OpenMM: native priors (force group 0) + TorchForce (group 1).
-    system = cg_system(trained["openmm_model"])
-    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond,
-                                                 2 * unit.femtosecond)
-    integrator.setRandomNumberSeed(1)
+    model = ExportedModel.load(trained["openmm_model"])
+    print(model)
     topology = app.Topology()
     chain = topology.addChain()
     for name in data.mapping.bead_names:
         residue = topology.addResidue("CG", chain)
         topology.addAtom(name, app.Element.getByAtomicNumber(6), residue)
+    system = create_system(model, topology)  # bead masses from the file
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond,
+                                                 2 * unit.femtosecond)
+    integrator.setRandomNumberSeed(1)
     simulation = app.Simulation(topology, system, integrator,
                                 openmm.Platform.getPlatformByName("CPU"))
     simulation.context.setPositions(data.positions[0].astype(float))
     simulation.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
 
     # phi/psi of the CG beads, logged on the fly (beads 0-3 and 1-4).
-    from openmm_geom.export import export_model
-    from openmm_geom.models import Dihedrals
-
-    export_model(Dihedrals([[0, 1, 2, 3], [1, 2, 3, 4]]), args.out / "cg_phi_psi.pt", kind="cv",
-                 length_unit="nm", periodic=False, example_positions=data.positions[0],
-                 cv_names=["phi", "psi"])
-    simulation.reporters.append(CVReporter(str(args.out / "cg_cvs.csv"), 100,
-                                           args.out / "cg_phi_psi.pt"))
+    phi_psi = export_model(Dihedrals([[0, 1, 2, 3], [1, 2, 3, 4]]), args.out / "cg_phi_psi.pt",
+                           kind="cv", length_unit="nm", periodic=False,
+                           example_positions=data.positions[0], cv_names=["phi", "psi"])
+    simulation.reporters.append(CVReporter(str(args.out / "cg_cvs.csv"), 100, phi_psi))
     simulation.reporters.append(app.StateDataReporter(str(args.out / "cg_energies.csv"), 500,
                                                       step=True, potentialEnergy=True,
                                                       temperature=True))

@@ -2,7 +2,8 @@
 
 Trains a tiny model on data made here (see cg_alanine_in_openmm.py), then runs the batched
 BAOAB simulator with per-replica temperatures, streaming HDF5 output, a checkpoint that makes
-the run resumable, and the ensemble's force spread logged as an uncertainty.
+the run resumable, and the ensemble's force spread logged as an uncertainty; then checks that
+the exported file of the same model (what OpenMM runs) gives the simulator's energies.
 
     python examples/cg_batched_simulation.py --steps 2000 --out out/cg_batched
 """
@@ -15,6 +16,7 @@ import torch
 
 from openmm_geom.data import bundled
 from openmm_geom.data.datagen import generate_reference
+from openmm_geom.openmm import ExportedModel
 from openmm_geom.simulate import BatchedLangevin, EnsembleForces, TrajectoryWriter, read_trajectory
 from openmm_geom.training.checkpoints import load_cgschnet
 from openmm_geom.workflows import coarse_grain as cg
@@ -49,6 +51,16 @@ def main():
           f"{trajectory.positions.shape[0]} frames x {replicas} replicas; "
           f"mean ensemble force spread {np.mean(trajectory.spread):.1f} kJ/mol/nm")
 
+    # The same trained ensemble as OpenMM runs it: the exported file holds the network (and the
+    # priors, unless they were exported as native OpenMM forces).
+    exported = ExportedModel.load(trained["openmm_model"])
+    reference = model.without_priors() if exported.metadata.extra["cg"]["native_priors"] else model
+    frame = torch.as_tensor(trajectory.positions[-1, 0], dtype=torch.float64)
+    with torch.no_grad():
+        in_file = float(exported(frame))
+        in_simulator = float(reference(frame.to(model.embedding.dtype)))
+    print(f"{exported}: energy of the last frame {in_file:.4f} kJ/mol "
+          f"(the simulator's model: {in_simulator:.4f})")
 
 if __name__ == "__main__":
     main()

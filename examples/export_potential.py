@@ -2,7 +2,8 @@
 
 The model is a Lennard-Jones argon liquid (any scriptable torch module works the same way):
 it is exported to a self-describing TorchScript file, validated inside OpenMM Contexts, and
-run as an openmm-torch TorchForce under Langevin dynamics at 120 K.
+turned into an OpenMM System by ``create_system`` (one openmm-torch TorchForce) for Langevin
+dynamics at 120 K.
 
     python examples/export_potential.py --steps 2000 --out out/argon
 """
@@ -16,8 +17,8 @@ import openmm.app as app
 import openmm.unit as unit
 import torch
 
-from openmm_geom.export import check_export, export_model
-from openmm_geom.openmm import torch_force
+from openmm_geom.export import export_model
+from openmm_geom.openmm import check_export, create_system
 from openmm_geom.ops import NeighborPairs
 
 
@@ -52,23 +53,24 @@ def main():
     box = np.eye(3) * n_side * spacing
 
     model = LennardJones()
-    path = args.out / "argon_lj.pt"
-    export_model(model, path, length_unit="angstrom", energy_unit="eV", periodic=True,
-                 example_positions=positions, example_box=box, cutoff=model.cutoff,
-                 atom_types=["Ar"] * len(positions), masses=[39.948] * len(positions))
-    report = check_export(path, eager=model, nve_steps=200)
+    exported = export_model(model, args.out / "argon_lj.pt", length_unit="angstrom",
+                            energy_unit="eV", periodic=True, example_positions=positions,
+                            example_box=box, cutoff=model.cutoff,
+                            atom_types=["Ar"] * len(positions), masses=[39.948] * len(positions))
+    report = check_export(exported, eager=model, nve_steps=200)
     print(report.format())
     if not report.passed:
         raise SystemExit("the export failed validation")
 
-    system = openmm.System()
+    topology = app.Topology()
+    chain = topology.addChain()
     for _ in range(len(positions)):
-        system.addParticle(39.948)
-    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-    system.addForce(torch_force(path, system=system))
+        topology.addAtom("Ar", app.element.argon, topology.addResidue("AR", chain))
+    topology.setPeriodicBoxVectors([openmm.Vec3(*row) for row in box] * unit.nanometer)
+    system = create_system(exported, topology)  # checks atoms, elements, box vs cutoff
     integrator = openmm.LangevinMiddleIntegrator(120 * unit.kelvin, 1 / unit.picosecond,
                                                  5 * unit.femtosecond)
-    simulation = app.Simulation(app.Topology(), system, integrator,
+    simulation = app.Simulation(topology, system, integrator,
                                 openmm.Platform.getPlatformByName("CPU"))
     simulation.context.setPositions(positions)
     simulation.minimizeEnergy(maxIterations=100)

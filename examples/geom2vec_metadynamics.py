@@ -142,8 +142,7 @@ def main(argv=None) -> int:
     from openmm_geom.threads import cpu_platform_properties
     from openmm_geom.analysis import reweight
     from openmm_geom.data import bundled
-    from openmm_geom.modelfile import read_metadata
-    from openmm_geom.openmm import CVReporter, GridAxis, Metadynamics
+    from openmm_geom.openmm import CVReporter, ExportedModel, GridAxis, Metadynamics
 
     threads = set_threads(args.threads)
     out = args.out
@@ -152,11 +151,13 @@ def main(argv=None) -> int:
     cv_path = args.cv if args.cv is not None else make_cv(pdb, out, args.seed, threads)
 
     # The CV file says what it computes and on which scale (statistics on its training frames).
-    metadata = read_metadata(cv_path)
+    # Loaded once here; Metadynamics below takes the loaded model without reading it again.
+    cv_model = ExportedModel.load(cv_path)
+    metadata = cv_model.metadata
     if metadata.kind != "cv":
         print(f"{cv_path} is a {metadata.kind}, not a CV module", file=sys.stderr)
         return 2
-    metadata.check_topology(pdb.topology.getNumAtoms())
+    cv_model.check_atom_count(pdb.topology.getNumAtoms())
     statistics = metadata.extra.get("cv_statistics")
     if not statistics:
         print(f"{cv_path} records no cv_statistics; export it with `openmm-geom cv export`",
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     frequency = 5 * report
 
     system = alanine_system(pdb)
-    meta = Metadynamics(system, cv_path, axes, TEMPERATURE, bias_factor=8.0, height=1.2,
+    meta = Metadynamics(system, cv_model, axes, TEMPERATURE, bias_factor=8.0, height=1.2,
                         frequency=frequency, log=out / "bias.csv", log_interval=report)
     integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE, FRICTION, TIMESTEP)
     integrator.setRandomNumberSeed(args.seed)

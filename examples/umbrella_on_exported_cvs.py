@@ -32,13 +32,13 @@ def main():
     system = app.ForceField("amber14-all.xml").createSystem(
         pdb.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
 
-    cv_file = args.out / "phi_psi.pt"
-    export_model(Dihedrals(backbone_quadruplets(pdb.topology)), cv_file, kind="cv",
-                 length_unit="nm", periodic=False, example_positions=pdb.positions,
-                 cv_names=["phi", "psi"])
+    # export_model writes the file and returns it loaded (an ExportedModel): pass it on as is.
+    cv_model = export_model(Dihedrals(backbone_quadruplets(pdb.topology)), args.out / "phi_psi.pt",
+                            kind="cv", length_unit="nm", periodic=False,
+                            example_positions=pdb.positions, cv_names=["phi", "psi"])
 
     # Global parameters k_phi, phi0, k_psi, psi0 (kJ/mol/rad^2 and rad).
-    umbrella = restraint_force(cv_file, {"phi": (200.0, -1.4), "psi": (200.0, 2.6)},
+    umbrella = restraint_force(cv_model, {"phi": (200.0, -1.4), "psi": (200.0, 2.6)},
                                periodic=["phi", "psi"])
     system.addForce(umbrella)
 

@@ -2,8 +2,8 @@
 
 The OpenMM part is three lines::
 
-    export_potential(model.for_atoms(numbers), "water_ml.pt", positions=..., box=...)
-    system = potential_system("water_ml.pt", pdb.topology)
+    exported = export_potential(model, "water_ml.pt", positions=..., box=..., atomic_numbers=...)
+    system = create_system(exported, pdb.topology)
     simulation = app.Simulation(pdb.topology, system, integrator)
 
 Usage::
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from openmm_geom.data.water import water_box_pdb
     from openmm_geom.export import export_potential
     from openmm_geom.training.checkpoints import load_potential
-    from openmm_geom.openmm import potential_system
+    from openmm_geom.openmm import create_system
 
     set_threads(None)
     out = Path(args.out)
@@ -63,9 +63,9 @@ def main(argv=None) -> int:
     numbers = [atom.element.atomic_number for atom in pdb.topology.atoms()]
     box = np.asarray(pdb.topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer))
     positions = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-    export_potential(model, out / "water_ml.pt", positions=positions, box=box,
-                     atomic_numbers=numbers)
-    system = potential_system(out / "water_ml.pt", pdb.topology)
+    exported = export_potential(model, out / "water_ml.pt", positions=positions, box=box,
+                                atomic_numbers=numbers)
+    system = create_system(exported, pdb.topology)
 
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond,
                                                  0.5 * unit.femtosecond)

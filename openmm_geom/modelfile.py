@@ -418,7 +418,7 @@ class ExportedModel:
         if len(set(particles)) != len(particles):
             raise ValueError("particle indices must be distinct")
         if self.metadata is not None:
-            self.check_atom_count(len(particles), "particles gives")
+            self.check_atom_count(len(particles), "particles lists")
         if n_system is not None and particles and max(particles) >= n_system:
             raise ValueError(f"particle index {max(particles)} out of range for a system of "
                              f"{n_system} particles")

@@ -8,10 +8,11 @@ import pytest
 import torch
 from analytic import LJHarmonic, jittered_lattice
 
-from openmm_geom.export import ExportError, ModelFileError, export_model, load_model
-from openmm_geom.errors import TopologyMismatchError
+from openmm_geom.errors import ExportError, ModelFileError, TopologyMismatchError
+from openmm_geom.export import export_model
 from openmm_geom.models import Dihedrals
-from openmm_geom.openmm import CVReporter, torch_force
+from openmm_geom.openmm import CVReporter, ExportedModel, add_to_system
+from openmm_geom.openmm.forces import torch_force
 
 
 @pytest.fixture
@@ -59,7 +60,8 @@ def test_wrong_atom_count_checked_against_system(periodic_model):
     for _ in range(30):
         system.addParticle(1.0)
     with pytest.raises(TopologyMismatchError, match="exported for 27 atoms but the system has 30"):
-        torch_force(periodic_model, system=system)
+        add_to_system(periodic_model, system)
+    assert system.getNumForces() == 0  # refused before anything was added
 
 
 def test_nan_coordinates_in_context(periodic_model, lattice):
@@ -80,11 +82,11 @@ def test_box_too_small_checked_against_system(periodic_model):
         system.addParticle(1.0)
     system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.eye(3) * 0.7])
     with pytest.raises(ValueError, match="box too small for the cutoff"):
-        torch_force(periodic_model, system=system)
+        add_to_system(periodic_model, system)
 
 
 def test_periodic_model_without_box_is_refused(periodic_model, lattice):
-    module, _ = load_model(periodic_model)
+    module = ExportedModel.load(periodic_model).module
     with pytest.raises(Exception, match="this model is periodic and needs the box vectors"):
         module(torch.as_tensor(lattice))
 
@@ -168,7 +170,7 @@ def test_multi_cv_module_needs_output_index(alanine_pdb, tmp_path):
                  periodic=False, example_positions=alanine_pdb.positions)
     with pytest.raises(ValueError, match="returns 2 CVs; a TorchForce takes one"):
         torch_force(path)
-    with pytest.raises(IndexError, match="output_index 2 out of range"):
+    with pytest.raises(IndexError, match="CV index 2 out of range"):
         torch_force(path, output_index=2)
     with pytest.raises(ValueError, match="2 names for 1|1 names for 2"):
         CVReporter(tmp_path / "log.csv", 10, path, names=["phi"])
@@ -178,20 +180,20 @@ def test_multi_cv_module_needs_output_index(alanine_pdb, tmp_path):
 
 def test_missing_file():
     with pytest.raises(ModelFileError, match="model file not found"):
-        load_model("/nonexistent/model.pt")
+        ExportedModel.load("/nonexistent/model.pt")
 
 
 def test_not_a_model_file(tmp_path):
     (tmp_path / "notes.pt").write_text("these are not weights")
     with pytest.raises(ModelFileError, match="not a TorchScript model file"):
-        load_model(tmp_path / "notes.pt")
+        ExportedModel.load(tmp_path / "notes.pt")
 
 
 def test_truncated_file(periodic_model, tmp_path):
     data = periodic_model.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="not a TorchScript model file|could not be loaded"):
-        load_model(tmp_path / "cut.pt")
+        ExportedModel.load(tmp_path / "cut.pt")
 
 
 def test_corrupted_member(periodic_model, tmp_path):
@@ -208,13 +210,13 @@ def test_corrupted_member(periodic_model, tmp_path):
                 data = data[: len(data) // 2]
             target.writestr(item, data)
     with pytest.raises(ModelFileError, match="could not be loaded as TorchScript"):
-        load_model(damaged)
+        ExportedModel.load(damaged)
 
 
 def test_torchscript_without_metadata(tmp_path):
     torch.jit.save(torch.jit.script(Dihedrals([[0, 1, 2, 3]])), str(tmp_path / "plain.pt"))
     with pytest.raises(ModelFileError, match="carries no openmm-geom metadata"):
-        load_model(tmp_path / "plain.pt")
+        ExportedModel.load(tmp_path / "plain.pt")
 
 
 def test_failed_export_keeps_the_previous_file(periodic_model, lattice):

@@ -651,6 +651,3 @@ def main(argv=None) -> int:
             return args.func(args)
     return args.func(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,8 @@ from vesin_torch import NeighborList
 
 from .pair_geometry import pair_geometry
 
-__all__ = ["neighbor_pairs", "NeighborPairs", "check_box_holds_cutoff", "check_cutoff"]
+__all__ = ["neighbor_pairs", "NeighborPairs", "check_box_holds_cutoff", "check_cutoff",
+           "box_problem", "cutoff_problem"]
 
 
 def _cross(u: List[float], v: List[float]) -> List[float]:
@@ -26,10 +27,53 @@ def _norm(u: List[float]) -> float:
     return math.sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2])
 
 
+def cutoff_problem(cutoff: float) -> str:
+    """Why ``cutoff`` is unusable (not positive and finite), or "" if it is fine."""
+    if not (cutoff > 0.0 and cutoff < float("inf")):
+        return "cutoff must be positive and finite, got " + str(cutoff)
+    return ""
+
+
 def check_cutoff(cutoff: float) -> None:
     """Raise unless ``cutoff`` is positive and finite: the one check of a cutoff's value."""
-    if not (cutoff > 0.0 and cutoff < float("inf")):
-        raise ValueError("cutoff must be positive and finite, got " + str(cutoff))
+    problem = cutoff_problem(cutoff)
+    if problem:
+        raise ValueError(problem)
+
+
+def box_problem(box: torch.Tensor, cutoff: float) -> str:
+    """Why ``box`` (rows a, b, c) cannot hold ``cutoff`` under the minimum-image convention, or
+    "" if it can (see :func:`check_box_holds_cutoff`).
+
+    A message rather than an exception, so that callers inside TorchScript raise it in their
+    own frame: an exception raised two scripted function calls deep inside an openmm-torch
+    ``TorchForce`` crashed libtorch while it assembled the TorchScript call stack (torch 2.12).
+    """
+    problem = cutoff_problem(cutoff)
+    if problem:
+        return problem
+    if box.dim() != 2 or box.size(0) != 3 or box.size(1) != 3:
+        return ("box must have shape (3, 3) (rows are the box vectors a, b, c), got "
+                + str(list(box.shape)))
+    # Nine numbers: one host transfer, then scalar arithmetic (cheaper than ~20 tiny tensor ops).
+    rows: List[List[float]] = box.detach().to(torch.float64).tolist()
+    for row in rows:
+        for value in row:
+            if not math.isfinite(value):
+                return "box contains NaN or infinite values"
+    a, b, c = rows[0], rows[1], rows[2]
+    bc = _cross(b, c)
+    volume = abs(a[0] * bc[0] + a[1] * bc[1] + a[2] * bc[2])
+    if not volume > 0.0:
+        return "box is singular (zero volume): " + str(rows)
+    min_width = volume / max(_norm(bc), _norm(_cross(c, a)), _norm(_cross(a, b)))
+    if 2.0 * cutoff > min_width:
+        return ("box too small for the cutoff: 2 x cutoff = " + str(2.0 * cutoff) + " exceeds "
+                "the smallest box width " + str(min_width) + " (same length unit: the box is "
+                + str(int(100.0 * min_width / (2.0 * cutoff))) + " percent of what the cutoff "
+                "needs), so pairs would see more than one periodic image. Use a larger box or "
+                "a smaller cutoff.")
+    return ""
 
 
 def check_box_holds_cutoff(box: torch.Tensor, cutoff: float) -> None:
@@ -39,30 +83,9 @@ def check_box_holds_cutoff(box: torch.Tensor, cutoff: float) -> None:
     when the cutoff is at most half of the smallest distance between opposite faces of the
     cell: ``width_a = V / |b x c|`` and cyclic.
     """
-    check_cutoff(cutoff)
-    if box.dim() != 2 or box.size(0) != 3 or box.size(1) != 3:
-        raise ValueError("box must have shape (3, 3) (rows are the box vectors a, b, c), got "
-                         + str(list(box.shape)))
-    # Nine numbers: one host transfer, then scalar arithmetic (cheaper than ~20 tiny tensor ops).
-    rows: List[List[float]] = box.detach().to(torch.float64).tolist()
-    for row in rows:
-        for value in row:
-            if not math.isfinite(value):
-                raise ValueError("box contains NaN or infinite values")
-    a, b, c = rows[0], rows[1], rows[2]
-    bc = _cross(b, c)
-    volume = abs(a[0] * bc[0] + a[1] * bc[1] + a[2] * bc[2])
-    if not volume > 0.0:
-        raise ValueError("box is singular (zero volume): " + str(rows))
-    min_width = volume / max(_norm(bc), _norm(_cross(c, a)), _norm(_cross(a, b)))
-    if 2.0 * cutoff > min_width:
-        raise ValueError(
-            "box too small for the cutoff: 2 x cutoff = " + str(2.0 * cutoff) + " exceeds the "
-            "smallest box width " + str(min_width) + " (the box is "
-            + str(round(100.0 * min_width / (2.0 * cutoff), 1)) + "% of what the cutoff needs), "
-            "so pairs would see more than one periodic image. Use a larger box or a smaller "
-            "cutoff."
-        )
+    problem = box_problem(box, cutoff)
+    if problem:
+        raise ValueError(problem)
 
 
 def neighbor_pairs(
@@ -110,12 +133,14 @@ def neighbor_pairs(
         raise ValueError("positions contain NaN or infinite values (first bad atoms: "
                          + str(bad) + ")")
 
+    # The per-call check of the cutoff and the box of every model, raised in this frame.
+    problem = cutoff_problem(cutoff) if box is None else box_problem(box, cutoff)
+    if problem:
+        raise ValueError(problem)
     periodic = box is not None
     if box is None:
-        check_cutoff(cutoff)
         cell = torch.zeros(3, 3, dtype=positions.dtype, device=positions.device)
     else:
-        check_box_holds_cutoff(box, cutoff)  # the per-call box check of every model
         cell = box.to(dtype=positions.dtype, device=positions.device)
 
     if positions.size(0) == 0:  # vesin refuses empty inputs; nothing to pair

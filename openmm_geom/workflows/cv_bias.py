@@ -109,7 +109,7 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     from ..threads import set_threads
     from ..threads import cpu_platform_properties
     from ..export import export_model
-    from ..modelfile import read_metadata
+    from ..openmm import ExportedModel
     from ..models import Dihedrals
     from ..openmm import GridAxis, Metadynamics
     from ..progress import progress_bar
@@ -129,22 +129,22 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     if mode == "cv":
         if cv_model is None:
             raise ValueError("mode 'cv' needs the exported CV file (cv_model)")
-        metadata = read_metadata(cv_model)
-        if metadata.kind != "cv":
-            raise ValueError(f"{cv_model} is a {metadata.kind}, not a CV module")
-        metadata.check_topology(system.getNumParticles())
-        axes = _learned_axes(metadata, settings)
-        model_path = cv_model
+        model = ExportedModel.load(cv_model)  # read once; Metadynamics takes it as it is
+        model.require_kind("cv", "a biased run along learned CVs")
+        model.check_atom_count(system.getNumParticles())
+        axes = _learned_axes(model.metadata, settings)
     elif mode == "phipsi":
         model_path = out / "phi_psi.pt"
-        if not model_path.exists():
-            export_model(Dihedrals(quads), model_path, kind="cv", length_unit="nm",
-                         periodic=False, example_positions=pdb.positions,
-                         cv_names=["phi", "psi"])
+        if model_path.exists():
+            model = ExportedModel.load(model_path)
+        else:
+            model = export_model(Dihedrals(quads), model_path, kind="cv", length_unit="nm",
+                                 periodic=False, example_positions=pdb.positions,
+                                 cv_names=["phi", "psi"])
         axes = [GridAxis(name, -math.pi, math.pi, width=settings.phipsi_width, periodic=True,
                          points=61) for name in ("phi", "psi")]
     if mode != "unbiased":
-        meta = Metadynamics(system, model_path, axes, temperature, settings.bias_factor,
+        meta = Metadynamics(system, model, axes, temperature, settings.bias_factor,
                             settings.height_kJmol, settings.steps(settings.deposit_ps),
                             method=settings.method, log=out / "bias_log.csv",
                             log_interval=log_steps, force_group=5)

@@ -2,7 +2,6 @@
 import itertools
 import math
 
-import numpy as np
 import pysiglib
 import pysiglib.torch_api as siglib_torch
 import pytest

@@ -169,10 +169,10 @@ def test_potential_checkpoint_round_trip_and_bad_files(liquid, tmp_path):
     with pytest.raises(FileNotFoundError):
         load_potential(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelFileError, match="not a readable potential"):
+    with pytest.raises(ModelFileError, match="junk.pt is not a potential checkpoint"):
         load_potential(tmp_path / "junk.pt")
     torch.save({"format": "something else"}, tmp_path / "other.pt")
-    with pytest.raises(ModelFileError, match="not an openmm-geom potential"):
+    with pytest.raises(ModelFileError, match="not an openmm-geom 'potential' file"):
         load_potential(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="unknown architecture"):
         build_potential("mace", liquid.atomic_numbers)

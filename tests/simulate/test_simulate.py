@@ -17,16 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_geom.simulate import (
-    BatchedLangevin,
-    CheckpointError,
-    CheckpointMismatchError,
-    SimulationBlowUp,
-    FileFormatError,
-    TrajectoryWriter,
-    benchmark_integrator,
-    read_trajectory,
-)
+from openmm_geom.errors import (CheckpointError, CheckpointMismatchError, FileFormatError,
+                                SimulationBlowUp)
+from openmm_geom.simulate import (BatchedLangevin, TrajectoryWriter, benchmark_integrator,
+                                  read_trajectory)
 
 R_KJ = 8.31446261815324e-3  # kJ/(mol K): 1.380649e-23 J/K * 6.02214076e23 / 1000
 
@@ -459,11 +453,11 @@ def test_mismatched_or_corrupt_checkpoints_are_refused(tmp_path):
                 x0, 200, save_interval=50, writer=writer, progress=False)
 
     ckpt.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="is not a simulation checkpoint .*delete it"):
         BatchedLangevin(anharmonic_with_spread, [12.0, 12.0], 300.0, seed=1).run(
             x0, 200, save_interval=50, checkpoint=ckpt, progress=False)
     torch.save({"format": "something else"}, ckpt)
-    with pytest.raises(CheckpointError, match="not an openmm_geom.simulate checkpoint"):
+    with pytest.raises(CheckpointError, match="not an openmm-geom 'langevin-checkpoint' file"):
         BatchedLangevin(anharmonic_with_spread, [12.0, 12.0], 300.0, seed=1).run(
             x0, 200, save_interval=50, checkpoint=ckpt, progress=False)
 
@@ -590,7 +584,7 @@ def test_read_trajectory_errors(tmp_path):
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["positions"] = np.zeros((1, 1, 1, 3))
-    with pytest.raises(FileFormatError, match="not an openmm-geom trajectory"):
+    with pytest.raises(FileFormatError, match="not an openmm-geom 'trajectory' file"):
         read_trajectory(other)
     good = tmp_path / "good.h5"
     with TrajectoryWriter(good, 50, 20, chunk_frames=1) as w:

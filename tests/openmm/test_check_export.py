@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from analytic import ExternalField, LJHarmonic, chain_bonds, jittered_lattice
 
-from openmm_geom.export import check_export, export_model
+from openmm_geom.export import export_model
+from openmm_geom.openmm import check_export
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from cv_models import CountingCVs, NaNCV, RandomPairCVs
 from cv_models import particle_context as _context
 
 from openmm_geom.export import export_model
-from openmm_geom.openmm import TorchCVForce, torch_force
+from openmm_geom.openmm import TorchCVForce
+from openmm_geom.openmm.forces import torch_force
 
 KJ = unit.kilojoule_per_mole
 KJ_NM = KJ / unit.nanometer
@@ -193,7 +194,7 @@ def test_update_parameters_in_context_changes_tables(rng, tmp_path):
 
 def test_output_shape_differs_from_declared_cvs(rng, tmp_path):
     path, positions, _ = _case(2, False, rng, tmp_path)
-    with pytest.raises(ValueError, match="3 cv_names for a module with 2 CV outputs"):
+    with pytest.raises(ValueError, match="3 cv_names given for a module with 2 CV outputs"):
         TorchCVForce(path, "a", cv_names=["a", "b", "c"])
     module = _scripted(RandomPairCVs(2, seed=1, cutoff=0.4))  # no metadata: checked at run time
     force = TorchCVForce(module, "a", cv_names=["a", "b", "c"])
@@ -225,12 +226,18 @@ def test_particle_indices_out_of_range(rng, tmp_path):
     force = TorchCVForce(path, "cv0", particles=list(range(20, 47)))
     with pytest.raises(openmm.OpenMMException, match="particle index 40 out of range for a System of 40"):
         _context([force], 40, None)
-    with pytest.raises(openmm.OpenMMException, match="is negative"):
+    # checked in Python before the force exists ...
+    with pytest.raises(ValueError, match="particle indices must be >= 0"):
         TorchCVForce(path, "cv0", particles=[-1] + list(range(26)))
-    with pytest.raises(openmm.OpenMMException, match="listed twice"):
+    with pytest.raises(ValueError, match="particle indices must be distinct"):
         TorchCVForce(path, "cv0", particles=[0] * 27)
-    with pytest.raises(ValueError, match="3 particles given for a model exported for 27"):
+    with pytest.raises(ValueError, match="exported for 27 atoms but particles lists 3"):
         TorchCVForce(path, "cv0", particles=[0, 1, 2])
+    # ... and by the C++ force for callers of setParticles
+    with pytest.raises(openmm.OpenMMException, match="is negative"):
+        force.setParticles([-1] + list(range(26)))
+    with pytest.raises(openmm.OpenMMException, match="listed twice"):
+        force.setParticles([0] * 27)
 
 
 def test_wrong_system_size_reaches_the_model(rng, tmp_path):

@@ -14,10 +14,8 @@ import torch
 
 from openmm_geom.threads import cpu_platform_properties
 from openmm_geom.export import export_model
-from openmm_geom.modelfile import metadata_of
 from openmm_geom.models.torchmdnet import TorchMDNetPotential
-from openmm_geom.openmm.forces import torch_force
-from openmm_geom.openmm.validation import check_export
+from openmm_geom.openmm import add_to_system, check_export
 
 ARCHITECTURES = ["et", "tensornet"]
 CUTOFF = 0.4  # nm
@@ -208,7 +206,7 @@ def test_edges_are_torchmdnets_edges(system, periodic):
     """Same directed edges, distances and vectors (sign included) as OptimizedDistance."""
     from torchmdnet.models.utils import OptimizedDistance
 
-    from openmm_geom.models.torchmdnet import _VesinEdges
+    from openmm_geom.models.torchmdnet import VesinEdges
 
     positions, box, _ = system
     pos = torch.cat([positions, positions + 0.02]) * 10.0  # two frames, angstrom
@@ -217,7 +215,7 @@ def test_edges_are_torchmdnets_edges(system, periodic):
     cutoff = CUTOFF * 10.0
     theirs = OptimizedDistance(0.0, cutoff, max_num_pairs=-128, return_vecs=True, loop=True)
     edges = []
-    for search in (_VesinEdges(cutoff), theirs):
+    for search in (VesinEdges(cutoff), theirs):
         index, weight, vec = search(pos, batch, boxes)
         edges.append({(int(i), int(j)): (float(w), v.tolist())
                       for i, j, w, v in zip(index[0], index[1], weight, vec)})
@@ -281,13 +279,13 @@ def test_exported_model_in_openmm_triclinic_context(model, system, tmp_path):
     scripted = export_model(model, path, length_unit="nm", energy_unit="kJ/mol", periodic=True,
                             example_positions=positions.numpy(), example_box=box.numpy(),
                             cutoff=model.cutoff, masses=[16.0 if z == 8 else 1.008 for z in numbers])
-    assert metadata_of(scripted).hyperparameters == json.loads(json.dumps(model.hyperparameters))
+    assert scripted.metadata.hyperparameters == json.loads(json.dumps(model.hyperparameters))
 
     system_ = openmm.System()
     for z in numbers:
         system_.addParticle(16.0 if z == 8 else 1.008)
     system_.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in BOX])
-    system_.addForce(torch_force(path, system=system_))
+    add_to_system(path, system_)
     context = openmm.Context(system_, openmm.VerletIntegrator(0.001),
                              openmm.Platform.getPlatformByName("CPU"), cpu_platform_properties())
     moved = positions + torch.tensor([0.5, 1.5, -0.7], dtype=torch.float64)  # outside the cell

@@ -11,7 +11,8 @@ from openmm_geom.models.cgschnet import CGSchNet, stack_ensemble
 from openmm_geom.training.checkpoints import load_cgschnet, save_cgschnet
 from openmm_geom.models.priors import CGPriors, chain_topology, fit_priors
 from openmm_geom.errors import ModelFileError
-from openmm_geom.openmm.cg import cg_system, prior_forces
+from openmm_geom.openmm import create_system
+from openmm_geom.openmm.priors import prior_forces
 from openmm_geom.training.force_matching import (TrainConfig, force_matching_loss,
                                                  time_block_folds, train_ensemble, train_fold)
 from openmm_geom.models.geometry import dihedral_angles
@@ -262,7 +263,7 @@ def test_save_load_round_trip_and_bad_files(alanine_like, tmp_path):
     torch.testing.assert_close(restored(x), model(x))
     assert meta == {"note": "x"}
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(ModelFileError, match="not a readable CG model file"):
+    with pytest.raises(ModelFileError, match="junk.pt is not a CG model file"):
         load_cgschnet(tmp_path / "junk.pt")
     with pytest.raises(ValueError, match=r"expected positions of shape \(B, 6, 3\)"):
         model(torch.zeros(2, 5, 3, dtype=torch.float64))
@@ -345,7 +346,7 @@ def test_exported_cg_model_in_openmm(native_priors, replicas, alanine_like, tmp_
     path = tmp_path / "cg.pt"
     export_cg_model(model, path, example_positions=alanine_like[0], masses=[12.0] * 6,
                     native_priors=native_priors, replicas=replicas)
-    system = cg_system(path)
+    system = create_system(path)
     assert system.getNumParticles() == 6 * replicas
     context = openmm.Context(system, openmm.VerletIntegrator(0.001),
                              openmm.Platform.getPlatformByName("Reference"))

@@ -23,7 +23,7 @@ SHORT = dict(n_frames=6, save_interval_ps=0.005, equilibration_ps=0.05, checkpoi
              progress=False)
 WATER = dict(forcefield="amber14/tip3p.xml", rigid_water=False, nonbonded_cutoff_nm=0.7,
              n_frames=3, save_interval_ps=0.005, equilibration_ps=0.01, progress=False)
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ala2_vacuum_300K_s1.npz"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "ala2_vacuum_300K_s1.npz"
 
 
 def sha256(path) -> str:

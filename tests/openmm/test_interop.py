@@ -10,8 +10,8 @@ from cv_models import Coordinates, CountingCVs, RandomPairCVs
 from cv_models import particle_context as _context
 
 from openmm_geom.export import export_model
-from openmm_geom.openmm import TorchCVForce
-from openmm_geom.openmm.interop import bias_variables, custom_cv_force, single_cv_module
+from openmm_geom.openmm import ExportedModel, TorchCVForce, bias_variables, custom_cv_force
+from openmm_geom.openmm.forces import selected_output
 
 KJ = unit.kilojoule_per_mole
 KJ_NM = KJ / unit.nanometer
@@ -91,35 +91,40 @@ def test_particle_subset_and_include(rng, tmp_path):
         peer.getCollectiveVariableValues(ctx)[0], abs=1e-12)
 
 
-def test_single_cv_module(rng, tmp_path):
+def test_selected_output(rng, tmp_path):
+    """The scalar module each TorchForce of the interop runs: one CV, optionally of a subset."""
     path, positions, box = _export(tmp_path, True, rng)
-    module = torch.jit.load(str(path))
+    model = ExportedModel.load(path)
     x, b = torch.as_tensor(positions), torch.as_tensor(box)
-    both = module(x, b)
-    assert single_cv_module(path, 1)(x, b).shape == ()
-    assert single_cv_module(path, "b")(x, b).item() == pytest.approx(both[1].item(), abs=1e-12)
-    assert single_cv_module(module, 0)(x, b).item() == pytest.approx(both[0].item(), abs=1e-12)
+    both = model(x, b)
+    assert selected_output(model, 1, None, True)(x, b).shape == ()
+    assert selected_output(model, model.cv_index("b", model.cv_names()), None, True)(x, b).item() \
+        == pytest.approx(both[1].item(), abs=1e-12)
     # a periodic export refuses to run without its box: the wrapper passes it through
     with pytest.raises(torch.jit.Error):
-        single_cv_module(path, 0)(x)
+        selected_output(model, 0, None, True)(x)
+    # particles: the module sees the listed System particles, in that order
+    order = list(range(len(positions)))[::-1]
+    padded = torch.cat([x[order], torch.zeros(2, 3, dtype=x.dtype)])
+    picked = selected_output(model, 0, [order.index(i) for i in range(len(positions))], True)
+    assert picked(padded, b).item() == pytest.approx(both[0].item(), abs=1e-12)
     # a metadata-less scripted module whose forward takes positions only
-    bare = torch.jit.script(CountingCVs())
-    scalar = single_cv_module(bare, 0)
-    assert scalar(x).item() == pytest.approx(float((x ** 2).sum()))
-    assert single_cv_module(bare, "n", cv_names=["s", "n"])(x).item() == 2.0
+    bare = ExportedModel.load(torch.jit.script(CountingCVs()), allow_bare=True)
+    assert selected_output(bare, 0, None, False)(x).item() == pytest.approx(float((x ** 2).sum()))
+    assert selected_output(bare, 1, None, False)(x).item() == 2.0
 
 
 def test_errors(rng, tmp_path):
     path, _, _ = _export(tmp_path, False, rng)
     with pytest.raises(ValueError, match=r"no CV named 'c'"):
-        single_cv_module(path, "c")
+        bias_variables(path, {"c": (-1, 1, 0.1)})
     with pytest.raises(IndexError, match="out of range"):
-        single_cv_module(path, 2)
+        bias_variables(path, {2: (-1, 1, 0.1)})
     with pytest.raises(ValueError, match="3 cv_names given for a module with 2"):
         custom_cv_force(path, "x+y+z", cv_names=["x", "y", "z"])
     with pytest.raises(ValueError, match=r"no CVs named \['c'\]"):
         custom_cv_force(path, "c", include=["c"])
-    with pytest.raises(ValueError, match="5 particles given for a model exported for 27"):
+    with pytest.raises(ValueError, match="exported for 27 atoms but particles lists 5"):
         custom_cv_force(path, "a", particles=range(5))
     with pytest.raises(ValueError, match="contradicts"):
         custom_cv_force(path, "a", periodic=True)
@@ -152,9 +157,9 @@ def test_potential_where_a_cv_is_expected(tmp_path):
     path = tmp_path / "potential.pt"
     export_model(Harmonic(), path, kind="potential", length_unit="nm", energy_unit="kJ/mol",
                  periodic=False, example_positions=[[0.1, 0.2, 0.3]])
-    for call in (lambda: custom_cv_force(path, "a"), lambda: single_cv_module(path, 0),
+    for call in (lambda: custom_cv_force(path, "a"), lambda: TorchCVForce(path, "cv0"),
                  lambda: bias_variables(path, {0: (-1, 1, 0.1)})):
-        with pytest.raises(ValueError, match="potential .*a CV module is needed"):
+        with pytest.raises(ValueError, match="potential .*needs a CV module"):
             call()
 
 

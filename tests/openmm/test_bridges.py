@@ -14,9 +14,10 @@ import pytest
 import torch
 from analytic import LJHarmonic, chain_bonds, jittered_lattice, lj_harmonic_oracle
 
-from openmm_geom.export import export_model, load_model
+from openmm_geom.export import export_model
 from openmm_geom.models import Dihedrals, backbone_quadruplets
-from openmm_geom.openmm import python_force, torch_force
+from openmm_geom.openmm import ExportedModel, python_force
+from openmm_geom.openmm.forces import torch_force
 
 KJ_NM = unit.kilojoule_per_mole / unit.nanometer
 
@@ -86,7 +87,7 @@ def test_openmm_quantities_are_converted(rng, tmp_path):
     export_model(model, tmp_path / "a.pt", length_unit=unit.angstrom,
                  energy_unit=unit.kilocalorie_per_mole, periodic=False,
                  example_positions=positions * 10 * unit.angstrom)
-    _, meta = load_model(tmp_path / "a.pt")
+    meta = ExportedModel.load(tmp_path / "a.pt").metadata
     np.testing.assert_allclose(meta.example_positions_nm, positions, rtol=1e-12)
     assert meta.model_energy_unit == "kcal/mol"
     energy, _ = _energy_forces(_system(64), torch_force(tmp_path / "a.pt"), positions, "Reference")
@@ -101,7 +102,7 @@ def test_metadata_is_self_describing(rng, tmp_path):
                  example_positions=positions, example_box=box, cutoff=6.0,
                  atom_types=["Ar"] * 64, masses=[39.9] * 64, training_data_hash="abc123",
                  hyperparameters={"sigma": 3.4})
-    module, meta = load_model(tmp_path / "lj.pt")
+    meta = ExportedModel.load(tmp_path / "lj.pt").metadata
     assert (meta.kind, meta.n_atoms, meta.periodic) == ("potential", 64, True)
     assert (meta.model_length_unit, meta.model_energy_unit) == ("angstrom", "eV")
     assert meta.cutoff_nm == pytest.approx(0.6)

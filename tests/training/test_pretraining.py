@@ -14,7 +14,7 @@ from openmm_geom.data.corpus import FileFormatError, build_corpus, load_corpus, 
     pack_structures
 from openmm_geom.models.geom2vec import Geom2VecFeaturizer
 from openmm_geom.errors import ModelFileError
-from openmm_geom.training.denoising import (ModelFileError, DenoisingModel, backbone_paths,
+from openmm_geom.training.denoising import (DenoisingModel, backbone_paths,
                                             load_backbone, load_denoising_model, pretrain,
                                             predict_structures)
 
@@ -148,7 +148,7 @@ def test_backbone_round_trip(trained, corpus):
     out, result = trained
     featurizer, info = load_backbone(out)
     assert not featurizer.training
-    assert info["format"] == "openmm-geom-backbone" and info["version"] == 1
+    assert info["format"] == "openmm-geom/backbone/1"
     assert info["corpus_sha256"] == corpus.sha256 and info["noise_nm"] == 0.02
     assert info["best_epoch"] == result["best_epoch"]
     assert info["sha256"] == result["sha256"] and len(info["sha256"]) == 64
@@ -209,14 +209,13 @@ def test_backbone_file_errors(trained, tmp_path):
     with pytest.raises(ModelFileError, match="not a backbone file"):
         load_backbone(tmp_path / "text.pt")
     torch.save({"model": {"w": torch.zeros(2)}, "epoch": 3}, tmp_path / "other.pt")
-    with pytest.raises(ModelFileError, match="not an openmm-geom backbone"):
+    with pytest.raises(ModelFileError, match="not an openmm-geom 'backbone' file"):
         load_backbone(tmp_path / "other.pt")
-    with pytest.raises(ModelFileError, match="not an openmm-geom backbone"):
+    with pytest.raises(ModelFileError, match="an openmm-geom 'denoising-checkpoint' file"):
         load_backbone(backbone_paths(out)["checkpoint"])
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "scripted.pt"))
     with pytest.raises(ModelFileError, match="TorchScript"):
         load_backbone(tmp_path / "scripted.pt")
-    assert issubclass(ModelFileError, ModelFileError)
 
 
 # ------------------------------------------------------------------------------- equivariance
