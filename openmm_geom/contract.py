@@ -20,7 +20,9 @@ import torch
 
 from .modelfile import METADATA_ATTRIBUTE, ModelMetadata
 from .ops.neighbors import check_box_holds_cutoff
-from .units import as_nm_array, energy_to_kj_per_mol, length_to_nm
+from .units import (as_nm_array, canonical_energy_unit, canonical_length_unit,
+                    energy_to_kj_per_mol, length_to_nm)
+from .version import __version__
 
 __all__ = ["OpenMMBoundary", "PeriodicOpenMMBoundary", "boundary_for", "describe"]
 
@@ -97,6 +99,11 @@ def _infer_dtype(module: torch.nn.Module) -> torch.dtype:
     return torch.float64
 
 
+#: Metadata fields recorded as the caller gives them.
+RECORDED_FIELDS = ("atom_types", "masses", "cv_names", "hyperparameters", "mapping",
+                   "training_data_hash", "extra")
+
+
 def describe(
     module: torch.nn.Module,
     *,
@@ -107,22 +114,21 @@ def describe(
     example_positions,
     example_box=None,
     cutoff: Optional[float] = None,
-    atom_types=None,
-    masses=None,
-    cv_names=None,
-    hyperparameters: Optional[dict] = None,
-    mapping: Optional[dict] = None,
-    training_data_hash: Optional[str] = None,
-    extra: Optional[dict] = None,
     dtype: Optional[torch.dtype] = None,
+    **recorded,
 ) -> ModelMetadata:
     """Build the metadata of ``module`` for export, evaluating it once on the example.
 
-    ``example_positions``/``example_box`` are in nm; ``cutoff`` is in the model's own length unit.
+    ``example_positions``/``example_box`` are in nm; ``cutoff`` is in the model's own length
+    unit. ``recorded`` are the fields stored as given (see
+    :func:`openmm_geom.export.export_model`): ``atom_types``, ``masses``, ``cv_names``,
+    ``hyperparameters``, ``mapping``, ``training_data_hash``, ``extra``.
     """
-    from .version import __version__
-    from .units import canonical_energy_unit, canonical_length_unit
-
+    unknown = sorted(set(recorded) - set(RECORDED_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown metadata fields {unknown}; known: {list(RECORDED_FIELDS)}")
+    atom_types, masses, cv_names, hyperparameters, mapping, training_data_hash, extra = (
+        recorded.get(name) for name in RECORDED_FIELDS)
     if kind == "potential" and energy_unit is None:
         raise ValueError("energy_unit is required for a potential (e.g. 'kJ/mol', 'eV')")
     if kind == "cv" and energy_unit is not None:

@@ -31,16 +31,13 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
-from ..io import load_versioned, save_versioned
 from ..models.atomistic import AtomisticPotential, fit_energy_offsets
 from ..ops.neighbors import neighbor_pairs
 from ..progress import progress_bar
+from .loop import EpochTracker
 
 __all__ = ["EnergyForceConfig", "energy_force_loss", "prepare_model", "evaluate_potential",
            "train_potential", "TrainingResult", "one_cycle_lambda", "refit_energy_offsets"]
-
-CHECKPOINT_KIND, CHECKPOINT_VERSION = "energy-force-checkpoint", 1
 
 # The untrained network's forces start at this fraction of the reference spread: large
 # enough for a useful first gradient, small enough not to start from a huge energy error.
@@ -306,31 +303,19 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
     generator = torch.Generator().manual_seed(config.seed)
     history: Dict[str, list] = {"epoch": [], "train_loss": [], "validation_force_mae": [],
                                 "validation_energy_mae_per_atom": [], "learning_rate": []}
-    best_state, best_metrics, best_epoch, start_epoch, stale = None, None, -1, 0, 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        saved = load_versioned(checkpoint, CHECKPOINT_KIND, (CHECKPOINT_VERSION,),
-                               what="training checkpoint", error=CheckpointError)
-        if saved.get("settings") != settings or saved.get("data_hash") != data_hash:
-            raise ValueError(
-                f"{checkpoint} belongs to another training run (other data or settings); "
-                "remove it or choose another output directory")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        history, best_state = saved["history"], saved["best_state"]
-        best_metrics, best_epoch = saved["best_metrics"], saved["best_epoch"]
-        start_epoch, stale = saved["epoch"] + 1, saved["stale"]
-        if saved["finished"]:
-            model.load_state_dict(best_state)
-            statistics["offset_refit"] = refit_energy_offsets(model, train.positions,
-                                                              train.energies, train.boxes)
-            return TrainingResult(best_epoch, best_metrics, history, statistics,
-                                  copy.deepcopy(model.state_dict()))
+    tracker = EpochTracker(model, optimizer, scheduler, generator, epochs=config.epochs,
+                           patience=config.patience, history=history, checkpoint=checkpoint,
+                           identity={"settings": settings, "data_hash": data_hash},
+                           bar=progress_bar(config.epochs, "training", enabled=progress,
+                                            unit="epoch"),
+                           callback=callback)
+    if tracker.resume():
+        statistics["offset_refit"] = refit_energy_offsets(model, train.positions,
+                                                          train.energies, train.boxes)
+        return TrainingResult(tracker.best_epoch, tracker.best_info, tracker.history, statistics,
+                              copy.deepcopy(model.state_dict()))
 
-    bar = progress_bar(config.epochs, "training", enabled=progress, unit="epoch")
-    bar.update(start_epoch)
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(tracker.start_epoch, config.epochs):
         model.train()
         offset = int(torch.randint(stride, (1,), generator=generator))
         subset = torch.arange(offset, n_frames, stride)
@@ -351,34 +336,16 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
             x.numpy().dtype), validation.energies, validation.forces, validation.boxes,
             batch_size=2 * config.batch_size)
         metrics = {k: v for k, v in metrics.items() if not k.startswith("predicted")}
-        history["epoch"].append(epoch)
-        history["train_loss"].append(total / count)
-        history["validation_force_mae"].append(metrics["force_mae"])
-        history["validation_energy_mae_per_atom"].append(metrics["energy_mae_per_atom_centred"])
-        history["learning_rate"].append(optimizer.param_groups[0]["lr"])
-        if best_metrics is None or metrics["force_mae"] < best_metrics["force_mae"]:
-            best_metrics, best_epoch, stale = metrics, epoch, 0
-            # A deep copy: state_dict() holds live references that later steps overwrite.
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        finished = stale >= config.patience or epoch == config.epochs - 1
-        if checkpoint is not None:
-            save_versioned(checkpoint, CHECKPOINT_KIND, CHECKPOINT_VERSION, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                "history": history, "best_state": best_state, "best_metrics": best_metrics,
-                "best_epoch": best_epoch, "epoch": epoch, "stale": stale, "finished": finished,
-                "settings": settings, "data_hash": data_hash})
-        bar.set_postfix(loss=f"{total / count:.3g}", val_fmae=f"{metrics['force_mae']:.1f}")
-        bar.update(1)
-        if callback is not None:
-            callback(epoch, history)
-        if finished:
+        if tracker.record(epoch, metrics["force_mae"], metrics, train_loss=total / count,
+                          validation_force_mae=metrics["force_mae"],
+                          validation_energy_mae_per_atom=metrics["energy_mae_per_atom_centred"],
+                          learning_rate=optimizer.param_groups[0]["lr"],
+                          postfix={"loss": f"{total / count:.3g}",
+                                   "val_fmae": f"{metrics['force_mae']:.1f}"}):
             break
-    bar.close()
-    model.load_state_dict(best_state)
+    tracker.close()
     statistics["offset_refit"] = refit_energy_offsets(model, train.positions, train.energies,
                                                       train.boxes)
     best_state = copy.deepcopy(model.state_dict())
-    return TrainingResult(best_epoch, best_metrics, history, statistics, best_state)
+    return TrainingResult(tracker.best_epoch, tracker.best_info, tracker.history, statistics,
+                          best_state)

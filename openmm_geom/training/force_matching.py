@@ -8,7 +8,6 @@ paper (five models). Training is resumable: every fold checkpoints atomically ea
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -18,15 +17,13 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
-from ..io import atomic_write_bytes, load_versioned, save_versioned
+from ..io import atomic_write_bytes
 from ..models.cgschnet import CGSchNet, stack_ensemble
 from ..progress import progress_bar
+from .loop import EpochTracker
 
 __all__ = ["TrainConfig", "time_block_folds", "force_matching_loss", "train_fold",
            "train_ensemble", "FoldResult"]
-
-CHECKPOINT_KIND, CHECKPOINT_VERSION = "force-matching-checkpoint", 1
 
 
 @dataclasses.dataclass
@@ -108,32 +105,26 @@ def train_fold(make_model: Callable[[int], CGSchNet], positions: torch.Tensor,
                                  weight_decay=config.weight_decay)
     gamma = (config.final_learning_rate / config.learning_rate) ** (1.0 / max(config.epochs - 1, 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
-    history = {"epoch": [], "train": [], "validation": [], "learning_rate": []}
-    best_state, best_val, best_epoch, start_epoch, stale = None, math.inf, -1, 0, 0
     generator = torch.Generator().manual_seed(config.seed + 7919 * fold)
-    if checkpoint is not None and Path(checkpoint).exists():
-        saved = load_versioned(checkpoint, CHECKPOINT_KIND, (CHECKPOINT_VERSION,),
-                               what="force-matching checkpoint", error=CheckpointError)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        history = saved["history"]
-        best_state, best_val, best_epoch = saved["best_state"], saved["best_validation"], saved["best_epoch"]
-        start_epoch, stale = saved["epoch"] + 1, saved["stale"]
-        generator.set_state(saved["generator"])
-        if saved.get("finished"):
-            model.load_state_dict(best_state)
-            return FoldResult(fold, best_epoch, best_val, history, best_state)
+    tracker = EpochTracker(model, optimizer, scheduler, generator, epochs=config.epochs,
+                           patience=config.patience,
+                           history={"epoch": [], "train": [], "validation": [], "learning_rate": []},
+                           checkpoint=checkpoint, what="force-matching checkpoint",
+                           identity={"config": json.loads(json.dumps(dataclasses.asdict(config))),
+                                     "fold": int(fold)},
+                           bar=progress_bar(config.epochs, f"fold {fold + 1}/{config.folds}",
+                                            enabled=progress, unit="epoch"),
+                           callback=callback)
+    if tracker.resume():
+        return FoldResult(fold, tracker.best_epoch, tracker.best_score, tracker.history,
+                          tracker.best_state)
     train_idx = torch.as_tensor(train_idx)
     if config.max_train_frames and len(train_idx) > config.max_train_frames:
         stride = math.ceil(len(train_idx) / config.max_train_frames)
     else:
         stride = 1
     x_val, f_val = positions[val_idx], forces[val_idx]
-    bar = progress_bar(config.epochs, f"fold {fold + 1}/{config.folds}", enabled=progress,
-                       unit="epoch")
-    bar.update(start_epoch)
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(tracker.start_epoch, config.epochs):
         offset = int(torch.randint(stride, (1,), generator=generator))
         subset = train_idx[offset::stride]
         order = subset[torch.randperm(len(subset), generator=generator)]
@@ -150,33 +141,13 @@ def train_fold(make_model: Callable[[int], CGSchNet], positions: torch.Tensor,
         scheduler.step()
         model.eval()
         validation = _evaluate(model, x_val, f_val, 4 * config.batch_size)
-        history["epoch"].append(epoch)
-        history["train"].append(total / count)
-        history["validation"].append(validation)
-        history["learning_rate"].append(optimizer.param_groups[0]["lr"])
-        if validation < best_val:
-            best_val, best_epoch, stale = validation, epoch, 0
-            # A deep copy: state_dict() returns live references that later steps overwrite.
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        finished = stale >= config.patience or epoch == config.epochs - 1
-        if checkpoint is not None:
-            save_versioned(checkpoint, CHECKPOINT_KIND, CHECKPOINT_VERSION, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": history,
-                "best_state": best_state, "best_validation": best_val, "best_epoch": best_epoch,
-                "epoch": epoch, "stale": stale, "generator": generator.get_state(),
-                "finished": finished})
-        bar.set_postfix(train=f"{total / count:.1f}", val=f"{validation:.1f}")
-        bar.update(1)
-        if callback is not None:
-            callback(epoch, history)
-        if finished:
+        if tracker.record(epoch, validation, train=total / count, validation=validation,
+                          learning_rate=optimizer.param_groups[0]["lr"],
+                          postfix={"train": f"{total / count:.1f}", "val": f"{validation:.1f}"}):
             break
-    bar.close()
-    model.load_state_dict(best_state)
-    return FoldResult(fold, best_epoch, best_val, history, best_state)
+    tracker.close()
+    return FoldResult(fold, tracker.best_epoch, tracker.best_score, tracker.history,
+                      tracker.best_state)
 
 
 def train_ensemble(make_model: Callable[[int], CGSchNet], positions, forces, config: TrainConfig,

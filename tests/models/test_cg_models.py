@@ -325,6 +325,14 @@ def test_training_resumes_identically(alanine_like, tmp_path):
     assert resumed.history["validation"] == full.history["validation"]
     for name, value in full.state.items():
         torch.testing.assert_close(resumed.state[name], value, rtol=0, atol=0)
+    # a checkpoint of other settings (or another fold) is refused, not continued
+    from openmm_geom.errors import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match="another training run"):
+        train_fold(make, xt, ft, train, val, TrainConfig(epochs=5, folds=2, patience=10), 0,
+                   tmp_path / "b.ckpt", progress=False)
+    with pytest.raises(CheckpointMismatchError, match="another training run"):
+        train_fold(make, xt, ft, train, val, config, 1, tmp_path / "b.ckpt", progress=False)
 
 
 def test_training_rejects_bad_data(alanine_like):
