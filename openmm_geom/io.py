@@ -41,6 +41,7 @@ __all__ = [
     "load_versioned",
     "load_torch",
     "read_npz",
+    "read_versioned_npz",
     "npy_member",
     "sha256_of_arrays",
     "sha256_of_bytes",
@@ -261,6 +262,30 @@ def read_npz(path: PathLike, what: str) -> dict:
             return {key: archive[key] for key in archive.files}
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
         raise FileFormatError(f"{path} is corrupt or not a NumPy npz file: {error}") from error
+
+
+def read_versioned_npz(path: PathLike, kind: str, versions: Sequence[int] = (1,), *,
+                       header: str = "meta", required: Sequence[str] = (),
+                       what: Optional[str] = None) -> Tuple[dict, dict]:
+    """``(arrays, header dict)`` of an npz file whose ``header`` array holds JSON with its
+    format tag; refuses other kinds and versions, and files lacking ``required`` arrays.
+
+    Raises :class:`FileNotFoundError` or :class:`~openmm_geom.errors.FileFormatError`.
+    """
+    what = what or f"openmm-geom {kind} file"
+    arrays = read_npz(path, what)
+    try:
+        meta = json.loads(str(arrays[header]))
+    except (KeyError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        meta = {}
+    check_format(meta.get("format"), kind, versions, source=path, version=meta.get("version"))
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise FileFormatError(f"{path} is not a complete {what}: missing arrays {missing} "
+                              f"(has {sorted(arrays)})")
+    return arrays, meta
 
 
 def npy_member(archive: zipfile.ZipFile, name: str, shape: tuple, dtype,

@@ -43,7 +43,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from ..errors import FileFormatError
-from ..io import atomic_savez, check_format, format_tag, sha256_of_arrays
+from ..io import atomic_savez, format_tag, read_versioned_npz, sha256_of_arrays
 
 __all__ = ["build_corpus", "load_corpus", "Corpus",
            "DEFAULT_MAX_Z", "openmm_data_pdb"]
@@ -257,27 +257,9 @@ def load_corpus(path) -> Corpus:
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"corpus file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in _REQUIRED if k not in data.files]
-            if missing:
-                raise FileFormatError(f"{path} is not an openmm-geom corpus: missing arrays "
-                                  f"{missing} (has {sorted(data.files)})")
-            arrays = {k: data[k] for k in _REQUIRED}
-            heavy_only = data["heavy_only"] if "heavy_only" in data.files else None
-    except FileFormatError:
-        raise
-    except Exception as error:  # zipfile.BadZipFile, ValueError, OSError, EOFError ...
-        raise FileFormatError(f"{path} could not be read as an npz corpus (truncated or another "
-                          f"format?): {type(error).__name__}: {error}") from error
-    try:
-        metadata = json.loads(str(arrays["metadata"]))
-    except (TypeError, ValueError) as error:
-        raise FileFormatError(f"{path}: metadata is not valid JSON ({error})") from error
-    if not isinstance(metadata, dict):
-        metadata = {}
-    check_format(metadata.get("format"), CORPUS_KIND, (CORPUS_VERSION,), source=path,
-                 version=metadata.get("version"))
+    arrays, metadata = read_versioned_npz(path, CORPUS_KIND, (CORPUS_VERSION,), header="metadata",
+                                          required=_REQUIRED, what="corpus file")
+    heavy_only = arrays.get("heavy_only")
     if metadata.get("units", {}).get("positions") != "nm":
         raise FileFormatError(f"{path}: positions are not recorded in nm")
     corpus = Corpus(arrays["atomic_numbers"], arrays["positions"], arrays["offsets"],

@@ -23,9 +23,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
-from ..errors import FileFormatError
-from ..io import (atomic_savez, atomic_write_bytes, check_format, format_tag, read_npz,
-                  sha256_of_bytes)
+from ..io import atomic_savez, atomic_write_bytes, format_tag, read_versioned_npz, sha256_of_bytes
 from ..modelfile import ExportedModel
 from ..units import MOLAR_GAS_CONSTANT_KJ, value_in
 from .cvforce import TorchCVForce
@@ -509,16 +507,9 @@ class Metadynamics:
         first). The log, if any, is cut back to the saved step so that the resumed run appends
         without duplicating rows.
         """
-        data = read_npz(path, "metadynamics state file")
-        try:
-            meta = json.loads(str(data["meta"]))
-        except (KeyError, ValueError):
-            meta = {}
-        check_format(meta.get("format"), STATE_KIND, (STATE_VERSION,), source=path,
-                     version=meta.get("version"))
-        missing = [key for key in ("centers", "heights", "center_bias") if key not in data]
-        if missing:
-            raise FileFormatError(f"{path} lacks the arrays {missing} of a metadynamics state")
+        data, meta = read_versioned_npz(path, STATE_KIND, (STATE_VERSION,),
+                                        required=("centers", "heights", "center_bias"),
+                                        what="metadynamics state file")
         centers, heights, center_bias = data["centers"], data["heights"], data["center_bias"]
         grid = data.get("grid")
         if meta["model_sha256"] != self.model_sha256:

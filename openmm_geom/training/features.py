@@ -25,7 +25,7 @@ import torch
 
 from ..data.trajectories import read_positions
 from ..errors import FileFormatError
-from ..io import atomic_savez, check_format, format_tag, read_npz
+from ..io import atomic_savez, format_tag, read_versioned_npz
 from ..models.geom2vec import TokenMap, global_distances, pool_tokens
 from ..progress import progress_bar
 
@@ -125,13 +125,9 @@ class FeatureSet:
         path = Path(path)
         if not path.is_file():
             raise FileFormatError(f"no feature file at {path}")
-        data = read_npz(path, "feature file")
-        try:
-            header = json.loads(str(data["header"]))
-        except (KeyError, ValueError):
-            header = {}
-        check_format(header.get("format"), FEATURE_KIND, (FEATURE_VERSION,), source=path,
-                     version=header.get("version"))
+        data, header = read_versioned_npz(path, FEATURE_KIND, (FEATURE_VERSION,),
+                                          header="header", what="feature file",
+                                          required=("tokens", "lengths", "token_map"))
         try:
             return cls(tokens=data["tokens"], lengths=data["lengths"],
                        global_features=data.get("global_features"),
@@ -140,7 +136,7 @@ class FeatureSet:
                        mean_pooling=bool(header.get("mean_pooling", False)),
                        sources=list(header.get("sources", [])))
         except KeyError as error:
-            raise FileFormatError(f"{path} is not a complete feature file (missing "
+            raise FileFormatError(f"{path} is not a complete feature file (its header lacks "
                                   f"{error})") from error
 
 

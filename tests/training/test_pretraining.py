@@ -114,11 +114,16 @@ def test_corpus_file_errors(corpus_path, tmp_path):
         load_corpus(tmp_path / "nope.npz")
     data = corpus_path.read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(FileFormatError, match="could not be read"):
+    with pytest.raises(FileFormatError, match="cut.npz is not an npz file"):
         load_corpus(tmp_path / "cut.npz")
     np.savez(tmp_path / "other.npz", positions=np.zeros((3, 3)))
-    with pytest.raises(FileFormatError, match="missing arrays"):
+    with pytest.raises(FileFormatError, match="not an openmm-geom 'corpus' file"):
         load_corpus(tmp_path / "other.npz")
+    with np.load(corpus_path) as f:
+        partial = {k: f[k] for k in f.files if k != "offsets"}
+    np.savez(tmp_path / "partial.npz", **partial)
+    with pytest.raises(FileFormatError, match=r"missing arrays \['offsets'\]"):
+        load_corpus(tmp_path / "partial.npz")
     # edited content: the recorded hash no longer matches
     with np.load(corpus_path) as f:
         arrays = {k: f[k] for k in f.files}
