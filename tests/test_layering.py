@@ -47,10 +47,13 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path):
-    """(target module, imported names) of every import of ``openmm_geom`` in ``path``."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    """(line, target module, imported names) of every import of ``openmm_geom`` in ``path``."""
+    return _imports_in(path.read_text(), _module_name(path), path.name == "__init__.py")
+
+
+def _imports_in(source: str, name: str, is_package: bool):
+    package = name if is_package else name.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -181,15 +184,14 @@ def test_every_package_declares_its_public_names(package):
     assert not missing, f"{package}.__all__ lists names it does not define: {missing}"
 
 
-def test_the_layering_test_sees_a_violation(tmp_path):
-    """The checker itself: an upward import in a scratch module is reported."""
-    scratch = ROOT / "data" / "_layering_probe.py"
-    assert not scratch.exists()
-    scratch.write_text("from ..openmm import create_system\n")
-    try:
-        edges = list(_imports(scratch))
-    finally:
-        scratch.unlink()
-    (_, target, names), = edges
-    assert target == "openmm_geom.openmm" and names == ["create_system"]
-    assert RANK[_unit(target)] > RANK["data"]
+def test_the_layering_test_sees_a_violation():
+    """The checker itself: an upward, a private and a relative import are all resolved."""
+    source = ("from ..openmm import create_system\n"
+              "from ..models.torchmdnet import _hidden\n"
+              "def f():\n    from . import datagen\n")
+    edges = list(_imports_in(source, "openmm_geom.data.probe", False))
+    assert [(target, names) for _, target, names in edges] == [
+        ("openmm_geom.openmm", ["create_system"]),
+        ("openmm_geom.models.torchmdnet", ["_hidden"]),
+        ("openmm_geom.data", ["datagen"])]
+    assert RANK[_unit("openmm_geom.openmm")] > RANK["data"]
