@@ -8,7 +8,7 @@ enforces it):
                             versioned file formats, figures
 ``ops``                     neighbour pairs (vesin-torch), pair geometry, path signatures
 ``data``                    reference runs (positions + forces), trajectories, mappings, datasets
-``models``                  plain scriptable ``torch.nn.Module``\\ s (no file formats)
+``models``                  plain scriptable torch modules (no file formats)
 ``modelfile, contract``     the self-describing model file (:class:`~openmm_geom.openmm.
                             ExportedModel`) and the OpenMM export contract
 ``training, simulate``      estimators and checkpoints; the batched Langevin simulator

@@ -1,4 +1,4 @@
-"""Models: plain, scriptable ``torch.nn.Module``\ s. Training code and file formats never live here.
+"""Models: plain, scriptable ``torch.nn.Module`` classes; no training code, no file formats.
 
 - :mod:`.geometry`: bond lengths, angles, dihedrals, :class:`Dihedrals` (a CV module);
 - :mod:`.priors`, :mod:`.cgschnet`: CG priors and CGSchNet ensembles;
