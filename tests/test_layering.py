@@ -18,7 +18,7 @@ ROOT = Path(openmm_geom.__file__).parent
 
 # Lowest first. Each entry is a top-level module or subpackage of openmm_geom.
 LAYERS = [
-    {"errors", "units", "arguments", "version"},
+    {"errors", "units", "arguments", "version", "settings"},
     {"io", "threads", "progress"},
     {"ops"},
     {"data"},
