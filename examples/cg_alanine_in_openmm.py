@@ -7,7 +7,6 @@ anywhere; `openmm-geom cg reproduce` is the full-size version of the same pipeli
     python examples/cg_alanine_in_openmm.py --steps 5000 --out out/cg_openmm
 """
 import argparse
-import dataclasses
 from pathlib import Path
 
 import openmm
@@ -19,6 +18,7 @@ from openmm_geom.data.datagen import generate_reference
 from openmm_geom.export import export_model
 from openmm_geom.models import Dihedrals
 from openmm_geom.openmm import CVReporter, ExportedModel, create_system
+from openmm_geom.settings import override
 from openmm_geom.workflows import coarse_grain as cg
 
 
@@ -34,7 +34,7 @@ def main():
                                    platform="Reference", progress=False)
     # 2. Map to 6 beads, fit priors, train a 2-fold ensemble (QUICK settings).
     data = cg.load_cg_data(data_file)
-    settings = dataclasses.replace(cg.QUICK, folds=2, epochs=2)
+    settings = override(cg.QUICK, folds=2, epochs=2)
     trained = cg.train(data, args.out, settings, progress=False)
 
     # 3. The exported model in OpenMM: native priors (force group 0) + TorchForce (group 1).

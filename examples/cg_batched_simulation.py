@@ -8,7 +8,6 @@ the exported file of the same model (what OpenMM runs) gives the simulator's ene
     python examples/cg_batched_simulation.py --steps 2000 --out out/cg_batched
 """
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from openmm_geom.data.datagen import generate_reference
 from openmm_geom.openmm import ExportedModel
 from openmm_geom.simulate import BatchedLangevin, EnsembleForces, TrajectoryWriter, read_trajectory
 from openmm_geom.training.checkpoints import load_cgschnet
+from openmm_geom.settings import override
 from openmm_geom.workflows import coarse_grain as cg
 
 
@@ -32,7 +32,7 @@ def main():
                                    n_frames=2000, save_interval_ps=0.1, equilibration_ps=2.0,
                                    platform="Reference", progress=False)
     data = cg.load_cg_data(data_file)
-    trained = cg.train(data, args.out, dataclasses.replace(cg.QUICK, folds=2, epochs=2),
+    trained = cg.train(data, args.out, override(cg.QUICK, folds=2, epochs=2),
                        progress=False)
     model, metadata = load_cgschnet(trained["model"])
 

@@ -25,7 +25,6 @@ tiny CV, so the default 50,000 steps (100 ps) take about 3 minutes. Outputs in `
 end) and ``phi_profile.png``.
 """
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -54,8 +53,8 @@ def make_cv(pdb, out: Path, seed: int, threads: int) -> Path:
     from openmm_geom.training.features import featurize
     from openmm_geom.models.geom2vec import TokenMap
     from openmm_geom.training.denoising import load_backbone, pretrain
-    from openmm_geom.workflows.cv import (DEFAULT_VAMP_TRAINER, VampSettings, export_cv,
-                                          train_vamp)
+    from openmm_geom.settings import override
+    from openmm_geom.workflows.cv import VampSettings, export_cv, train_vamp
 
     work = out / "make_cv"
     work.mkdir(parents=True, exist_ok=True)
@@ -111,9 +110,9 @@ def make_cv(pdb, out: Path, seed: int, threads: int) -> Path:
 
     # 4. A 2-CV VAMPnet (SubFormer mixer) at a 1 ps lag, then one TorchScript file for OpenMM.
     t0 = time.perf_counter()
-    trainer = dataclasses.replace(DEFAULT_VAMP_TRAINER, batch_size=64, max_epochs=10,
-                                  validation_interval=5)
-    settings = VampSettings(k=2, lag_ps=1.0, mixer="subformer", hidden=16, trainer=trainer)
+    # (batch_size, max_epochs, validation_interval: fields of the settings' trainer)
+    settings = override(VampSettings(), k=2, lag_ps=1.0, mixer="subformer", hidden=16,
+                        batch_size=64, max_epochs=10, validation_interval=5)
     vamp = train_vamp(train, validate, work / "vamp", settings, seed=seed, progress=False)
     cv_path = out / "geom2vec_cv.pt"
     export_cv(work / "backbone.pt", vamp["checkpoint"], cv_path,

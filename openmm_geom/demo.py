@@ -45,10 +45,9 @@ def run_demo(out: Path, *, part: str = "all", steps: int = 100_000, frames: int 
 def run_cg_demo(out: Path, *, frames: int = 10_000, seed: int = 1, threads: int | None = None,
                 progress: bool = True) -> dict:
     """Coarse-grain capped alanine from data generated here (QUICK settings)."""
-    import dataclasses
-
     from .data import bundled
     from .data.datagen import generate_reference
+    from .settings import override
     from .workflows import coarse_grain as cg
 
     out = Path(out)
@@ -59,8 +58,8 @@ def run_cg_demo(out: Path, *, frames: int = 10_000, seed: int = 1, threads: int 
             bundled("alanine-dipeptide.pdb"), out / f"alanine_aa_seed{seed + offset}.npz",
             n_frames=frames, save_interval_ps=0.1, equilibration_ps=10.0, seed=seed + offset,
             platform="Reference", progress=progress))
-    settings = dataclasses.replace(cg.QUICK, epochs=4, max_train_frames=8000, replicas=32,
-                                   steps=6_000, save_interval=50, noise_seeds=5)
+    settings = override(cg.QUICK, epochs=4, max_train_frames=8000, replicas=32, steps=6_000,
+                        save_interval=50, noise_seeds=5)
     result = cg.reproduce(data[0], data[1], out, settings=settings, seed=seed, threads=threads,
                           progress=progress)
     return {key: result[key] for key in ("kl", "mse", "noise_equivalent_sigma_angstrom",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -158,18 +157,12 @@ def _cmd_datagen(args) -> int:
 
 
 def _cg_settings(args):
-    import dataclasses
-
-    from ..workflows.coarse_grain import PRODUCTION, QUICK
+    """PRODUCTION (or QUICK with --quick) changed by the CGSettings options given."""
+    from ..settings import override, overrides_from
+    from ..workflows.coarse_grain import PRODUCTION, QUICK, CGSettings
 
     base = QUICK if getattr(args, "quick", False) else PRODUCTION
-    overrides = {name: getattr(args, name) for name in
-                 ("folds", "epochs", "replicas", "steps", "noise_seeds", "integrator",
-                  "force_map")
-                 if getattr(args, name, None) is not None}
-    if getattr(args, "timestep_fs", None) is not None:
-        overrides["timestep_ps"] = args.timestep_fs / 1000
-    return dataclasses.replace(base, **overrides)
+    return override(base, **overrides_from(args, CGSettings))
 
 
 def _cmd_cg(args) -> int:
@@ -217,17 +210,13 @@ def _cmd_cg(args) -> int:
 
 
 def _potential_settings(args):
-    import dataclasses
-
-    from ..workflows.potential import budget
+    """The production (or --quick) budget for --model, changed by the options given."""
+    from ..settings import override, overrides_from
+    from ..workflows.potential import PotentialSettings, budget
 
     architecture = getattr(args, "model", None) or "attention"
     base = budget("quick" if getattr(args, "quick", False) else "production", architecture)
-    names = ("epochs", "batch_size", "features", "layers", "heads", "hidden_channels",
-             "num_layers", "cutoff_nm", "rho", "loss", "max_train_frames", "nvt_ps", "nve_ps",
-             "timestep_fs", "temperature_K", "dtype", "patience")
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    return dataclasses.replace(base, **overrides)
+    return override(base, **overrides_from(args, PotentialSettings))
 
 
 def _pdb_system(path):
@@ -321,15 +310,19 @@ def _run_potential(args) -> int:
     return 0
 
 
-def _signature_settings(args):
+def _signature_base(command: str):
     from ..training.signature_classifier import TrainingSettings
     from ..workflows.signature import GENE_PRODUCTION
 
-    base = GENE_PRODUCTION if args.signature_command == "reproduce" else TrainingSettings()
-    overrides = {name: getattr(args, name) for name in
-                 ("epochs", "batch_size", "learning_rate", "folds", "groups", "patience", "seed")
-                 if getattr(args, name, None) is not None}
-    return dataclasses.replace(base, **overrides)
+    return GENE_PRODUCTION if command == "reproduce" else TrainingSettings()
+
+
+def _signature_settings(args):
+    from ..settings import override, overrides_from
+    from ..training.signature_classifier import TrainingSettings
+
+    return override(_signature_base(args.signature_command),
+                    **overrides_from(args, TrainingSettings))
 
 
 def _cmd_signature(args) -> int:
@@ -377,8 +370,8 @@ def _cmd_signature(args) -> int:
     else:  # reproduce
         if args.task != "gene":
             raise SystemExit("error: only --task gene has a reproduction recipe")
-        result = workflow.reproduce_gene(args.out, seed=args.seed if args.seed is not None else 0,
-                                         settings=_signature_settings(args),
+        settings = _signature_settings(args)
+        result = workflow.reproduce_gene(args.out, seed=settings.seed, settings=settings,
                                          rate_spread=args.rate_spread, progress=progress)
     text = "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
     if "accuracy" in result and isinstance(result["accuracy"], dict):
@@ -390,6 +383,11 @@ def _cmd_signature(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..settings import add_options
+    from ..training.signature_classifier import TrainingSettings
+    from ..workflows import coarse_grain as cgw
+    from ..workflows import potential as ptw
+
     parser = argparse.ArgumentParser(
         prog="openmm-geom",
         description="Geometric deep-learning potentials and CVs inside OpenMM.")
@@ -470,40 +468,34 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", action="store_true")
         q.set_defaults(func=_cmd_cg)
 
+    def cg_settings(q, stages=None):
+        """The CGSettings fields of these stages (None: all), defaults of PRODUCTION."""
+        add_options(q, cgw.CGSettings, defaults=cgw.PRODUCTION, stages=stages,
+                    also={"--quick": cgw.QUICK})
+
     q = cgsub.add_parser("train", help="priors + k-fold CGSchNet ensemble by force matching")
     q.add_argument("--data", required=True, help="all-atom npz with positions and forces")
     q.add_argument("--mapping", default="auto", choices=["auto", "alanine", "ca"])
-    q.add_argument("--force-map", choices=["optimized", "slice"],
-                   help="minimal-variance force aggregation (default) or the paper's slice")
-    q.add_argument("--folds", type=int)
-    q.add_argument("--epochs", type=int)
     common(q)
+    cg_settings(q, ["train"])
     q = cgsub.add_parser("simulate", help="batched Langevin simulation of a trained model")
     q.add_argument("--model", required=True, help="cg_model.pt from `cg train`")
     q.add_argument("--start", required=True, help="npz whose mapped frames seed the replicas")
-    q.add_argument("--replicas", type=int)
-    q.add_argument("--steps", type=int)
-    q.add_argument("--timestep-fs", type=float)
-    q.add_argument("--integrator", choices=["baoab", "overdamped"])
     common(q)
+    cg_settings(q, ["simulate"])
     q = cgsub.add_parser("evaluate", help="KL, MSE, noise-equivalent sigma, figures")
     q.add_argument("--reference", required=True, help="all-atom npz (held out)")
     q.add_argument("--trajectory", required=True, help="cg_trajectory.h5 from `cg simulate`")
-    q.add_argument("--noise-seeds", type=int)
     q.add_argument("--mapping", default="auto", choices=["auto", "alanine", "ca"],
                    help="the mapping the model was trained with")
     common(q)
+    cg_settings(q, ["evaluate"])
     q = cgsub.add_parser("reproduce", help="the whole job on all-atom data; one JSON of metrics")
     q.add_argument("--train", required=True)
     q.add_argument("--reference", required=True)
     q.add_argument("--mapping", default="auto", choices=["auto", "alanine", "ca"])
-    q.add_argument("--force-map", choices=["optimized", "slice"])
-    q.add_argument("--replicas", type=int)
-    q.add_argument("--steps", type=int)
-    q.add_argument("--folds", type=int)
-    q.add_argument("--epochs", type=int)
-    q.add_argument("--noise-seeds", type=int)
     common(q)
+    cg_settings(q)
     ptp = sub.add_parser("potential", help="all-atom ML potentials: train | export | simulate | "
                                            "evaluate | reproduce")
     ptsub = ptp.add_subparsers(dest="potential_command", required=True)
@@ -517,34 +509,21 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", action="store_true", help="machine-readable output")
         q.set_defaults(func=_cmd_potential)
 
-    def model_options(q):
+    def potential_settings(q, stages=None):
+        """The PotentialSettings fields of these stages (None: all)."""
+        add_options(q, ptw.PotentialSettings, defaults=ptw.budget("production", "attention"),
+                    stages=stages, also={"--quick": ptw.budget("quick", "attention")})
+
+    def model_choice(q):
         q.add_argument("--model", default="attention", choices=["attention", "et", "tensornet"],
                        help="architecture")
-        q.add_argument("--epochs", type=int)
-        q.add_argument("--batch-size", type=int)
-        q.add_argument("--features", type=int, help="attention: channels per atom")
-        q.add_argument("--layers", type=int, help="attention: message-passing layers")
-        q.add_argument("--heads", type=int, help="attention: heads per layer")
-        q.add_argument("--hidden-channels", type=int, help="TorchMD-Net: hidden channels")
-        q.add_argument("--num-layers", type=int, help="TorchMD-Net: interaction layers")
-        q.add_argument("--cutoff-nm", type=float)
-        q.add_argument("--rho", type=float, help="weight of the energy term (0-1)")
-        q.add_argument("--loss", choices=["logcosh", "mse"])
-        q.add_argument("--max-train-frames", type=int)
-        q.add_argument("--patience", type=int)
-        q.add_argument("--dtype", choices=["float32", "float64"])
-
-    def md_options(q):
-        q.add_argument("--nvt-ps", type=float)
-        q.add_argument("--nve-ps", type=float)
-        q.add_argument("--timestep-fs", type=float)
-        q.add_argument("--temperature", dest="temperature_K", type=float, help="K")
 
     q = ptsub.add_parser("train", help="energy+force training; test-block errors, plots")
     q.add_argument("--data", required=True, help="npz: positions, forces, energies, box_vectors, "
                                                  "atomic_numbers (datagen files work as they are)")
-    model_options(q)
+    model_choice(q)
     common_pot(q)
+    potential_settings(q, ["train"])
     q = ptsub.add_parser("export", help="TorchScript file for OpenMM, for the system in a PDB")
     q.add_argument("--checkpoint", required=True, help="model.pt from `potential train`")
     q.add_argument("--pdb", required=True, help="the target system (CRYST1 makes it periodic)")
@@ -557,17 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ensemble", default="nvt", choices=["nvt", "nve"])
     q.add_argument("--spread-models", nargs="+", help="exported ensemble members to watch")
     q.add_argument("--spread-threshold", type=float, help="kJ/mol/nm; warn above it")
-    md_options(q)
     common_pot(q)
+    potential_settings(q, ["simulate"])
     q = ptsub.add_parser("evaluate", help="errors of a trained model on a data file")
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--data", required=True)
     common_pot(q)
     q = ptsub.add_parser("reproduce", help="train, test, export, NVT + NVE in OpenMM; one JSON")
     q.add_argument("--data", required=True)
-    model_options(q)
-    md_options(q)
+    model_choice(q)
     common_pot(q)
+    potential_settings(q)
     sgp = sub.add_parser("signature", help="path signatures: generate-gene | generate-md | train | "
                                            "evaluate | featurize | reproduce")
     sgsub = sgp.add_subparsers(dest="signature_command", required=True)
@@ -579,15 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", action="store_true", help="machine-readable output")
         q.set_defaults(func=_cmd_signature)
 
-    def training_options(q):
-        q.add_argument("--epochs", type=int)
-        q.add_argument("--batch-size", type=int)
-        q.add_argument("--learning-rate", type=float)
-        q.add_argument("--folds", type=int, help="folds per time group (paper: 5)")
-        q.add_argument("--groups", type=int, help="time groups per trajectory (paper: 5)")
-        q.add_argument("--patience", type=int, help="stop a fold after N epochs without a "
-                                                     "better validation accuracy")
-        q.add_argument("--seed", type=int)
+    def training_options(q, command):
+        """Every TrainingSettings field, defaults of the command's base settings."""
+        add_options(q, TrainingSettings, defaults=_signature_base(command))
 
     q = sgsub.add_parser("generate-gene", help="gene-regulatory dynamics dataset (Gao et al. 2016)")
     q.add_argument("--seed", type=int, default=0)
@@ -613,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--methods", default="deep-signature",
                    help="comma-separated: deep-signature, graph-lstm, graph-trans, head, tail, "
                         "head-tail, dihedral-svm")
-    training_options(q)
+    training_options(q, "train")
     common_sig(q)
     q = sgsub.add_parser("evaluate", help="a saved fold model on a dataset's test trajectories")
     q.add_argument("--model", required=True, help="foldK.pt from `signature train`")
@@ -636,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-trajectory log-uniform spread of B and R (default 2: single "
                         "frames then do not give the class away, as in the paper's Table 4; "
                         "1: fixed B = R = 1)")
-    training_options(q)
+    training_options(q, "reproduce")
     common_sig(q)
     from .cv import add_cv_commands
 

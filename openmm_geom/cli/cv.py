@@ -6,7 +6,6 @@ itself, for CVs of an event the data at the temperature of interest lack.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -31,21 +30,11 @@ def _slice(text):
     return slice(*parts)
 
 
-def _learn_settings(args, **defaults):
-    """The ReproduceSettings of ``--quick`` or the defaults, changed by ``defaults`` and then
-    by the command line's options."""
-    from ..workflows.cv import QUICK_REPRODUCE, ReproduceSettings
+def _settings(args, base):
+    """``base`` (a settings instance) changed by its options given on the command line."""
+    from ..settings import override, overrides_from
 
-    settings = dataclasses.replace(QUICK_REPRODUCE if args.quick else ReproduceSettings(),
-                                   **defaults)
-    overrides = {name: getattr(args, name) for name in
-                 ("lag_ps", "k", "validation_frames", "train_frames", "tokens",
-                  "pretrain_epochs") if getattr(args, name, None) is not None}
-    settings = dataclasses.replace(settings, **overrides)
-    if args.mixer:
-        settings = dataclasses.replace(settings, vamp=dataclasses.replace(
-            settings.vamp, mixer=args.mixer))
-    return settings
+    return override(base, **overrides_from(args, type(base)))
 
 
 def _run_cv(args) -> int:
@@ -116,14 +105,11 @@ def _run_cv(args) -> int:
                   "backbone_sha256": info["sha256"]}
     elif command == "train-vamp":
         from ..training.features import FeatureSet
-        from ..workflows.cv import DEFAULT_VAMP_TRAINER, VampSettings, train_vamp
+        from ..workflows.cv import VampSettings, train_vamp
 
-        trainer = dataclasses.replace(DEFAULT_VAMP_TRAINER, lr=args.lr,
-                                      batch_size=args.batch_size, max_epochs=args.epochs)
-        settings = VampSettings(k=args.k, lag_ps=args.lag_ps, mixer=args.mixer,
-                                hidden=args.hidden, dropout=args.dropout, trainer=trainer)
         result = train_vamp(FeatureSet.load(args.train), FeatureSet.load(args.validate),
-                            Path(args.out), settings, seed=args.seed, progress=progress)
+                            Path(args.out), _settings(args, VampSettings()), seed=args.seed,
+                            progress=progress)
     elif command == "train-spib":
         from ..training.features import FeatureSet
         from ..workflows.cv import train_spib
@@ -155,11 +141,7 @@ def _run_cv(args) -> int:
     elif command == "bias":
         from ..workflows.cv_bias import BiasSettings, analyse_run, reference_phi, run_biased
 
-        overrides = {name: getattr(args, name) for name in
-                     ("picoseconds", "bias_factor", "height_kJmol", "width_fraction",
-                      "timestep_fs", "temperature_K", "deposit_ps", "checkpoint_ps", "method")
-                     if getattr(args, name) is not None}
-        settings = dataclasses.replace(BiasSettings(), **overrides)
+        settings = _settings(args, BiasSettings())
         modes = ["cv", "unbiased", "phipsi"] if args.compare else [args.mode]
         if "cv" in modes and args.model is None:
             raise ValueError("--model (an exported CV file) is needed to bias along learned CVs")
@@ -177,23 +159,18 @@ def _run_cv(args) -> int:
         if not args.compare:
             result = result[args.mode]
     elif command == "explore":
-        from ..workflows.cv import ExploreSettings, explore
+        from ..workflows.cv import QUICK_EXPLORE, ExploreSettings, explore
 
-        defaults = ExploreSettings()
-        learn = _learn_settings(args, lag_ps=defaults.learn.lag_ps,
-                                validation_frames=defaults.learn.validation_frames)
-        overrides = {name: getattr(args, name) for name in
-                     ("temperature_K", "nanoseconds", "save_interval_ps", "timestep_fs",
-                      "equilibration_ps") if getattr(args, name) is not None}
-        settings = dataclasses.replace(defaults, learn=learn, **overrides)
+        settings = _settings(args, QUICK_EXPLORE if args.quick else ExploreSettings())
         result = explore(args.pdb, args.out, settings=settings, backbone=args.backbone,
                          seed=args.seed, threads=args.threads, progress=progress)
     else:  # reproduce
-        from ..workflows.cv import reproduce
+        from ..workflows.cv import QUICK_REPRODUCE, ReproduceSettings, reproduce
 
+        settings = _settings(args, QUICK_REPRODUCE if args.quick else ReproduceSettings())
         result = reproduce(args.train, args.validate, args.topology, args.out,
-                           settings=_learn_settings(args),
-                           backbone=args.backbone, seed=args.seed, progress=progress)
+                           settings=settings, backbone=args.backbone, seed=args.seed,
+                           progress=progress)
     text = "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
     _emit(args, result, text or str(result))
     return 0
@@ -202,8 +179,14 @@ def _run_cv(args) -> int:
 def add_cv_commands(sub, emit) -> None:
     """Register ``cv`` and its sub-commands on an argparse sub-parser collection.
 
-    ``emit(args, payload, text)`` writes a command's result (JSON with ``--json``).
+    ``emit(args, payload, text)`` writes a command's result (JSON with ``--json``). The
+    options of settings (``BiasSettings``, ``ReproduceSettings``, ...) come from their fields
+    (:func:`openmm_geom.settings.add_options`).
     """
+    from ..settings import add_options
+    from ..workflows import cv as cvw
+    from ..workflows.cv_bias import BiasSettings
+
     cvp = sub.add_parser("cv", help="geom2vec CVs: corpus | pretrain | featurize | train-vamp | "
                                     "train-spib | export | bias | reproduce | explore")
     cvsub = cvp.add_subparsers(dest="cv_command", required=True)
@@ -263,17 +246,8 @@ def add_cv_commands(sub, emit) -> None:
     q = cvsub.add_parser("train-vamp", help="VAMPnet on token features (held-out VAMP-2)")
     q.add_argument("--train", required=True)
     q.add_argument("--validate", required=True)
-    q.add_argument("--lag-ps", type=float, required=True)
-    q.add_argument("--k", type=int, default=2)
-    q.add_argument("--mixer", default="subformer",
-                   choices=["pool", "subformer", "submixer", "gvp", "gvp+subformer",
-                            "gvp+submixer"])
-    q.add_argument("--hidden", type=int, default=128)
-    q.add_argument("--lr", type=float, default=1e-3)
-    q.add_argument("--batch-size", type=int, default=5000)
-    q.add_argument("--epochs", type=int, default=20)
-    q.add_argument("--dropout", type=float, default=0.0)
     common(q, "output directory")
+    add_options(q, cvw.VampSettings, required=["lag_ps"])
 
     q = cvsub.add_parser("train-spib", help="SPIB on token features, labels from a VAMPnet")
     q.add_argument("--train", required=True)
@@ -303,27 +277,14 @@ def add_cv_commands(sub, emit) -> None:
     q.add_argument("--mode", default="cv", choices=["cv", "phipsi", "unbiased"])
     q.add_argument("--compare", action="store_true",
                    help="run cv, unbiased and phipsi of equal length into OUT/<mode>")
-    q.add_argument("--picoseconds", type=float)
-    q.add_argument("--timestep-fs", type=float)
-    q.add_argument("--temperature", dest="temperature_K", type=float)
-    q.add_argument("--bias-factor", type=float)
-    q.add_argument("--height", dest="height_kJmol", type=float, help="kJ/mol")
-    q.add_argument("--deposit-ps", type=float)
-    q.add_argument("--width-fraction", type=float, help="hill width / CV standard deviation")
-    q.add_argument("--method", choices=["auto", "grid", "hills"])
-    q.add_argument("--checkpoint-ps", type=float)
     q.add_argument("--reference", nargs="+", help="unbiased reference trajectories (npz)")
     q.add_argument("--reference-stride", type=int, default=1)
     q.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     common(q, "output directory")
+    add_options(q, BiasSettings)
 
     def learning(q):
         q.add_argument("--backbone", help="reuse this pretrained backbone")
-        q.add_argument("--lag-ps", type=float)
-        q.add_argument("--k", type=int)
-        q.add_argument("--mixer")
-        q.add_argument("--tokens", choices=["residue", "atom"])
-        q.add_argument("--pretrain-epochs", type=int)
         q.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
         common(q, "output directory")
 
@@ -332,18 +293,12 @@ def add_cv_commands(sub, emit) -> None:
     q.add_argument("--train", required=True)
     q.add_argument("--validate", required=True)
     q.add_argument("--topology", required=True)
-    q.add_argument("--train-frames", type=int)
-    q.add_argument("--validation-frames", type=int)
     learning(q)
+    add_options(q, cvw.ReproduceSettings, also={"--quick": cvw.QUICK_REPRODUCE})
 
     q = cvsub.add_parser("explore", help="hot unbiased OpenMM runs -> reproduce on them -> a CV "
                                          "that knows the rare event (default 700 K, 2 x 5 ns, "
                                          "lag 10 ps)")
     q.add_argument("--pdb", required=True)
-    q.add_argument("--temperature", dest="temperature_K", type=float, help="K (default 700)")
-    q.add_argument("--nanoseconds", type=float, help="length of each of the two runs (default 5)")
-    q.add_argument("--interval-ps", dest="save_interval_ps", type=float,
-                   help="ps between frames (default 1)")
-    q.add_argument("--timestep-fs", type=float, help="default 1 (HBonds constraints)")
-    q.add_argument("--equilibration-ps", type=float, help="default 100")
     learning(q)
+    add_options(q, cvw.ExploreSettings, also={"--quick": cvw.QUICK_EXPLORE})

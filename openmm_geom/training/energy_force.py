@@ -34,6 +34,7 @@ import torch
 from ..models.atomistic import AtomisticPotential, fit_energy_offsets
 from ..ops.neighbors import neighbor_pairs
 from ..progress import progress_bar
+from ..settings import setting
 from .loop import EpochTracker
 
 __all__ = ["EnergyForceConfig", "energy_force_loss", "prepare_model", "evaluate_potential",
@@ -49,19 +50,22 @@ REPULSION_FRACTION = 0.9  # repulsion sigma / closest distance in the training d
 class EnergyForceConfig:
     """Hyper-parameters of energy+force training (units: nm, kJ/mol)."""
 
-    epochs: int = 30
-    batch_size: int = 8
-    lr_min: float = 5e-5
-    lr_max: float = 2e-3
-    lr_final: float = 1e-5
-    weight_decay: float = 0.0
-    rho: float = 0.0
-    loss: str = "logcosh"  # or "mse"
-    logcosh_alpha: float = 1.0  # in units of sigma
-    patience: int = 10
-    seed: int = 0
-    max_train_frames: Optional[int] = None  # a stride through the training frames per epoch
-    core_repulsion: bool = True  # fit (sigma/r)^12 walls from the closest distances seen
+    epochs: int = setting(30, help="most training epochs")
+    batch_size: int = setting(8, help="frames per optimiser step")
+    lr_min: float = setting(5e-5, help="one-cycle schedule: starting learning rate")
+    lr_max: float = setting(2e-3, help="one-cycle schedule: peak learning rate")
+    lr_final: float = setting(1e-5, help="one-cycle schedule: final learning rate")
+    weight_decay: float = setting(0.0, help="AdamW weight decay")
+    rho: float = setting(0.0, help="weight of the energy term, 0-1; forces: 1 - rho")
+    loss: str = setting("logcosh", help="per-component loss", choices=("logcosh", "mse"))
+    logcosh_alpha: float = setting(1.0, help="log-cosh: quadratic below this, in units of sigma")
+    patience: int = setting(10, help="stop after this many epochs without a better validation "
+                                     "force MAE")
+    seed: int = setting(0, help="the run's random seed (set per run)", cli=False)
+    max_train_frames: Optional[int] = setting(
+        None, help="training frames per epoch, a stride through them; none: all")
+    core_repulsion: bool = setting(True, help="fit (sigma/r)^12 walls from the closest "
+                                              "distances seen")
 
     def __post_init__(self):
         if self.loss not in ("mse", "logcosh"):

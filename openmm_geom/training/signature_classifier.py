@@ -35,6 +35,7 @@ from ..errors import ModelFileError
 from ..io import atomic_write_bytes, load_versioned, save_versioned
 from ..models.deep_signature import METHODS, build_model
 from ..progress import progress_bar
+from ..settings import setting
 
 __all__ = ["TrainingSettings", "SVM_METHOD", "ALL_METHODS", "classification_metrics",
            "train_fold", "cross_validate", "load_classifier", "predict"]
@@ -56,15 +57,17 @@ class TrainingSettings:
     better validation accuracy (None: run all epochs).
     """
 
-    epochs: int = 100
-    batch_size: int = 48
-    learning_rate: float = 5e-4
-    weight_decay: float = 1e-4
-    loss_weights: Sequence[float] = (0.1, 1.0, 1.0)
-    patience: Optional[int] = None
-    groups: int = 5
-    folds: int = 5
-    seed: int = 0
+    epochs: int = setting(100, help="training epochs per fold")
+    batch_size: int = setting(48, help="windows per optimiser step")
+    learning_rate: float = setting(5e-4, help="Adam learning rate")
+    weight_decay: float = setting(1e-4, help="Adam weight decay")
+    loss_weights: Sequence[float] = setting(
+        (0.1, 1.0, 1.0), help="weights of the cut, orthogonality and consistency terms")
+    patience: Optional[int] = setting(None, help="stop a fold after N epochs without a better "
+                                                 "validation accuracy; none: run all epochs")
+    groups: int = setting(5, help="time groups per trajectory")
+    folds: int = setting(5, help="folds per time group")
+    seed: int = setting(0, help="random seed of the models and the batch order")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "groups", "folds"):

@@ -34,6 +34,7 @@ from ..data.timelagged import TimeLaggedPairs
 from ..errors import ModelFileError
 from ..io import load_versioned, save_figure, save_versioned
 from ..progress import progress_bar
+from ..settings import setting
 
 __all__ = ["vamp2_score", "covariances", "vamp2_of", "transform", "VAMPNetTrainer",
            "VAMPNetResult", "fit_vampnet", "plot_learning_curve", "load_lobe_state"]
@@ -245,18 +246,21 @@ class VAMPNetTrainer:
     eval_batch_size : int, default 4096
     """
 
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    batch_size: int = 5000
-    max_epochs: int = 20
-    validation_interval: int = 5
-    train_patience: int = 10
-    validation_patience: int = 2
-    epsilon: float = 1e-6
-    mode: str = "regularize"
-    seed: int = 0
-    progress: bool = False
-    eval_batch_size: int = 4096
+    lr: float = setting(2e-4, help="AdamW learning rate")
+    weight_decay: float = setting(0.0, help="AdamW weight decay")
+    batch_size: int = setting(5000, help="time-lagged pairs per batch; VAMP needs large "
+                                         "batches")
+    max_epochs: int = setting(20, help="most passes over the training pairs")
+    validation_interval: int = setting(5, help="batches between validations")
+    train_patience: int = setting(10, help="stop after this many batches without a better "
+                                           "training score")
+    validation_patience: int = setting(2, help="stop after this many validations without a "
+                                               "better validation score")
+    epsilon: float = setting(1e-6, help="covariance regularisation")
+    mode: str = setting("regularize", help="covariance regularisation mode", choices=_MODES)
+    seed: int = setting(0, help="seeds batch order and dropout (set per run)", cli=False)
+    progress: bool = setting(False, help="progress bar on stderr (set per run)", cli=False)
+    eval_batch_size: int = setting(4096, help="pairs per batch when scoring")
 
     def __post_init__(self):
         for name in ("batch_size", "max_epochs", "validation_interval", "train_patience",

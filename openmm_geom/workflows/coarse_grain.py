@@ -28,6 +28,7 @@ from ..models.priors import fit_priors
 from ..simulate import BatchedLangevin, EnsembleForces, TrajectoryWriter, read_trajectory
 from ..training.checkpoints import load_cgschnet, save_cgschnet
 from ..training.force_matching import TrainConfig, train_ensemble
+from ..settings import override, setting
 from ..units import MOLAR_GAS_CONSTANT_KJ
 
 __all__ = ["CGSettings", "PRODUCTION", "QUICK", "CGData", "load_cg_data", "train", "simulate",
@@ -43,56 +44,62 @@ ALANINE_DIHEDRALS = [(0, 1, 2, 3), (1, 2, 3, 4)]
 
 @dataclasses.dataclass
 class CGSettings:
-    """Everything the CG job needs besides data. Lengths nm, time ps, energies kJ/mol."""
+    """Everything the CG job needs besides data. Lengths nm, time fs/ps, energies kJ/mol.
+
+    ``stage`` in each field's metadata names the command that uses it (``cg train``,
+    ``simulate``, ``evaluate``; ``reproduce`` uses them all).
+    """
 
     # model
-    features: int = 32
-    filters: int = 32
-    interactions: int = 2
-    n_rbf: int = 16
-    output_hidden: int = 16
-    cutoff_nm: float = 1.0
-    dtype: str = "float32"
+    features: int = setting(32, help="CGSchNet feature channels", stage="train")
+    filters: int = setting(32, help="continuous-filter channels", stage="train")
+    interactions: int = setting(2, help="interaction blocks", stage="train")
+    n_rbf: int = setting(16, help="radial basis functions", stage="train")
+    output_hidden: int = setting(16, help="hidden units of the energy output network",
+                                 stage="train")
+    cutoff_nm: float = setting(1.0, help="interaction cutoff, nm", stage="train")
+    dtype: str = setting("float32", help="model precision", choices=("float32", "float64"),
+                         stage="train")
     # force map: "optimized" aggregates unmapped atoms' forces with minimal variance (same
     # mean force; 8x lower force-matching noise on capped alanine) or "slice" (the paper's)
-    force_map: str = "optimized"
+    force_map: str = setting("optimized", help="minimal-variance force aggregation or the "
+                             "paper's slice", choices=("optimized", "slice"), stage="train")
     # priors
-    prior_method: str = "cgnet"
-    dihedral_harmonics: int = 3
+    prior_method: str = setting("cgnet", help="prior fit: k = kT/Var (cgnet) or Boltzmann "
+                                "inversion", choices=("cgnet", "boltzmann"), stage="train")
+    dihedral_harmonics: int = setting(3, help="Fourier terms of the dihedral priors",
+                                      stage="train")
     # training (small batches: force-matching gradients are noisy, and more optimizer steps
-    # per epoch lowered the validation loss more than a larger network did, at less cost)
-    folds: int = 5
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    final_learning_rate: float = 1e-4
-    patience: int = 5
-    max_train_frames: Optional[int] = 40_000
+    # per epoch lowered the validation loss more than a larger network did, at less cost);
+    # the seed is set per run
+    training: TrainConfig = setting(
+        TrainConfig(epochs=30, batch_size=64, learning_rate=3e-3, final_learning_rate=1e-4,
+                    patience=5, folds=5, max_train_frames=40_000),
+        help="force-matching training of the k-fold ensemble", stage="train")
     # simulation: 100 replicas x 100 ps (10 ns in all; each replica crosses between the
     # C7eq and C5 basins ~10 times per 40 ps, so the replicas forget where they started)
-    replicas: int = 100
-    steps: int = 50_000
-    timestep_ps: float = 0.002
-    friction_per_ps: float = 1.0
-    save_interval: int = 250
-    integrator: str = "baoab"
+    replicas: int = setting(100, help="independent replicas simulated as one batch",
+                            stage="simulate")
+    steps: int = setting(50_000, help="integration steps per replica", stage="simulate")
+    timestep_fs: float = setting(2.0, help="integration time step, fs", stage="simulate")
+    friction_per_ps: float = setting(1.0, help="Langevin friction, 1/ps", stage="simulate")
+    save_interval: int = setting(250, help="steps between saved frames", stage="simulate")
+    integrator: str = setting("baoab", help="Langevin integrator",
+                              choices=("baoab", "overdamped"), stage="simulate")
     # evaluation
-    noise_seeds: int = 50
-    equilibration_fraction: float = 0.1
-    tica_lag_frames: int = 10  # proteins: TICA lag in reference frames
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
-                           learning_rate=self.learning_rate,
-                           final_learning_rate=self.final_learning_rate, patience=self.patience,
-                           folds=self.folds, seed=seed, max_train_frames=self.max_train_frames)
+    noise_seeds: int = setting(50, help="noisy copies of the reference for the sigma "
+                               "calibration curve", stage="evaluate")
+    equilibration_fraction: float = setting(0.1, help="fraction of each CG run discarded",
+                                            stage="evaluate")
+    tica_lag_frames: int = setting(10, help="proteins: TICA lag in reference frames",
+                                   stage="evaluate")
 
 
 #: The documented production setting of ``openmm-geom cg reproduce`` (under 60 min, 2 cores).
 PRODUCTION = CGSettings()
 #: A few-minute setting for the demo and the tests.
-QUICK = CGSettings(folds=2, epochs=2, batch_size=256, max_train_frames=4000, replicas=16,
-                   steps=4000, save_interval=50, noise_seeds=3)
+QUICK = override(PRODUCTION, folds=2, epochs=2, batch_size=256, max_train_frames=4000,
+                 replicas=16, steps=4000, save_interval=50, noise_seeds=3)
 
 
 @dataclasses.dataclass
@@ -201,7 +208,8 @@ def train(data: CGData, out: Path, settings: CGSettings = PRODUCTION, *, seed: i
     x = torch.as_tensor(data.positions, dtype=dtype)
     f = torch.as_tensor(data.forces, dtype=dtype)
     ensemble, results = train_ensemble(_make_model_factory(data, priors, settings), x, f,
-                                       settings.train_config(seed), out_dir=out,
+                                       dataclasses.replace(settings.training, seed=seed),
+                                       out_dir=out,
                                        progress=progress)
     metadata = {"mapping": data.mapping.to_dict(), "masses_amu": data.masses.tolist(),
                 "temperature_K": data.temperature_K, "training_data_hash": data.data_hash,
@@ -237,7 +245,7 @@ def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettin
                          f"got {starts.shape}: a model file for a different bead count?")
     forces = EnsembleForces(model)
     sim = BatchedLangevin(forces, metadata["masses_amu"], metadata["temperature_K"],
-                          friction=settings.friction_per_ps, timestep=settings.timestep_ps,
+                          friction=settings.friction_per_ps, timestep=settings.timestep_fs / 1000,
                           integrator=settings.integrator, seed=seed, dtype=torch.float64)
     trajectory = out / "cg_trajectory.h5"
     with TrajectoryWriter(trajectory, len(starts), model.n_beads, spread=True, mode="a") as writer:
@@ -250,7 +258,8 @@ def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettin
                           progress=progress)
     result = summary.as_dict()
     result.update(trajectory=str(trajectory), replicas=len(starts),
-                  simulated_ns_total=len(starts) * settings.steps * settings.timestep_ps / 1000)
+                  simulated_ns_total=len(starts) * settings.steps * (settings.timestep_fs / 1000)
+                  / 1000)
     return result
 
 

@@ -23,17 +23,20 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..models.mixers import MIXER_NAMES
 from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, backbone_dihedrals,
                                shifted_phi)
 from ..errors import FileFormatError
 from ..training.features import FeatureSet
 from ..io import load_versioned, save_versioned
 from ..training.vamp import VAMPNetTrainer
+from ..settings import override, setting
 from ..units import MOLAR_GAS_CONSTANT_KJ
 
 __all__ = ["VampSettings", "DEFAULT_VAMP_TRAINER", "train_vamp", "train_spib", "load_token_cv", "export_cv",
            "build_geom2vec_cv", "distance_baseline", "dihedral_baseline",
-           "lag_in_frames", "ReproduceSettings", "reproduce", "ExploreSettings", "explore"]
+           "lag_in_frames", "ReproduceSettings", "QUICK_REPRODUCE", "reproduce", "ExploreSettings",
+           "QUICK_EXPLORE", "explore"]
 
 TOKEN_CV_KIND, TOKEN_CV_VERSION = "token-cv", 1
 
@@ -47,15 +50,14 @@ DEFAULT_VAMP_TRAINER = VAMPNetTrainer(lr=1e-3, train_patience=50, validation_pat
 class VampSettings:
     """A VAMPnet on token features: the model (mixer, head) and how it is trained."""
 
-    k: int = 2
-    lag_ps: float = 2.0
-    mixer: str = "subformer"
-    mixer_options: dict = dataclasses.field(default_factory=dict)
-    hidden: int = 128
-    layers: int = 2
-    dropout: float = 0.0
-    trainer: VAMPNetTrainer = dataclasses.field(
-        default_factory=lambda: dataclasses.replace(DEFAULT_VAMP_TRAINER))
+    k: int = setting(2, help="number of CVs, the VAMPnet's outputs")
+    lag_ps: float = setting(2.0, help="lag time, ps: a multiple of the frame spacing")
+    mixer: str = setting("subformer", help="token mixer", choices=MIXER_NAMES)
+    mixer_options: dict = setting({}, help="keyword arguments of the mixer")
+    hidden: int = setting(128, help="hidden units of the head")
+    layers: int = setting(2, help="layers of the head")
+    dropout: float = setting(0.0, help="dropout of the head")
+    trainer: VAMPNetTrainer = setting(DEFAULT_VAMP_TRAINER, help="VAMPnet optimisation")
 
 
 def lag_in_frames(lag_ps: float, timestep_ps: float) -> int:
@@ -411,25 +413,29 @@ def dihedral_baseline(train_positions, validate_positions, topology, lag, settin
 class ReproduceSettings:
     """`cv reproduce` on capped alanine (defaults: the measured production run)."""
 
-    lag_ps: float = 2.0
-    k: int = 2
-    stride: int = 1
-    train_frames: Optional[int] = None
-    validation_frames: Optional[int] = 50_000
-    selection: str = "heavy"
-    tokens: str = "atom"
-    global_atoms: Optional[str] = "not element H"
-    backbone: dict = dataclasses.field(default_factory=lambda: {
-        "architecture": "et", "cutoff": 0.5, "hidden_channels": 64, "num_layers": 3,
-        "num_rbf": 32, "num_heads": 8})
-    pretrain_epochs: int = 4
-    pretrain_max_minutes: Optional[float] = 25.0
-    corpus: dict = dataclasses.field(default_factory=dict)
-    vamp: VampSettings = dataclasses.field(default_factory=lambda: VampSettings(mixer="pool"))
+    stride: int = setting(1, help="keep every n-th frame of the trajectories")
+    train_frames: Optional[int] = setting(None, help="training frames, the first n; none: all")
+    validation_frames: Optional[int] = setting(50_000, help="validation frames, the first n of "
+                                               "the validation run; none: all")
+    selection: str = setting("heavy", help="atoms featurized: heavy | solute | all | any "
+                             "mdtraj selection")
+    tokens: str = setting("atom", help="one token per atom or per residue",
+                          choices=("residue", "atom"))
+    global_atoms: Optional[str] = setting("not element H", help="mdtraj selection whose "
+                                          "distances form a global token; none: no token")
+    backbone: dict = setting({"architecture": "et", "cutoff": 0.5, "hidden_channels": 64,
+                              "num_layers": 3, "num_rbf": 32, "num_heads": 8},
+                             help="hyper-parameters of the pretrained backbone")
+    pretrain_epochs: int = setting(4, help="denoising pretraining epochs")
+    pretrain_max_minutes: Optional[float] = setting(25.0, help="pretraining time budget, "
+                                                    "minutes; none: no limit")
+    corpus: dict = setting({}, help="options of the pretraining corpus (build_corpus)")
+    vamp: VampSettings = setting(VampSettings(mixer="pool"), help="the VAMPnet: model, lag and "
+                                 "training")
 
 
 QUICK_REPRODUCE = ReproduceSettings(
-    lag_ps=2.0, validation_frames=None,
+    validation_frames=None,
     backbone={"architecture": "et", "cutoff": 0.5, "hidden_channels": 16, "num_layers": 1,
               "num_rbf": 8, "num_heads": 2},
     pretrain_epochs=1, pretrain_max_minutes=2.0,
@@ -437,7 +443,7 @@ QUICK_REPRODUCE = ReproduceSettings(
             "include_openmm_data": False, "include_bundled": False, "md_pdbs": [],
             "heavy_atom_variants": False,
             "fragments_per_frame": 1},
-    vamp=VampSettings(mixer="pool", hidden=16, trainer=dataclasses.replace(
+    vamp=VampSettings(lag_ps=2.0, mixer="pool", hidden=16, trainer=dataclasses.replace(
         DEFAULT_VAMP_TRAINER, batch_size=64, max_epochs=2, validation_interval=2)))
 
 
@@ -511,7 +517,8 @@ def reproduce(train_path, validate_path, topology_path, out, *,
     timestep = dt_train or 1.0 * settings.stride
     if dt_val is not None and dt_train is not None and abs(dt_val - dt_train) > 1e-9:
         raise ValueError(f"training frames are {dt_train} ps apart, validation frames {dt_val}")
-    lag = lag_in_frames(settings.lag_ps, timestep)
+    vamp_settings = settings.vamp
+    lag = lag_in_frames(vamp_settings.lag_ps, timestep)
     for name, positions in (("training", train_positions), ("validation", validate_positions)):
         if lag >= len(positions):
             raise ValueError(f"the lag ({lag} frames) is longer than the {name} data "
@@ -524,7 +531,6 @@ def reproduce(train_path, validate_path, topology_path, out, *,
                                    progress=progress)
     featurize_seconds = time.perf_counter() - t0
     frames_per_second = (len(train_positions) + len(validate_positions)) / featurize_seconds
-    vamp_settings = dataclasses.replace(settings.vamp, k=settings.k, lag_ps=settings.lag_ps)
     ours = train_vamp(features["train"], features["validate"], out / "vamp", vamp_settings,
                       seed=seed, progress=progress)
     heavy = top.select("not element H")
@@ -542,7 +548,7 @@ def reproduce(train_path, validate_path, topology_path, out, *,
         "vamp2_dihedral_baseline": dihedral["vamp2_validation"],
         "vamp2_train": {"geom2vec": ours["vamp2_train"], "distance": distance["vamp2_train"],
                         "dihedral": dihedral["vamp2_train"]},
-        "lag_ps": settings.lag_ps, "k": settings.k,
+        "lag_ps": vamp_settings.lag_ps, "k": vamp_settings.k,
         "train_frames": int(len(train_positions)), "validation_frames": int(len(validate_positions)),
         "timestep_ps": timestep, "tokens": settings.tokens, "selection": settings.selection,
         "n_tokens": token_map.n_tokens, "mixer": vamp_settings.mixer,
@@ -569,14 +575,27 @@ class ExploreSettings:
     and the CVs learned from it can then bias the cold system.
     """
 
-    temperature_K: float = 700.0
-    nanoseconds: float = 5.0
-    save_interval_ps: float = 1.0
-    timestep_fs: float = 1.0
-    constraints: Optional[str] = "HBonds"
-    equilibration_ps: float = 100.0
-    learn: ReproduceSettings = dataclasses.field(
-        default_factory=lambda: ReproduceSettings(lag_ps=10.0, validation_frames=None))
+    temperature_K: float = setting(700.0, help="temperature of the hot runs, K")
+    nanoseconds: float = setting(5.0, help="length of each of the two runs, ns")
+    save_interval_ps: float = setting(1.0, help="time between saved frames, ps")
+    timestep_fs: float = setting(1.0, help="integration time step, fs")
+    constraints: Optional[str] = setting("HBonds", help="OpenMM constraints: HBonds, "
+                                         "AllBonds, HAngles or none")
+    equilibration_ps: float = setting(100.0, help="equilibration before saving, ps")
+    learn: ReproduceSettings = setting(
+        ReproduceSettings(validation_frames=None, vamp=VampSettings(lag_ps=10.0, mixer="pool")),
+        help="learning the CVs from the two runs (as cv reproduce)")
+
+
+def _quick_explore() -> ExploreSettings:
+    learn = ExploreSettings().learn
+    return ExploreSettings(learn=override(QUICK_REPRODUCE, lag_ps=learn.vamp.lag_ps,
+                                          validation_frames=learn.validation_frames))
+
+
+#: ``cv explore --quick``: the hot runs of :class:`ExploreSettings`, learning with the tiny
+#: :data:`QUICK_REPRODUCE` settings at the explore lag.
+QUICK_EXPLORE = _quick_explore()
 
 
 def explore(pdb_path, out, *, settings: Optional[ExploreSettings] = None, backbone=None,

@@ -27,6 +27,7 @@ from ..io import atomic_write_bytes
 from ..models.potentials import build_potential
 from ..training.checkpoints import load_potential, save_potential
 from ..training.energy_force import EnergyForceConfig, evaluate_potential, train_potential
+from ..settings import override, setting
 
 __all__ = ["PotentialSettings", "budget", "train", "export", "simulate", "evaluate",
            "reproduce"]
@@ -34,50 +35,55 @@ __all__ = ["PotentialSettings", "budget", "train", "export", "simulate", "evalua
 
 @dataclasses.dataclass
 class PotentialSettings:
-    """Model sizes, training budget and simulation lengths of the potential job (nm, ps, K)."""
+    """Model sizes, training budget and simulation lengths of the potential job (nm, ps, K).
 
-    architecture: str = "attention"
-    cutoff_nm: float = 0.5
+    ``stage`` in each field's metadata names the command that uses it (``potential train``,
+    ``simulate``; ``reproduce`` uses them all).
+    """
+
+    architecture: str = setting("attention", help="attention, et or tensornet (the CLI's "
+                                "--model)", cli=False)
+    cutoff_nm: float = setting(0.5, help="interaction cutoff, nm", stage="train")
     # attention model (the thesis' reference: 4 layers of 48 channels, 4 heads)
-    features: int = 48
-    layers: int = 4
-    heads: int = 4
-    n_rbf: int = 32
+    features: int = setting(48, help="attention: channels per atom", stage="train")
+    layers: int = setting(4, help="attention: message-passing layers", stage="train")
+    heads: int = setting(4, help="attention: heads per layer", stage="train")
+    n_rbf: int = setting(32, help="attention: radial basis functions", stage="train")
     # TorchMD-Net models: ET with 32 channels and 2 layers has 41k parameters, comparable to
     # the attention model's 46k
-    hidden_channels: int = 32
-    num_layers: int = 2
-    num_rbf: int = 32
-    dtype: str = "float32"
+    hidden_channels: int = setting(32, help="TorchMD-Net: hidden channels", stage="train")
+    num_layers: int = setting(2, help="TorchMD-Net: interaction layers", stage="train")
+    num_rbf: int = setting(32, help="TorchMD-Net: radial basis functions", stage="train")
+    dtype: str = setting("float32", help="model precision", choices=("float32", "float64"),
+                         stage="train")
     # training: the documented budget is 12 epochs of 400 frames (a random stride through
     # the training block each epoch), batches of 4: 1,200 optimiser steps for every
-    # architecture, so that they are compared at equal data and steps
-    epochs: int = 12
-    batch_size: int = 4
-    lr_min: float = 1e-4
-    lr_max: float = 1e-3
-    lr_final: float = 1e-5
-    # Forces only by default: an energy term (rho 0.05 or 0.01) pulled the network's
-    # collective energy around and left the force error higher (water, 60 frames x 6 epochs:
-    # validation force MAE 585 and 419 vs 264 kJ/mol/nm). The energy is then set by the
-    # offsets' least-squares refit after training.
-    rho: float = 0.0
-    loss: str = "logcosh"
-    logcosh_alpha: float = 1.0
-    patience: int = 6
-    max_train_frames: Optional[int] = 400
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-    gap_frames: int = 5
+    # architecture, so that they are compared at equal data and steps. Forces only by
+    # default (rho 0): an energy term (rho 0.05 or 0.01) pulled the network's collective
+    # energy around and left the force error higher (water, 60 frames x 6 epochs: validation
+    # force MAE 585 and 419 vs 264 kJ/mol/nm). The energy is then set by the offsets'
+    # least-squares refit after training. The seed is set per run.
+    training: EnergyForceConfig = setting(
+        EnergyForceConfig(epochs=12, batch_size=4, lr_min=1e-4, lr_max=1e-3, lr_final=1e-5,
+                          rho=0.0, loss="logcosh", logcosh_alpha=1.0, patience=6,
+                          max_train_frames=400),
+        help="energy+force training", stage="train")
+    validation_fraction: float = setting(0.1, help="fraction of the frames for validation, "
+                                         "a time block", stage="train")
+    test_fraction: float = setting(0.1, help="fraction of the frames held out for the "
+                                   "test, the last time block", stage="train")
+    gap_frames: int = setting(5, help="frames left out between the blocks", stage="train")
     # simulation (flexible water: 0.5 fs resolves the O-H stretch)
-    timestep_fs: float = 0.5
-    temperature_K: float = 300.0
-    friction_per_ps: float = 1.0
-    nvt_ps: float = 5.0
-    equilibration_ps: float = 0.5
-    nve_ps: float = 1.0
-    report_interval: int = 100
-    rdf_bins: int = 100
+    timestep_fs: float = setting(0.5, help="integration time step, fs", stage="simulate")
+    temperature_K: float = setting(300.0, help="temperature, K", stage="simulate")
+    friction_per_ps: float = setting(1.0, help="Langevin friction, 1/ps", stage="simulate")
+    nvt_ps: float = setting(5.0, help="NVT production length, ps", stage="simulate")
+    equilibration_ps: float = setting(0.5, help="NVT equilibration before it, ps",
+                                      stage="simulate")
+    nve_ps: float = setting(1.0, help="NVE length, ps", stage="simulate")
+    report_interval: int = setting(100, help="steps between saved frames", stage="simulate")
+    rdf_bins: int = setting(100, help="bins of the radial distribution functions",
+                            stage="evaluate")
 
     def model_options(self, seed: int) -> dict:
         if self.architecture == "attention":
@@ -88,24 +94,16 @@ class PotentialSettings:
                          num_rbf=self.num_rbf)
         return dict(sizes, cutoff=self.cutoff_nm, dtype=getattr(torch, self.dtype), seed=seed)
 
-    def training(self, seed: int) -> EnergyForceConfig:
-        return EnergyForceConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr_min=self.lr_min,
-            lr_max=self.lr_max, lr_final=self.lr_final, rho=self.rho, loss=self.loss,
-            logcosh_alpha=self.logcosh_alpha, patience=self.patience, seed=seed,
-            max_train_frames=self.max_train_frames)
-
 
 def budget(name: str, architecture: str) -> PotentialSettings:
     """Named settings: ``"production"`` (documented reproduction budget) or ``"quick"`` (tests)."""
     if name == "production":
         return PotentialSettings(architecture=architecture)
     if name == "quick":
-        return PotentialSettings(architecture=architecture, features=16, layers=2, heads=2,
-                                 hidden_channels=16, num_layers=1, num_rbf=8, epochs=2,
-                                 batch_size=4, max_train_frames=16, patience=2, nvt_ps=0.05,
-                                 equilibration_ps=0.01, nve_ps=0.05, report_interval=10,
-                                 rdf_bins=40)
+        return override(PotentialSettings(architecture=architecture), features=16, layers=2,
+                        heads=2, hidden_channels=16, num_layers=1, num_rbf=8, epochs=2,
+                        batch_size=4, max_train_frames=16, patience=2, nvt_ps=0.05,
+                        equilibration_ps=0.01, nve_ps=0.05, report_interval=10, rdf_bins=40)
     raise ValueError(f"unknown budget {name!r}: 'production' or 'quick'")
 
 
@@ -136,7 +134,8 @@ def train(data: PotentialData, out: Path, settings: PotentialSettings, *, seed: 
     train_set, val_set, test_set = _split(data, settings)
     model = build_potential(settings.architecture, data.atomic_numbers, **settings.model_options(seed))
     started = time.perf_counter()
-    result = train_potential(model, train_set, val_set, settings.training(seed),
+    result = train_potential(model, train_set, val_set,
+                             dataclasses.replace(settings.training, seed=seed),
                              checkpoint=out / "checkpoint.pt", progress=progress,
                              data_hash=data.sha256)
     seconds = time.perf_counter() - started

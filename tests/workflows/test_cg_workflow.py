@@ -1,5 +1,4 @@
 """The coarse-graining job end to end on data made here with OpenMM (tiny settings)."""
-import dataclasses
 import json
 import subprocess
 import sys
@@ -9,10 +8,11 @@ import pytest
 
 from openmm_geom.data import bundled
 from openmm_geom.data.datagen import generate_reference
+from openmm_geom.settings import override
 from openmm_geom.workflows import coarse_grain as cg
 
-TINY = dataclasses.replace(cg.QUICK, folds=2, epochs=1, max_train_frames=300, replicas=4,
-                           steps=200, save_interval=20, noise_seeds=2)
+TINY = override(cg.QUICK, folds=2, epochs=1, max_train_frames=300, replicas=4, steps=200,
+                save_interval=20, noise_seeds=2)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,7 @@ def test_protein_ca_pipeline_end_to_end(tmp_path):
     paths = [generate_reference(pdb, tmp_path / f"t4l_{seed}.npz", n_frames=60,
                                 save_interval_ps=0.01, equilibration_ps=0.05, seed=seed,
                                 platform="CPU", progress=False) for seed in (1, 2)]
-    settings = dataclasses.replace(TINY, replicas=3, steps=60, save_interval=10,
-                                   tica_lag_frames=2)
+    settings = override(TINY, replicas=3, steps=60, save_interval=10, tica_lag_frames=2)
     result = cg.reproduce(*paths, tmp_path / "cg", settings=settings, seed=0, threads=2,
                           mapping="ca", progress=False)
     assert result["kind"] == "protein" and result["replicas"] == 3

@@ -53,7 +53,7 @@ def pipeline(tmp_path_factory):
                          "--global-atoms", "name CA or name C or name N")
     out["vamp"] = _cli("cv", "train-vamp", "--train", d / "train.npz", "--validate",
                        d / "validate.npz", "--lag-ps", "1.0", "--mixer", "subformer",
-                       "--hidden", "16", "--batch-size", "64", "--epochs", "2",
+                       "--hidden", "16", "--batch-size", "64", "--max-epochs", "2",
                        "--out", d / "vamp")
     out["export"] = _cli("cv", "export", "--backbone", d / "backbone.pt", "--cv",
                          d / "vamp" / "vamp_cv.pt", "--topology", PDB, "--out", d / "cv.pt",
@@ -185,7 +185,7 @@ def test_quick_reproduce_reports_every_score(pipeline, tmp_path):
 
 def test_explore_learns_from_hot_runs_it_makes_and_reuses(pipeline, tmp_path):
     args = ("cv", "explore", "--pdb", PDB, "--out", tmp_path / "hot", "--quick",
-            "--temperature", "600", "--nanoseconds", "0.03", "--interval-ps", "0.2",
+            "--temperature-k", "600", "--nanoseconds", "0.03", "--save-interval-ps", "0.2",
             "--equilibration-ps", "1", "--lag-ps", "1.0",
             "--backbone", pipeline["dir"] / "backbone.pt")
     result = _cli(*args)
@@ -204,7 +204,7 @@ def test_explore_learns_from_hot_runs_it_makes_and_reuses(pipeline, tmp_path):
             for n in ("train", "validate")] == stamps
     assert again["exploration"]["phi_transitions"] == hot["phi_transitions"]
     hotter = list(args)
-    hotter[hotter.index("--temperature") + 1] = "650"
+    hotter[hotter.index("--temperature-k") + 1] = "650"
     assert "not made with these settings" in _cli(*hotter, expect=1)  # nothing is overwritten
 
 
