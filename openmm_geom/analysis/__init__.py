@@ -15,45 +15,14 @@ section IV.A), in numpy. Typical use for capped alanine's 6-bead CG mapping::
 Units: positions nm, noise sigma Angstrom (as in the paper), energies kJ/mol, angles radians
 in ``[-pi, pi)``. :mod:`.plots` (matplotlib) is imported on first use of a plot function.
 """
-from .free_energy import (
-    ALANINE_CG_PHI_PSI,
-    KT_300K,
-    KLResult,
-    NoiseCurve,
-    NoiseEquivalentSigma,
-    bin_edges,
-    dihedrals,
-    free_energy_surface,
-    kl_divergence,
-    mse_bin_energies,
-    noise_curve,
-    noise_equivalent_sigma,
-    ramachandran_histogram,
-)
-from .tica import TICA, ca_distance_features
-
-__all__ = [
-    "ALANINE_CG_PHI_PSI",
-    "KT_300K",
-    "KLResult",
-    "NoiseCurve",
-    "NoiseEquivalentSigma",
-    "TICA",
-    "bin_edges",
-    "ca_distance_features",
-    "dihedrals",
-    "free_energy_surface",
-    "kl_divergence",
-    "mse_bin_energies",
-    "noise_curve",
-    "noise_equivalent_sigma",
-    "plot_free_energy_surfaces",
-    "plot_noise_curve",
-    "plot_tica_free_energy",
-    "ramachandran_histogram",
-]
+from . import free_energy, tica
+from .free_energy import *  # noqa: F401,F403  (its __all__: the CGSchNet accuracy protocol)
+from .tica import *  # noqa: F401,F403
 
 _PLOTS = ("plot_free_energy_surfaces", "plot_noise_curve", "plot_tica_free_energy")
+
+__all__ = [*free_energy.__all__, *tica.__all__, *_PLOTS, "liquid", "peptide", "plots", "protein",
+           "reweight"]
 
 
 def __getattr__(name):
