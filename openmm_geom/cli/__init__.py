@@ -62,7 +62,7 @@ def _cmd_doctor(args) -> int:
 
 def _cmd_check_export(args) -> int:
     from ..errors import ModelFileError
-    from ..openmm.validation import check_export
+    from ..openmm import check_export
 
     positions = box = None
     if args.positions:

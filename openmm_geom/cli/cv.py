@@ -131,7 +131,7 @@ def _run_cv(args) -> int:
         result = export_cv(args.backbone, args.cv, args.out, frame.xyz[0], example_box=box,
                            dtype=torch.float64 if args.float64 else torch.float32)
         if args.check:
-            from ..openmm.validation import check_export
+            from ..openmm import check_export
 
             report = check_export(args.out)
             result["check_export_passed"] = report.passed
