@@ -5,6 +5,8 @@ import math
 import numbers
 from typing import Optional
 
+__all__ = ["count", "number", "openmm_seed", "SEED_ZERO_IN_OPENMM"]
+
 _KINDS = {"positive": "finite positive", "non-negative": "finite non-negative", "any": "finite"}
 
 
@@ -27,3 +29,18 @@ def number(name: str, value, *, sign: str = "positive") -> float:
                                                                     and x < 0):
         raise ValueError(f"{name} must be a {_KINDS[sign]} number, got {value!r}")
     return x
+
+
+#: What OpenMM is given for a seed of 0 (which OpenMM itself reads as "pick one at random").
+SEED_ZERO_IN_OPENMM = 2**31 - 1
+
+
+def openmm_seed(seed) -> int:
+    """The seed to give OpenMM's integrators and ``setVelocitiesToTemperature`` for ``seed``.
+
+    OpenMM treats 0 as "choose a random seed", so a run with ``--seed 0`` would not be
+    reproducible; 0 becomes :data:`SEED_ZERO_IN_OPENMM` and every other seed (1 to 2^31 - 2)
+    is passed as it is.
+    """
+    seed = count("seed", seed, minimum=0, maximum=2**31 - 2)
+    return seed if seed != 0 else SEED_ZERO_IN_OPENMM

@@ -74,13 +74,13 @@ def run_cv_demo(out: Path, *, steps: int = 100_000, seed: int = 1, threads: int 
     import openmm.app as app
     import openmm.unit as unit
 
-    from .threads import set_threads
-    from .threads import cpu_platform_properties
+    from .arguments import openmm_seed
     from .data import bundled
     from .export import export_model
     from .models import Dihedrals, backbone_quadruplets
     from .openmm import CVReporter, GridAxis, Metadynamics, check_export
     from .progress import ProgressReporter
+    from .threads import cpu_platform_properties, set_threads
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,13 +104,13 @@ def run_cv_demo(out: Path, *, steps: int = 100_000, seed: int = 1, threads: int 
                         frequency=250, force_group=5)
     integrator = openmm.LangevinMiddleIntegrator(temperature, 1 / unit.picosecond,
                                                  2 * unit.femtosecond)
-    integrator.setRandomNumberSeed(seed)
+    integrator.setRandomNumberSeed(openmm_seed(seed))
     simulation = app.Simulation(pdb.topology, system, integrator,
                                 openmm.Platform.getPlatformByName("CPU"),
                                 cpu_platform_properties(n_threads))
     simulation.context.setPositions(pdb.positions)
     simulation.minimizeEnergy()
-    simulation.context.setVelocitiesToTemperature(temperature, seed)
+    simulation.context.setVelocitiesToTemperature(temperature, openmm_seed(seed))
     cv_log = CVReporter(out / "cvs.csv", 50, meta.force)
     simulation.reporters.append(cv_log)
     if progress:

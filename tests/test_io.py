@@ -106,3 +106,29 @@ def test_one_blow_up_class_everywhere():
         assert module.SimulationBlowUp is errors.SimulationBlowUp
     blow_up = errors.SimulationBlowUp("boom", step=7)
     assert (blow_up.step, blow_up.replicas, blow_up.max_force) == (7, [], None)
+
+
+def test_seed_zero_is_reproducible_in_openmm():
+    """OpenMM reads a seed of 0 as "random": openmm_seed makes --seed 0 a fixed seed."""
+    import openmm
+
+    from openmm_geom.arguments import SEED_ZERO_IN_OPENMM, openmm_seed
+
+    assert openmm_seed(0) == SEED_ZERO_IN_OPENMM and openmm_seed(7) == 7
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        openmm_seed(-1)
+
+    def run(seed):
+        system = openmm.System()
+        for _ in range(3):
+            system.addParticle(12.0)
+        integrator = openmm.LangevinMiddleIntegrator(300.0, 1.0, 0.002)
+        integrator.setRandomNumberSeed(seed)
+        context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions([[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+        context.setVelocitiesToTemperature(300.0, seed)
+        integrator.step(20)
+        return context.getState(getPositions=True).getPositions(asNumpy=True)._value
+
+    np.testing.assert_array_equal(run(openmm_seed(0)), run(openmm_seed(0)))
+    assert not np.array_equal(run(0), run(0))  # what a raw 0 does

@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..arguments import openmm_seed
 from ..errors import SimulationBlowUp
 from ..io import atomic_write_bytes
 from ..settings import setting
@@ -153,7 +154,7 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
                             log_interval=log_steps, force_group=5)
     integrator = openmm.LangevinMiddleIntegrator(temperature, settings.friction_per_ps / unit.picosecond,
                                                  settings.timestep_fs * unit.femtosecond)
-    integrator.setRandomNumberSeed(seed)
+    integrator.setRandomNumberSeed(openmm_seed(seed))
     simulation = app.Simulation(pdb.topology, system, integrator,
                                 openmm.Platform.getPlatformByName("CPU"),
                                 cpu_platform_properties(n_threads))
@@ -171,7 +172,7 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     else:
         simulation.context.setPositions(pdb.positions)
         simulation.minimizeEnergy()
-        simulation.context.setVelocitiesToTemperature(temperature, seed)
+        simulation.context.setVelocitiesToTemperature(temperature, openmm_seed(seed))
     total = settings.steps(settings.picoseconds)
     chunk = settings.steps(settings.checkpoint_ps)
     chunk -= chunk % log_steps or 0

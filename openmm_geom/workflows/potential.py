@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..arguments import openmm_seed
 from ..errors import SimulationBlowUp
 from ..threads import set_threads
 from ..analysis.liquid import (nve_drift, plot_force_parity, plot_rdfs, radial_distribution,
@@ -240,7 +241,7 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
     temperature = settings.temperature_K * unit.kelvin
     if ensemble == "nvt":
         integrator = openmm.LangevinMiddleIntegrator(temperature, settings.friction_per_ps / unit.picosecond, dt)
-        integrator.setRandomNumberSeed(seed)
+        integrator.setRandomNumberSeed(openmm_seed(seed))
         equilibration = int(round(settings.equilibration_ps * 1000 / settings.timestep_fs))
         production = int(round(settings.nvt_ps * 1000 / settings.timestep_fs))
     elif ensemble == "nve":
@@ -255,7 +256,7 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
     if box is not None:
         simulation.context.setPeriodicBoxVectors(*[openmm.Vec3(*map(float, v)) for v in box])
     simulation.context.setPositions(np.asarray(positions, dtype=np.float64))
-    simulation.context.setVelocitiesToTemperature(temperature, seed)
+    simulation.context.setVelocitiesToTemperature(temperature, openmm_seed(seed))
     if progress:
         simulation.reporters.append(ProgressReporter(equilibration + production, f"{ensemble} MD"))
     if equilibration:
