@@ -24,7 +24,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -171,9 +171,7 @@ def save_model(module: torch.jit.ScriptModule, path: os.PathLike) -> "ExportedMo
     metadata = metadata_of(module)  # refuse to write a file that cannot be read back
     data = _serialize(module, metadata)
     atomic_write_bytes(path, data)
-    model = ExportedModel(module, metadata, data=data, source=str(path))
-    model.from_file = True
-    return model
+    return ExportedModel(module, metadata, data=data, source=str(path), from_file=True)
 
 
 def _metadata_member(archive: zipfile.ZipFile) -> Optional[str]:
@@ -244,11 +242,12 @@ class ExportedModel:
     """
 
     def __init__(self, module: torch.jit.ScriptModule, metadata: Optional[ModelMetadata], *,
-                 data: Optional[bytes] = None, source: str = "this module"):
+                 data: Optional[bytes] = None, source: str = "this module",
+                 from_file: bool = False):
         self.module = module
         self.metadata = metadata
         self.source = source
-        self.from_file = False
+        self.from_file = from_file
         self._data = data
 
     # -- loading ---------------------------------------------------------------------------
@@ -308,10 +307,8 @@ class ExportedModel:
         if not isinstance(text, str):
             raise ModelFileError(f"{path}: this module carries no openmm-geom metadata; "
                                  "export it with openmm_geom.export.export_model first")
-        model = cls(module, ModelMetadata.from_json(text, source=path), data=data,
-                    source=str(path))
-        model.from_file = True
-        return model
+        return cls(module, ModelMetadata.from_json(text, source=path), data=data,
+                   source=str(path), from_file=True)
 
     # -- what it is ------------------------------------------------------------------------
     @property
@@ -405,6 +402,15 @@ class ExportedModel:
                              f"periodic={self.metadata.periodic}")
         return bool(periodic)
 
+    def cv_setup(self, purpose: str, cv_names: Optional[Sequence[str]] = None,
+                 periodic: Optional[bool] = None,
+                 particles: Optional[Sequence[int]] = None) -> Tuple[List[str], bool,
+                                                                     Optional[List[int]]]:
+        """``(names, periodic, particles)`` of a CV module used for ``purpose``, all checked."""
+        self.require_kind("cv", purpose)
+        return (self.cv_names(cv_names), self.resolve_periodic(periodic),
+                self.check_particles(particles))
+
     def check_particles(self, particles: Optional[Sequence[int]],
                         n_system: Optional[int] = None) -> Optional[List[int]]:
         """System particles passed to the model, checked (count, distinct, in range)."""
@@ -428,19 +434,6 @@ class ExportedModel:
         if self.metadata is not None and n != self.metadata.n_atoms:
             raise TopologyMismatchError(f"{self.source} was exported for "
                                         f"{self.metadata.n_atoms} atoms but {what} {n}")
-
-    def check_atom_types(self, atom_types: Sequence) -> None:
-        """Raise if the model records atom types and ``atom_types`` differ from them."""
-        stored = None if self.metadata is None else self.metadata.atom_types
-        if stored is None:
-            return
-        given, stored = [str(t) for t in atom_types], [str(t) for t in stored]
-        self.check_atom_count(len(given))
-        if given != stored:
-            first = next(i for i, (a, b) in enumerate(zip(given, stored)) if a != b)
-            raise TopologyMismatchError(
-                f"atom types differ from {self.source}'s, first at atom {first}: system "
-                f"{given[first]!r}, model {stored[first]!r}")
 
     def check_elements(self, elements: Sequence) -> None:
         """Raise if the model's atom types name elements (atomic numbers or symbols) and

@@ -64,10 +64,7 @@ class TorchCVForce(plugin.TorchCVForce):
                  periodic: Optional[bool] = None, force_group: Optional[int] = None):
         plugin.registerKernels()  # platforms loaded after import (e.g. plugins) get kernels too
         model = ExportedModel.load(model, allow_bare=True)
-        model.require_kind("cv", "TorchCVForce")
-        names = model.cv_names(cv_names)
-        periodic = model.resolve_periodic(periodic)
-        particles = model.check_particles(particles)
+        names, periodic, particles = model.cv_setup("TorchCVForce", cv_names, periodic, particles)
         super().__init__(model.data, energy, names)
         self.model = model
         self.setUsesPeriodicBoundaryConditions(periodic)

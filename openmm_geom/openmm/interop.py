@@ -33,15 +33,6 @@ from .forces import torch_force
 __all__ = ["custom_cv_force", "bias_variables"]
 
 
-def _resolve(model: ModelLike, cv_names, particles, periodic):
-    """(model, names, particles, periodic), checked in one place (the ExportedModel)."""
-    model = ExportedModel.load(model, allow_bare=True)
-    model.require_kind("cv", "a CustomCVForce collective variable")
-    names = model.cv_names(cv_names)
-    periodic = model.resolve_periodic(periodic)
-    return model, names, model.check_particles(particles), periodic
-
-
 def custom_cv_force(model: ModelLike, energy: str, cv_names: Optional[Sequence[str]] = None,
                     particles: Optional[Sequence[int]] = None, *,
                     include: Optional[Sequence[str]] = None,
@@ -92,7 +83,9 @@ def custom_cv_force(model: ModelLike, energy: str, cv_names: Optional[Sequence[s
     """
     if not isinstance(energy, str) or not energy.strip():
         raise ValueError("energy must be a non-empty expression string")
-    model, names, subset, periodic = _resolve(model, cv_names, particles, periodic)
+    model = ExportedModel.load(model, allow_bare=True)
+    names, periodic, subset = model.cv_setup("a CustomCVForce collective variable", cv_names,
+                                             periodic, particles)
     chosen = names if include is None else [str(n) for n in include]
     unknown = [n for n in chosen if n not in names]
     if unknown:
@@ -196,7 +189,9 @@ def bias_variables(model: ModelLike, specs: Mapping[Union[str, int], Any], *,
 
     if not isinstance(specs, Mapping) or not specs:
         raise TypeError("specs must be a non-empty mapping of CV name -> spec")
-    model, names, subset, periodic = _resolve(model, cv_names, particles, periodic)
+    model = ExportedModel.load(model, allow_bare=True)
+    names, periodic, subset = model.cv_setup("a CustomCVForce collective variable", cv_names,
+                                             periodic, particles)
     variables = []
     for which, spec in specs.items():
         index = model.cv_index(which, names)

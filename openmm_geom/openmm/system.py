@@ -85,7 +85,8 @@ def create_system(model: ModelLike, topology=None, *, masses: Optional[Sequence[
         system.addParticle(mass)
     if box is not None:
         system.setDefaultPeriodicBoxVectors(*box)
-    add_to_system(model, system, force_group=force_group)
+    for force in _model_forces(model, system, None, force_group):  # checked above
+        system.addForce(force)
     if remove_cm_motion if remove_cm_motion is not None else not meta.is_coarse_grained:
         system.addForce(openmm.CMMotionRemover())
     return system
@@ -133,18 +134,25 @@ def add_to_system(model: ModelLike, system: openmm.System, *,
         forces = [TorchCVForce(model, energy, cv_names=cv_names, particles=particles,
                                global_parameters=global_parameters, force_group=force_group)]
     else:
-        forces = []
-        meta = model.metadata
-        if meta.is_coarse_grained:
-            cg = meta.extra["cg"]
-            if force_group is None:
-                force_group = CG_NETWORK_GROUP
-            if cg["priors"]:
-                where = list(range(system.getNumParticles())) if particles is None else particles
-                n = cg["n_beads"]
-                for replica in range(cg["replicas"]):
-                    forces += prior_forces(cg["priors"], where[replica * n:(replica + 1) * n])
-        forces.append(torch_force(model, particles=particles, force_group=force_group))
+        forces = _model_forces(model, system, particles, force_group)
     for force in forces:
         system.addForce(force)
+    return forces
+
+
+def _model_forces(model: ExportedModel, system: openmm.System, particles: Optional[List[int]],
+                  force_group: Optional[int]) -> List[openmm.Force]:
+    """The forces of a potential (CG: native priors, then the network), already checked."""
+    forces = []
+    meta = model.metadata
+    if meta.is_coarse_grained:
+        cg = meta.extra["cg"]
+        if force_group is None:
+            force_group = CG_NETWORK_GROUP
+        if cg["priors"]:
+            where = list(range(system.getNumParticles())) if particles is None else particles
+            n = cg["n_beads"]
+            for replica in range(cg["replicas"]):
+                forces += prior_forces(cg["priors"], where[replica * n:(replica + 1) * n])
+    forces.append(torch_force(model, particles=particles, force_group=force_group))
     return forces
