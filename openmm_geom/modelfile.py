@@ -402,6 +402,27 @@ class ExportedModel:
                              f"periodic={self.metadata.periodic}")
         return bool(periodic)
 
+    def scalar_output(self, output_index=None) -> Optional[int]:
+        """Which output a one-number force (TorchForce, PythonForce) returns: None for a
+        potential; for a CV module the index of ``output_index`` (a position or a CV name;
+        needed unless the module has one CV)."""
+        if self.kind == "potential":
+            if output_index is not None:
+                raise ValueError("output_index is only meaningful for a CV module")
+            return None
+        if self.metadata is None:  # a bare module: its outputs are known only at run time
+            if output_index is None or int(output_index) < 0:
+                raise IndexError(f"CV index {output_index} must be given and >= 0")
+            return int(output_index)
+        names = self.cv_names()
+        if output_index is None:
+            if len(names) != 1:
+                raise ValueError(
+                    f"{self.source} returns {len(names)} CVs; a force takes one: pass "
+                    "output_index, or use TorchCVForce to evaluate all of them in one model pass")
+            return 0
+        return self.cv_index(output_index, names)
+
     def cv_setup(self, purpose: str, cv_names: Optional[Sequence[str]] = None,
                  periodic: Optional[bool] = None,
                  particles: Optional[Sequence[int]] = None) -> Tuple[List[str], bool,

@@ -168,7 +168,7 @@ def test_multi_cv_module_needs_output_index(alanine_pdb, tmp_path):
     path = tmp_path / "cv.pt"
     export_model(Dihedrals([[4, 6, 8, 14], [6, 8, 14, 16]]), path, kind="cv", length_unit="nm",
                  periodic=False, example_positions=alanine_pdb.positions)
-    with pytest.raises(ValueError, match="returns 2 CVs; a TorchForce takes one"):
+    with pytest.raises(ValueError, match="returns 2 CVs; a force takes one"):
         torch_force(path)
     with pytest.raises(IndexError, match="CV index 2 out of range"):
         torch_force(path, output_index=2)

@@ -122,21 +122,7 @@ def torch_force(model: ModelLike, *, output_index: Optional[int] = None,
     model = ExportedModel.load(model, allow_bare=True)
     particles = model.check_particles(particles)
     periodic = model.resolve_periodic(periodic)
-    if model.kind == "potential":
-        if output_index is not None:
-            raise ValueError("output_index is only meaningful for a CV module")
-    else:
-        names = model.cv_names() if model.metadata is not None else None
-        if output_index is None:
-            if names is not None and len(names) != 1:
-                raise ValueError(
-                    f"{model.source} returns {len(names)} CVs; a TorchForce takes one: pass "
-                    "output_index, or use TorchCVForce to evaluate all of them in one model pass")
-            output_index = 0
-        elif names is not None:
-            output_index = model.cv_index(output_index, names)
-        elif int(output_index) < 0:
-            raise IndexError(f"CV index {output_index} must be >= 0")
+    output_index = model.scalar_output(output_index)
     force = openmmtorch().TorchForce(selected_output(model, output_index, particles, periodic))
     force.setUsesPeriodicBoundaryConditions(periodic)
     force.setOutputsForces(False)
@@ -197,20 +183,10 @@ def python_force(
         example_positions=example_positions, example_box=example_box, cutoff=cutoff,
         **metadata_fields,
     )
-    if kind == "potential":
-        if output_index is not None:
-            raise ValueError("output_index is only meaningful for a CV module")
-    elif output_index is None:
-        if metadata.output_dim != 1:
-            raise ValueError(
-                f"this CV module returns {metadata.output_dim} CVs; a force takes one: pass "
-                "output_index, or export it and use TorchCVForce for all of them in one pass")
-        output_index = 0
-    elif not 0 <= int(output_index) < metadata.output_dim:
-        raise IndexError(f"output_index {output_index} out of range for "
-                         f"{metadata.output_dim} CVs")
-    computation = TorchComputation(boundary_for(module, metadata), periodic,
-                                   None if output_index is None else int(output_index))
+    boundary = boundary_for(module, metadata)
+    output_index = ExportedModel(boundary, metadata, source=type(module).__name__).scalar_output(
+        output_index)
+    computation = TorchComputation(boundary, periodic, output_index)
     force = openmm.PythonForce(computation)
     force.setUsesPeriodicBoundaryConditions(periodic)
     if force_group is not None:
