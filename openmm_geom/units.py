@@ -1,8 +1,13 @@
 """Unit conversions at the OpenMM boundary.
 
-OpenMM units (nm, kJ/mol, ps, amu, K) are used at every public interface of openmm-geom.
+OpenMM units (nm, kJ/mol, ps, amu, K, rad) are used at every public interface of openmm-geom.
 Models may work internally in other units; the export wrapper converts and records them.
 Units are never guessed: a unit this module does not know is an error.
+
+:func:`to_openmm_units` is the one door through which a physical argument enters the Python
+API: an ``openmm.unit.Quantity`` in any compatible unit, or a plain number meaning OpenMM's
+unit, becomes a float (or float64 array) in OpenMM's unit, with one error message naming the
+argument and the dimension it should have.
 """
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ import openmm.unit as u
 
 __all__ = [
     "AVOGADRO",
+    "CV_UNITS",
+    "to_openmm_units",
+    "has_units",
     "MOLAR_GAS_CONSTANT_KJ",
     "length_to_nm",
     "energy_to_kj_per_mol",
@@ -109,31 +117,35 @@ def energy_to_kj_per_mol(unit) -> float:
     return _resolve(unit, "energy")[1]
 
 
-def kT_kj_per_mol(temperature_kelvin: float) -> float:
-    """Thermal energy kT in kJ/mol."""
-    if not (temperature_kelvin > 0 and math.isfinite(temperature_kelvin)):
-        raise ValueError(f"temperature must be positive and finite, got {temperature_kelvin} K")
-    return MOLAR_GAS_CONSTANT_KJ * temperature_kelvin
+def kT_kj_per_mol(temperature) -> float:
+    """Thermal energy kT in kJ/mol of a temperature (K, or a Quantity)."""
+    return MOLAR_GAS_CONSTANT_KJ * to_openmm_units(temperature, "temperature", u.kelvin,
+                                                   positive=True)
 
 
 def value_in(value, unit) -> float:
-    """A float from a plain number (taken to be in ``unit``) or an OpenMM Quantity."""
-    if u.is_quantity(value):
-        return float(value.value_in_unit(unit))
-    return float(value)
+    """A float from a plain number (taken to be in ``unit``) or an OpenMM Quantity.
+
+    Prefer :func:`to_openmm_units`, which names the argument in its errors.
+    """
+    return float(to_openmm_units(value, "value", unit))
 
 
 def as_nm_array(value, name: str, tail: tuple = (3,)):
-    """A float64 numpy array in nm from an array, nested lists, Vec3s or an OpenMM Quantity.
+    """A float64 numpy array in nm from an array, nested lists, Vec3s or OpenMM Quantities
+    (a Quantity array, or a list of Vec3 Quantities in any length unit).
 
-    Raises ValueError unless the shape is ``(N, *tail)`` and every value is finite.
+    Raises ValueError unless the shape is ``(N, *tail)`` and every value is finite; TypeError
+    for a Quantity that is not a length.
     """
     import numpy as np
 
-    if u.is_quantity(value):
-        value = value.value_in_unit(u.nanometer)
-    array = np.asarray([[float(c) for c in row] for row in value] if not hasattr(value, "shape")
-                       else value, dtype=np.float64)
+    if has_units(value):
+        array = to_openmm_units(value, name, u.nanometer, finite=False)
+    else:
+        array = np.asarray([[float(c) for c in row] for row in value]
+                           if not hasattr(value, "shape") else value, dtype=np.float64)
+    array = np.asarray(array, dtype=np.float64)
     if array.ndim != 1 + len(tail) or tuple(array.shape[1:]) != tuple(tail):
         raise ValueError(f"{name} must have shape (N, {', '.join(map(str, tail))}) in nm, "
                          f"got {array.shape}")
@@ -146,10 +158,216 @@ def box_to_nm(box):
     """Box vectors (three Vec3 Quantities, a (3, 3) Quantity or array in nm) as a (3, 3) array."""
     import numpy as np
 
-    if u.is_quantity(box):
-        box = box.value_in_unit(u.nanometer)
-    rows = [row.value_in_unit(u.nanometer) if u.is_quantity(row) else row for row in box]
-    array = np.array([[float(c) for c in row] for row in rows], dtype=np.float64)
+    array = np.asarray(to_openmm_units(box, "box vectors", u.nanometer, finite=False)
+                       if has_units(box) else [[float(c) for c in row] for row in box],
+                       dtype=np.float64)
     if array.shape != (3, 3):
         raise ValueError(f"box vectors must be 3 x 3, got shape {array.shape}")
     return array
+
+
+# -- one door for physical arguments ----------------------------------------------------------
+#: What a CV value may be: a length (nm), an angle (rad) or a plain number.
+CV_UNITS = (u.nanometer, u.radian, u.dimensionless)
+
+# (OpenMM unit, what it measures, how it is written in messages)
+_KNOWN = [
+    (u.kelvin, "a temperature", "K"),
+    (u.picosecond, "a time", "ps"),
+    (u.nanometer, "a length", "nm"),
+    (u.radian, "an angle", "rad"),
+    (u.kilojoule_per_mole, "an energy", "kJ/mol"),
+    (u.dalton, "a mass", "amu"),
+    (u.kilojoule_per_mole / u.nanometer ** 2, "a force constant", "kJ/mol/nm^2"),
+    (u.kilojoule_per_mole / u.radian ** 2, "a force constant", "kJ/mol/rad^2"),
+    (u.kilojoule_per_mole / u.nanometer, "a force", "kJ/mol/nm"),
+    (u.picosecond ** -1, "a rate", "1/ps"),
+    (u.nanometer / u.picosecond, "a velocity", "nm/ps"),
+    (u.dimensionless, "a plain number", ""),
+]
+
+
+def _dimensions(unit) -> dict:
+    return {dim.name: power for dim, power in unit.iter_base_dimensions()}
+
+
+def _known(unit) -> tuple:
+    """(what it measures, symbol) of an OpenMM unit."""
+    for known, what, symbol in _KNOWN:
+        if unit.is_compatible(known) and math.isclose(unit.conversion_factor_to(known), 1.0):
+            return what, symbol
+    return f"a quantity in {unit.get_symbol()}", unit.get_symbol()
+
+
+def has_units(value) -> bool:
+    """Whether ``value`` is a Quantity or a (nested) list/tuple holding one."""
+    if u.is_quantity(value):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(has_units(item) for item in value)
+    return False
+
+
+def _per_particle(quantity, target):
+    """A per-particle value (kJ, kcal/A^2, g...) of a molar target (kJ/mol, amu...), or None."""
+    if _dimensions(target).get("amount", 0) >= 0:
+        return None
+    per_particle = target * u.mole
+    if not quantity.unit.is_compatible(per_particle):
+        return None
+    return _scaled(quantity.value_in_unit(per_particle), AVOGADRO)
+
+
+def _scaled(magnitude, factor: float):
+    import numpy as np
+
+    return np.asarray(magnitude, dtype=np.float64) * factor if factor != 1.0 else magnitude
+
+
+def _in_md_units(quantity):
+    """Any Quantity in OpenMM's MD unit system; per-particle energies become molar."""
+    magnitude = quantity.value_in_unit_system(u.md_unit_system)
+    dims = _dimensions(quantity.unit)
+    mass = dims.get("mass", 0)
+    if mass and not dims.get("amount", 0):  # an energy (or mass) per particle: times N_A
+        magnitude = _scaled(magnitude, AVOGADRO ** mass)
+    return magnitude
+
+
+def _magnitude(value, targets):
+    """The number(s) of ``value`` in the first compatible target unit; (magnitude, unit or
+    None); raises LookupError when no target fits."""
+    if u.is_quantity(value):
+        if targets is None:
+            return _in_md_units(value), None
+        for target in targets:
+            if value.unit.is_compatible(target):
+                return value.value_in_unit(target), target
+        for target in targets:
+            converted = _per_particle(value, target)
+            if converted is not None:
+                return converted, target
+        raise LookupError(value)
+    if isinstance(value, (list, tuple)) and has_units(value):
+        parts = [_magnitude(item, targets) for item in value]
+        units = {id(unit): unit for _, unit in parts if unit is not None}
+        if len(units) > 1:
+            raise LookupError(value)
+        return [part for part, _ in parts], next(iter(units.values()), None)
+    return value, None
+
+
+def _describe(targets) -> str:
+    if targets is None:
+        return "a quantity in OpenMM's units"
+    groups: dict = {}
+    for target in targets:
+        what, symbol = _known(target)
+        groups.setdefault(what, []).append(symbol)
+    names = [f"{what} ({' or '.join(symbols)})" if any(symbols) else what
+             for what, symbols in groups.items()]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _brief(value) -> str:
+    """A Quantity (or list of them) for an error message: the value if scalar, else its unit."""
+    if u.is_quantity(value):
+        import numpy as np
+
+        if np.ndim(value.value_in_unit(value.unit)) == 0:
+            return str(value)
+        return f"values in {value.unit.get_symbol()}"
+    symbols = sorted({item.unit.get_symbol() for item in _flat_quantities(value)})
+    return f"values in {', '.join(symbols)}"
+
+
+def _flat_quantities(value):
+    if u.is_quantity(value):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _flat_quantities(item)
+
+
+def to_openmm_units(value, name: str, unit, *, positive: bool = False,
+                    nonnegative: bool = False, finite: bool = True):
+    """A physical argument as a float (or float64 array) in OpenMM's unit.
+
+    Parameters
+    ----------
+    value : number, array-like, openmm.unit.Quantity, or a list of Quantities (e.g. Vec3s)
+        A Quantity in any unit compatible with ``unit`` (a per-particle energy or mass, such as
+        ``kcal`` or ``gram``, is made molar by Avogadro's number); a plain number or array is
+        taken to be in ``unit`` already.
+    name : str
+        The argument's name, used in every error message.
+    unit : openmm.unit.Unit, tuple of Units, or None
+        The argument's OpenMM unit (``kelvin``, ``picosecond``, ``kilojoule_per_mole`` ...).
+        A tuple lists alternatives (a Quantity converts to the first compatible one, e.g.
+        :data:`CV_UNITS`); None accepts any Quantity and converts it to OpenMM's MD unit
+        system (nm, ps, kJ/mol, rad, K, amu, e), as a global parameter's value.
+    positive, nonnegative : bool
+        Require every value to be > 0 (or >= 0).
+    finite : bool
+        Require every value to be finite (default).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        A float for a scalar, a float64 array otherwise.
+
+    Raises
+    ------
+    TypeError
+        A Quantity of the wrong dimension or a value that is not a number, e.g.
+        ``temperature: expected a temperature (K), got 3.0 nm``.
+    ValueError
+        A value that is not finite or breaks the sign requirement, e.g.
+        ``temperature must be > 0 K, got -300 K``.
+
+    Examples
+    --------
+    >>> import openmm.unit as unit
+    >>> to_openmm_units(2 * unit.femtosecond, "timestep", unit.picosecond)
+    0.002
+    >>> to_openmm_units(300, "temperature", unit.kelvin, positive=True)
+    300.0
+    """
+    import numpy as np
+
+    targets = (unit,) if isinstance(unit, u.Unit) else (None if unit is None else tuple(unit))
+    try:
+        magnitude, matched = _magnitude(value, targets)
+    except LookupError:
+        raise TypeError(f"{name}: expected {_describe(targets)}, got {_brief(value)}") from None
+    if matched is None and (targets is None or len(targets) > 1):
+        symbol = ""  # a plain number for one of several units: its unit is not known here
+    else:
+        symbol = _known(matched if matched is not None else targets[0])[1]
+    if isinstance(magnitude, bool) or isinstance(magnitude, (str, bytes)) or magnitude is None:
+        raise TypeError(f"{name}: expected {_describe(targets)} or a plain number in OpenMM's "
+                        f"unit, got {value!r}")
+    try:
+        array = np.asarray(magnitude, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected {_describe(targets)} or plain numbers in OpenMM's "
+                        f"unit, got {value!r}") from None
+
+    def shown(x) -> str:
+        if u.is_quantity(value) and array.ndim == 0:
+            return str(value)
+        return f"{x:g} {symbol}".rstrip()
+
+    checks = [(finite, np.isfinite, "be finite"), (positive, lambda a: a > 0, f"be > 0 {symbol}"),
+              (nonnegative, lambda a: a >= 0, f"be >= 0 {symbol}")]
+    for wanted, test, requirement in checks:
+        if not wanted:
+            continue
+        ok = test(array)
+        if not np.all(ok):
+            if array.ndim == 0:
+                raise ValueError(f"{name} must {requirement.rstrip()}, got {shown(float(array))}")
+            where = tuple(int(i) for i in np.argwhere(~ok)[0])
+            raise ValueError(f"{name} must {requirement.rstrip()}, got {shown(float(array[where]))}"
+                             f" at index {where[0] if len(where) == 1 else where}")
+    return float(array) if array.ndim == 0 else array

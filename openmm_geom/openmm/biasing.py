@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -25,7 +26,7 @@ import openmm.unit as unit
 
 from ..io import atomic_savez, atomic_write_bytes, format_tag, read_versioned_npz, sha256_of_bytes
 from ..modelfile import ExportedModel
-from ..units import MOLAR_GAS_CONSTANT_KJ, value_in
+from ..units import CV_UNITS, MOLAR_GAS_CONSTANT_KJ, to_openmm_units
 from .cvforce import TorchCVForce
 
 __all__ = ["restraint_force", "GridAxis", "Metadynamics"]
@@ -38,26 +39,65 @@ def _difference(name: str, center: str, periodic: bool) -> str:
     return f"({name}-{center})"
 
 
+def _cv_unit(value):
+    """The OpenMM unit of a CV value given as a Quantity (nm, rad, dimensionless), or None."""
+    if not unit.is_quantity(value):
+        return None
+    return next((u for u in CV_UNITS if value.unit.is_compatible(u)), None)
+
+
+#: A CV restraint's force constant: kJ/mol per (CV unit)^2, for nm, rad or plain-number CVs.
+_FORCE_CONSTANTS = {None: (unit.kilojoule_per_mole / unit.nanometer ** 2,
+                           unit.kilojoule_per_mole / unit.radian ** 2, unit.kilojoule_per_mole),
+                    unit.nanometer: (unit.kilojoule_per_mole / unit.nanometer ** 2,),
+                    unit.radian: (unit.kilojoule_per_mole / unit.radian ** 2,),
+                    unit.dimensionless: (unit.kilojoule_per_mole,)}
+
+
 def restraint_force(model, restraints: Mapping[str, tuple], *, periodic: Sequence[str] = (),
                     **force_options) -> TorchCVForce:
     """Harmonic restraints ``0.5 k (cv - cv0)^2`` on any CVs of one module, as one force.
 
     Parameters
     ----------
-    model : path or ScriptModule of an exported CV module
-    restraints : mapping CV name -> (k in kJ/mol/unit^2, centre)
-        Each CV gets two global parameters, ``k_<cv>`` and ``<cv>0``; move the umbrella during
-        a simulation with ``context.setParameter("<cv>0", value)``.
+    model : path, ScriptModule or ExportedModel of an exported CV module
+    restraints : mapping CV name -> (k, centre)
+        ``k``: the force constant, a Quantity such as ``500*kilojoule_per_mole/radian**2``
+        or ``1000*kilocalorie_per_mole/angstrom**2``, or a plain number in kJ/mol per CV unit
+        squared (kJ/mol/rad^2 for an angle, kJ/mol/nm^2 for a distance). ``centre``: the
+        umbrella's centre, a Quantity (``-60*degree``, ``3*angstrom``) or a plain number in
+        the CV's OpenMM unit (rad, nm). When the centre is a Quantity, ``k`` must be an energy
+        per its unit squared. Each CV gets two global parameters, ``k_<cv>`` and ``<cv>0``
+        (in OpenMM units); move the umbrella during a simulation with
+        ``context.setParameter("<cv>0", value)``.
     periodic : names of CVs that are angles in radians (difference taken on the circle)
     force_options : passed to :class:`TorchCVForce` (``particles``, ``force_group``, ...)
+
+    Returns
+    -------
+    TorchCVForce
+
+    Raises
+    ------
+    TypeError
+        A ``k`` or centre of the wrong dimension (the message names the CV).
+    ValueError
+        No restraints, a negative or non-finite ``k``, a CV the module does not have.
     """
     if not restraints:
         raise ValueError("no restraints given")
     terms, parameters = [], {}
-    for name, (k, center) in restraints.items():
+    for name, pair in restraints.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"restraints[{name!r}] must be a pair (k, centre), got {pair!r}")
+        k, center = pair
+        what = f"restraints[{name!r}]"
+        center_value = to_openmm_units(center, f"{what} centre", CV_UNITS)
+        k_value = to_openmm_units(k, f"{what} k", _FORCE_CONSTANTS[_cv_unit(center)],
+                                  nonnegative=True)
         diff = _difference(name, f"{name}0", name in periodic)
         terms.append(f"0.5*k_{name}*{diff}^2")
-        parameters[f"k_{name}"], parameters[f"{name}0"] = float(k), float(center)
+        parameters[f"k_{name}"], parameters[f"{name}0"] = k_value, center_value
     force = TorchCVForce(model, " + ".join(terms), global_parameters=parameters, **force_options)
     unknown = set(restraints) - set(force.cv_names)
     if unknown:
@@ -69,11 +109,24 @@ def restraint_force(model, restraints: Mapping[str, tuple], *, periodic: Sequenc
 class GridAxis:
     """One biased CV of :class:`Metadynamics`.
 
-    ``minimum``/``maximum`` bound the grid (for a periodic CV, one period, e.g. -pi..pi),
-    ``width`` is the Gaussian hill's standard deviation, ``points`` the number of grid points
-    (default: 5 per width, at least 20). With native hills (``method="hills"``) no grid is
-    allocated: only ``width``, ``periodic`` and, for a periodic CV, the period
-    ``maximum - minimum`` matter.
+    Parameters
+    ----------
+    cv : str
+        The CV's name in the module.
+    minimum, maximum : float or Quantity
+        Bounds of the grid (for a periodic CV, one period, e.g. ``-pi..pi`` or
+        ``-180*degree..180*degree``). Plain numbers are in the CV's OpenMM unit (rad for an
+        angle, nm for a distance); Quantities are converted to it.
+    width : float or Quantity
+        The Gaussian hill's standard deviation, in the same unit (``20*degree``, ``0.35``).
+    periodic : bool
+        Whether the CV is periodic with period ``maximum - minimum``.
+    points : int
+        Number of grid points (default: 5 per width, at least 20).
+
+    After construction ``minimum``, ``maximum`` and ``width`` are floats in OpenMM units. With
+    native hills (``method="hills"``) no grid is allocated: only ``width``, ``periodic`` and,
+    for a periodic CV, the period ``maximum - minimum`` matter.
     """
 
     cv: str
@@ -84,14 +137,24 @@ class GridAxis:
     points: int = 0
 
     def __post_init__(self):
+        given = {"minimum": self.minimum, "maximum": self.maximum, "width": self.width}
+        dimensions = {key: _cv_unit(value) for key, value in given.items()
+                      if unit.is_quantity(value)}
+        for key, value in given.items():
+            setattr(self, key, to_openmm_units(value, f"GridAxis {self.cv!r} {key}", CV_UNITS,
+                                               positive=key == "width"))
+        if len(set(dimensions.values())) > 1:
+            raise TypeError(f"GridAxis {self.cv!r}: minimum, maximum and width must be of one "
+                            f"dimension, got " + ", ".join(f"{k} {given[k]}" for k in dimensions))
         if not self.maximum > self.minimum:
-            raise ValueError(f"{self.cv}: maximum must exceed minimum")
-        if not self.width > 0:
-            raise ValueError(f"{self.cv}: width must be positive")
+            raise ValueError(f"GridAxis {self.cv!r}: maximum must exceed minimum, got minimum "
+                             f"{given['minimum']}, maximum {given['maximum']}")
+        self.points = int(self.points)
         if self.points == 0:
             self.points = max(20, int(math.ceil(5 * (self.maximum - self.minimum) / self.width)) + 1)
         if self.points < 4:
-            raise ValueError(f"{self.cv}: at least 4 grid points are needed for splines")
+            raise ValueError(f"GridAxis {self.cv!r}: at least 4 grid points are needed for "
+                             "splines")
 
     @property
     def period(self) -> float:
@@ -124,12 +187,17 @@ class Metadynamics:
     ----------
     system : openmm.System
         The force is added to it.
-    model : path or ScriptModule of an exported CV module
+    model : path, ScriptModule or ExportedModel of an exported CV module
     axes : sequence of :class:`GridAxis`, one per biased CV (each CV at most once)
-    temperature : kelvin (float or Quantity)
-    bias_factor : float > 1 (well-tempered gamma)
-    height : initial hill height, kJ/mol (float or Quantity)
-    frequency : steps between depositions
+    temperature : Quantity or float
+        The simulation's temperature (``300*kelvin``; a plain number is in K); > 0.
+    bias_factor : float > 1
+        The well-tempered gamma: the CVs are sampled as if at ``temperature * bias_factor``.
+    height : Quantity or float
+        Initial hill height (``1.2*kilojoule_per_mole``, ``0.3*kilocalorie_per_mole``; a plain
+        number is in kJ/mol); > 0.
+    frequency : int
+        Steps between depositions.
     extra_energy : optional further expression of the CVs added to the bias (e.g. walls); it is
         not part of ``V`` in :meth:`bias_at`, the log or the free energy
     method : ``"auto"`` (default: ``"grid"`` for 1 to 3 CVs, ``"hills"`` beyond), ``"grid"``
@@ -145,8 +213,12 @@ class Metadynamics:
     O(hills * CVs), with no grid and no limit on the number of CVs.
 
     Hill heights are scaled by ``exp(-V(s)/(k_B (gamma-1) T))``; the free energy is
-    ``-(gamma/(gamma-1)) V`` (:meth:`free_energy` on the grid, :meth:`free_energy_at` at any
+    ``-(gamma/(gamma-1)) V`` (:meth:`getFreeEnergy` on the grid, :meth:`free_energy_at` at any
     points). Each deposition is recorded in :attr:`hills` as ``(s_1, ..., s_k, height)``.
+
+    The methods shared with ``openmm.app.Metadynamics`` have its names and meanings:
+    :meth:`step`, :meth:`getFreeEnergy`, :meth:`getCollectiveVariables`. The numpy-first
+    :meth:`free_energy` and :meth:`current_values` remain as aliases in axis order.
     """
 
     def __init__(self, system: openmm.System, model, axes: Sequence[GridAxis], temperature,
@@ -168,18 +240,20 @@ class Metadynamics:
         if method == "grid" and not 1 <= len(axes) <= 3:
             raise ValueError(f"grid metadynamics supports 1 to 3 CVs, got {len(axes)}; "
                              "use method='hills' for more")
-        if bias_factor <= 1:
-            raise ValueError("bias_factor must be > 1")
-        if frequency < 1:
-            raise ValueError("frequency must be >= 1 step")
-        if log_interval is not None and int(log_interval) < 1:
-            raise ValueError("log_interval must be >= 1 step")
+        temperature = to_openmm_units(temperature, "temperature", unit.kelvin, positive=True)
+        height = to_openmm_units(height, "height", unit.kilojoule_per_mole, positive=True)
+        bias_factor = to_openmm_units(bias_factor, "bias_factor", unit.dimensionless)
+        if not bias_factor > 1:
+            raise ValueError(f"bias_factor must be > 1, got {bias_factor:g}")
+        frequency = _steps(frequency, "frequency")
+        if log_interval is not None:
+            log_interval = _steps(log_interval, "log_interval")
         self.method = method
         self.axes = axes
-        self.temperature = value_in(temperature, unit.kelvin)
-        self.height = value_in(height, unit.kilojoule_per_mole)
-        self.bias_factor = float(bias_factor)
-        self.frequency = int(frequency)
+        self.temperature = temperature
+        self.height = height
+        self.bias_factor = bias_factor
+        self.frequency = frequency
         self.kT = MOLAR_GAS_CONSTANT_KJ * self.temperature
         self.delta_kT = self.kT * (self.bias_factor - 1)
         self.hills: list = []
@@ -232,9 +306,24 @@ class Metadynamics:
         return [values, *bounds] if len(self.axes) == 1 else [*sizes, values, *bounds]
 
     def current_values(self, context: openmm.Context) -> np.ndarray:
-        """Values of the biased CVs at the Context's positions."""
+        """Values of the biased CVs at the Context's positions, in axis order (OpenMM units)."""
         values = self.force.getCollectiveVariableValues(context)
         return np.array([values[i] for i in self._biased])
+
+    def getCollectiveVariables(self, simulation) -> tuple:
+        """The current values of the biased CVs in a Simulation, as ``app.Metadynamics``.
+
+        Parameters
+        ----------
+        simulation : openmm.app.Simulation (or anything with a ``context``) or a Context
+
+        Returns
+        -------
+        tuple of float
+            One value per axis, in the order of ``axes``, in OpenMM units (rad, nm ...).
+        """
+        context = simulation if isinstance(simulation, openmm.Context) else simulation.context
+        return tuple(float(v) for v in self.current_values(context))
 
     def _hills_sum(self, points: np.ndarray, centers: np.ndarray, heights: np.ndarray) -> np.ndarray:
         """sum_h height_h * gaussian(point - centre_h) at each of ``points`` (m, k)."""
@@ -301,11 +390,32 @@ class Metadynamics:
         return -self.bias_factor / (self.bias_factor - 1) * bias
 
     def free_energy(self) -> np.ndarray:
-        """Free-energy estimate on the grid, kJ/mol: ``-(gamma/(gamma-1)) V``."""
+        """Free-energy estimate on the grid, kJ/mol floats, indexed in axis order.
+
+        ``free_energy()[i, j]`` is at ``(axes[0].grid[i], axes[1].grid[j])``; the same values
+        as :meth:`getFreeEnergy`, whose axes are in ``app.Metadynamics``' (reversed) order.
+        """
         if self.method != "grid":
-            raise ValueError("free_energy() is the grid estimate; with method='hills' use "
-                             "free_energy_at(points)")
+            raise ValueError("the free energy on the grid needs method='grid'; with "
+                             "method='hills' use free_energy_at(points)")
         return -self.bias_factor / (self.bias_factor - 1) * self.bias
+
+    def getFreeEnergy(self):
+        """The free energy on the grid, as ``app.Metadynamics.getFreeEnergy()``.
+
+        ``-(gamma/(gamma-1)) V`` at the grid points, a numpy array Quantity in kJ/mol. As in
+        ``app.Metadynamics``, the array has one dimension per CV in *reverse* order (the first
+        CV varies along the last dimension, so ``plt.imshow(fe)`` puts it on the x axis): for
+        two CVs ``fe[j, i]`` is at ``(axes[0].grid[i], axes[1].grid[j])``. Grid point ``i`` of
+        an axis is ``minimum + i*(maximum - minimum)/(points - 1)``. :meth:`free_energy` gives
+        the same numbers as plain floats in axis order.
+
+        Raises
+        ------
+        ValueError
+            With ``method="hills"`` (no grid): use :meth:`free_energy_at`.
+        """
+        return np.ascontiguousarray(self.free_energy().transpose()) * unit.kilojoule_per_mole
 
     def reweighting_offset(self) -> float:
         """The Tiwary-Parrinello offset c(t) of the current bias, kJ/mol.
@@ -382,7 +492,8 @@ class Metadynamics:
         return height
 
     def step(self, simulation, steps: int, log: Union[str, os.PathLike, None] = None) -> None:
-        """Advance ``simulation`` by ``steps``, depositing a hill every ``frequency`` steps.
+        """Advance ``simulation`` by ``steps``, depositing a hill every ``frequency`` steps
+        (as ``app.Metadynamics.step``).
 
         If a log is configured (here or in the constructor), every ``log_interval`` steps a row
         ``step, time_ps, <the module's CVs...>, bias_kJmol, c_t_kJmol`` is appended to it:
@@ -394,7 +505,7 @@ class Metadynamics:
             self._log_path = Path(log)
             self._log_header_written = False
         logging = self._log_path is not None
-        remaining = int(steps)
+        remaining = _steps(steps, "steps", minimum=0)
         handle = None
         try:
             while remaining > 0:
@@ -436,7 +547,7 @@ class Metadynamics:
     def _log_row(self, context: openmm.Context, step: int) -> str:
         values = self.force.getCollectiveVariableValues(context)
         point = np.array([values[i] for i in self._biased])
-        fields = [str(step), repr(value_in(context.getTime(), unit.picosecond))]
+        fields = [str(step), repr(context.getTime().value_in_unit(unit.picosecond))]
         fields += [repr(float(v)) for v in values]
         fields += [repr(self.bias_at(point)), repr(self.reweighting_offset())]
         return ",".join(fields) + "\n"
@@ -541,6 +652,20 @@ class Metadynamics:
         self._step = int(meta["step"])
         if self._log_path is not None:
             self._truncate_log(min(int(meta["step"]), int(meta.get("last_logged_step", meta["step"]))))
+
+
+def _steps(value, name: str, minimum: int = 1) -> int:
+    """A step count (an integer >= ``minimum``)."""
+    try:
+        count = operator.index(value)
+    except TypeError:
+        if not (isinstance(value, float) and value.is_integer()):
+            raise TypeError(f"{name} must be a whole number of steps, got {value!r}") from None
+        count = int(value)
+    if count < minimum:
+        raise ValueError(f"{name} must be >= {minimum} step{'s' if minimum != 1 else ''}, "
+                         f"got {count}")
+    return count
 
 
 def _same(a, b) -> bool:

@@ -11,8 +11,23 @@ from typing import Mapping, Optional, Sequence
 
 from .. import torchcv_plugin as plugin
 from ..modelfile import ExportedModel, ModelLike, ModelMetadata
+from ..units import to_openmm_units
 
-__all__ = ["TorchCVForce"]
+__all__ = ["TorchCVForce", "global_parameter_values"]
+
+
+def global_parameter_values(parameters: Optional[Mapping[str, object]]) -> dict:
+    """Global parameters' default values as floats in OpenMM's MD unit system.
+
+    Each value is a plain number (already in OpenMM units) or any ``openmm.unit.Quantity``;
+    all are converted before any is used, so a bad one loses nothing.
+    """
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise TypeError(f"global_parameters must be a mapping name -> value, got {parameters!r}")
+    return {str(name): to_openmm_units(value, f"global_parameters[{name!r}]", None)
+            for name, value in parameters.items()}
 
 
 class TorchCVForce(plugin.TorchCVForce):
@@ -38,6 +53,10 @@ class TorchCVForce(plugin.TorchCVForce):
     particles : sequence of int, optional
         System particles passed to the module, in order (default: all).
     global_parameters : mapping name -> default value, optional
+        Global parameters used in ``energy``. A value may be an ``openmm.unit.Quantity`` of
+        any unit (``5*kilocalorie_per_mole``, ``-60*degree``, ``100*kilojoule_per_mole/
+        radian**2``): it is converted to OpenMM's MD unit system (nm, ps, kJ/mol, rad, K) in
+        which ``energy`` is evaluated; a plain number is taken to be in that system already.
     periodic : bool, optional
         Whether the module takes the box; default from the model's metadata (else False).
     force_group : int, optional
@@ -63,6 +82,7 @@ class TorchCVForce(plugin.TorchCVForce):
                  global_parameters: Optional[Mapping[str, float]] = None,
                  periodic: Optional[bool] = None, force_group: Optional[int] = None):
         plugin.registerKernels()  # platforms loaded after import (e.g. plugins) get kernels too
+        parameters = global_parameter_values(global_parameters)
         model = ExportedModel.load(model, allow_bare=True)
         names, periodic, particles = model.cv_setup("TorchCVForce", cv_names, periodic, particles)
         super().__init__(model.data, energy, names)
@@ -70,8 +90,8 @@ class TorchCVForce(plugin.TorchCVForce):
         self.setUsesPeriodicBoundaryConditions(periodic)
         if particles is not None:
             self.setParticles(particles)
-        for name, value in (global_parameters or {}).items():
-            self.addGlobalParameter(name, float(value))
+        for name, value in parameters.items():
+            self.addGlobalParameter(name, value)
         if force_group is not None:
             self.setForceGroup(force_group)
         self.setName("TorchCVForce")

@@ -174,9 +174,32 @@ def python_force(
 ):
     """An ``openmm.PythonForce`` running an eager (possibly unscriptable) torch model.
 
-    Takes the same arguments as :func:`openmm_geom.export.export_model` (units, periodicity,
-    example configuration in nm) and applies the same contract wrapper, so the numbers equal
-    those of the TorchScript bridge. Slower: the model runs in Python at every step.
+    Takes the same arguments as :func:`openmm_geom.export.export_model` and applies the same
+    contract wrapper, so the numbers equal those of the TorchScript bridge. Slower: the model
+    runs in Python at every step.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The eager model, in its own units.
+    length_unit, energy_unit
+        The model's units: names (``"angstrom"``, ``"kcal/mol"``) or ``openmm.unit`` units.
+    periodic : bool
+    example_positions, example_box
+        A configuration: plain arrays in nm, or Quantities (``pdb.positions``, Vec3 lists in
+        any length unit).
+    kind : {"potential", "cv"}
+    output_index : int, optional
+        For a CV module, which output is the force's energy.
+    cutoff : float or Quantity, optional
+        The model's cutoff: a plain number in the model's own length unit, or a Quantity.
+    force_group : int, optional
+    metadata_fields
+        Further metadata, as for ``export_model``.
+
+    Returns
+    -------
+    openmm.PythonForce
     """
     metadata = describe(
         module, kind=kind, length_unit=length_unit, energy_unit=energy_unit, periodic=periodic,

@@ -28,6 +28,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import openmm
 
 from ..modelfile import ExportedModel, ModelLike
+from ..units import CV_UNITS, to_openmm_units
+from .cvforce import global_parameter_values
 from .forces import torch_force
 
 __all__ = ["custom_cv_force", "bias_variables"]
@@ -63,7 +65,8 @@ def custom_cv_force(model: ModelLike, energy: str, cv_names: Optional[Sequence[s
         Add only these CVs (by name) to the force, saving one model evaluation per CV left
         out. Default: all k.
     global_parameters : mapping name -> default value, optional
-        Global parameters used in ``energy``.
+        Global parameters used in ``energy``: plain numbers in OpenMM units, or Quantities of
+        any unit (converted to OpenMM's MD unit system), as for ``TorchCVForce``.
     periodic : bool, optional
         Whether the module takes the box; default from the model's metadata (else False).
     force_group : int, optional
@@ -92,9 +95,10 @@ def custom_cv_force(model: ModelLike, energy: str, cv_names: Optional[Sequence[s
         raise ValueError(f"no CVs named {unknown}; the module's CVs are {names}")
     if not chosen:
         raise ValueError("include selects no CVs")
+    parameters = global_parameter_values(global_parameters)
     force = openmm.CustomCVForce(energy)
-    for name, value in (global_parameters or {}).items():
-        force.addGlobalParameter(name, float(value))
+    for name, value in parameters.items():
+        force.addGlobalParameter(name, value)
     for name in chosen:
         force.addCollectiveVariable(name, torch_force(model, output_index=names.index(name),
                                                       particles=subset, periodic=periodic))
@@ -129,7 +133,8 @@ def _spec(name: str, spec: Any) -> dict:
     missing = [k for k in ("min", "max", "width") if k not in fields]
     if missing:
         raise ValueError(f"CV {name!r}: missing {missing}")
-    lo, hi, width = (_md_value(fields[k]) for k in ("min", "max", "width"))
+    lo, hi, width = (to_openmm_units(fields[k], f"CV {name!r} {k}", CV_UNITS)
+                     for k in ("min", "max", "width"))
     if not lo < hi:
         raise ValueError(f"CV {name!r}: min ({lo}) must be below max ({hi})")
     if not width > 0:
@@ -141,15 +146,6 @@ def _spec(name: str, spec: Any) -> dict:
             raise ValueError(f"CV {name!r}: gridWidth must be >= 2, got {grid}")
     return dict(min=lo, max=hi, width=width, periodic=bool(fields.get("periodic", False)),
                 gridWidth=grid)
-
-
-def _md_value(value) -> float:
-    """A CV-axis value: a float, or a Quantity in OpenMM's MD unit system (nm, rad, ...)."""
-    import openmm.unit as unit
-
-    if unit.is_quantity(value):
-        return float(value.value_in_unit_system(unit.md_unit_system))
-    return float(value)
 
 
 def bias_variables(model: ModelLike, specs: Mapping[Union[str, int], Any], *,
@@ -167,9 +163,10 @@ def bias_variables(model: ModelLike, specs: Mapping[Union[str, int], Any], *,
         One entry per biased CV, in the order the variables should have. A spec is a dict
         ``dict(min=..., max=..., width=..., periodic=False, gridWidth=None)`` (OpenMM's
         ``minValue``/``maxValue``/``biasWidth`` spellings are accepted too) or a tuple
-        ``(min, max, width[, periodic[, gridWidth]])``. Values in the CV's units (floats or
-        OpenMM quantities). ``openmm.app.Metadynamics`` takes 1 to 3 variables, all periodic
-        or none.
+        ``(min, max, width[, periodic[, gridWidth]])``. ``min``, ``max``, ``width``: plain
+        numbers in the CV's OpenMM unit (rad, nm) or Quantities (``-180*degree``,
+        ``3*angstrom``). ``openmm.app.Metadynamics`` takes 1 to 3 variables, all periodic or
+        none.
     cv_names, particles, periodic
         As for :func:`custom_cv_force`.
 

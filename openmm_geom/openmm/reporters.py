@@ -18,6 +18,7 @@ import torch
 from ..errors import OutOfDistributionError, OutOfDistributionWarning
 from ..modelfile import ExportedModel
 from ..torchcv_plugin import TorchCVForce as TorchCVForceBase
+from ..units import to_openmm_units
 
 __all__ = ["CVReporter", "SignatureReporter", "EnsembleSpreadReporter"]
 
@@ -283,8 +284,9 @@ class EnsembleSpreadReporter(CsvReporterFile):
         Steps between evaluations.
     models : sequence of paths or ScriptModules (at least 2)
         Exported potentials for the simulated system (e.g. trained with different seeds).
-    threshold : float, optional
-        kJ/mol/nm. When the max spread exceeds it, an :class:`OutOfDistributionWarning` is
+    threshold : float or Quantity, optional
+        A force (``50*kilojoule_per_mole/nanometer``, ``12*kilocalorie_per_mole/angstrom``; a
+        plain number is in kJ/mol/nm), > 0. When the max spread exceeds it, an :class:`OutOfDistributionWarning` is
         issued (once per excursion), or :class:`OutOfDistributionError` raised with
         ``stop=True``.
     stop : bool
@@ -297,8 +299,9 @@ class EnsembleSpreadReporter(CsvReporterFile):
             raise ValueError(f"reportInterval must be >= 1, got {reportInterval}")
         if len(models) < 2:
             raise ValueError("an ensemble needs at least two models")
-        if threshold is not None and not threshold > 0:
-            raise ValueError(f"threshold must be positive (kJ/mol/nm), got {threshold}")
+        if threshold is not None:
+            threshold = to_openmm_units(threshold, "threshold",
+                                        unit.kilojoule_per_mole / unit.nanometer, positive=True)
         self._interval = int(reportInterval)
         loaded = [ExportedModel.load(m) for m in models]
         for model in loaded:

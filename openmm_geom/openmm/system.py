@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import List, Mapping, Optional, Sequence
 
 import openmm
+import openmm.unit as unit
 
 from ..modelfile import ExportedModel, ModelLike
+from ..units import to_openmm_units
 from .cvforce import TorchCVForce
 from .forces import torch_force
 from .priors import prior_forces
@@ -37,8 +39,9 @@ def create_system(model: ModelLike, topology=None, *, masses: Optional[Sequence[
         the model's, and the topology's periodic box (if any) becomes the System's (checked
         against the model's periodicity and cutoff). CG models: optional (the bead count is
         checked); the beads come from the file.
-    masses : sequence of float (amu), optional
-        Particle masses. Default: the elements' masses (all-atom), the file's bead masses (CG).
+    masses : sequence of float or Quantity, optional
+        Particle masses (>= 0; 0 fixes a particle, as in OpenMM): plain numbers in amu
+        (daltons), or Quantities (``[12*dalton, ...]``, a Quantity array). Default: the elements' masses (all-atom), the file's bead masses (CG).
     remove_cm_motion : bool, optional
         Add a ``CMMotionRemover``. Default: True for all-atom potentials (as
         ``ForceField.createSystem``), False for CG models.
@@ -57,6 +60,11 @@ def create_system(model: ModelLike, topology=None, *, masses: Optional[Sequence[
         A CV module (it is not an energy: use :class:`~openmm_geom.openmm.TorchCVForce`), a
         box too small for the model's cutoff, masses of the wrong length.
     """
+    if masses is not None:
+        masses = to_openmm_units(masses, "masses", unit.dalton, nonnegative=True)
+        if getattr(masses, "ndim", 0) != 1:
+            raise ValueError("masses must be a sequence with one mass per particle")
+        masses = masses.tolist()
     model = ExportedModel.load(model)
     meta = model.metadata
     if meta.kind == "cv":
@@ -75,7 +83,7 @@ def create_system(model: ModelLike, topology=None, *, masses: Optional[Sequence[
                              "topology of the system it was exported for")
         model.check_topology(topology)
         if masses is None:
-            masses = [atom.element.mass for atom in topology.atoms()]
+            masses = [atom.element.mass.value_in_unit(unit.dalton) for atom in topology.atoms()]
         box = topology.getPeriodicBoxVectors()
     if masses is None or len(masses) != meta.n_atoms:
         raise ValueError(f"need {meta.n_atoms} masses, got "
@@ -111,7 +119,8 @@ def add_to_system(model: ModelLike, system: openmm.System, *,
         The bias in kJ/mol as an expression of the CVs (by name) and global parameters, e.g.
         ``"0.5*k*(phi-phi0)^2"``: adds one :class:`~openmm_geom.openmm.TorchCVForce`.
     cv_names, global_parameters : CV modules only
-        As for :class:`~openmm_geom.openmm.TorchCVForce`.
+        As for :class:`~openmm_geom.openmm.TorchCVForce` (parameter values: plain numbers in
+        OpenMM units or Quantities of any unit).
     force_group : int, optional
         Force group of the model's force (CG models: of the network, default 1).
 

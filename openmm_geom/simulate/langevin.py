@@ -24,8 +24,10 @@ with the two integrators of the CGSchNet paper (section III.C, eqs. 12-13):
 
       x <- x + F D/kT dt + sqrt(2 D dt) xi,    D = kT/(m gamma)   (per bead and replica)
 
-Units are OpenMM's: nm, ps, amu, K, kJ/mol. Each replica may have its own temperature. All
-random numbers come from one seeded :class:`torch.Generator`, so a seeded CPU run is
+Units are OpenMM's: nm, ps, amu, K, kJ/mol; every physical argument also accepts an
+``openmm.unit`` Quantity (``temperature=300*kelvin, timestep=2*femtosecond``). Each replica
+may have its own temperature. All random numbers come from one seeded
+:class:`torch.Generator`, so a seeded CPU run is
 bit-identical to any other with the same seed, inputs and thread count, and a run resumed from a
 checkpoint is bit-identical to an uninterrupted one.
 
@@ -51,12 +53,13 @@ import time as _time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
+import openmm.unit as unit
 import torch
 
 from ..errors import CheckpointError, CheckpointMismatchError, SimulationBlowUp
 from ..io import load_versioned, save_versioned
 from ..progress import progress_bar
-from ..units import MOLAR_GAS_CONSTANT_KJ
+from ..units import MOLAR_GAS_CONSTANT_KJ, has_units, to_openmm_units
 from .trajectory import TrajectoryWriter
 
 __all__ = [
@@ -114,14 +117,24 @@ class RunSummary:
 
 
 # -- validation helpers --------------------------------------------------------------------------
-def _finite_float(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+def _scalar(value, name: str, openmm_unit, **checks) -> float:
+    """A scalar physical argument in OpenMM units (a plain number or a Quantity)."""
+    number = to_openmm_units(value, name, openmm_unit, **checks)
+    if not isinstance(number, float):
+        raise TypeError(f"{name} must be a single number, got shape {number.shape}")
     return number
+
+
+def _physical_tensor(value, name: str, openmm_unit, dtype: torch.dtype,
+                     **checks) -> torch.Tensor:
+    """A physical array (plain numbers in OpenMM units, or Quantities) as a CPU tensor, with
+    the finiteness and sign checks of :func:`~openmm_geom.units.to_openmm_units`."""
+    if has_units(value):
+        value = to_openmm_units(value, name, openmm_unit, finite=False)
+    tensor = _as_tensor(value, name, dtype)
+    if checks:
+        to_openmm_units(tensor.to(torch.float64).numpy(), name, openmm_unit, **checks)
+    return tensor
 
 
 def _int(value, name: str, minimum: int) -> int:
@@ -188,15 +201,18 @@ class BatchedLangevin:
         once at the start of a fresh run) and must not modify ``x`` in place; it may compute
         forces with autograd (the simulator detaches what it returns). Forces of another
         floating dtype are converted.
-    masses : array-like, shape (n,)
-        Bead masses, amu (positive).
-    temperature : float or array-like of shape (B,)
-        Temperature, K (positive), for all replicas or one per replica.
-    friction : float, default 1.0
-        Friction coefficient gamma, 1/ps. ``0`` makes BAOAB velocity Verlet (constant energy);
-        overdamped dynamics need ``friction > 0``.
-    timestep : float, default 0.002
-        Time step, ps.
+    masses : array-like or Quantity, shape (n,)
+        Bead masses (> 0): plain numbers in amu (daltons), or Quantities (``12*dalton``).
+    temperature : float, Quantity or array-like of shape (B,)
+        Temperature (> 0) for all replicas or one per replica: plain numbers in K, or
+        Quantities (``300*kelvin``, a Quantity array).
+    friction : float or Quantity, default 1.0
+        Friction coefficient gamma (>= 0): a plain number in 1/ps, or a Quantity
+        (``1/picosecond``, ``0.5/femtosecond``). ``0`` makes BAOAB velocity Verlet (constant
+        energy); overdamped dynamics need ``friction > 0``.
+    timestep : float or Quantity, default 0.002
+        Time step (> 0): a plain number in **ps** (OpenMM's unit; the command line takes fs),
+        or a Quantity (``2*femtosecond``).
     integrator : {"baoab", "overdamped"}, default "baoab"
         Underdamped Langevin (BAOAB) or overdamped Langevin (Euler-Maruyama), see the module
         documentation.
@@ -237,26 +253,19 @@ class BatchedLangevin:
                             f"{noise_dtype}")
         if integrator not in INTEGRATORS:
             raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
-        masses = _as_tensor(masses, "masses", torch.float64)
+        masses = _physical_tensor(masses, "masses", unit.dalton, torch.float64)
         if masses.ndim != 1 or masses.numel() == 0:
             raise ValueError(f"masses must have shape (n_beads,), got {tuple(masses.shape)}")
-        if not (torch.isfinite(masses).all() and (masses > 0).all()):
-            raise ValueError(f"masses must be positive and finite (amu), got {masses.tolist()}")
-        temperature = _as_tensor(temperature, "temperature", torch.float64)
+        _physical_tensor(masses, "masses", unit.dalton, torch.float64, positive=True)
+        temperature = _physical_tensor(temperature, "temperature", unit.kelvin, torch.float64)
         if temperature.ndim > 1 or temperature.numel() == 0:
             raise ValueError("temperature must be a number or have shape (n_replicas,), got "
                              f"shape {tuple(temperature.shape)}")
-        if not (torch.isfinite(temperature).all() and (temperature > 0).all()):
-            raise ValueError(f"temperature must be positive and finite (K), got "
-                             f"{temperature.tolist()}")
-        friction = _finite_float(friction, "friction")
-        if friction < 0:
-            raise ValueError(f"friction must be >= 0 (1/ps), got {friction}")
+        _physical_tensor(temperature, "temperature", unit.kelvin, torch.float64, positive=True)
+        friction = _scalar(friction, "friction", unit.picosecond ** -1, nonnegative=True)
         if integrator == "overdamped" and friction <= 0:
             raise ValueError("overdamped dynamics need friction > 0 (D = kT/(m friction))")
-        timestep = _finite_float(timestep, "timestep")
-        if timestep <= 0:
-            raise ValueError(f"timestep must be positive (ps), got {timestep}")
+        timestep = _scalar(timestep, "timestep", unit.picosecond, positive=True)
         seed = _int(seed, "seed", 0)
 
         self.force_fn = force_fn
@@ -342,7 +351,7 @@ class BatchedLangevin:
         return MOLAR_GAS_CONSTANT_KJ * t.expand(n_replicas)
 
     def _positions(self, x0) -> torch.Tensor:
-        x = _as_tensor(x0, "x0", self.dtype)
+        x = _physical_tensor(x0, "x0", unit.nanometer, self.dtype)
         if x.ndim != 3 or x.shape[1:] != (self.n_beads, 3) or x.shape[0] < 1:
             raise ValueError(f"x0 must have shape (n_replicas, {self.n_beads}, 3) for "
                              f"{self.n_beads} beads, got {tuple(x.shape)}")
@@ -569,9 +578,9 @@ class BatchedLangevin:
 
         Parameters
         ----------
-        x0 : array-like, shape (B, n, 3)
-            Initial positions, nm. Also identifies the run: a checkpoint from another ``x0`` is
-            refused.
+        x0 : array-like or Quantity, shape (B, n, 3)
+            Initial positions: plain numbers in nm, or a Quantity array in any length unit.
+            Also identifies the run: a checkpoint from another ``x0`` is refused.
         n_steps : int
             Step to reach. A run resumed from a checkpoint at step ``s`` integrates the
             remaining ``n_steps - s`` steps; a larger ``n_steps`` extends a finished run.
@@ -583,8 +592,8 @@ class BatchedLangevin:
             fresh run it must be empty; to resume, open it with ``mode="a"``: frames after the
             checkpoint step are dropped and written again. The simulation settings are recorded
             as root attributes. Buffered frames are flushed when the run ends, however it ends.
-        velocities : array-like, shape (B, n, 3), optional
-            Initial velocities, nm/ps (BAOAB only). Default: Maxwell-Boltzmann at each
+        velocities : array-like or Quantity, shape (B, n, 3), optional
+            Initial velocities: plain numbers in nm/ps, or a Quantity array (BAOAB only). Default: Maxwell-Boltzmann at each
             replica's temperature, drawn from the simulator's generator.
         checkpoint : path, optional
             Checkpoint file. If it exists the run resumes from it (bit-identically to an
@@ -592,8 +601,9 @@ class BatchedLangevin:
             (re)written atomically every ``checkpoint_interval`` steps and at the end.
         checkpoint_interval : int, optional
             Steps between checkpoints (default: only at the end). Needs ``checkpoint``.
-        blowup_force : float, default 1e5
-            A force magnitude on one bead above this (kJ/mol/nm), or any non-finite position,
+        blowup_force : float or Quantity, default 1e5
+            A force magnitude on one bead above this (a plain number in kJ/mol/nm, or a
+            Quantity such as ``1e4*kilocalorie_per_mole/angstrom``), or any non-finite position,
             force or energy, found at a save or checkpoint step stops the run.
         progress : bool, default True
             Show a progress bar (stderr).
@@ -622,13 +632,13 @@ class BatchedLangevin:
             checkpoint_interval = _int(checkpoint_interval, "checkpoint_interval", 1)
             if checkpoint is None:
                 raise ValueError("checkpoint_interval needs a checkpoint path")
-        blowup_force = float(blowup_force)
-        if not blowup_force > 0:
-            raise ValueError(f"blowup_force must be positive (kJ/mol/nm), got {blowup_force}")
+        blowup_force = _scalar(blowup_force, "blowup_force",
+                               unit.kilojoule_per_mole / unit.nanometer, positive=True)
         if velocities is not None:
             if self.integrator == "overdamped":
                 raise ValueError("overdamped dynamics have no velocities; do not pass any")
-            velocities = _as_tensor(velocities, "velocities", self.dtype)
+            velocities = _physical_tensor(velocities, "velocities",
+                                          unit.nanometer / unit.picosecond, self.dtype)
             if tuple(velocities.shape) != tuple(x.shape):
                 raise ValueError(f"velocities must have the shape of x0, {tuple(x.shape)}, got "
                                  f"{tuple(velocities.shape)}")

@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
+import openmm.unit as unit
 
 from ..errors import FileFormatError
 from ..io import check_format, format_tag
+from ..units import has_units, to_openmm_units
 
 __all__ = [
     "Trajectory",
@@ -311,12 +313,13 @@ class TrajectoryWriter:
         ----------
         step : int
             Integration step of the frame; must exceed the previous frame's.
-        time : float
-            Simulated time in ps.
-        positions : array-like, shape (n_replicas, n_beads, 3)
-            Positions in nm (numpy array or CPU tensor; stored as float32).
-        energies : array-like, shape (n_replicas,)
-            Potential energies in kJ/mol.
+        time : float or Quantity
+            Simulated time: a plain number in ps, or a Quantity.
+        positions : array-like or Quantity, shape (n_replicas, n_beads, 3)
+            Positions: plain numbers in nm (numpy array or CPU tensor), or a Quantity array;
+            stored as float32 nm.
+        energies : array-like or Quantity, shape (n_replicas,)
+            Potential energies: plain numbers in kJ/mol, or a Quantity array.
         spread : array-like, shape (n_replicas,), optional
             Required when the file has a spread dataset, ignored otherwise.
 
@@ -326,6 +329,11 @@ class TrajectoryWriter:
             Wrong shapes, non-finite values, a missing spread, or a step that does not increase.
         """
         self._require_open()
+        if has_units(time) or has_units(positions) or has_units(energies):
+            time = to_openmm_units(time, "time", unit.picosecond, finite=False)
+            positions = to_openmm_units(positions, "positions", unit.nanometer, finite=False)
+            energies = to_openmm_units(energies, "energies", unit.kilojoule_per_mole,
+                                       finite=False)
         step = int(step)
         last = self.last_step
         if last is not None and step <= last:

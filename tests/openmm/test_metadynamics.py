@@ -215,7 +215,7 @@ def test_bad_hills_input_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="method must be one of"):
         Metadynamics(_system(2), _scripted(FourCoordinates()), axes, 300, 5.0, 1.0, 10,
                      method="tree", cv_names=FOUR)
-    with pytest.raises(ValueError, match="width must be positive"):
+    with pytest.raises(ValueError, match="GridAxis .xa. width must be > 0, got -0.1"):
         GridAxis("xa", -1, 1, -0.1)
 
 

@@ -14,6 +14,7 @@ import sys
 
 import h5py
 import numpy as np
+import openmm.unit as unit
 import pytest
 import torch
 
@@ -635,15 +636,21 @@ def test_spread_is_written_when_the_writer_stores_it(tmp_path):
 # -- bad input -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(masses=[[12.0, 12.0]]), ValueError, "masses must have shape"),
-    (dict(masses=[12.0, 0.0]), ValueError, "masses must be positive"),
-    (dict(masses=[12.0, -1.0]), ValueError, "masses must be positive"),
-    (dict(masses=[12.0, float("nan")]), ValueError, "masses must be positive and finite"),
-    (dict(timestep=0.0), ValueError, "timestep must be positive"),
-    (dict(timestep=-0.001), ValueError, "timestep must be positive"),
+    (dict(masses=[12.0, 0.0]), ValueError, "masses must be > 0 amu, got 0 amu at index 1"),
+    (dict(masses=[12.0, -1.0]), ValueError, "masses must be > 0 amu, got -1 amu at index 1"),
+    (dict(masses=[12.0, float("nan")]), ValueError, "masses must be finite, got nan amu"),
+    (dict(timestep=0.0), ValueError, "timestep must be > 0 ps, got 0 ps"),
+    (dict(timestep=-0.001), ValueError, "timestep must be > 0 ps"),
+    (dict(timestep=-1 * unit.femtosecond), ValueError, "timestep must be > 0 ps, got -1 fs"),
     (dict(timestep=float("inf")), ValueError, "timestep must be finite"),
-    (dict(friction=-1.0), ValueError, "friction must be >= 0"),
+    (dict(timestep=2 * unit.kelvin), TypeError, r"timestep: expected a time \(ps\), got 2 K"),
+    (dict(friction=-1.0), ValueError, "friction must be >= 0 1/ps"),
     (dict(friction=0.0, integrator="overdamped"), ValueError, "friction > 0"),
-    (dict(temperature=-5.0), ValueError, "temperature must be positive"),
+    (dict(temperature=-5.0), ValueError, "temperature must be > 0 K, got -5 K"),
+    (dict(temperature=-300 * unit.kelvin), ValueError, "temperature must be > 0 K, got -300 K"),
+    (dict(temperature=[300 * unit.kelvin, 3 * unit.nanometer]), TypeError,
+     r"temperature: expected a temperature \(K\), got values in K, nm"),
+    (dict(masses=[12.0, 12.0] * unit.kelvin), TypeError, r"masses: expected a mass \(amu\)"),
     (dict(temperature=torch.zeros(3, 1) + 300), ValueError, "shape \\(n_replicas,\\)"),
     (dict(integrator="verlet"), ValueError, "integrator must be one of"),
     (dict(dtype=torch.int64), TypeError, "dtype must be"),
@@ -668,7 +675,8 @@ def test_bad_run_arguments(tmp_path):
         (dict(save_interval=0), ValueError, "save_interval must be >= 1"),
         (dict(velocities=torch.zeros(3, 2)), ValueError, "velocities must have the shape"),
         (dict(checkpoint_interval=10), ValueError, "needs a checkpoint path"),
-        (dict(blowup_force=0.0), ValueError, "blowup_force must be positive"),
+        (dict(blowup_force=0.0), ValueError, "blowup_force must be > 0 kJ/mol/nm, got 0"),
+        (dict(x0=torch.zeros(3, 2, 3).numpy() * unit.kelvin), TypeError, "x0: expected a length"),
     ]
     for overrides, error, match in cases:
         args = dict(x0=x0, n_steps=10, save_interval=5, progress=False)
