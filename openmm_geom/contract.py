@@ -181,7 +181,9 @@ def describe(
         dtype=str(dtype).replace("torch.", ""),
         cutoff_nm=cutoff_nm,
         atom_types=None if atom_types is None else [_plain(t) for t in atom_types],
-        masses_amu=None if masses is None else [float(m) for m in masses],
+        masses_amu=None if masses is None else torch.as_tensor(  # amu, or Quantities
+            to_openmm_units(masses, "masses", openmm_unit.dalton, nonnegative=True),
+            dtype=torch.float64).reshape(-1).tolist(),
         cv_names=None if cv_names is None else [str(n) for n in cv_names],
         hyperparameters=hyperparameters,
         mapping=mapping,

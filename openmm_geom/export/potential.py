@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-import numpy as np
-
 from ..modelfile import ExportedModel
 from ..models.atomistic import AtomisticPotential
+from ..units import as_nm_array
 from .torchscript import export_model
 
 __all__ = ["export_potential"]
@@ -33,14 +32,15 @@ def export_potential(model: AtomisticPotential, path: os.PathLike, *, positions,
         The target system's atoms, when they differ from the model's training system (e.g. a
         larger water box): the model is re-targeted with ``for_atoms`` first; an element it
         was not trained on is an error.
-    masses : (N,) amu, optional
+    masses : (N,) amu (plain numbers) or Quantities, optional
         Recorded so that :func:`openmm_geom.openmm.create_system` can build a System.
     """
     if atomic_numbers is not None:
         model = model.for_atoms(atomic_numbers)
+    positions = as_nm_array(positions, "positions")
     n_atoms = int(model.species.numel())
-    if np.shape(positions)[0] != n_atoms:
-        raise ValueError(f"positions have {np.shape(positions)[0]} atoms, the model {n_atoms}; "
+    if positions.shape[0] != n_atoms:
+        raise ValueError(f"positions have {positions.shape[0]} atoms, the model {n_atoms}; "
                          "pass atomic_numbers to export the model for another system")
     return export_model(
         model, path, length_unit="nm", energy_unit="kJ/mol", periodic=box is not None,

@@ -433,3 +433,36 @@ def test_bias_updates_do_not_leak_the_spline_table():
         meta.deposit(context)
     growth = _resident_megabytes() - before
     assert growth < 100.0, f"resident memory grew by {growth:.0f} MB over 10 depositions"
+
+
+def test_openmm_names_mean_what_app_metadynamics_means():
+    """getFreeEnergy, getCollectiveVariables and step as in ``openmm.app.Metadynamics``: both
+    deposit one hill at the same point with the same height (no bias yet), and the free
+    energies agree element by element, in app's layout (last CV first) and in kJ/mol."""
+    system = _system(2)
+    grids = {"xa": (-1.0, 1.0, 0.2, 30), "ya": (-0.8, 0.8, 0.15, 40)}
+    ours = Metadynamics(system, _scripted(FourCoordinates()),
+                        [GridAxis(name, lo, hi, w, points=n) for name, (lo, hi, w, n) in grids.items()],
+                        300 * unit.kelvin, 5.0, 1.2, frequency=1, cv_names=FOUR, force_group=3)
+    variables = []
+    for expression, (lo, hi, w, n) in zip("xy", grids.values()):
+        cv = openmm.CustomExternalForce(expression)
+        cv.addParticle(0, [])
+        variables.append(app.BiasVariable(cv, lo, hi, w, False, n))
+    theirs = app.Metadynamics(system, variables, 300 * unit.kelvin, 5.0, 1.2 * KJ, frequency=1)
+    simulation = _simulation(system)
+    theirs.step(simulation, 1)  # one step, then app deposits at the CVs (full height: no bias)
+    ours.deposit(simulation.context)
+    assert ours.getCollectiveVariables(simulation) == pytest.approx(
+        tuple(theirs.getCollectiveVariables(simulation)), rel=0, abs=1e-12)
+    assert isinstance(ours.getCollectiveVariables(simulation), tuple)
+    fe_ours, fe_theirs = ours.getFreeEnergy(), theirs.getFreeEnergy()
+    assert unit.is_quantity(fe_ours) and fe_ours.unit == unit.kilojoules_per_mole
+    assert fe_ours.value_in_unit(KJ).shape == fe_theirs.value_in_unit(KJ).shape == (40, 30)
+    assert fe_ours.value_in_unit(KJ).min() < -1.0  # the hill is there (1.2 * 5/4 deep)
+    np.testing.assert_allclose(fe_ours.value_in_unit(KJ), fe_theirs.value_in_unit(KJ),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(ours.free_energy().T, fe_ours.value_in_unit(KJ))
+    # step(simulation, steps) advances and deposits every `frequency` steps
+    ours.step(simulation, 3)
+    assert simulation.currentStep == 4 and len(ours.hills) == 4
