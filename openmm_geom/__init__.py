@@ -23,9 +23,41 @@ The OpenMM entry points are :func:`openmm_geom.openmm.create_system` (a System f
 model, openmm-ml style), :func:`openmm_geom.openmm.add_to_system` and
 :class:`openmm_geom.openmm.TorchCVForce`; models are exported by
 :func:`openmm_geom.export.export_model` and validated by :func:`openmm_geom.openmm.check_export`.
+
+Importing the package loads the TorchCVForce plugin (and so ``openmm`` and ``torch``), which
+registers the plugin's kernels and XML serialization proxies. The one exception is a process
+started as the command line (``openmm-geom ...`` or ``python -m openmm_geom.cli ...``): its
+``main()`` loads the plugin once a command has been chosen, so that ``--help`` and argument
+errors come back at once instead of after seconds of imports.
 """
-from .native import native_build_info, plugin_error
-from .threads import set_threads
+import os as _os
+import sys as _sys
+
 from .version import __version__
 
 __all__ = ["__version__", "set_threads", "native_build_info", "plugin_error"]
+
+
+def _started_as_command_line() -> bool:
+    """True in a process started as ``openmm-geom ...`` or ``python -m openmm_geom.cli ...``."""
+    if _sys.argv and _os.path.basename(_sys.argv[0]) == "openmm-geom":
+        return True
+    argv = list(getattr(_sys, "orig_argv", ()))
+    return _sys.argv[:1] == ["-m"] and any(
+        argv[i] == "-m" and argv[i + 1] == "openmm_geom.cli" for i in range(len(argv) - 1))
+
+
+if _started_as_command_line():
+    def __getattr__(name: str):  # the command line loads these once a command runs
+        if name in ("native_build_info", "plugin_error"):
+            from . import native
+
+            return getattr(native, name)
+        if name == "set_threads":
+            from .threads import set_threads
+
+            return set_threads
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+else:
+    from .native import native_build_info, plugin_error
+    from .threads import set_threads

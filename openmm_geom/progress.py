@@ -1,17 +1,85 @@
-"""Progress bars for long work (tqdm), including an OpenMM reporter."""
+"""Progress bars for long work (tqdm), an OpenMM reporter, and when to show them.
+
+- :func:`show_progress` is the one place that decides whether bars are drawn: as asked
+  (``--progress`` / ``--no-progress``), else only when stderr is a terminal, so that logs and
+  pipes never receive carriage-return lines;
+- :func:`progress_bar` makes a tqdm bar on stderr (tqdm is imported on first use);
+- :func:`position` says how far the unfinished bars got (drawn or not), which is what the
+  command line reports when it is interrupted (``interrupted at step 1200 of 4000 ...``).
+"""
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
-from tqdm.auto import tqdm
+__all__ = ["show_progress", "progress_bar", "position", "reset_position", "ProgressReporter"]
 
-__all__ = ["progress_bar", "ProgressReporter"]
+# bar id -> [description, count, total, unit] of every open bar (and of bars closed by an
+# exception), oldest first
+_UNFINISHED: dict = {}
+_BAR_CLASS = None
+
+
+def show_progress(requested: Optional[bool] = None) -> bool:
+    """Whether to draw progress bars: ``requested`` if given (True/False), else whether
+    stderr is a terminal."""
+    if requested is not None:
+        return bool(requested)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def _bar_class():
+    """tqdm's bar class, extended to count (for :func:`position`) even when disabled."""
+    global _BAR_CLASS
+    if _BAR_CLASS is None:
+        from tqdm.auto import tqdm
+
+        class Bar(tqdm):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)  # a disabled bar sets neither desc nor unit
+                self.counted = 0
+                _UNFINISHED[id(self)] = [kwargs.get("desc") or "", 0, kwargs.get("total"),
+                                         kwargs.get("unit", "it")]
+
+            def update(self, n=1):
+                self.counted += int(n or 0)
+                entry = _UNFINISHED.get(id(self))
+                if entry is not None:
+                    entry[1] = self.counted
+                return super().update(n)
+
+            def close(self):
+                # closed while an exception unwinds (Ctrl-C): keep it for position()
+                if sys.exc_info()[0] is None:
+                    _UNFINISHED.pop(id(self), None)
+                return super().close()
+
+        _BAR_CLASS = Bar
+    return _BAR_CLASS
 
 
 def progress_bar(total: int, description: str, *, enabled: bool = True, unit: str = "it"):
-    """A tqdm bar on stderr; disabled bars cost nothing."""
-    return tqdm(total=total, desc=description, unit=unit, disable=not enabled,
-                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    """A tqdm bar on stderr; disabled bars draw nothing but still count for :func:`position`."""
+    return _bar_class()(total=total, desc=description, unit=unit, disable=not enabled,
+                        file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
+def position() -> Optional[str]:
+    """How far the unfinished bars got, outermost first, e.g. ``"simulating: step 1200 of
+    4000"``; None if no bar has counted anything."""
+    parts = [f"{description}: {unit} {count} of {total}" if description else
+             f"{unit} {count} of {total}"
+             for description, count, total, unit in _UNFINISHED.values()
+             if total and count < total]
+    return "; ".join(parts) or None
+
+
+def reset_position() -> None:
+    """Forget every bar (the command line calls this before a command starts)."""
+    _UNFINISHED.clear()
 
 
 class ProgressReporter:

@@ -17,7 +17,12 @@ reached by name, as if they were the outer class's own:
 - :func:`add_options` gives a parser one ``--field-name`` option per field (nested fields
   flattened), typed from the annotation, with the field's help text and the default of a
   given settings instance; an option left out keeps the settings' value;
-- :func:`overrides_from` returns the options given on the command line, for :func:`override`.
+- :func:`overrides_from` returns the options given on the command line, for :func:`override`;
+- :func:`check_settings` checks every field that declares a ``check`` (``"positive"``,
+  ``"non-negative"``, ``"finite"``, ``"count"``: an integer >= 1) and every field with
+  ``choices``, nested settings included; settings classes call it from ``__post_init__``, so
+  the Python API and the command line refuse the same values with the same message, before
+  anything is created.
 
 Flags are the field names, lower case, with dashes for underscores (``temperature_K`` ->
 ``--temperature-k``); the parsed value keeps the field's name.
@@ -31,10 +36,12 @@ import copy
 import dataclasses
 import difflib
 import typing
+import math
+import numbers
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 __all__ = ["setting", "setting_fields", "override", "add_options", "overrides_from",
-           "option_flag", "SettingField"]
+           "option_flag", "check_settings", "SettingField", "CHECKS"]
 
 _KEY = "openmm_geom.setting"
 _REGISTERED = "_settings_options"  # namespace attribute: the option names add_options made
@@ -57,20 +64,34 @@ class _NoneGiven:
 _NONE = _NoneGiven()
 
 
+#: The constraints a field may declare with ``setting(..., check=...)``: what they accept.
+CHECKS = {
+    "positive": "a finite number > 0",
+    "non-negative": "a finite number >= 0",
+    "finite": "a finite number",
+    "count": "an integer >= 1",
+}
+
+
 def setting(default: Any = dataclasses.MISSING, *, help: str, choices: Optional[Iterable] = None,
-            stage: Optional[str] = None, cli: bool = True,
+            stage: Optional[str] = None, cli: bool = True, check: Optional[str] = None,
             default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with its help text (and choices, CLI stage) in its metadata.
+    """A dataclass field with its help text (and choices, CLI stage, check) in its metadata.
 
     ``default`` may be mutable (a dict, a list, another settings instance): each instance
     then gets its own deep copy. ``stage`` names the step of a job the field belongs to
     (``add_options(..., stages=...)`` selects by it; nested fields inherit their holder's
     stage). ``cli=False`` keeps the field off the command line (set per run, e.g. a seed).
+    ``check`` is one of :data:`CHECKS` (``"positive"``, ``"non-negative"``, ``"finite"``,
+    ``"count"``), tested by :func:`check_settings`; on an ``int`` field ``"non-negative"``
+    means an integer >= 0. An ``Optional`` field may also be None.
     """
     if default is not dataclasses.MISSING and default_factory is not dataclasses.MISSING:
         raise TypeError("setting() takes a default or a default_factory, not both")
+    if check is not None and check not in CHECKS:
+        raise ValueError(f"check must be one of {sorted(CHECKS)}, got {check!r}")
     metadata = {_KEY: {"help": help, "choices": None if choices is None else tuple(choices),
-                       "stage": stage, "cli": cli}}
+                       "stage": stage, "cli": cli, "check": check}}
     if default is not dataclasses.MISSING and type(default).__hash__ is None:
         template = default
         default, default_factory = dataclasses.MISSING, lambda: copy.deepcopy(template)
@@ -90,6 +111,7 @@ class SettingField(NamedTuple):
     stage: Optional[str]
     cli: bool
     nested: bool  # a settings dataclass itself (its fields are listed after it)
+    check: Optional[str] = None  # one of CHECKS, or None
 
 
 def _is_dataclass_type(tp) -> bool:
@@ -125,7 +147,7 @@ def _walk(cls, prefix, inherited_stage, inherited_cli, result) -> None:
         cli = inherited_cli and meta.get("cli", True)
         nested = _is_dataclass_type(tp)
         result.append(SettingField(f.name, prefix + (f.name,), tp, meta.get("help", ""),
-                                   meta.get("choices"), stage, cli, nested))
+                                   meta.get("choices"), stage, cli, nested, meta.get("check")))
         if nested:
             _walk(tp, prefix + (f.name,), stage, cli, result)
 
@@ -181,6 +203,45 @@ def override(settings, **changes):
             raise ValueError(f"{'.'.join(path)} is given twice")
         resolved[path] = value
     return _apply(settings, resolved) if resolved else dataclasses.replace(settings)
+
+
+def _check_value(label: str, kind, check: Optional[str], choices, value) -> None:
+    if choices is not None and value not in choices:
+        raise ValueError(f"{label} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    if check is None:
+        return
+    if check == "count" or (kind is int and check == "non-negative"):
+        minimum = 1 if check == "count" else 0
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ValueError(f"{label} must be an integer >= {minimum}, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{label} must be a number, got {value!r}")
+    x = float(value)
+    if not (math.isfinite(x) and (check == "finite" or x > 0 or (check == "non-negative"
+                                                                   and x == 0))):
+        raise ValueError(f"{label} must be {CHECKS[check]}, got {value!r}")
+
+
+def check_settings(settings) -> None:
+    """Check every field of ``settings`` (nested settings included) that declares a ``check``
+    or ``choices``; a ValueError names the field (its dotted path when nested) and says what
+    it accepts, e.g. ``"steps must be an integer >= 0, got -5"``.
+
+    Settings classes call this from ``__post_init__``, so ``CGSettings(steps=-5)`` and
+    ``override(QUICK, steps=-5)`` (and ``--steps -5`` on the command line) are refused before
+    any work starts. Workflows call it again on entry, in case a field was assigned later.
+    """
+    if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
+        raise TypeError(f"check_settings() needs a settings instance, got {settings!r}")
+    for f in setting_fields(type(settings)):
+        if f.nested or (f.check is None and f.choices is None):
+            continue
+        value = _value_at(settings, f.path)
+        kind, optional = _optional_inner(f.type)
+        if value is None and optional:
+            continue
+        _check_value(".".join(f.path), kind, f.check, f.choices, value)
 
 
 # ------------------------------------------------------------------------ command line

@@ -6,28 +6,25 @@ itself, for CVs of an event the data at the temperature of interest lack.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-__all__ = ["add_cv_commands"]
+from .common import add_standard, emit, show_progress, summary_text
 
-
-def _cmd_cv(args) -> int:
-    from ..errors import FileFormatError, ModelFileError, SimulationBlowUp
-
-    try:
-        return _run_cv(args)
-    except (ValueError, TypeError, FileNotFoundError, ModelFileError, FileFormatError,
-            FileFormatError, FileFormatError, SimulationBlowUp) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+__all__ = ["add_commands"]
 
 
 def _slice(text):
+    """``"a:b"`` (a Python slice of frames) as a slice; None for none given."""
     if not text:
-        return slice(None)
-    parts = [int(p) if p else None for p in text.split(":")]
-    return slice(*parts)
+        return None
+    try:
+        parts = [int(p) if p.strip() else None for p in text.split(":")]
+        if not 1 <= len(parts) <= 3:
+            raise ValueError(text)
+        return slice(*parts)
+    except ValueError:
+        raise ValueError(f"--frames must be a Python slice such as 0:50000 or ::10, got "
+                         f"{text!r}") from None
 
 
 def _settings(args, base):
@@ -37,12 +34,11 @@ def _settings(args, base):
     return override(base, **overrides_from(args, type(base)))
 
 
-def _run_cv(args) -> int:
+def run_cv(args) -> int:
     from ..threads import set_threads
 
-    _emit = args.emit  # the running CLI's writer (the JSON stream may be redirected)
     set_threads(args.threads)
-    progress = not args.no_progress
+    progress = show_progress(args)
     command = args.cv_command
     if command == "corpus":
         from ..data.corpus import build_corpus
@@ -72,40 +68,17 @@ def _run_cv(args) -> int:
                           progress=progress, max_minutes=args.max_minutes)
         result = {k: v for k, v in result.items() if k != "history"}
     elif command == "featurize":
-        import mdtraj
-        import numpy as np
+        from ..workflows.cv import featurize_trajectories
 
-        from ..data.trajectories import read_positions
-        from ..training.features import featurize
-        from ..models.geom2vec import TokenMap
-        from ..training.denoising import load_backbone
-
-        featurizer, info = load_backbone(args.backbone)
-        top = mdtraj.load_topology(args.topology)
-        token_map = TokenMap.from_topology(top, args.selection, args.tokens, args.global_atoms)
-        frames = _slice(args.frames)
-        trajectories, timestep = [], args.timestep_ps
-        for path in args.trajectories:
-            positions, boxes, dt = read_positions(path, top, stride=args.stride,
-                                                  n_atoms=top.n_atoms)
-            if boxes is not None:
-                raise ValueError(f"{path} is periodic: featurize periodic trajectories from "
-                                 "Python (openmm_geom.training.features.featurize takes boxes)")
-            trajectories.append(np.ascontiguousarray(positions[frames]))
-            timestep = timestep or (dt / args.stride if dt else None)
-        features = featurize(featurizer, token_map, trajectories, backbone_sha256=info["sha256"],
-                             stride=1, timestep_ps=(timestep * args.stride if timestep else None),
-                             batch_size=args.batch_size, mean_pooling=args.mean_pooling,
-                             progress=progress)
-        features.sources = list(args.trajectories)
-        features.save(args.out)
-        result = {"out": args.out, "frames": int(len(features.tokens)),
-                  "trajectories": len(trajectories), "tokens": features.token_map.token_names,
-                  "channels": features.channels, "timestep_ps": features.timestep_ps,
-                  "backbone_sha256": info["sha256"]}
+        result = featurize_trajectories(
+            args.trajectories, args.backbone, args.topology, args.out, selection=args.selection,
+            tokens=args.tokens, global_atoms=args.global_atoms, stride=args.stride,
+            frames=_slice(args.frames), timestep_ps=args.timestep_ps,
+            batch_size=args.batch_size, mean_pooling=args.mean_pooling, progress=progress)
     elif command == "train-vamp":
         from ..training.features import FeatureSet
-        from ..workflows.cv import VampSettings, train_vamp
+        from ..workflows.config import VampSettings
+        from ..workflows.cv import train_vamp
 
         result = train_vamp(FeatureSet.load(args.train), FeatureSet.load(args.validate),
                             Path(args.out), _settings(args, VampSettings()), seed=args.seed,
@@ -136,10 +109,11 @@ def _run_cv(args) -> int:
             report = check_export(args.out)
             result["check_export_passed"] = report.passed
             if not report.passed:
-                _emit(args, result, report.format())
+                emit(args, result, report.format())
                 return 1
     elif command == "bias":
-        from ..workflows.cv_bias import BiasSettings, analyse_run, reference_phi, run_biased
+        from ..workflows.config import BiasSettings
+        from ..workflows.cv_bias import analyse_run, reference_phi, run_biased
 
         settings = _settings(args, BiasSettings())
         modes = ["cv", "unbiased", "phipsi"] if args.compare else [args.mode]
@@ -159,146 +133,194 @@ def _run_cv(args) -> int:
         if not args.compare:
             result = result[args.mode]
     elif command == "explore":
-        from ..workflows.cv import QUICK_EXPLORE, ExploreSettings, explore
+        from ..workflows.config import QUICK_EXPLORE, ExploreSettings
+        from ..workflows.cv import explore
 
         settings = _settings(args, QUICK_EXPLORE if args.quick else ExploreSettings())
         result = explore(args.pdb, args.out, settings=settings, backbone=args.backbone,
                          seed=args.seed, threads=args.threads, progress=progress)
     else:  # reproduce
-        from ..workflows.cv import QUICK_REPRODUCE, ReproduceSettings, reproduce
+        from ..workflows.config import QUICK_REPRODUCE, ReproduceSettings
+        from ..workflows.cv import reproduce
 
         settings = _settings(args, QUICK_REPRODUCE if args.quick else ReproduceSettings())
         result = reproduce(args.train, args.validate, args.topology, args.out,
                            settings=settings, backbone=args.backbone, seed=args.seed,
                            progress=progress)
-    text = "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
-    _emit(args, result, text or str(result))
+    emit(args, result, summary_text(result) or str(result))
     return 0
 
 
-def add_cv_commands(sub, emit) -> None:
-    """Register ``cv`` and its sub-commands on an argparse sub-parser collection.
-
-    ``emit(args, payload, text)`` writes a command's result (JSON with ``--json``). The
-    options of settings (``BiasSettings``, ``ReproduceSettings``, ...) come from their fields
-    (:func:`openmm_geom.settings.add_options`).
-    """
+def add_commands(sub) -> None:
+    """Register ``cv`` and its steps. The options of settings (``BiasSettings``,
+    ``ReproduceSettings``, ...) come from their fields (:func:`openmm_geom.settings.add_options`)."""
     from ..settings import add_options
-    from ..workflows import cv as cvw
-    from ..workflows.cv_bias import BiasSettings
+    from ..workflows import config as cfg
 
     cvp = sub.add_parser("cv", help="geom2vec CVs: corpus | pretrain | featurize | train-vamp | "
-                                    "train-spib | export | bias | reproduce | explore")
-    cvsub = cvp.add_subparsers(dest="cv_command", required=True)
+                                    "train-spib | export | bias | reproduce | explore",
+                         description="Learned collective variables from geom2vec features "
+                                     "(VAMPnet, SPIB), exported for OpenMM and biased along.")
+    cvsub = cvp.add_subparsers(dest="cv_command", required=True, metavar="STEP")
 
-    def common(q, out_help="output file"):
-        q.add_argument("--out", required=True, help=out_help)
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--threads", type=int, default=None)
-        q.add_argument("--no-progress", action="store_true")
-        q.add_argument("--json", action="store_true", help="machine-readable output")
-        q.set_defaults(func=_cmd_cv, emit=emit)
+    def common(q, out_help="output file", *, resumable=False):
+        add_standard(q, run_cv, out=out_help, seed=0, resumable=resumable)
 
     q = cvsub.add_parser("corpus", help="pretraining corpus from ASE molecules, OpenMM's and "
                                         "our structures, short OpenMM runs, your PDBs")
-    q.add_argument("--pdb", nargs="+", help="more structures (PDB) to include")
-    q.add_argument("--md-pdb", nargs="*", help="structures to simulate with OpenMM (amber14, "
-                                                "vacuum); default: alanine and villin")
-    q.add_argument("--md-ps", type=float, help="ps of OpenMM MD per structure and temperature")
-    q.add_argument("--ase", nargs="*", default=["g2", "s22"],
-                   help="ASE molecule collections (none: --ase with no names)")
+    q.add_argument("--pdb", nargs="+", metavar="FILE",
+                   help="more structures (PDB) to include (default: none)")
+    q.add_argument("--md-pdb", nargs="*", metavar="FILE",
+                   help="structures to simulate with OpenMM, amber14 in vacuum (default: "
+                        "alanine and villin)")
+    q.add_argument("--md-ps", type=float, metavar="PS",
+                   help="OpenMM MD per structure and temperature, ps (default: the corpus "
+                        "builder's)")
+    q.add_argument("--ase", nargs="*", default=["g2", "s22"], metavar="NAME",
+                   help="ASE molecule collections; --ase alone: none (default: g2 s22)")
     q.add_argument("--no-bundled", action="store_true",
                    help="leave out the bundled alanine and T4 lysozyme")
     q.add_argument("--no-openmm-data", action="store_true",
                    help="leave out the structures shipped with OpenMM")
     common(q, "corpus file (.npz)")
 
-    q = cvsub.add_parser("pretrain", help="denoising pretraining of an ET/TensorNet backbone")
-    q.add_argument("--corpus", help="from `cv corpus` (default: build the default corpus)")
-    q.add_argument("--architecture", default="et", choices=["et", "tensornet"])
-    q.add_argument("--hidden-channels", type=int, default=64)
-    q.add_argument("--num-layers", type=int, default=3)
-    q.add_argument("--num-rbf", type=int, default=32)
-    q.add_argument("--num-heads", type=int, default=8)
-    q.add_argument("--cutoff-nm", type=float, default=0.5)
-    q.add_argument("--noise-nm", type=float, default=0.02)
-    q.add_argument("--epochs", type=int, default=10)
-    q.add_argument("--batch-size", type=int, default=100)
-    q.add_argument("--lr", type=float, default=5e-4)
-    q.add_argument("--max-minutes", type=float, help="time budget; stops cleanly")
-    common(q, "backbone file (.pt)")
+    q = cvsub.add_parser("pretrain", help="denoising pretraining of an ET/TensorNet backbone "
+                                          "(resumable)")
+    q.add_argument("--corpus", metavar="FILE",
+                   help="from `cv corpus` (default: build the default corpus next to --out)")
+    q.add_argument("--architecture", default="et", choices=["et", "tensornet"],
+                   help="TorchMD-Net backbone (default: et)")
+    q.add_argument("--hidden-channels", type=int, default=64, metavar="N",
+                   help="hidden channels (default: 64)")
+    q.add_argument("--num-layers", type=int, default=3, metavar="N",
+                   help="interaction layers (default: 3)")
+    q.add_argument("--num-rbf", type=int, default=32, metavar="N",
+                   help="radial basis functions (default: 32)")
+    q.add_argument("--num-heads", type=int, default=8, metavar="N",
+                   help="attention heads (default: 8)")
+    q.add_argument("--cutoff-nm", type=float, default=0.5, metavar="NM",
+                   help="interaction cutoff, nm (default: 0.5)")
+    q.add_argument("--noise-nm", type=float, default=0.02, metavar="NM",
+                   help="standard deviation of the coordinate noise, nm (default: 0.02)")
+    q.add_argument("--epochs", type=int, default=10, metavar="N",
+                   help="passes over the corpus (default: 10)")
+    q.add_argument("--batch-size", type=int, default=100, metavar="N",
+                   help="structures per optimiser step (default: 100)")
+    q.add_argument("--lr", type=float, default=5e-4, metavar="X",
+                   help="learning rate (default: 0.0005)")
+    q.add_argument("--max-minutes", type=float, metavar="MIN",
+                   help="time budget, minutes; stops cleanly (default: no limit)")
+    common(q, "backbone file (.pt)", resumable=True)
 
     q = cvsub.add_parser("featurize", help="trajectories -> token features (self-describing npz)")
     q.add_argument("trajectories", nargs="+", help="mdtraj-readable files or npz (positions nm)")
-    q.add_argument("--backbone", required=True)
-    q.add_argument("--topology", required=True, help="PDB of the system")
-    q.add_argument("--selection", default="heavy",
-                   help="heavy | solute | all | any mdtraj selection")
-    q.add_argument("--tokens", default="residue", choices=["residue", "atom"])
-    q.add_argument("--global-atoms", help="mdtraj selection whose distances form a global token")
-    q.add_argument("--stride", type=int, default=1)
-    q.add_argument("--frames", help="python slice of frames to keep, e.g. 0:50000")
-    q.add_argument("--timestep-ps", type=float, help="frame spacing (if the files lack it)")
-    q.add_argument("--batch-size", type=int, default=128)
-    q.add_argument("--mean-pooling", action="store_true")
+    q.add_argument("--backbone", required=True, metavar="FILE",
+                   help="backbone file from `cv pretrain` (required)")
+    q.add_argument("--topology", required=True, metavar="FILE",
+                   help="PDB of the system (required)")
+    q.add_argument("--selection", default="heavy", metavar="SEL",
+                   help="heavy | solute | all | any mdtraj selection (default: heavy)")
+    q.add_argument("--tokens", default="residue", choices=["residue", "atom"],
+                   help="one token per residue or per selected atom (default: residue)")
+    q.add_argument("--global-atoms", metavar="SEL",
+                   help="mdtraj selection whose distances form a global token (default: none)")
+    q.add_argument("--stride", type=int, default=1, metavar="N",
+                   help="keep every N-th frame (default: 1)")
+    q.add_argument("--frames", metavar="A:B",
+                   help="Python slice of the frames to keep, e.g. 0:50000 (default: all)")
+    q.add_argument("--timestep-ps", type=float, metavar="PS",
+                   help="frame spacing, ps, if the files lack it (default: from the files)")
+    q.add_argument("--batch-size", type=int, default=128, metavar="N",
+                   help="frames per backbone call (default: 128)")
+    q.add_argument("--mean-pooling", action="store_true",
+                   help="tokens as atom means instead of sums")
     common(q, "feature file (.npz)")
 
     q = cvsub.add_parser("train-vamp", help="VAMPnet on token features (held-out VAMP-2)")
-    q.add_argument("--train", required=True)
-    q.add_argument("--validate", required=True)
+    q.add_argument("--train", required=True, metavar="FILE",
+                   help="training features from `cv featurize` (required)")
+    q.add_argument("--validate", required=True, metavar="FILE",
+                   help="validation features, another trajectory (required)")
     common(q, "output directory")
-    add_options(q, cvw.VampSettings, required=["lag_ps"])
+    add_options(q, cfg.VampSettings, required=["lag_ps"])
 
     q = cvsub.add_parser("train-spib", help="SPIB on token features, labels from a VAMPnet")
-    q.add_argument("--train", required=True)
-    q.add_argument("--validate", required=True)
-    q.add_argument("--vamp", required=True, help="vamp_cv.pt from train-vamp")
-    q.add_argument("--lag-ps", type=float, required=True)
-    q.add_argument("--latent-dim", type=int, default=2)
-    q.add_argument("--states", type=int, default=10, help="initial k-means states")
-    q.add_argument("--beta", type=float, default=1e-3)
-    q.add_argument("--epochs", type=int, default=20)
-    q.add_argument("--refinements", type=int, default=5)
+    q.add_argument("--train", required=True, metavar="FILE",
+                   help="training features (required)")
+    q.add_argument("--validate", required=True, metavar="FILE",
+                   help="validation features (required)")
+    q.add_argument("--vamp", required=True, metavar="FILE",
+                   help="vamp_cv.pt from train-vamp (required)")
+    q.add_argument("--lag-ps", type=float, required=True, metavar="PS",
+                   help="lag time, ps (required)")
+    q.add_argument("--latent-dim", type=int, default=2, metavar="N",
+                   help="dimension of the information bottleneck (default: 2)")
+    q.add_argument("--states", type=int, default=10, metavar="N",
+                   help="initial k-means states (default: 10)")
+    q.add_argument("--beta", type=float, default=1e-3, metavar="X",
+                   help="weight of the information bottleneck (default: 0.001)")
+    q.add_argument("--epochs", type=int, default=20, metavar="N",
+                   help="most epochs per refinement (default: 20)")
+    q.add_argument("--refinements", type=int, default=5, metavar="N",
+                   help="label refinements (default: 5)")
     common(q, "output directory")
 
-    q = cvsub.add_parser("export", help="backbone + trained head -> one TorchScript CV for OpenMM")
-    q.add_argument("--backbone", required=True)
-    q.add_argument("--cv", required=True, help="vamp_cv.pt or spib_cv.pt")
-    q.add_argument("--topology", required=True, help="PDB of the system (example configuration)")
+    q = cvsub.add_parser("export", help="backbone + trained head -> one TorchScript CV for "
+                                        "OpenMM")
+    q.add_argument("--backbone", required=True, metavar="FILE",
+                   help="backbone file (required)")
+    q.add_argument("--cv", required=True, metavar="FILE",
+                   help="vamp_cv.pt or spib_cv.pt (required)")
+    q.add_argument("--topology", required=True, metavar="FILE",
+                   help="PDB of the system, its example configuration (required)")
     q.add_argument("--periodic", action="store_true", help="use the PDB's box")
-    q.add_argument("--float64", action="store_true")
-    q.add_argument("--check", action="store_true", help="run check-export on the file")
+    q.add_argument("--float64", action="store_true",
+                   help="export in float64 (default: float32)")
+    q.add_argument("--check", action="store_true",
+                   help="run check-export on the file (exit 1 if it fails)")
     common(q, "exported CV file (.pt)")
 
     q = cvsub.add_parser("bias", help="well-tempered metadynamics along exported CVs in OpenMM, "
-                                      "checkpointed, reweighted to phi profiles")
-    q.add_argument("--pdb", required=True)
-    q.add_argument("--model", help="exported CV file (mode cv)")
-    q.add_argument("--mode", default="cv", choices=["cv", "phipsi", "unbiased"])
+                                      "checkpointed (resumable), reweighted to phi profiles")
+    q.add_argument("--pdb", required=True, metavar="FILE",
+                   help="the peptide, e.g. capped alanine (required)")
+    q.add_argument("--model", metavar="FILE",
+                   help="exported CV file (mode cv; required there)")
+    q.add_argument("--mode", default="cv", choices=["cv", "phipsi", "unbiased"],
+                   help="bias along the learned CVs, along phi/psi, or none (default: cv)")
     q.add_argument("--compare", action="store_true",
                    help="run cv, unbiased and phipsi of equal length into OUT/<mode>")
-    q.add_argument("--reference", nargs="+", help="unbiased reference trajectories (npz)")
-    q.add_argument("--reference-stride", type=int, default=1)
-    q.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
-    common(q, "output directory")
-    add_options(q, BiasSettings)
+    q.add_argument("--reference", nargs="+", metavar="NPZ",
+                   help="unbiased reference trajectories (default: none)")
+    q.add_argument("--reference-stride", type=int, default=1, metavar="N",
+                   help="keep every N-th reference frame (default: 1)")
+    q.add_argument("--restart", action="store_true",
+                   help="ignore existing checkpoints and start afresh")
+    common(q, "output directory", resumable=True)
+    add_options(q, cfg.BiasSettings)
 
     def learning(q):
-        q.add_argument("--backbone", help="reuse this pretrained backbone")
-        q.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
-        common(q, "output directory")
+        q.add_argument("--backbone", metavar="FILE",
+                       help="reuse this pretrained backbone (default: pretrain one)")
+        q.add_argument("--quick", action="store_true",
+                       help="start from tiny settings for smoke tests")
+        common(q, "output directory", resumable=True)
 
     q = cvsub.add_parser("reproduce", help="pretrain, featurize, VAMPnet vs deeptime baselines, "
                                            "export; one JSON")
-    q.add_argument("--train", required=True)
-    q.add_argument("--validate", required=True)
-    q.add_argument("--topology", required=True)
+    q.add_argument("--train", required=True, metavar="FILE",
+                   help="training trajectory (required)")
+    q.add_argument("--validate", required=True, metavar="FILE",
+                   help="validation trajectory (required)")
+    q.add_argument("--topology", required=True, metavar="FILE",
+                   help="PDB of the system (required)")
     learning(q)
-    add_options(q, cvw.ReproduceSettings, also={"--quick": cvw.QUICK_REPRODUCE})
+    add_options(q, cfg.ReproduceSettings, also={"--quick": cfg.QUICK_REPRODUCE})
 
     q = cvsub.add_parser("explore", help="hot unbiased OpenMM runs -> reproduce on them -> a CV "
                                          "that knows the rare event (default 700 K, 2 x 5 ns, "
-                                         "lag 10 ps)")
-    q.add_argument("--pdb", required=True)
+                                         "lag 10 ps; resumable)")
+    q.add_argument("--pdb", required=True, metavar="FILE",
+                   help="the peptide (required)")
     learning(q)
-    add_options(q, cvw.ExploreSettings, also={"--quick": cvw.QUICK_EXPLORE})
+    add_options(q, cfg.ExploreSettings, also={"--quick": cfg.QUICK_EXPLORE})

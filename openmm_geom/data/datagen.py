@@ -73,6 +73,7 @@ from ..progress import progress_bar
 
 __all__ = [
     "UNITS",
+    "check_reference_settings",
     "generate_reference",
     "load_reference",
     "reference_topology",
@@ -743,28 +744,12 @@ def generate_reference(
         The energy, positions or forces became non-finite; the message names the MD step and
         the atoms with the largest forces.
     """
-    recipe = _Recipe(
-        pdb_sha256="",  # filled in once the file is read
-        forcefield=_forcefield_names(forcefield),
-        n_frames=check.count("n_frames", n_frames),
-        save_interval_ps=check.number("save_interval_ps", save_interval_ps),
-        timestep_fs=check.number("timestep_fs", timestep_fs),
-        temperature_K=check.number("temperature_K", temperature_K),
-        friction_per_ps=check.number("friction_per_ps", friction_per_ps, sign="non-negative"),
-        equilibration_ps=check.number("equilibration_ps", equilibration_ps, sign="non-negative"),
-        seed=check.count("seed", seed, maximum=2**31 - 1),
-        constraints=_constraints_name(constraints),
-        nonbonded_cutoff_nm=check.number("nonbonded_cutoff_nm", nonbonded_cutoff_nm),
-        rigid_water=bool(rigid_water),
-        platform=str(platform),
-        openmm_version=openmm.__version__,
-    )
-    checkpoint_every = check.count("checkpoint_every", checkpoint_every)
-    threads = 1 if threads is None and recipe.platform == "CPU" else threads
-    if threads is not None:
-        threads = check.count("threads", threads)
-    _platform(recipe.platform, threads)  # unknown platform / misplaced threads: fail early
-
+    recipe, threads, checkpoint_every = _checked_settings(
+        forcefield=forcefield, n_frames=n_frames, save_interval_ps=save_interval_ps,
+        timestep_fs=timestep_fs, temperature_K=temperature_K, friction_per_ps=friction_per_ps,
+        equilibration_ps=equilibration_ps, seed=seed, constraints=constraints,
+        nonbonded_cutoff_nm=nonbonded_cutoff_nm, rigid_water=rigid_water, platform=platform,
+        threads=threads, checkpoint_every=checkpoint_every)
     structure = _read_structure(pdb)
     recipe = dataclasses.replace(recipe, pdb_sha256=structure.sha256)
     recorded = recipe.as_json_dict()
@@ -784,13 +769,16 @@ def generate_reference(
             f"include constraint forces, so they are not the forces force matching needs",
             stacklevel=2)
 
+    simulation = _Simulation(system, structure.topology, recipe, threads, work_path)
+    prepared = not (work_path / "state.json").exists()
+    if prepared:  # a fresh run: refuse a structure that cannot be simulated before writing
+        simulation.prepare(structure.positions)
     with _WorkDir(work_path, recorded) as work:
-        simulation = _Simulation(system, structure.topology, recipe, threads, work_path)
         checkpoint = work.latest_checkpoint()
-        if checkpoint is None:
-            simulation.prepare(structure.positions)
-        else:
+        if checkpoint is not None:
             simulation.resume(checkpoint)
+        elif not prepared:
+            simulation.prepare(structure.positions)
         if not work.equilibrated:
             simulation.equilibrate(recipe.equilibration_steps, progress)
             work.save_equilibrated(simulation.context.createCheckpoint())
@@ -813,6 +801,54 @@ def generate_reference(
         _write_reference(out, work, _static_arrays(recipe, system, structure, generation))
     shutil.rmtree(work_path)
     return out
+
+
+def _checked_settings(*, forcefield, n_frames, save_interval_ps, timestep_fs, temperature_K,
+                      friction_per_ps, equilibration_ps, seed, constraints, nonbonded_cutoff_nm,
+                      rigid_water, platform, threads, checkpoint_every) -> tuple:
+    """``(recipe without the PDB hash, threads, checkpoint_every)``, every value checked."""
+    recipe = _Recipe(
+        pdb_sha256="",  # filled in once the file is read
+        forcefield=_forcefield_names(forcefield),
+        n_frames=check.count("n_frames", n_frames),
+        save_interval_ps=check.number("save_interval_ps", save_interval_ps),
+        timestep_fs=check.number("timestep_fs", timestep_fs),
+        temperature_K=check.number("temperature_K", temperature_K),
+        friction_per_ps=check.number("friction_per_ps", friction_per_ps, sign="non-negative"),
+        equilibration_ps=check.number("equilibration_ps", equilibration_ps, sign="non-negative"),
+        seed=check.count("seed", seed, maximum=2**31 - 1),
+        constraints=_constraints_name(constraints),
+        nonbonded_cutoff_nm=check.number("nonbonded_cutoff_nm", nonbonded_cutoff_nm),
+        rigid_water=bool(rigid_water),
+        platform=str(platform),
+        openmm_version=openmm.__version__,
+    )
+    checkpoint_every = check.count("checkpoint_every", checkpoint_every)
+    threads = 1 if threads is None and recipe.platform == "CPU" else threads
+    if threads is not None:
+        threads = check.count("threads", threads)
+    _platform(recipe.platform, threads)  # unknown platform / misplaced threads: fail early
+    return recipe, threads, checkpoint_every
+
+
+def check_reference_settings(*, n_frames: int, forcefield=("amber14-all.xml",),
+                             save_interval_ps: float = 1.0, timestep_fs: float = 1.0,
+                             temperature_K: float = 300.0, friction_per_ps: float = 1.0,
+                             equilibration_ps: float = 100.0, seed: int = 1,
+                             constraints: Optional[str] = None, nonbonded_cutoff_nm: float = 1.0,
+                             rigid_water: bool = True, platform: str = "CPU",
+                             threads: Optional[int] = None, checkpoint_every: int = 1000,
+                             **ignored) -> None:
+    """Check the settings of :func:`generate_reference` (same arguments, no structure) and
+    raise its ValueError for the first bad one; callers that build a structure first
+    (:func:`~openmm_geom.data.water.generate_water_reference`) refuse bad input before that
+    work."""
+    _checked_settings(forcefield=forcefield, n_frames=n_frames,
+                      save_interval_ps=save_interval_ps, timestep_fs=timestep_fs,
+                      temperature_K=temperature_K, friction_per_ps=friction_per_ps,
+                      equilibration_ps=equilibration_ps, seed=seed, constraints=constraints,
+                      nonbonded_cutoff_nm=nonbonded_cutoff_nm, rigid_water=rigid_water,
+                      platform=platform, threads=threads, checkpoint_every=checkpoint_every)
 
 
 _SCALARS = {"temperature_K": float, "save_interval_ps": float, "timestep_fs": float,

@@ -246,10 +246,16 @@ def generate_water_reference(
     pathlib.Path
         ``out``.
     """
-    from .datagen import generate_reference
+    from .datagen import check_reference_settings, generate_reference
 
     if nonbonded_cutoff_nm is None:
         nonbonded_cutoff_nm = default_cutoff_nm(water_box_edge_nm(n_molecules, density))
+    # refuse bad settings before the box is built (which takes a while for large boxes)
+    check_reference_settings(forcefield=forcefield, timestep_fs=timestep_fs,
+                             save_interval_ps=save_interval_ps,
+                             equilibration_ps=equilibration_ps,
+                             nonbonded_cutoff_nm=nonbonded_cutoff_nm, rigid_water=rigid_water,
+                             seed=seed, **options)
     # the PDB only lives for the run: the output stores it as topology_pdb, and a resumed run
     # rebuilds the identical bytes (the run's settings include the PDB's sha256)
     with tempfile.TemporaryDirectory(prefix="openmm-geom-water-") as tmp:

@@ -6,10 +6,23 @@
   potentials (the base class, graph attention, TorchMD-Net adapters, the registry);
 - :mod:`.geom2vec`, :mod:`.mixers`, :mod:`.heads`: geom2vec featurizer, token mixers,
   VAMPnet/SPIB heads;
-- :mod:`.spectral_pooling`, :mod:`.deep_signature`: Deep Signature and its baselines.
-"""
-from .geometry import Dihedrals, backbone_quadruplets, bond_angles, bond_lengths, dihedral_angles
+- :mod:`.spectral_pooling`, :mod:`.deep_signature`: Deep Signature and its baselines;
+- :mod:`.names`: the architecture and mixer names (no torch needed to read them).
 
+The geometry functions below are loaded on first use, so that ``openmm_geom.models.names``
+(which the settings classes read) does not load torch.
+"""
 __all__ = ["Dihedrals", "dihedral_angles", "bond_lengths", "bond_angles", "backbone_quadruplets",
            "atomistic", "attention", "cgschnet", "deep_signature", "geom2vec", "geometry", "heads",
-           "mixers", "potentials", "priors", "spectral_pooling", "torchmdnet"]
+           "mixers", "names", "potentials", "priors", "spectral_pooling", "torchmdnet"]
+
+_GEOMETRY = ("Dihedrals", "dihedral_angles", "bond_lengths", "bond_angles",
+             "backbone_quadruplets")
+
+
+def __getattr__(name: str):
+    if name in _GEOMETRY:
+        from . import geometry
+
+        return getattr(geometry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

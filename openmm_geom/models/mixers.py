@@ -45,6 +45,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from .names import MIXER_NAMES
+
 __all__ = ["MLP", "GatedEquivariantBlock", "GVP", "TransformerEncoderLayer", "ScalarTransformer",
            "MixerBlock", "ScalarMLPMixer", "TokenPooling", "SubFormer", "SubMixer", "GVPMixer",
            "build_mixer", "MIXER_NAMES", "ACTIVATIONS"]
@@ -58,7 +60,6 @@ ACTIVATIONS = {
     "softplus": torch.nn.Softplus,
 }
 
-MIXER_NAMES = ("pool", "subformer", "submixer", "gvp", "gvp+subformer", "gvp+submixer")
 
 
 def _vector_norm(v: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from .atomistic import AtomisticPotential
+from .names import ARCHITECTURES
 
 __all__ = ["ARCHITECTURES", "build_potential", "potential_class"]
-
-ARCHITECTURES = ("attention", "et", "tensornet")
 
 
 def potential_class(architecture: str):

@@ -34,7 +34,7 @@ import torch
 from ..models.atomistic import AtomisticPotential, fit_energy_offsets
 from ..ops.neighbors import neighbor_pairs
 from ..progress import progress_bar
-from ..settings import setting
+from .config import EnergyForceConfig
 from .loop import EpochTracker
 
 __all__ = ["EnergyForceConfig", "energy_force_loss", "prepare_model", "evaluate_potential",
@@ -44,40 +44,6 @@ __all__ = ["EnergyForceConfig", "energy_force_loss", "prepare_model", "evaluate_
 # enough for a useful first gradient, small enough not to start from a huge energy error.
 INITIAL_FORCE_FRACTION = 0.1
 REPULSION_FRACTION = 0.9  # repulsion sigma / closest distance in the training data
-
-
-@dataclasses.dataclass
-class EnergyForceConfig:
-    """Hyper-parameters of energy+force training (units: nm, kJ/mol)."""
-
-    epochs: int = setting(30, help="most training epochs")
-    batch_size: int = setting(8, help="frames per optimiser step")
-    lr_min: float = setting(5e-5, help="one-cycle schedule: starting learning rate")
-    lr_max: float = setting(2e-3, help="one-cycle schedule: peak learning rate")
-    lr_final: float = setting(1e-5, help="one-cycle schedule: final learning rate")
-    weight_decay: float = setting(0.0, help="AdamW weight decay")
-    rho: float = setting(0.0, help="weight of the energy term, 0-1; forces: 1 - rho")
-    loss: str = setting("logcosh", help="per-component loss", choices=("logcosh", "mse"))
-    logcosh_alpha: float = setting(1.0, help="log-cosh: quadratic below this, in units of sigma")
-    patience: int = setting(10, help="stop after this many epochs without a better validation "
-                                     "force MAE")
-    seed: int = setting(0, help="the run's random seed (set per run)", cli=False)
-    max_train_frames: Optional[int] = setting(
-        None, help="training frames per epoch, a stride through them; none: all")
-    core_repulsion: bool = setting(True, help="fit (sigma/r)^12 walls from the closest "
-                                              "distances seen")
-
-    def __post_init__(self):
-        if self.loss not in ("mse", "logcosh"):
-            raise ValueError(f"loss must be 'mse' or 'logcosh', got {self.loss!r}")
-        if not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
-        if not (0 < self.lr_min <= self.lr_max and 0 < self.lr_final):
-            raise ValueError("learning rates must satisfy 0 < lr_min <= lr_max and lr_final > 0")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ValueError("epochs, batch_size and patience must be >= 1")
-        if not self.logcosh_alpha > 0:
-            raise ValueError("logcosh_alpha must be positive")
 
 
 def one_cycle_lambda(total_steps: int, lr_min: float, lr_max: float, lr_final: float):

@@ -20,30 +20,11 @@ import torch
 from ..io import atomic_write_bytes
 from ..models.cgschnet import CGSchNet, stack_ensemble
 from ..progress import progress_bar
-from ..settings import setting
+from .config import TrainConfig
 from .loop import EpochTracker
 
 __all__ = ["TrainConfig", "time_block_folds", "force_matching_loss", "train_fold",
            "train_ensemble", "FoldResult"]
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Force-matching hyper-parameters (lengths nm, forces kJ/mol/nm)."""
-
-    epochs: int = setting(30, help="most training epochs per fold")
-    batch_size: int = setting(256, help="frames per optimiser step")
-    learning_rate: float = setting(3e-3, help="Adam learning rate at the start")
-    final_learning_rate: float = setting(3e-4, help="learning rate of the last epoch, decayed "
-                                                    "exponentially")
-    weight_decay: float = setting(0.0, help="Adam weight decay")
-    patience: int = setting(6, help="stop a fold after this many epochs without a better "
-                                    "validation loss")
-    folds: int = setting(5, help="time-block cross-validation folds = ensemble members")
-    gap_frames: int = setting(10, help="frames left out on each side of a validation block")
-    seed: int = setting(0, help="the run's random seed (set per run)", cli=False)
-    max_train_frames: Optional[int] = setting(
-        None, help="training frames per epoch, a stride through them; none: all")
 
 
 def time_block_folds(n_frames: int, folds: int, gap: int = 0) -> List[tuple]:

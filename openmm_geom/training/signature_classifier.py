@@ -35,7 +35,7 @@ from ..errors import ModelFileError
 from ..io import atomic_write_bytes, load_versioned, save_versioned
 from ..models.deep_signature import METHODS, build_model
 from ..progress import progress_bar
-from ..settings import setting
+from .config import TrainingSettings
 
 __all__ = ["TrainingSettings", "SVM_METHOD", "ALL_METHODS", "classification_metrics",
            "train_fold", "cross_validate", "load_classifier", "predict"]
@@ -44,40 +44,6 @@ CLASSIFIER_KIND, CLASSIFIER_VERSION = "signature-classifier", 1
 
 SVM_METHOD = "dihedral-svm"
 ALL_METHODS = tuple(METHODS) + (SVM_METHOD,)
-
-
-@dataclasses.dataclass
-class TrainingSettings:
-    """Optimisation settings (defaults: the paper's gene-regulatory setting, appendix B.1).
-
-    ``loss_weights`` multiply the cut, orthogonality and temporal-consistency terms of eq. 12
-    (cross entropy has weight 1). The cut weight defaults to 0.1, not 1: with weight 1 the
-    cut term (which rewards putting every node in one bead) outweighs orthogonality early in
-    training and the assignment collapses to a single bead. ``patience`` stops a fold after that many epochs without a
-    better validation accuracy (None: run all epochs).
-    """
-
-    epochs: int = setting(100, help="training epochs per fold")
-    batch_size: int = setting(48, help="windows per optimiser step")
-    learning_rate: float = setting(5e-4, help="Adam learning rate")
-    weight_decay: float = setting(1e-4, help="Adam weight decay")
-    loss_weights: Sequence[float] = setting(
-        (0.1, 1.0, 1.0), help="weights of the cut, orthogonality and consistency terms")
-    patience: Optional[int] = setting(None, help="stop a fold after N epochs without a better "
-                                                 "validation accuracy; none: run all epochs")
-    groups: int = setting(5, help="time groups per trajectory")
-    folds: int = setting(5, help="folds per time group")
-    seed: int = setting(0, help="random seed of the models and the batch order")
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "groups", "folds"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if len(self.loss_weights) != 3:
-            raise ValueError("loss_weights needs three numbers (cut, orthogonality, consistency)")
-        self.loss_weights = tuple(float(w) for w in self.loss_weights)
 
 
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict:

@@ -34,14 +34,14 @@ from ..data.timelagged import TimeLaggedPairs
 from ..errors import ModelFileError
 from ..io import load_versioned, save_figure, save_versioned
 from ..progress import progress_bar
-from ..settings import setting
+from .config import VAMP_MODES
+from .config import VAMPNetTrainer
 
 __all__ = ["vamp2_score", "covariances", "vamp2_of", "transform", "VAMPNetTrainer",
-           "VAMPNetResult", "fit_vampnet", "plot_learning_curve", "load_lobe_state"]
+           "VAMPNetResult", "fit_vampnet", "fit_lobe", "plot_learning_curve", "load_lobe_state"]
 
 LOBE_KIND, LOBE_VERSION = "vampnet-lobe", 1
 
-_MODES = ("regularize", "trunc", "clamp")
 
 
 def covariances(x0: torch.Tensor, x1: torch.Tensor):
@@ -99,8 +99,8 @@ def vamp2_score(x0: torch.Tensor, x1: torch.Tensor, epsilon: float = 1e-6,
         0-dim score in ``[1, 1 + k]`` for well-conditioned data; equals deeptime's
         ``vamp_score(x0, x1, method="VAMP2", epsilon=epsilon, mode=mode)``.
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if mode not in VAMP_MODES:
+        raise ValueError(f"mode must be one of {VAMP_MODES}, got {mode!r}")
     c00, c01, c11 = covariances(x0, x1)
     koopman = _inverse_sqrt(c00, epsilon, mode) @ c01 @ _inverse_sqrt(c11, epsilon, mode)
     return 1.0 + (koopman ** 2).sum()
@@ -219,203 +219,153 @@ def _state_copy(module: nn.Module) -> Dict[str, torch.Tensor]:
     return copy.deepcopy(module.state_dict())
 
 
-@dataclasses.dataclass
-class VAMPNetTrainer:
-    """VAMPnet optimisation settings (defaults: Table S2 of the geom2vec paper).
+def fit_lobe(trainer: VAMPNetTrainer, lobe: nn.Module, train_pairs: TimeLaggedPairs,
+             validation_pairs: Optional[TimeLaggedPairs] = None, *,
+             lobe_timelagged: Optional[nn.Module] = None) -> VAMPNetResult:
+    """Train ``lobe`` in place with ``trainer``'s settings (and ``lobe_timelagged``; None =
+    shared lobe, the default); the settings are :class:`VAMPNetTrainer`'s.
 
     Parameters
     ----------
-    lr : float, default 2e-4
-        AdamW learning rate.
-    weight_decay : float, default 0.0
-    batch_size : int, default 5000
-        Pairs per batch; VAMP needs large batches (covariance inverses).
-    max_epochs : int, default 20
-    validation_interval : int, default 5
-        Batches between validations.
-    train_patience : int, default 10
-        Stop after this many batches without a better training (batch) score.
-    validation_patience : int, default 2
-        Stop after this many validations without a better validation score.
-    epsilon, mode
-        Covariance regularisation, see :func:`vamp2_score`.
-    seed : int, default 0
-        Seeds batch order and dropout; CPU runs with equal seeds are bit-identical.
-    progress : bool, default False
-        tqdm bar on stderr.
-    eval_batch_size : int, default 4096
+    trainer : VAMPNetTrainer
+        The optimisation settings.
+    lobe : nn.Module
+        Maps ``(B, *feature_shape) -> (B, k)``.
+    train_pairs, validation_pairs : TimeLaggedPairs
+        Validation pairs should come from :func:`~openmm_geom.data.timelagged.split_by_time`
+        or ``split_by_trajectory``. Without them the final state is kept.
+    lobe_timelagged : nn.Module, optional
+        Separate lobe for ``t + lag`` (non-reversible VAMP); default: shared.
+
+    Returns
+    -------
+    VAMPNetResult
     """
+    if len(train_pairs) < 2:
+        raise ValueError(f"need at least 2 training pairs, got {len(train_pairs)}")
+    if validation_pairs is not None and len(validation_pairs) < 2:
+        raise ValueError(f"need at least 2 validation pairs, got {len(validation_pairs)}")
+    if validation_pairs is not None and validation_pairs.feature_shape != train_pairs.feature_shape:
+        raise ValueError(f"validation feature shape {validation_pairs.feature_shape} differs "
+                         f"from training {train_pairs.feature_shape}")
+    shared = lobe_timelagged is None or lobe_timelagged is lobe
+    lagged = lobe if shared else lobe_timelagged
+    params = list(lobe.parameters()) + ([] if shared else list(lagged.parameters()))
+    if not params:
+        raise ValueError("the lobe has no trainable parameters")
+    dtype = _module_dtype(lobe)
+    start_time = time.perf_counter()
+    history: Dict[str, list] = {"train_step": [], "train_score": [], "validation_step": [],
+                                "validation_score": []}
 
-    lr: float = setting(2e-4, help="AdamW learning rate")
-    weight_decay: float = setting(0.0, help="AdamW weight decay")
-    batch_size: int = setting(5000, help="time-lagged pairs per batch; VAMP needs large "
-                                         "batches")
-    max_epochs: int = setting(20, help="most passes over the training pairs")
-    validation_interval: int = setting(5, help="batches between validations")
-    train_patience: int = setting(10, help="stop after this many batches without a better "
-                                           "training score")
-    validation_patience: int = setting(2, help="stop after this many validations without a "
-                                               "better validation score")
-    epsilon: float = setting(1e-6, help="covariance regularisation")
-    mode: str = setting("regularize", help="covariance regularisation mode", choices=_MODES)
-    seed: int = setting(0, help="seeds batch order and dropout (set per run)", cli=False)
-    progress: bool = setting(False, help="progress bar on stderr (set per run)", cli=False)
-    eval_batch_size: int = setting(4096, help="pairs per batch when scoring")
+    def validate() -> float:
+        return vamp2_of(lobe, validation_pairs, lobe_timelagged=None if shared else lagged,
+                        batch_size=trainer.eval_batch_size, epsilon=trainer.epsilon, mode=trainer.mode)
 
-    def __post_init__(self):
-        for name in ("batch_size", "max_epochs", "validation_interval", "train_patience",
-                     "validation_patience", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-
-    def fit(self, lobe: nn.Module, train_pairs: TimeLaggedPairs,
-            validation_pairs: Optional[TimeLaggedPairs] = None, *,
-            lobe_timelagged: Optional[nn.Module] = None) -> VAMPNetResult:
-        """Train ``lobe`` in place (and ``lobe_timelagged``; None = shared lobe, the default).
-
-        Parameters
-        ----------
-        lobe : nn.Module
-            Maps ``(B, *feature_shape) -> (B, k)``.
-        train_pairs, validation_pairs : TimeLaggedPairs
-            Validation pairs should come from :func:`~openmm_geom.data.timelagged.split_by_time`
-            or ``split_by_trajectory``. Without them the final state is kept.
-        lobe_timelagged : nn.Module, optional
-            Separate lobe for ``t + lag`` (non-reversible VAMP); default: shared.
-
-        Returns
-        -------
-        VAMPNetResult
-        """
-        if len(train_pairs) < 2:
-            raise ValueError(f"need at least 2 training pairs, got {len(train_pairs)}")
-        if validation_pairs is not None and len(validation_pairs) < 2:
-            raise ValueError(f"need at least 2 validation pairs, got {len(validation_pairs)}")
-        if validation_pairs is not None and validation_pairs.feature_shape != train_pairs.feature_shape:
-            raise ValueError(f"validation feature shape {validation_pairs.feature_shape} differs "
-                             f"from training {train_pairs.feature_shape}")
-        shared = lobe_timelagged is None or lobe_timelagged is lobe
-        lagged = lobe if shared else lobe_timelagged
-        params = list(lobe.parameters()) + ([] if shared else list(lagged.parameters()))
-        if not params:
-            raise ValueError("the lobe has no trainable parameters")
-        dtype = _module_dtype(lobe)
-        start_time = time.perf_counter()
-        history: Dict[str, list] = {"train_step": [], "train_score": [], "validation_step": [],
-                                    "validation_score": []}
-
-        def validate() -> float:
-            return vamp2_of(lobe, validation_pairs, lobe_timelagged=None if shared else lagged,
-                            batch_size=self.eval_batch_size, epsilon=self.epsilon, mode=self.mode)
-
-        # fork_rng: seeding dropout must not change the caller's global RNG stream
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.seed))
-            generator = torch.Generator().manual_seed(int(self.seed))
-            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-            # a final batch of a few pairs gives a singular covariance: drop it (it is shuffled
-            # into another batch next epoch)
-            per_epoch = max(len(train_pairs) // self.batch_size, 1)
-            bar = progress_bar(self.max_epochs * per_epoch, "VAMPnet", enabled=self.progress,
-                               unit="batch")
-            step = 0
-            best_train = -math.inf
-            since_train = 0
-            best_val = -math.inf
-            since_val = 0
-            best_state = _state_copy(lobe)
-            best_state_lagged = None if shared else _state_copy(lagged)
-            best_step = 0
-            stop_reason = f"max_epochs ({self.max_epochs})"
-            epoch = 0
-            stop = False
-            lobe.train()
-            lagged.train()
-            try:
-                for epoch in range(1, self.max_epochs + 1):
-                    batches = train_pairs.batch_indices(self.batch_size, generator=generator,
-                                                        drop_last=True)
-                    for idx in batches:
-                        x0, x1 = train_pairs.batch(idx)
-                        optimizer.zero_grad(set_to_none=True)
-                        score = vamp2_score(lobe(_cast(x0, dtype)), lagged(_cast(x1, dtype)),
-                                            epsilon=self.epsilon, mode=self.mode)
-                        (-score).backward()
-                        optimizer.step()
-                        step += 1
-                        value = float(score.detach())
-                        history["train_step"].append(step)
-                        history["train_score"].append(value)
-                        bar.update(1)
-                        if value > best_train:
-                            best_train, since_train = value, 0
+    # fork_rng: seeding dropout must not change the caller's global RNG stream
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(trainer.seed))
+        generator = torch.Generator().manual_seed(int(trainer.seed))
+        optimizer = torch.optim.AdamW(params, lr=trainer.lr, weight_decay=trainer.weight_decay)
+        # a final batch of a few pairs gives a singular covariance: drop it (it is shuffled
+        # into another batch next epoch)
+        per_epoch = max(len(train_pairs) // trainer.batch_size, 1)
+        bar = progress_bar(trainer.max_epochs * per_epoch, "VAMPnet", enabled=trainer.progress,
+                           unit="batch")
+        step = 0
+        best_train = -math.inf
+        since_train = 0
+        best_val = -math.inf
+        since_val = 0
+        best_state = _state_copy(lobe)
+        best_state_lagged = None if shared else _state_copy(lagged)
+        best_step = 0
+        stop_reason = f"max_epochs ({trainer.max_epochs})"
+        epoch = 0
+        stop = False
+        lobe.train()
+        lagged.train()
+        try:
+            for epoch in range(1, trainer.max_epochs + 1):
+                batches = train_pairs.batch_indices(trainer.batch_size, generator=generator,
+                                                    drop_last=True)
+                for idx in batches:
+                    x0, x1 = train_pairs.batch(idx)
+                    optimizer.zero_grad(set_to_none=True)
+                    score = vamp2_score(lobe(_cast(x0, dtype)), lagged(_cast(x1, dtype)),
+                                        epsilon=trainer.epsilon, mode=trainer.mode)
+                    (-score).backward()
+                    optimizer.step()
+                    step += 1
+                    value = float(score.detach())
+                    history["train_step"].append(step)
+                    history["train_score"].append(value)
+                    bar.update(1)
+                    if value > best_train:
+                        best_train, since_train = value, 0
+                    else:
+                        since_train += 1
+                    if validation_pairs is not None and step % trainer.validation_interval == 0:
+                        val = validate()
+                        history["validation_step"].append(step)
+                        history["validation_score"].append(val)
+                        bar.set_postfix(train=f"{value:.3f}", val=f"{val:.3f}", refresh=False)
+                        if val > best_val:
+                            best_val, since_val, best_step = val, 0, step
+                            best_state = _state_copy(lobe)
+                            if not shared:
+                                best_state_lagged = _state_copy(lagged)
                         else:
-                            since_train += 1
-                        if validation_pairs is not None and step % self.validation_interval == 0:
-                            val = validate()
-                            history["validation_step"].append(step)
-                            history["validation_score"].append(val)
-                            bar.set_postfix(train=f"{value:.3f}", val=f"{val:.3f}", refresh=False)
-                            if val > best_val:
-                                best_val, since_val, best_step = val, 0, step
-                                best_state = _state_copy(lobe)
-                                if not shared:
-                                    best_state_lagged = _state_copy(lagged)
-                            else:
-                                since_val += 1
-                            if since_val >= self.validation_patience:
-                                stop_reason = (f"validation_patience ({self.validation_patience} "
-                                               f"validations without improvement)")
-                                stop = True
-                                break
-                        if since_train >= self.train_patience:
-                            stop_reason = (f"train_patience ({self.train_patience} batches "
-                                           f"without improvement)")
+                            since_val += 1
+                        if since_val >= trainer.validation_patience:
+                            stop_reason = (f"validation_patience ({trainer.validation_patience} "
+                                           f"validations without improvement)")
                             stop = True
                             break
-                    if stop:
+                    if since_train >= trainer.train_patience:
+                        stop_reason = (f"train_patience ({trainer.train_patience} batches "
+                                       f"without improvement)")
+                        stop = True
                         break
-            finally:
-                bar.close()
+                if stop:
+                    break
+        finally:
+            bar.close()
 
-            if validation_pairs is None:
-                best_state = _state_copy(lobe)
-                best_state_lagged = None if shared else _state_copy(lagged)
-                best_step = step
-            else:
-                # the last batches may not have been validated yet: give them their chance
-                if not history["validation_step"] or history["validation_step"][-1] != step:
-                    val = validate()
-                    history["validation_step"].append(step)
-                    history["validation_score"].append(val)
-                    if val > best_val:
-                        best_val, best_step = val, step
-                        best_state = _state_copy(lobe)
-                        if not shared:
-                            best_state_lagged = _state_copy(lagged)
-                # load a copy so that the stored best stays independent of the live module
-                lobe.load_state_dict(copy.deepcopy(best_state))
-                if not shared:
-                    lagged.load_state_dict(copy.deepcopy(best_state_lagged))
+        if validation_pairs is None:
+            best_state = _state_copy(lobe)
+            best_state_lagged = None if shared else _state_copy(lagged)
+            best_step = step
+        else:
+            # the last batches may not have been validated yet: give them their chance
+            if not history["validation_step"] or history["validation_step"][-1] != step:
+                val = validate()
+                history["validation_step"].append(step)
+                history["validation_score"].append(val)
+                if val > best_val:
+                    best_val, best_step = val, step
+                    best_state = _state_copy(lobe)
+                    if not shared:
+                        best_state_lagged = _state_copy(lagged)
+            # load a copy so that the stored best stays independent of the live module
+            lobe.load_state_dict(copy.deepcopy(best_state))
+            if not shared:
+                lagged.load_state_dict(copy.deepcopy(best_state_lagged))
 
-        lobe.eval()
-        lagged.eval()
-        lagged_arg = None if shared else lagged
-        validation_score = None if validation_pairs is None else vamp2_of(
-            lobe, validation_pairs, lobe_timelagged=lagged_arg, batch_size=self.eval_batch_size,
-            epsilon=self.epsilon, mode=self.mode)
-        train_score = vamp2_of(lobe, train_pairs, lobe_timelagged=lagged_arg,
-                               batch_size=self.eval_batch_size, epsilon=self.epsilon,
-                               mode=self.mode)
-        return VAMPNetResult(lobe=lobe, lobe_timelagged=lagged, best_state=best_state,
-                             best_state_timelagged=best_state_lagged,
-                             validation_score=validation_score, train_score=train_score,
-                             best_step=best_step, history=history, stop_reason=stop_reason,
-                             epochs=epoch, seconds=time.perf_counter() - start_time)
+    lobe.eval()
+    lagged.eval()
+    lagged_arg = None if shared else lagged
+    validation_score = None if validation_pairs is None else vamp2_of(
+        lobe, validation_pairs, lobe_timelagged=lagged_arg, batch_size=trainer.eval_batch_size,
+        epsilon=trainer.epsilon, mode=trainer.mode)
+    train_score = vamp2_of(lobe, train_pairs, lobe_timelagged=lagged_arg,
+                           batch_size=trainer.eval_batch_size, epsilon=trainer.epsilon,
+                           mode=trainer.mode)
+    return VAMPNetResult(lobe=lobe, lobe_timelagged=lagged, best_state=best_state,
+                         best_state_timelagged=best_state_lagged,
+                         validation_score=validation_score, train_score=train_score,
+                         best_step=best_step, history=history, stop_reason=stop_reason,
+                         epochs=epoch, seconds=time.perf_counter() - start_time)
 
 
 def fit_vampnet(lobe: nn.Module, train_pairs: TimeLaggedPairs,
@@ -425,13 +375,13 @@ def fit_vampnet(lobe: nn.Module, train_pairs: TimeLaggedPairs,
                 validation_interval: int = 5, train_patience: int = 10,
                 validation_patience: int = 2, epsilon: float = 1e-6, mode: str = "regularize",
                 seed: int = 0, progress: bool = False, eval_batch_size: int = 4096) -> VAMPNetResult:
-    """Train a VAMPnet; shorthand for ``VAMPNetTrainer(...).fit(...)`` (see there)."""
+    """Train a VAMPnet; shorthand for ``fit_lobe(VAMPNetTrainer(...), ...)`` (see there)."""
     trainer = VAMPNetTrainer(lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                              max_epochs=max_epochs, validation_interval=validation_interval,
                              train_patience=train_patience, validation_patience=validation_patience,
                              epsilon=epsilon, mode=mode, seed=seed, progress=progress,
                              eval_batch_size=eval_batch_size)
-    return trainer.fit(lobe, train_pairs, validation_pairs, lobe_timelagged=lobe_timelagged)
+    return fit_lobe(trainer, lobe, train_pairs, validation_pairs, lobe_timelagged=lobe_timelagged)
 
 
 def plot_learning_curve(history: Dict[str, Sequence[float]], path: Union[str, Path],

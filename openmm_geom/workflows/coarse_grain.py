@@ -27,12 +27,14 @@ from ..models.cgschnet import CGSchNet
 from ..models.priors import fit_priors
 from ..simulate import BatchedLangevin, EnsembleForces, TrajectoryWriter, read_trajectory
 from ..training.checkpoints import load_cgschnet, save_cgschnet
-from ..training.force_matching import TrainConfig, train_ensemble
-from ..settings import override, setting
+from ..training.force_matching import time_block_folds, train_ensemble
+from ..settings import check_settings
+from .. import arguments as check
+from .config import PRODUCTION, QUICK, CGSettings
 from ..units import MOLAR_GAS_CONSTANT_KJ
 
 __all__ = ["CGSettings", "PRODUCTION", "QUICK", "CGData", "load_cg_data", "train", "simulate",
-           "evaluate", "evaluation_kind", "reproduce"]
+           "simulate_from", "evaluate", "evaluate_files", "evaluation_kind", "reproduce"]
 
 ALANINE_BONDS = [(0, 1), (1, 2), (2, 3), (3, 4), (2, 5)]  # C-N-CA-C-N backbone + CA-CB
 # Dihedral priors on phi and psi only: the torsions through CB move rigidly with them, and a
@@ -40,66 +42,6 @@ ALANINE_BONDS = [(0, 1), (1, 2), (2, 3), (3, 4), (2, 5)]  # C-N-CA-C-N backbone 
 # (measured: priors on all four torsions put 3.6% of the population in the C5/PII basin
 # instead of the reference's 24%).
 ALANINE_DIHEDRALS = [(0, 1, 2, 3), (1, 2, 3, 4)]
-
-
-@dataclasses.dataclass
-class CGSettings:
-    """Everything the CG job needs besides data. Lengths nm, time fs/ps, energies kJ/mol.
-
-    ``stage`` in each field's metadata names the command that uses it (``cg train``,
-    ``simulate``, ``evaluate``; ``reproduce`` uses them all).
-    """
-
-    # model
-    features: int = setting(32, help="CGSchNet feature channels", stage="train")
-    filters: int = setting(32, help="continuous-filter channels", stage="train")
-    interactions: int = setting(2, help="interaction blocks", stage="train")
-    n_rbf: int = setting(16, help="radial basis functions", stage="train")
-    output_hidden: int = setting(16, help="hidden units of the energy output network",
-                                 stage="train")
-    cutoff_nm: float = setting(1.0, help="interaction cutoff, nm", stage="train")
-    dtype: str = setting("float32", help="model precision", choices=("float32", "float64"),
-                         stage="train")
-    # force map: "optimized" aggregates unmapped atoms' forces with minimal variance (same
-    # mean force; 8x lower force-matching noise on capped alanine) or "slice" (the paper's)
-    force_map: str = setting("optimized", help="minimal-variance force aggregation or the "
-                             "paper's slice", choices=("optimized", "slice"), stage="train")
-    # priors
-    prior_method: str = setting("cgnet", help="prior fit: k = kT/Var (cgnet) or Boltzmann "
-                                "inversion", choices=("cgnet", "boltzmann"), stage="train")
-    dihedral_harmonics: int = setting(3, help="Fourier terms of the dihedral priors",
-                                      stage="train")
-    # training (small batches: force-matching gradients are noisy, and more optimizer steps
-    # per epoch lowered the validation loss more than a larger network did, at less cost);
-    # the seed is set per run
-    training: TrainConfig = setting(
-        TrainConfig(epochs=30, batch_size=64, learning_rate=3e-3, final_learning_rate=1e-4,
-                    patience=5, folds=5, max_train_frames=40_000),
-        help="force-matching training of the k-fold ensemble", stage="train")
-    # simulation: 100 replicas x 100 ps (10 ns in all; each replica crosses between the
-    # C7eq and C5 basins ~10 times per 40 ps, so the replicas forget where they started)
-    replicas: int = setting(100, help="independent replicas simulated as one batch",
-                            stage="simulate")
-    steps: int = setting(50_000, help="integration steps per replica", stage="simulate")
-    timestep_fs: float = setting(2.0, help="integration time step, fs", stage="simulate")
-    friction_per_ps: float = setting(1.0, help="Langevin friction, 1/ps", stage="simulate")
-    save_interval: int = setting(250, help="steps between saved frames", stage="simulate")
-    integrator: str = setting("baoab", help="Langevin integrator",
-                              choices=("baoab", "overdamped"), stage="simulate")
-    # evaluation
-    noise_seeds: int = setting(50, help="noisy copies of the reference for the sigma "
-                               "calibration curve", stage="evaluate")
-    equilibration_fraction: float = setting(0.1, help="fraction of each CG run discarded",
-                                            stage="evaluate")
-    tica_lag_frames: int = setting(10, help="proteins: TICA lag in reference frames",
-                                   stage="evaluate")
-
-
-#: The documented production setting of ``openmm-geom cg reproduce`` (under 60 min, 2 cores).
-PRODUCTION = CGSettings()
-#: A few-minute setting for the demo and the tests.
-QUICK = override(PRODUCTION, folds=2, epochs=2, batch_size=256, max_train_frames=4000,
-                 replicas=16, steps=4000, save_interval=50, noise_seeds=3)
 
 
 @dataclasses.dataclass
@@ -171,6 +113,9 @@ def load_cg_data(path, *, pdb=None, mapping="auto", need_forces: bool = True,
         cg = optimized_force_map(cg, data["forces"])
     x = cg.map_positions(data["positions"])
     f = cg.map_forces(data["forces"]) if need_forces else None
+    if "masses" not in data:
+        raise ValueError(f"{path} has no 'masses' array (amu per atom); the CG beads' masses "
+                         "come from it")
     masses = np.asarray(data["masses"], dtype=float)
     bead_masses = np.array([masses[g].sum() for g in cg.groups])
     if cg.bead_names[:2] == ["C(ACE)", "N"]:
@@ -197,6 +142,12 @@ def train(data: CGData, out: Path, settings: CGSettings = PRODUCTION, *, seed: i
     """Fit priors, train the k-fold ensemble, write cg_model.pt (+ OpenMM export, curves)."""
     from ..analysis.plots import plot_learning_curves
 
+    check_settings(settings)
+    seed = check.count("seed", seed, minimum=0)
+    if data.forces is None:
+        raise ValueError(f"{data.source} has no forces: force matching needs them")
+    time_block_folds(len(data.positions), settings.training.folds,
+                     settings.training.gap_frames)  # too few frames: refuse before writing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -234,19 +185,30 @@ def start_configurations(positions: np.ndarray, replicas: int) -> np.ndarray:
 
 def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettings = PRODUCTION,
              *, seed: int = 0, progress: bool = True) -> dict:
-    """Batched Langevin simulation of the ensemble from ``starts`` (replicas, beads, 3) nm."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Batched Langevin simulation of the ensemble from ``starts`` (replicas, beads, 3) nm.
+
+    Writes ``cg_trajectory.h5`` and the checkpoint ``cg_simulation.ckpt`` into ``out``;
+    calling again with the same arguments resumes from the checkpoint. Every argument is
+    checked before ``out`` is touched.
+    """
+    check_settings(settings)
+    seed = check.count("seed", seed, minimum=0)
     model, metadata = load_cgschnet(model_path)
     model.eval()
     starts = np.asarray(starts, dtype=np.float64)
     if starts.ndim != 3 or starts.shape[1:] != (model.n_beads, 3):
         raise ValueError(f"start configurations must be (replicas, {model.n_beads}, 3), "
                          f"got {starts.shape}: a model file for a different bead count?")
+    if not np.isfinite(starts).all():
+        raise ValueError("start configurations contain NaN or infinite values")
     forces = EnsembleForces(model)
     sim = BatchedLangevin(forces, metadata["masses_amu"], metadata["temperature_K"],
                           friction=settings.friction_per_ps, timestep=settings.timestep_fs / 1000,
                           integrator=settings.integrator, seed=seed, dtype=torch.float64)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out must be a directory, but {out} is a file")
+    out.mkdir(parents=True, exist_ok=True)
     trajectory = out / "cg_trajectory.h5"
     with TrajectoryWriter(trajectory, len(starts), model.n_beads, spread=True, mode="a") as writer:
         summary = sim.run(torch.as_tensor(starts), settings.steps,
@@ -261,6 +223,39 @@ def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettin
                   simulated_ns_total=len(starts) * settings.steps * (settings.timestep_fs / 1000)
                   / 1000)
     return result
+
+
+def simulate_from(model_path, start_path, out, settings: CGSettings = PRODUCTION, *,
+                  pdb=None, seed: int = 0, progress: bool = True) -> dict:
+    """``openmm-geom cg simulate``: :func:`simulate` a trained ``cg_model.pt`` from frames of
+    an all-atom file, mapped with the model's own mapping (``settings.replicas`` frames spread
+    over the file). Everything is read and checked before ``out`` is touched."""
+    check_settings(settings)
+    model, metadata = load_cgschnet(model_path)
+    mapping = CGMapping.from_dict(metadata["mapping"]) if "mapping" in metadata else "auto"
+    start = load_cg_data(start_path, pdb=pdb, need_forces=False, mapping=mapping)
+    if start.mapping.n_beads != model.n_beads:
+        raise ValueError(f"{model_path} is a {model.n_beads}-bead model but {start_path} maps "
+                         f"to {start.mapping.n_beads} beads")
+    return simulate(model_path, start_configurations(start.positions, settings.replicas), out,
+                    settings, seed=seed, progress=progress)
+
+
+def evaluate_files(reference_path, trajectory, out, *, settings: CGSettings = PRODUCTION,
+                   pdb=None, mapping="auto", seed: int = 0) -> dict:
+    """``openmm-geom cg evaluate``: :func:`evaluate` a ``cg_trajectory.h5`` against an
+    all-atom reference file, mapped with ``mapping``. Both files are read and checked before
+    ``out`` is touched."""
+    check_settings(settings)
+    seed = check.count("seed", seed, minimum=0)
+    reference = load_cg_data(reference_path, pdb=pdb, need_forces=False, mapping=mapping)
+    run = read_trajectory(trajectory, frames=slice(0, 1))
+    if run.positions.shape[2] != reference.mapping.n_beads:
+        raise ValueError(f"{trajectory} has {run.positions.shape[2]} beads but {reference_path} "
+                         f"maps to {reference.mapping.n_beads} (use the mapping the model was "
+                         "trained with)")
+    return evaluate(reference.positions, trajectory, out, temperature_K=reference.temperature_K,
+                    settings=settings, seed=seed, kind=evaluation_kind(reference.mapping))
 
 
 MISSED_MASS_WARNING = 0.05  # reference probability in bins the CG run never visits
@@ -375,16 +370,20 @@ def reproduce(train_path, reference_path, out, *, settings: CGSettings = PRODUCT
               seed: int = 0, threads: Optional[int] = None, pdb=None, mapping="auto",
               progress: bool = True) -> dict:
     """The whole job; returns (and writes to out/metrics.json) one dict of metrics."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    n_threads = set_threads(threads)
-    torch.manual_seed(seed)
-    timings = {}
+    check_settings(settings)
+    seed = check.count("seed", seed, minimum=0)
     t0 = time.perf_counter()
     data = load_cg_data(train_path, pdb=pdb, mapping=mapping, force_map=settings.force_map)
     reference = load_cg_data(reference_path, pdb=pdb, mapping=mapping, need_forces=False)
     if reference.mapping.groups != data.mapping.groups:
         raise ValueError("training and reference data map to different CG representations")
+    time_block_folds(len(data.positions), settings.training.folds,
+                     settings.training.gap_frames)  # too few frames: refuse before writing
+    n_threads = set_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    timings = {}
     training = train(data, out, settings, seed=seed, progress=progress)
     timings["train_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()

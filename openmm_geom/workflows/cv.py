@@ -23,41 +23,22 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..models.mixers import MIXER_NAMES
 from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, backbone_dihedrals,
                                shifted_phi)
 from ..errors import FileFormatError
 from ..training.features import FeatureSet
 from ..io import load_versioned, save_versioned
-from ..training.vamp import VAMPNetTrainer
-from ..settings import override, setting
+from ..training.vamp import fit_lobe
+from .config import (DEFAULT_VAMP_TRAINER, QUICK_EXPLORE, QUICK_REPRODUCE, ExploreSettings,
+                     ReproduceSettings, VampSettings)
 from ..units import MOLAR_GAS_CONSTANT_KJ
 
-__all__ = ["VampSettings", "DEFAULT_VAMP_TRAINER", "train_vamp", "train_spib", "load_token_cv", "export_cv",
+__all__ = ["VampSettings", "DEFAULT_VAMP_TRAINER", "featurize_trajectories", "train_vamp", "train_spib", "load_token_cv", "export_cv",
            "build_geom2vec_cv", "distance_baseline", "dihedral_baseline",
            "lag_in_frames", "ReproduceSettings", "QUICK_REPRODUCE", "reproduce", "ExploreSettings",
            "QUICK_EXPLORE", "explore"]
 
 TOKEN_CV_KIND, TOKEN_CV_VERSION = "token-cv", 1
-
-
-# Table S2's AdamW lr 2e-4 and patience 10/2 were set for 5,000-frame batches of large
-# proteins; on capped alanine 1e-3 with longer patience reached the same score sooner.
-DEFAULT_VAMP_TRAINER = VAMPNetTrainer(lr=1e-3, train_patience=50, validation_patience=10)
-
-
-@dataclasses.dataclass
-class VampSettings:
-    """A VAMPnet on token features: the model (mixer, head) and how it is trained."""
-
-    k: int = setting(2, help="number of CVs, the VAMPnet's outputs")
-    lag_ps: float = setting(2.0, help="lag time, ps: a multiple of the frame spacing")
-    mixer: str = setting("subformer", help="token mixer", choices=MIXER_NAMES)
-    mixer_options: dict = setting({}, help="keyword arguments of the mixer")
-    hidden: int = setting(128, help="hidden units of the head")
-    layers: int = setting(2, help="layers of the head")
-    dropout: float = setting(0.0, help="dropout of the head")
-    trainer: VAMPNetTrainer = setting(DEFAULT_VAMP_TRAINER, help="VAMPnet optimisation")
 
 
 def lag_in_frames(lag_ps: float, timestep_ps: float) -> int:
@@ -99,6 +80,56 @@ def _check_pair(train: FeatureSet, validate: Optional[FeatureSet]) -> None:
                                    f"validation frames {validate.timestep_ps} ps")
 
 
+def featurize_trajectories(trajectories: Sequence, backbone, topology, out, *,
+                           selection: str = "heavy", tokens: str = "residue",
+                           global_atoms: Optional[str] = None, stride: int = 1,
+                           frames: Optional[slice] = None, timestep_ps: Optional[float] = None,
+                           batch_size: int = 128, mean_pooling: bool = False,
+                           progress: bool = True) -> dict:
+    """``openmm-geom cv featurize``: token features of non-periodic trajectories (mdtraj
+    files or npz with positions in nm) by a pretrained backbone, saved as a self-describing
+    npz at ``out``; returns a summary. ``frames`` keeps a slice of each trajectory (after
+    ``stride``); ``timestep_ps`` is the frame spacing if the files lack it. Every input is read
+    before ``out`` is written."""
+    import mdtraj
+
+    from .. import arguments as check
+    from ..data.trajectories import read_positions
+    from ..models.geom2vec import TokenMap
+    from ..training.denoising import load_backbone
+    from ..training.features import featurize
+
+    stride = check.count("stride", stride)
+    batch_size = check.count("batch_size", batch_size)
+    if timestep_ps is not None:
+        timestep_ps = check.number("timestep_ps", timestep_ps)
+    if not trajectories:
+        raise ValueError("give at least one trajectory")
+    if not Path(topology).is_file():
+        raise FileNotFoundError(f"topology file not found: {topology}")
+    featurizer, info = load_backbone(backbone)
+    top = mdtraj.load_topology(str(topology))
+    token_map = TokenMap.from_topology(top, selection, tokens, global_atoms)
+    frames = slice(None) if frames is None else frames
+    loaded, timestep = [], timestep_ps
+    for path in trajectories:
+        positions, boxes, dt = read_positions(path, top, stride=stride, n_atoms=top.n_atoms)
+        if boxes is not None:
+            raise ValueError(f"{path} is periodic: featurize periodic trajectories from "
+                             "Python (openmm_geom.training.features.featurize takes boxes)")
+        loaded.append(np.ascontiguousarray(positions[frames]))
+        timestep = timestep or (dt / stride if dt else None)
+    features = featurize(featurizer, token_map, loaded, backbone_sha256=info["sha256"],
+                         stride=1, timestep_ps=(timestep * stride if timestep else None),
+                         batch_size=batch_size, mean_pooling=mean_pooling, progress=progress)
+    features.sources = [str(path) for path in trajectories]
+    features.save(out)
+    return {"out": str(out), "frames": int(len(features.tokens)),
+            "trajectories": len(loaded), "tokens": features.token_map.token_names,
+            "channels": features.channels, "timestep_ps": features.timestep_ps,
+            "backbone_sha256": info["sha256"]}
+
+
 def train_vamp(train: FeatureSet, validate: FeatureSet, out: Path, settings: VampSettings, *,
                seed: int = 0, progress: bool = True) -> dict:
     """Train a geom2vec VAMPnet on token features; write ``out/vamp_cv.pt`` and figures.
@@ -120,7 +151,7 @@ def train_vamp(train: FeatureSet, validate: FeatureSet, out: Path, settings: Vam
     train_pairs = TimeLaggedPairs(_packed(train), lag)
     validation_pairs = TimeLaggedPairs(_packed(validate), lag)
     trainer = dataclasses.replace(settings.trainer, seed=seed, progress=progress)
-    result = trainer.fit(model, train_pairs, validation_pairs)
+    result = fit_lobe(trainer, model, train_pairs, validation_pairs)
     summary = {"vamp2_train": result.train_score, "vamp2_validation": result.validation_score,
                "lag_ps": settings.lag_ps, "lag_frames": lag, "k": settings.k,
                "epochs": result.epochs, "stop_reason": result.stop_reason,
@@ -409,44 +440,6 @@ def dihedral_baseline(train_positions, validate_positions, topology, lag, settin
 
 
 # ------------------------------------------------------------------------------- reproduce
-@dataclasses.dataclass
-class ReproduceSettings:
-    """`cv reproduce` on capped alanine (defaults: the measured production run)."""
-
-    stride: int = setting(1, help="keep every n-th frame of the trajectories")
-    train_frames: Optional[int] = setting(None, help="training frames, the first n; none: all")
-    validation_frames: Optional[int] = setting(50_000, help="validation frames, the first n of "
-                                               "the validation run; none: all")
-    selection: str = setting("heavy", help="atoms featurized: heavy | solute | all | any "
-                             "mdtraj selection")
-    tokens: str = setting("atom", help="one token per atom or per residue",
-                          choices=("residue", "atom"))
-    global_atoms: Optional[str] = setting("not element H", help="mdtraj selection whose "
-                                          "distances form a global token; none: no token")
-    backbone: dict = setting({"architecture": "et", "cutoff": 0.5, "hidden_channels": 64,
-                              "num_layers": 3, "num_rbf": 32, "num_heads": 8},
-                             help="hyper-parameters of the pretrained backbone")
-    pretrain_epochs: int = setting(4, help="denoising pretraining epochs")
-    pretrain_max_minutes: Optional[float] = setting(25.0, help="pretraining time budget, "
-                                                    "minutes; none: no limit")
-    corpus: dict = setting({}, help="options of the pretraining corpus (build_corpus)")
-    vamp: VampSettings = setting(VampSettings(mixer="pool"), help="the VAMPnet: model, lag and "
-                                 "training")
-
-
-QUICK_REPRODUCE = ReproduceSettings(
-    validation_frames=None,
-    backbone={"architecture": "et", "cutoff": 0.5, "hidden_channels": 16, "num_layers": 1,
-              "num_rbf": 8, "num_heads": 2},
-    pretrain_epochs=1, pretrain_max_minutes=2.0,
-    corpus={"ase_collections": {"g2": ["CH4", "H2O", "NH3", "C2H6", "CH3OH"]},
-            "include_openmm_data": False, "include_bundled": False, "md_pdbs": [],
-            "heavy_atom_variants": False,
-            "fragments_per_frame": 1},
-    vamp=VampSettings(lag_ps=2.0, mixer="pool", hidden=16, trainer=dataclasses.replace(
-        DEFAULT_VAMP_TRAINER, batch_size=64, max_epochs=2, validation_interval=2)))
-
-
 def obtain_backbone(out: Path, settings: ReproduceSettings, *, backbone=None, seed: int = 0,
                     progress: bool = True) -> tuple:
     """(path, summary): the given backbone, a cached ``out/backbone.pt``, or a new pretraining.
@@ -565,39 +558,6 @@ def reproduce(train_path, validate_path, topology_path, out, *,
 
 
 # ------------------------------------------------------------------------- explore hot
-@dataclasses.dataclass
-class ExploreSettings:
-    """`cv explore`: learn CVs from hot unbiased runs (defaults: the measured alanine run).
-
-    When the rare event is absent from data at the temperature of interest (capped alanine's
-    phi > 0 basin at 300 K), a VAMPnet trained on them cannot know it. At a higher temperature
-    the same unbiased dynamics cross the barrier; the slowest process there is the rare event,
-    and the CVs learned from it can then bias the cold system.
-    """
-
-    temperature_K: float = setting(700.0, help="temperature of the hot runs, K")
-    nanoseconds: float = setting(5.0, help="length of each of the two runs, ns")
-    save_interval_ps: float = setting(1.0, help="time between saved frames, ps")
-    timestep_fs: float = setting(1.0, help="integration time step, fs")
-    constraints: Optional[str] = setting("HBonds", help="OpenMM constraints: HBonds, "
-                                         "AllBonds, HAngles or none")
-    equilibration_ps: float = setting(100.0, help="equilibration before saving, ps")
-    learn: ReproduceSettings = setting(
-        ReproduceSettings(validation_frames=None, vamp=VampSettings(lag_ps=10.0, mixer="pool")),
-        help="learning the CVs from the two runs (as cv reproduce)")
-
-
-def _quick_explore() -> ExploreSettings:
-    learn = ExploreSettings().learn
-    return ExploreSettings(learn=override(QUICK_REPRODUCE, lag_ps=learn.vamp.lag_ps,
-                                          validation_frames=learn.validation_frames))
-
-
-#: ``cv explore --quick``: the hot runs of :class:`ExploreSettings`, learning with the tiny
-#: :data:`QUICK_REPRODUCE` settings at the explore lag.
-QUICK_EXPLORE = _quick_explore()
-
-
 def explore(pdb_path, out, *, settings: Optional[ExploreSettings] = None, backbone=None,
             seed: int = 0, threads: Optional[int] = None, progress: bool = True) -> dict:
     """Two independent hot OpenMM runs -> :func:`reproduce` on them (train on one, validate

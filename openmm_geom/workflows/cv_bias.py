@@ -29,38 +29,14 @@ import numpy as np
 from ..arguments import openmm_seed
 from ..errors import SimulationBlowUp
 from ..io import atomic_write_bytes
-from ..settings import setting
 from ..units import MOLAR_GAS_CONSTANT_KJ
 from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, PHI_SHIFT_ABOVE,
                                backbone_dihedrals, phi_psi_quadruplets, shifted_phi)
+from .config import BiasSettings
 
 __all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi"]
 
 REFERENCE_BIN_CEILING_KJMOL = 15.0
-
-
-@dataclasses.dataclass
-class BiasSettings:
-    """A biased (or unbiased) run of a peptide in vacuum (amber14, HBonds constraints)."""
-
-    picoseconds: float = setting(100.0, help="length of the run, ps")
-    timestep_fs: float = setting(2.0, help="integration time step, fs")
-    temperature_K: float = setting(300.0, help="temperature, K")
-    friction_per_ps: float = setting(1.0, help="Langevin friction, 1/ps")
-    bias_factor: float = setting(8.0, help="well-tempered bias factor")
-    height_kJmol: float = setting(1.2, help="initial hill height, kJ/mol")
-    deposit_ps: float = setting(0.5, help="time between hills, ps")
-    log_ps: float = setting(0.1, help="time between logged frames, ps")
-    checkpoint_ps: float = setting(10.0, help="time between checkpoints, ps")
-    # learned CVs: hill width = this fraction of the CV's standard deviation on training data
-    width_fraction: float = setting(0.2, help="learned CVs: hill width / the CV's standard "
-                                    "deviation on its training data")
-    phipsi_width: float = setting(0.35, help="phipsi mode: hill width, rad")
-    method: str = setting("auto", help="bias on a grid or as native hills; auto: grid for "
-                          "1-3 CVs", choices=("auto", "grid", "hills"))
-
-    def steps(self, ps: float) -> int:
-        return max(1, int(round(ps * 1000.0 / self.timestep_fs)))
 
 
 def _alanine_system(pdb):

@@ -27,85 +27,14 @@ from ..export import export_potential
 from ..io import atomic_write_bytes
 from ..models.potentials import build_potential
 from ..training.checkpoints import load_potential, save_potential
-from ..training.energy_force import EnergyForceConfig, evaluate_potential, train_potential
-from ..settings import override, setting
+from ..training.energy_force import evaluate_potential, train_potential
+from ..settings import check_settings
+from .. import arguments as check
+from .config import PotentialSettings, budget
 
-__all__ = ["PotentialSettings", "budget", "train", "export", "simulate", "evaluate",
-           "reproduce"]
-
-
-@dataclasses.dataclass
-class PotentialSettings:
-    """Model sizes, training budget and simulation lengths of the potential job (nm, ps, K).
-
-    ``stage`` in each field's metadata names the command that uses it (``potential train``,
-    ``simulate``; ``reproduce`` uses them all).
-    """
-
-    architecture: str = setting("attention", help="attention, et or tensornet (the CLI's "
-                                "--model)", cli=False)
-    cutoff_nm: float = setting(0.5, help="interaction cutoff, nm", stage="train")
-    # attention model (the thesis' reference: 4 layers of 48 channels, 4 heads)
-    features: int = setting(48, help="attention: channels per atom", stage="train")
-    layers: int = setting(4, help="attention: message-passing layers", stage="train")
-    heads: int = setting(4, help="attention: heads per layer", stage="train")
-    n_rbf: int = setting(32, help="attention: radial basis functions", stage="train")
-    # TorchMD-Net models: ET with 32 channels and 2 layers has 41k parameters, comparable to
-    # the attention model's 46k
-    hidden_channels: int = setting(32, help="TorchMD-Net: hidden channels", stage="train")
-    num_layers: int = setting(2, help="TorchMD-Net: interaction layers", stage="train")
-    num_rbf: int = setting(32, help="TorchMD-Net: radial basis functions", stage="train")
-    dtype: str = setting("float32", help="model precision", choices=("float32", "float64"),
-                         stage="train")
-    # training: the documented budget is 12 epochs of 400 frames (a random stride through
-    # the training block each epoch), batches of 4: 1,200 optimiser steps for every
-    # architecture, so that they are compared at equal data and steps. Forces only by
-    # default (rho 0): an energy term (rho 0.05 or 0.01) pulled the network's collective
-    # energy around and left the force error higher (water, 60 frames x 6 epochs: validation
-    # force MAE 585 and 419 vs 264 kJ/mol/nm). The energy is then set by the offsets'
-    # least-squares refit after training. The seed is set per run.
-    training: EnergyForceConfig = setting(
-        EnergyForceConfig(epochs=12, batch_size=4, lr_min=1e-4, lr_max=1e-3, lr_final=1e-5,
-                          rho=0.0, loss="logcosh", logcosh_alpha=1.0, patience=6,
-                          max_train_frames=400),
-        help="energy+force training", stage="train")
-    validation_fraction: float = setting(0.1, help="fraction of the frames for validation, "
-                                         "a time block", stage="train")
-    test_fraction: float = setting(0.1, help="fraction of the frames held out for the "
-                                   "test, the last time block", stage="train")
-    gap_frames: int = setting(5, help="frames left out between the blocks", stage="train")
-    # simulation (flexible water: 0.5 fs resolves the O-H stretch)
-    timestep_fs: float = setting(0.5, help="integration time step, fs", stage="simulate")
-    temperature_K: float = setting(300.0, help="temperature, K", stage="simulate")
-    friction_per_ps: float = setting(1.0, help="Langevin friction, 1/ps", stage="simulate")
-    nvt_ps: float = setting(5.0, help="NVT production length, ps", stage="simulate")
-    equilibration_ps: float = setting(0.5, help="NVT equilibration before it, ps",
-                                      stage="simulate")
-    nve_ps: float = setting(1.0, help="NVE length, ps", stage="simulate")
-    report_interval: int = setting(100, help="steps between saved frames", stage="simulate")
-    rdf_bins: int = setting(100, help="bins of the radial distribution functions",
-                            stage="evaluate")
-
-    def model_options(self, seed: int) -> dict:
-        if self.architecture == "attention":
-            sizes = dict(features=self.features, layers=self.layers, heads=self.heads,
-                         n_rbf=self.n_rbf)
-        else:
-            sizes = dict(hidden_channels=self.hidden_channels, num_layers=self.num_layers,
-                         num_rbf=self.num_rbf)
-        return dict(sizes, cutoff=self.cutoff_nm, dtype=getattr(torch, self.dtype), seed=seed)
-
-
-def budget(name: str, architecture: str) -> PotentialSettings:
-    """Named settings: ``"production"`` (documented reproduction budget) or ``"quick"`` (tests)."""
-    if name == "production":
-        return PotentialSettings(architecture=architecture)
-    if name == "quick":
-        return override(PotentialSettings(architecture=architecture), features=16, layers=2,
-                        heads=2, hidden_channels=16, num_layers=1, num_rbf=8, epochs=2,
-                        batch_size=4, max_train_frames=16, patience=2, nvt_ps=0.05,
-                        equilibration_ps=0.01, nve_ps=0.05, report_interval=10, rdf_bins=40)
-    raise ValueError(f"unknown budget {name!r}: 'production' or 'quick'")
+__all__ = ["PotentialSettings", "budget", "train", "export", "read_structure",
+           "export_for_structure", "simulate", "simulate_structure", "evaluate",
+           "evaluate_checkpoint", "reproduce"]
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -129,10 +58,12 @@ def train(data: PotentialData, out: Path, settings: PotentialSettings, *, seed: 
     ``force_parity.png`` and ``metrics.json`` (test-block errors) into ``out``."""
     from ..analysis.plots import plot_potential_learning_curves
 
+    check_settings(settings)
+    seed = check.count("seed", seed, minimum=0)
+    train_set, val_set, test_set = _split(data, settings)  # too few frames: refuse here
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    train_set, val_set, test_set = _split(data, settings)
     model = build_potential(settings.architecture, data.atomic_numbers, **settings.model_options(seed))
     started = time.perf_counter()
     result = train_potential(model, train_set, val_set,
@@ -167,6 +98,108 @@ def export(model_path: Path, out: Path, *, positions, box=None, atomic_numbers=N
                      atomic_numbers=atomic_numbers, masses=masses,
                      training_data_hash=extra.get("data_sha256"))
     return Path(out)
+
+
+def read_structure(path) -> tuple:
+    """``(topology, positions nm, box nm or None)`` of a PDB or PDBx/mmCIF file."""
+    import openmm.app as app
+    import openmm.unit as unit
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"structure file not found: {path}")
+    reader = app.PDBxFile if path.suffix.lower() in (".cif", ".pdbx", ".mmcif") else app.PDBFile
+    try:
+        structure = reader(str(path))
+    except Exception as error:  # OpenMM's readers raise IndexError, ValueError, KeyError...
+        raise ValueError(f"{path} could not be read as a structure file "
+                         f"({type(error).__name__}: {error})") from error
+    if structure.topology.getNumAtoms() == 0:
+        raise ValueError(f"{path} contains no atoms (is it a PDB file?)")
+    positions = np.asarray(structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    box = structure.topology.getPeriodicBoxVectors()
+    box = None if box is None else np.asarray(box.value_in_unit(unit.nanometer))
+    return structure.topology, positions, box
+
+
+def _elements(topology) -> tuple:
+    atoms = list(topology.atoms())
+    missing = [a.index for a in atoms if a.element is None]
+    if missing:
+        raise ValueError(f"atoms {missing[:10]} of the structure have no element; an ML "
+                         "potential needs every atom's element")
+    return ([a.element.atomic_number for a in atoms],
+            [a.element.mass.value_in_unit(a.element.mass.unit) for a in atoms])
+
+
+def export_for_structure(model_path, pdb, out) -> dict:
+    """``openmm-geom potential export``: export ``model.pt`` for the atoms, configuration and
+    box (CRYST1: periodic) of a PDB; returns a summary."""
+    topology, positions, box = read_structure(pdb)
+    numbers, masses = _elements(topology)
+    export(Path(model_path), Path(out), positions=positions, box=box, atomic_numbers=numbers,
+           masses=masses)
+    return {"out": str(out), "atoms": len(numbers), "periodic": box is not None}
+
+
+def simulate_structure(pdb, out, settings: PotentialSettings, *, exported=None, checkpoint=None,
+                       seed: int = 1, ensemble: str = "nvt", spread_models: Sequence = (),
+                       spread_threshold: Optional[float] = None, threads: Optional[int] = None,
+                       progress: bool = True) -> dict:
+    """``openmm-geom potential simulate``: :func:`simulate` an exported model (or a
+    ``model.pt``, exported for the PDB into ``out/model_openmm.pt`` first) from a PDB.
+
+    Every input is read and checked before ``out`` is created. Returns the summary (no arrays).
+    """
+    check_settings(settings)
+    if (exported is None) == (checkpoint is None):
+        raise ValueError("give exported (a file from `potential export`) or checkpoint "
+                         "(a model.pt), not both")
+    topology, positions, box = read_structure(pdb)
+    _check_run_inputs(settings, ensemble, seed, spread_models, spread_threshold)
+    out = Path(out)
+    if exported is None:
+        numbers, masses = _elements(topology)
+        load_potential(checkpoint)  # the right kind of file, before anything is written
+        exported = out / "model_openmm.pt"
+        export(Path(checkpoint), exported, positions=positions, box=box,
+               atomic_numbers=numbers, masses=masses)
+    run = simulate(Path(exported), topology, positions, out, settings, seed=seed,
+                   ensemble=ensemble, box=box, spread_models=spread_models,
+                   spread_threshold=spread_threshold, threads=threads, progress=progress)
+    result = {k: v for k, v in run.items() if not hasattr(v, "shape")}
+    result["final_potential_energy"] = float(run["potential_energies"][-1])
+    result["out"] = str(out)
+    return result
+
+
+def evaluate_checkpoint(model_path, data_path, out) -> dict:
+    """``openmm-geom potential evaluate``: energy and force errors of a trained ``model.pt``
+    on a data file (retargeted to the file's atoms), and ``out/force_parity.png``."""
+    data = load_potential_data(data_path)
+    model, _ = load_potential(model_path)
+    if list(data.atomic_numbers) != model.atomic_numbers.tolist():
+        model = model.for_atoms(data.atomic_numbers)
+    dtype = next(model.parameters()).dtype
+    metrics = evaluate_potential(model, data.positions.astype(
+        np.float32 if dtype == torch.float32 else np.float64),
+        data.energies, data.forces, data.boxes)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_force_parity(data.forces, metrics["predicted_forces"], out / "force_parity.png",
+                      atomic_numbers=data.atomic_numbers)
+    return _strip(metrics)
+
+
+def _check_run_inputs(settings, ensemble, seed, spread_models, spread_threshold) -> None:
+    if ensemble not in ("nvt", "nve"):
+        raise ValueError(f"ensemble must be 'nvt' or 'nve', got {ensemble!r}")
+    check.count("seed", seed, minimum=0)
+    for path in spread_models or ():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"spread model not found: {path}")
+    if spread_threshold is not None:
+        check.number("spread_threshold", spread_threshold)
 
 
 def _topology(data: PotentialData):
@@ -234,9 +267,11 @@ def simulate(exported: Path, topology, positions: np.ndarray, out: Path,
     from ..openmm import EnsembleSpreadReporter, create_system
     from ..progress import ProgressReporter
 
+    check_settings(settings)
+    _check_run_inputs(settings, ensemble, seed, spread_models, spread_threshold)
+    system = create_system(exported, topology)  # a wrong model file: refused before writing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    system = create_system(exported, topology)
     dt = settings.timestep_fs * 1e-3 * unit.picosecond
     temperature = settings.temperature_K * unit.kelvin
     if ensemble == "nvt":
@@ -362,10 +397,12 @@ def reproduce(data_path, out, *, architecture: str = "attention", seed: int = 0,
     settings = settings or budget("production", architecture)
     if settings.architecture != architecture:
         settings = dataclasses.replace(settings, architecture=architecture)
+    check_settings(settings)
+    data = load_potential_data(data_path)
+    _split(data, settings)  # too few frames: refuse before writing
     set_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_potential_data(data_path)
     metrics = train(data, out, settings, seed=seed, progress=progress)
     _, _, test_set = _split(data, settings)
     start_positions, start_box = test_set.positions[0], None

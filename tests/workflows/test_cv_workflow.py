@@ -151,17 +151,17 @@ def test_bad_inputs_are_clear_errors(pipeline, tmp_path):
     wrong = tmp_path / "wrong_atoms.npz"
     np.savez(wrong, positions=np.zeros((5, 21, 3), np.float32), save_interval_ps=1.0)
     message = _cli("cv", "featurize", wrong, "--backbone", d / "backbone.pt", "--topology", PDB,
-                   "--out", tmp_path / "f.npz", expect=1)
+                   "--out", tmp_path / "f.npz", expect=2)
     assert "21 atoms per frame but the topology has 22" in message
     message = _cli("cv", "train-vamp", "--train", d / "train.npz", "--validate",
-                   d / "validate.npz", "--lag-ps", "400", "--out", tmp_path / "v", expect=1)
+                   d / "validate.npz", "--lag-ps", "400", "--out", tmp_path / "v", expect=2)
     assert "longer than every trajectory" in message
     message = _cli("cv", "bias", "--pdb", str(bundled("t4-lysozyme-l99a.pdb")), "--model",
-                   d / "cv.pt", "--out", tmp_path / "b", "--picoseconds", "0.1", expect=1)
+                   d / "cv.pt", "--out", tmp_path / "b", "--picoseconds", "0.1", expect=2)
     assert "22 atoms" in message or "phi and psi" in message
     message = _cli("cv", "export", "--backbone", d / "train.npz", "--cv",
                    d / "vamp" / "vamp_cv.pt", "--topology", PDB, "--out", tmp_path / "x.pt",
-                   expect=1)
+                   expect=2)
     assert "error:" in message
     from openmm_geom.errors import FileFormatError
     from openmm_geom.training.features import FeatureSet
@@ -205,7 +205,7 @@ def test_explore_learns_from_hot_runs_it_makes_and_reuses(pipeline, tmp_path):
     assert again["exploration"]["phi_transitions"] == hot["phi_transitions"]
     hotter = list(args)
     hotter[hotter.index("--temperature-k") + 1] = "650"
-    assert "not made with these settings" in _cli(*hotter, expect=1)  # nothing is overwritten
+    assert "not made with these settings" in _cli(*hotter, expect=2)  # nothing is overwritten
 
 
 def test_a_blown_up_run_stops_with_a_diagnosis_and_saves_nothing_of_it(tmp_path):

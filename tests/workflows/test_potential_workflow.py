@@ -81,7 +81,7 @@ def test_bad_inputs_fail_with_clear_messages(reproduced, tmp_path):
     out, _ = reproduced
     small = water_box_pdb(20, tmp_path / "water20.pdb")  # 0.84 nm box < 2 x 0.5 nm cutoff
     done = run_cli("potential", "export", "--checkpoint", out / "model.pt", "--pdb", small,
-                   "--out", tmp_path / "x.pt", expect=1)
+                   "--out", tmp_path / "x.pt", expect=2)
     assert "box too small" in done.stderr
     methane = tmp_path / "methane.pdb"
     methane.write_text(
@@ -90,18 +90,18 @@ def test_bad_inputs_fail_with_clear_messages(reproduced, tmp_path):
         "HETATM    2  H1  MET A   1       0.629   0.629   0.629  1.00  0.00           H\n"
         "END\n")
     done = run_cli("potential", "export", "--checkpoint", out / "model.pt", "--pdb", methane,
-                   "--out", tmp_path / "y.pt", expect=1)
+                   "--out", tmp_path / "y.pt", expect=2)
     assert "not in the training data" in done.stderr
     no_energies = tmp_path / "no_energies.npz"
     np.savez(no_energies, positions=np.zeros((3, 3, 3)), forces=np.zeros((3, 3, 3)),
              atomic_numbers=np.array([8, 1, 1]))
     done = run_cli("potential", "train", "--data", no_energies, "--out", tmp_path / "t",
-                   "--quick", expect=1)
+                   "--quick", expect=2)
     assert "energies" in done.stderr
     pdb = water_box_pdb(48, tmp_path / "water48.pdb")
     done = run_cli("potential", "simulate", "--checkpoint", out / "model.pt", "--pdb", pdb,
                    "--timestep-fs", "40", "--nvt-ps", "20", "--quick", "--out", tmp_path / "boom",
-                   "--no-progress", expect=1)
+                   "--no-progress", expect=2)
     assert "unstable" in done.stderr
 
 
