@@ -1,5 +1,7 @@
 """TorchCVForce: one model pass for k CVs, against CustomCVForce + k TorchForces."""
 import io
+import subprocess
+import sys
 
 import numpy as np
 import openmm
@@ -174,6 +176,48 @@ def test_xml_round_trip_and_checkpoint_give_identical_energies(rng, tmp_path):
     context.loadCheckpoint(checkpoint)
     integrator.step(10)
     assert context.getState(getEnergy=True).getPotentialEnergy() == after
+
+
+def test_xml_names_the_package_and_old_files_still_load(rng, tmp_path):
+    """The XML type is ``openmm_geom.TorchCVForce``: OpenMM's error in an interpreter that did
+    not import openmm_geom then names the package; files that say ``TorchCVForce`` (written
+    before the rename) still load, and are written back under the new name."""
+    path, positions, _ = _case(1, False, rng, tmp_path)
+    system = openmm.System()
+    for _ in range(27):
+        system.addParticle(12.0)
+    system.addForce(TorchCVForce(path, EXPRESSIONS[1], global_parameters=PARAMETERS))
+    xml = openmm.XmlSerializer.serialize(system)
+    assert 'type="openmm_geom.TorchCVForce"' in xml and 'type="TorchCVForce"' not in xml
+    xml_path = tmp_path / "system.xml"
+    xml_path.write_text(xml)
+    script = (
+        "import sys, openmm\n"
+        f"xml = open({str(xml_path)!r}).read()\n"
+        "try:\n"
+        "    openmm.XmlSerializer.deserialize(xml)\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__, error)\n"
+        "print('openmm_geom' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "False"  # the fresh interpreter never imported openmm_geom
+    assert lines[0] == ("OpenMMException There is no serialization proxy registered for type "
+                        "'openmm_geom.TorchCVForce'")
+
+    old = xml.replace('type="openmm_geom.TorchCVForce"', 'type="TorchCVForce"')
+    assert old != xml
+    energies = []
+    for s in (system, openmm.XmlSerializer.deserialize(old)):
+        context = openmm.Context(s, openmm.VerletIntegrator(0.001),
+                                 openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(positions)
+        energies.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ))
+    assert energies[0] == energies[1] and energies[0] != 0.0
+    rewritten = openmm.XmlSerializer.serialize(openmm.XmlSerializer.deserialize(old))
+    assert 'type="openmm_geom.TorchCVForce"' in rewritten
 
 
 def test_update_parameters_in_context_changes_tables(rng, tmp_path):

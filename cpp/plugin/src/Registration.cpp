@@ -47,7 +47,13 @@ extern "C" OPENMM_EXPORT int openmmGeomRegister() {
         added++;
     }
     if (!proxyRegistered) {
-        SerializationProxy::registerProxy(typeid(TorchCVForce), new TorchCVForceProxy());
+        // registerProxy maps both the C++ type and the proxy's name to the proxy; the last
+        // registration of a type is the one used to write. So: the legacy name first (read
+        // only), then the package-qualified name (read and written).
+        SerializationProxy::registerProxy(typeid(TorchCVForce),
+                                          new TorchCVForceProxy(TorchCVForceProxy::LegacyTypeName));
+        SerializationProxy::registerProxy(typeid(TorchCVForce),
+                                          new TorchCVForceProxy(TorchCVForceProxy::TypeName));
         proxyRegistered = true;
     }
     return added;

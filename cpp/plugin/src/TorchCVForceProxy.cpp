@@ -56,7 +56,10 @@ std::string fromBase64(const std::string& text) {
 
 } // namespace
 
-TorchCVForceProxy::TorchCVForceProxy() : SerializationProxy("TorchCVForce") {}
+const char* const TorchCVForceProxy::TypeName = "openmm_geom.TorchCVForce";
+const char* const TorchCVForceProxy::LegacyTypeName = "TorchCVForce";
+
+TorchCVForceProxy::TorchCVForceProxy(const std::string& typeName) : SerializationProxy(typeName) {}
 
 void TorchCVForceProxy::serialize(const void* object, SerializationNode& node) const {
     const TorchCVForce& force = *reinterpret_cast<const TorchCVForce*>(object);
