@@ -7,22 +7,22 @@ model's dtype and back, checks the atom count, the box against the cutoff and th
 carries the model-file metadata. The same wrapper is scripted by the TorchScript bridge and
 called eagerly by the ``PythonForce`` bridge, so both bridges give the same numbers.
 
-The box is checked against the cutoff where it enters: once when a model meets a System
+The wrapper refuses positions (and a box) holding NaN or inf before the model runs: one
+``torch.isfinite(...).all()`` per input and evaluation. The box is checked against the cutoff
+where it enters: once when a model meets a System
 (:meth:`openmm_geom.modelfile.ExportedModel.check_system`) and, during a run, by the pair
-search of models that use :func:`openmm_geom.ops.neighbor_pairs`; the wrapper adds no check
-(and no host transfer) of its own per evaluation.
+search of models that use :func:`openmm_geom.ops.neighbor_pairs`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
-import openmm.unit as openmm_unit
 import torch
 
 from .modelfile import METADATA_ATTRIBUTE, ModelMetadata
 from .ops.neighbors import check_box_holds_cutoff
 from .units import (as_nm_array, canonical_energy_unit, canonical_length_unit,
-                    energy_to_kj_per_mol, has_units, length_to_nm, to_openmm_units)
+                    energy_to_kj_per_mol, length_to_nm)
 from .version import __version__
 
 __all__ = ["OpenMMBoundary", "PeriodicOpenMMBoundary", "boundary_for", "describe"]
@@ -63,10 +63,25 @@ class _BoundaryBase(torch.nn.Module):
         return output.to(like.dtype)
 
 
+def _bad_rows(values: torch.Tensor) -> str:
+    """The first (up to 10) rows of ``values`` (N, 3) holding NaN or inf, as text."""
+    bad: List[int] = torch.nonzero(~torch.isfinite(values.detach()).all(dim=1)).flatten()[:10].tolist()
+    return str(bad)
+
+
 class OpenMMBoundary(_BoundaryBase):
-    """Contract wrapper of a non-periodic model: ``forward(positions nm) -> kJ/mol or cv[k]``."""
+    """Contract wrapper of a non-periodic model: ``forward(positions nm) -> kJ/mol or cv[k]``.
+
+    Positions holding NaN or inf are refused before the model runs.
+    """
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # Raised in this frame on purpose: an exception raised two scripted calls deep inside
+        # an openmm-torch TorchForce crashed libtorch (torch 2.12).
+        if not bool(torch.isfinite(positions.detach()).all()):
+            raise ValueError("positions contain NaN/inf values (first bad atoms: "
+                             + _bad_rows(positions) + "); the model was not run: the "
+                             "simulation blew up, or it was given bad coordinates")
         output = self.model(self._to_model(positions))
         return self._from_model(output, positions)
 
@@ -75,13 +90,23 @@ class PeriodicOpenMMBoundary(_BoundaryBase):
     """Contract wrapper of a periodic model: ``forward(positions nm, box nm) -> ...``.
 
     The wrapped model is called as ``model(positions, box)`` in its own length unit, box rows
-    being the vectors a, b, c.
+    being the vectors a, b, c. Positions or a box holding NaN or inf are refused before the
+    model runs.
     """
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
         if box is None:
             raise ValueError("this model is periodic and needs the box vectors; use a TorchForce "
                              "with setUsesPeriodicBoundaryConditions(True) and a periodic System")
+        # Raised in this frame on purpose (see OpenMMBoundary.forward).
+        if not bool(torch.isfinite(positions.detach()).all()):
+            raise ValueError("positions contain NaN/inf values (first bad atoms: "
+                             + _bad_rows(positions) + "); the model was not run: the "
+                             "simulation blew up, or it was given bad coordinates")
+        if not bool(torch.isfinite(box.detach()).all()):
+            rows: List[List[float]] = box.detach().to(torch.float64).tolist()
+            raise ValueError("the periodic box contains NaN/inf values (box vectors "
+                             + str(rows) + " nm); the model was not run")
         model_box = box.to(self.model_dtype) / self.nm_per_model_length
         output = self.model(self._to_model(positions), model_box)
         return self._from_model(output, positions)
@@ -101,8 +126,8 @@ def _infer_dtype(module: torch.nn.Module) -> torch.dtype:
 
 
 #: Metadata fields recorded as the caller gives them.
-RECORDED_FIELDS = ("atom_types", "masses", "cv_names", "hyperparameters", "mapping",
-                   "training_data_hash", "extra")
+RECORDED_FIELDS = ("atom_types", "masses", "cv_names", "cv_periods", "hyperparameters",
+                   "mapping", "training_data_hash", "extra")
 
 
 def describe(
@@ -123,13 +148,14 @@ def describe(
     ``example_positions``/``example_box`` are in nm; ``cutoff`` is in the model's own length
     unit. ``recorded`` are the fields stored as given (see
     :func:`openmm_geom.export.export_model`): ``atom_types``, ``masses``, ``cv_names``,
+    ``cv_periods`` (default: the module's ``cv_periods`` attribute, if any),
     ``hyperparameters``, ``mapping``, ``training_data_hash``, ``extra``.
     """
     unknown = sorted(set(recorded) - set(RECORDED_FIELDS))
     if unknown:
         raise TypeError(f"unknown metadata fields {unknown}; known: {list(RECORDED_FIELDS)}")
-    atom_types, masses, cv_names, hyperparameters, mapping, training_data_hash, extra = (
-        recorded.get(name) for name in RECORDED_FIELDS)
+    (atom_types, masses, cv_names, cv_periods, hyperparameters, mapping, training_data_hash,
+     extra) = (recorded.get(name) for name in RECORDED_FIELDS)
     if kind == "potential" and energy_unit is None:
         raise ValueError("energy_unit is required for a potential (e.g. 'kJ/mol', 'eV')")
     if kind == "cv" and energy_unit is not None:
@@ -150,9 +176,7 @@ def describe(
     nm_per_unit = length_to_nm(length_unit)
     cutoff_nm = None
     if cutoff is not None:
-        # a Quantity in any length unit, or a plain number in the model's own length unit
-        cutoff_nm = (to_openmm_units(cutoff, "cutoff", openmm_unit.nanometer) if has_units(cutoff)
-                     else float(cutoff) * nm_per_unit)  # ModelMetadata refuses cutoff <= 0
+        cutoff_nm = float(cutoff) * nm_per_unit  # ModelMetadata refuses cutoff <= 0
         if box is not None:
             check_box_holds_cutoff(torch.as_tensor(box), cutoff_nm)
 
@@ -165,6 +189,10 @@ def describe(
         if out.dim() != 1:
             raise ValueError(f"a CV module must return a 1-D tensor (k,), got shape {tuple(out.shape)}")
         output_dim = int(out.shape[0])
+    if kind == "cv" and cv_periods is None:  # a CV module may declare its own (Dihedrals)
+        cv_periods = getattr(module, "cv_periods", None)
+    if cv_periods is not None:
+        cv_periods = [None if p is None else float(p) for p in cv_periods]
     if hyperparameters is None:
         found = getattr(module, "hyperparameters", None)
         hyperparameters = dict(found) if isinstance(found, dict) else {}
@@ -185,6 +213,7 @@ def describe(
             to_openmm_units(masses, "masses", openmm_unit.dalton, nonnegative=True),
             dtype=torch.float64).reshape(-1).tolist(),
         cv_names=None if cv_names is None else [str(n) for n in cv_names],
+        cv_periods=cv_periods,
         hyperparameters=hyperparameters,
         mapping=mapping,
         training_data_hash=training_data_hash,

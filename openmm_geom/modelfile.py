@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -71,6 +72,9 @@ class ModelMetadata:
     atom_types: Optional[list] = None
     masses_amu: Optional[list] = None
     cv_names: Optional[list] = None
+    #: Per CV output: its period (e.g. 2 pi for an angle in radians) or None (not periodic).
+    #: None as a whole for files written before CV periods were recorded: periods unknown.
+    cv_periods: Optional[list] = None
     hyperparameters: dict = dataclasses.field(default_factory=dict)
     mapping: Optional[dict] = None
     training_data_hash: Optional[str] = None
@@ -93,6 +97,17 @@ class ModelMetadata:
             )
         if self.cv_names is not None and len(set(self.cv_names)) != len(self.cv_names):
             raise ValueError(f"cv_names must be unique, got {self.cv_names}")
+        if self.cv_periods is not None:
+            if self.kind != "cv":
+                raise ValueError("cv_periods is only meaningful for a CV module")
+            if len(self.cv_periods) != self.output_dim:
+                raise ValueError(f"{len(self.cv_periods)} cv_periods given for "
+                                 f"{self.output_dim} CV outputs")
+            for period in self.cv_periods:
+                if period is not None and not (isinstance(period, (int, float))
+                                               and math.isfinite(period) and period > 0):
+                    raise ValueError(f"cv_periods must be positive numbers or None (not "
+                                     f"periodic), got {self.cv_periods}")
         if self.atom_types is not None and len(self.atom_types) != self.n_atoms:
             raise ValueError(f"{len(self.atom_types)} atom_types for {self.n_atoms} atoms")
         if self.masses_amu is not None and len(self.masses_amu) != self.n_atoms:
@@ -104,6 +119,12 @@ class ModelMetadata:
     def is_coarse_grained(self) -> bool:
         """Whether the file is a CG model export (:func:`openmm_geom.export.export_cg_model`)."""
         return self.kind == "potential" and "cg" in self.extra
+
+    def cv_period(self, index: int) -> Optional[float]:
+        """The period of CV output ``index`` (None: not periodic, or not recorded)."""
+        if self.cv_periods is None or self.cv_periods[index] is None:
+            return None
+        return float(self.cv_periods[index])
 
     @property
     def names(self) -> list:

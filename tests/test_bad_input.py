@@ -29,15 +29,16 @@ def periodic_model(lattice, tmp_path):
     return path
 
 
-def _context(path, n_atoms, box=None):
+def _context(path, n_atoms, box=None, platform="Reference"):
     system = openmm.System()
     for _ in range(n_atoms):
         system.addParticle(1.0)
     if box is not None:
         system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
     system.addForce(torch_force(path))
+    properties = {"Threads": "1"} if platform == "CPU" else {}
     return openmm.Context(system, openmm.VerletIntegrator(0.001),
-                          openmm.Platform.getPlatformByName("Reference"))
+                          openmm.Platform.getPlatformByName(platform), properties)
 
 
 def _energy_error(context, positions):
@@ -68,7 +69,59 @@ def test_nan_coordinates_in_context(periodic_model, lattice):
     context = _context(periodic_model, 27, np.eye(3) * 1.08)
     bad = lattice.copy()
     bad[3, 1] = np.nan
-    assert "positions contain NaN or infinite values (first bad atoms: [3])" in _energy_error(context, bad)
+    assert "positions contain NaN/inf values (first bad atoms: [3])" in _energy_error(context, bad)
+
+
+class _TwoAtoms(torch.nn.Module):
+    """A potential of atoms 0 and 1 only: a NaN elsewhere never reaches its arithmetic."""
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return ((positions[0] - positions[1]) ** 2).sum()
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_positions_are_refused_before_the_model_runs(platform, value, lattice,
+                                                                tmp_path):
+    """Before: a TorchForce of this model returned a finite energy for a NaN position."""
+    path = tmp_path / "two.pt"
+    export_model(_TwoAtoms(), path, length_unit="nm", energy_unit="kJ/mol", periodic=False,
+                 example_positions=lattice[:4])
+    context = _context(path, 4, platform=platform)
+    context.setPositions(lattice[:4])
+    assert np.isfinite(context.getState(getEnergy=True).getPotentialEnergy()._value)
+    bad = lattice[:4].copy()
+    bad[2, 0] = value
+    message = _energy_error(context, bad)
+    if platform == "CPU" and np.isnan(value):  # OpenMM's CPU platform refuses NaN itself
+        assert "Particle coordinate is NaN" in message
+    else:
+        assert "positions contain NaN/inf values (first bad atoms: [2]); the model was not run" \
+            in message
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_box_is_refused(platform, value, periodic_model, lattice):
+    context = _context(periodic_model, 27, np.eye(3) * 1.08, platform=platform)
+    box = np.eye(3) * 1.08
+    box[2, 2] = value
+    context.setPositions(lattice)
+    context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    with pytest.raises(openmm.OpenMMException, match="the periodic box contains NaN/inf values"):
+        context.getState(getEnergy=True)
+
+
+def test_non_finite_input_is_refused_by_the_module_itself(periodic_model, lattice):
+    module = ExportedModel.load(periodic_model).module
+    box = torch.eye(3, dtype=torch.float64) * 1.08
+    bad = torch.as_tensor(lattice).clone()
+    bad[5, 2] = float("nan")
+    with pytest.raises(Exception, match=r"positions contain NaN/inf values \(first bad atoms: \[5\]\)"):
+        module(bad, box)
+    box[0, 0] = float("inf")
+    with pytest.raises(Exception, match="the periodic box contains NaN/inf values"):
+        module(torch.as_tensor(lattice), box)
 
 
 def test_box_too_small_for_cutoff_in_context(periodic_model, lattice):
@@ -111,7 +164,7 @@ def test_unknown_units_are_refused(lattice, tmp_path):
 
 
 def test_positions_with_wrong_units_are_refused(lattice, tmp_path):
-    with pytest.raises(TypeError, match="not compatible"):
+    with pytest.raises(TypeError, match="not compatible|expected a length"):
         export_model(LJHarmonic([]), tmp_path / "x.pt", length_unit="nm", energy_unit="eV",
                      periodic=False, example_positions=lattice * unit.kilojoule_per_mole)
 
@@ -151,6 +204,22 @@ def test_unscriptable_model_points_to_python_force(lattice, tmp_path):
 class _Matrix(torch.nn.Module):
     def forward(self, positions):
         return positions[:2, :2].sum(1, keepdim=True)
+
+
+def test_bad_cv_periods_are_refused(alanine_pdb, tmp_path):
+    quads = [[4, 6, 8, 14], [6, 8, 14, 16]]
+    for periods, message in (([6.28], "1 cv_periods given for 2 CV outputs"),
+                             ([6.28, -1.0], "cv_periods must be positive numbers or None"),
+                             ([0.0, None], "cv_periods must be positive numbers or None")):
+        with pytest.raises(ValueError, match=message):
+            export_model(Dihedrals(quads), tmp_path / "x.pt", kind="cv", length_unit="nm",
+                         periodic=False, example_positions=alanine_pdb.positions,
+                         cv_periods=periods)
+    with pytest.raises(ValueError, match="cv_periods is only meaningful for a CV module"):
+        export_model(LJHarmonic([]), tmp_path / "x.pt", length_unit="nm", energy_unit="eV",
+                     periodic=False, example_positions=alanine_pdb.positions,
+                     cv_periods=[6.28])
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_cv_with_wrong_output_shape(lattice, tmp_path):

@@ -27,6 +27,7 @@ def export_model(
     atom_types=None,
     masses=None,
     cv_names=None,
+    cv_periods=None,
     hyperparameters: Optional[dict] = None,
     mapping: Optional[dict] = None,
     training_data_hash: Optional[str] = None,
@@ -57,6 +58,11 @@ def export_model(
         boxes that cannot hold it under the minimum-image convention.
     atom_types, masses, cv_names, hyperparameters, mapping, training_data_hash, extra
         Recorded in the file's metadata (masses in amu).
+    cv_periods : sequence of (float or None), optional
+        CV modules: per output, its period in the output's unit (``2 * math.pi`` for an angle
+        in radians) or None if it is not periodic. Default: the module's own ``cv_periods``
+        attribute (:class:`openmm_geom.models.Dihedrals` declares ``2 pi``), else unknown.
+        ``check_export`` compares periodic outputs on the circle.
     dtype : torch.dtype, optional
         The model's dtype (inferred from its parameters; float64 when it has none).
 
@@ -76,7 +82,7 @@ def export_model(
     metadata = describe(
         module, kind=kind, length_unit=length_unit, energy_unit=energy_unit, periodic=periodic,
         example_positions=example_positions, example_box=example_box, cutoff=cutoff,
-        atom_types=atom_types, masses=masses, cv_names=cv_names,
+        atom_types=atom_types, masses=masses, cv_names=cv_names, cv_periods=cv_periods,
         hyperparameters=hyperparameters, mapping=mapping,
         training_data_hash=training_data_hash, extra=extra, dtype=dtype,
     )

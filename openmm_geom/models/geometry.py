@@ -1,4 +1,5 @@
 """Geometric collective variables written as scriptable torch modules."""
+import math
 from typing import List, Sequence
 
 import torch
@@ -65,6 +66,8 @@ class Dihedrals(torch.nn.Module):
             raise ValueError("atom indices must be non-negative")
         self.register_buffer("quadruplets", quads)
         self.hyperparameters = {"quadruplets": quads.tolist()}
+        # angles in [-pi, pi): export_model records the period, check_export compares on it
+        self.cv_periods: List[float] = [2.0 * math.pi] * int(quads.shape[0])
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         if int(self.quadruplets.max()) >= positions.size(0):

@@ -4,7 +4,11 @@ Checks (each one a :class:`CheckResult`):
 
 - ``in_context[<platform>]``: energy and forces from the Context equal the eager model's
   (or, without an eager model, the exported module called directly by torch);
-- ``finite_differences``: Context forces equal central differences of Context energies;
+- ``finite_differences``: Context forces equal central differences of Context energies (or CV
+  values), taken at coordinates of the atoms each output depends on (nonzero gradient); the
+  report names them. Periodic CVs (``cv_periods`` in the metadata, e.g. dihedrals) are
+  differenced on the circle, so a step across the branch cut is not an error; an output that
+  depends on no coordinate fails the check (there is nothing to test);
 - ``translation``: energy and forces do not change when the system is translated;
 - ``periodic_images`` (periodic models): nor when atoms are moved by whole box vectors;
 - ``nve_drift`` (potentials): a short velocity-Verlet run conserves energy, measured as the
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -42,6 +47,8 @@ class CheckResult:
     error: Optional[float]
     tolerance: Optional[float]
     detail: str = ""
+    #: Check-specific details for machines (``finite_differences``: the coordinates tested).
+    data: Optional[dict] = None
 
     def __post_init__(self):  # plain Python types, so that reports are JSON-serialisable
         self.passed = bool(self.passed)
@@ -127,10 +134,28 @@ def _torch_reference(reference_module, positions, box, component):
     return float(value.detach()), (-grad).numpy()
 
 
-def _relative_errors(e1, f1, e2, f2):
+def _wrap(difference: float, period: Optional[float]) -> float:
+    """``difference`` of a periodic output mapped into [-period/2, period/2) (as is if None)."""
+    if not period or -0.5 * period <= difference < 0.5 * period:
+        return difference  # unchanged (no rounding) when already in range
+    return (difference + 0.5 * period) % period - 0.5 * period
+
+
+def _relative_errors(e1, f1, e2, f2, period: Optional[float] = None):
     energy_scale = max(abs(e2), 1.0)
     force_scale = max(float(np.abs(f2).max()), 1.0)
-    return abs(e1 - e2) / energy_scale, float(np.abs(f1 - f2).max()) / force_scale
+    return (abs(_wrap(e1 - e2, period)) / energy_scale,
+            float(np.abs(f1 - f2).max()) / force_scale)
+
+
+_AXES = "xyz"
+
+
+def _atom_list(atoms, limit: int = 12) -> str:
+    atoms = [int(a) for a in atoms]
+    if len(atoms) <= limit:
+        return str(atoms)
+    return "[" + ", ".join(map(str, atoms[:limit])) + f", ... {len(atoms) - limit} more]"
 
 
 def check_export(
@@ -164,7 +189,8 @@ def check_export(
     checks : subset of :data:`DEFAULT_CHECKS` to run.
     tolerance : relative tolerance of Context-vs-torch, translation and image checks
         (default 1e-6 for float64 models, 1e-4 for float32); finite differences get 100x it.
-    fd_coordinates : how many Cartesian coordinates to differentiate numerically.
+    fd_coordinates : how many Cartesian coordinates to differentiate numerically per output,
+        drawn from the coordinates of the atoms the output depends on (nonzero gradient).
     nve_steps, nve_timestep_fs, nve_tolerance : the NVE run (potentials only) and its pass
         threshold on std(total energy) / std(kinetic energy).
     temperature_kelvin, seed : initial velocities of the NVE run; random choices.
@@ -198,6 +224,14 @@ def check_export(
     harness = _Harness(exported, box, masses)
     reference = boundary_for(eager, meta) if eager is not None else module
     components = [None] if meta.kind == "potential" else list(range(meta.output_dim))
+    output_names = meta.names
+
+    def period_of(component):
+        return None if component is None else meta.cv_period(component)
+
+    def name_of(component):
+        return output_names[0 if component is None else component]
+
     results = []
 
     def run(name, function):
@@ -212,7 +246,7 @@ def check_export(
         for c in components:
             e_ctx, f_ctx = harness.evaluate(platform, c, positions)
             e_ref, f_ref = _torch_reference(reference, positions, box, c)
-            de, df = _relative_errors(e_ctx, f_ctx, e_ref, f_ref)
+            de, df = _relative_errors(e_ctx, f_ctx, e_ref, f_ref, period_of(c))
             worst_e, worst_f = max(worst_e, de), max(worst_f, df)
         worst = max(worst_e, worst_f)
         source = "eager model" if eager is not None else "exported module in torch"
@@ -222,11 +256,25 @@ def check_export(
     def finite_differences():
         fd_tol = 100 * tol
         h = 1e-5 if meta.dtype == "float64" else 1e-3
-        flat = rng.choice(positions.size, size=min(fd_coordinates, positions.size), replace=False)
         worst = 0.0
+        outputs, independent, parts, problems = {}, [], [], []
         for c in components:
+            name, period = name_of(c), period_of(c)
             _, forces = harness.evaluate("Reference", c, positions)
+            _, ref_forces = _torch_reference(reference, positions, box, c)
+            # the atoms this output depends on here: nonzero gradient in torch or in OpenMM
+            dependent = np.flatnonzero((np.abs(ref_forces).max(axis=1) > 0)
+                                       | (np.abs(forces).max(axis=1) > 0))
+            if dependent.size == 0:
+                independent.append(name)
+                outputs[name] = {"period": period, "depends_on_atoms": [], "coordinates": [],
+                                 "error": None, "branch_cut_crossings": []}
+                continue
+            candidates = (dependent[:, None] * 3 + np.arange(3)).ravel()
+            flat = np.sort(rng.choice(candidates, size=min(fd_coordinates, candidates.size),
+                                      replace=False))
             scale = max(float(np.abs(forces).max()), 1.0)
+            worst_here, crossed, jumps = 0.0, [], []
             for index in flat:
                 atom, axis = divmod(int(index), 3)
                 shifted = []
@@ -234,17 +282,62 @@ def check_export(
                     p = positions.copy()
                     p[atom, axis] += sign * h
                     shifted.append(harness.evaluate("Reference", c, p)[0])
-                numeric = -(shifted[0] - shifted[1]) / (2 * h)
-                worst = max(worst, abs(numeric - forces[atom, axis]) / scale)
-        return CheckResult("finite_differences", worst <= fd_tol, worst, fd_tol,
-                           f"{len(flat)} coordinates, step {h:g} nm, Reference platform")
+                raw = shifted[0] - shifted[1]
+                difference = _wrap(raw, period)
+                numeric = -difference / (2 * h)
+                error = abs(numeric - forces[atom, axis]) / scale
+                if difference != raw:
+                    crossed.append([atom, _AXES[axis]])
+                if error > fd_tol and period is None:
+                    jumps.append(abs(raw))
+                worst_here = max(worst_here, error)
+            worst = max(worst, worst_here)
+            tested = sorted({int(i) // 3 for i in flat})
+            outputs[name] = {
+                "period": period,
+                "depends_on_atoms": dependent.tolist(),
+                "coordinates": [[int(i) // 3, _AXES[int(i) % 3]] for i in flat],
+                "error": worst_here,
+                "branch_cut_crossings": crossed,
+            }
+            parts.append(f"{name}: {len(flat)} coordinates of atoms {_atom_list(tested)}"
+                         + (f" (depends on {dependent.size})" if len(tested) < dependent.size
+                            else "")
+                         + (f", period {period:.6g}" if period else ""))
+            if crossed:
+                what = (f"{len(crossed)} of {len(flat)} steps crossed the branch cut "
+                        f"(compared modulo {period:.6g})")
+                if worst_here > fd_tol:
+                    problems.append(f"{name}: fails although compared on the circle; {what}")
+                else:
+                    parts[-1] += f"; {what}"
+            if jumps and min(abs(j - 2 * math.pi) for j in jumps) < 0.2 * math.pi:
+                problems.append(
+                    f"{name} jumped by {max(jumps):.4g} across a step of {2 * h:g} nm: the "
+                    "step crossed the branch cut of an angle (+-pi); the file records no "
+                    "period for it: export it with cv_periods (2 * math.pi for an angle in "
+                    "radians) to compare it on the circle")
+            elif jumps:
+                problems.append(f"{name} changed by up to {max(jumps):.4g} across a step "
+                                f"of {2 * h:g} nm (a discontinuity?)")
+        if independent:
+            problems.insert(0, f"{' and '.join(independent)} "
+                            f"{'depends' if len(independent) == 1 else 'depend'} on no "
+                            "coordinate at this configuration (zero gradient on every atom), so "
+                            "there is nothing to test: check the model, or pass positions where "
+                            "it varies")
+        detail = "; ".join(problems + parts) + f"; step {h:g} nm, Reference platform"
+        passed = worst <= fd_tol and not independent
+        data = {"step_nm": h, "outputs": outputs, "independent_outputs": independent}
+        return CheckResult("finite_differences", passed, worst if parts else None, fd_tol,
+                           detail, data)
 
     def compare_moved(name, moved, what):
         worst = 0.0
         for c in components:
             e0, f0 = harness.evaluate("Reference", c, positions)
             e1, f1 = harness.evaluate("Reference", c, moved)
-            worst = max(worst, *_relative_errors(e1, f1, e0, f0))
+            worst = max(worst, *_relative_errors(e1, f1, e0, f0, period_of(c)))
         return CheckResult(name, worst <= tol, worst, tol, what)
 
     def translation():
