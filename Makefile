@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# CPU threads for torch and OpenMM (see README "Threads").
+# CPU threads for torch and OpenMM (see docs/export-contract.md, "Threads").
 export OPENMM_GEOM_THREADS ?= 2
 
 NATIVE_SOURCES := $(shell find cpp -type f) CMakeLists.txt pyproject.toml

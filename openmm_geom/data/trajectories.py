@@ -1,7 +1,7 @@
 """Trajectory files -> positions, boxes and frame spacing (nm, ps), with clear errors.
 
 Any mdtraj-readable file (DCD, XTC, HDF5, PDB, ...) with a topology, or an npz with
-``positions`` (frames, atoms, 3) in nm (our datagen files and ``../shared/data``), optionally
+``positions`` (frames, atoms, 3) in nm (e.g. the files ``openmm-geom datagen`` writes), optionally
 ``box_vectors`` (frames, 3, 3) nm and ``save_interval_ps``.
 """
 from __future__ import annotations
