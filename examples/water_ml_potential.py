@@ -12,11 +12,19 @@ Usage::
     python examples/water_ml_potential.py --steps 200 --out water-ml   # makes a tiny model first
 
 ``--model`` takes a ``model.pt`` written by ``openmm-geom potential train`` (or ``reproduce``) on
-water data; the model is re-targeted to this box (any number of molecules: ``--molecules``).
+water data; the model is re-targeted to this box (``--molecules``, any number from a minimum).
 Without it, the script generates a few picoseconds of flexible TIP3P data and trains a tiny
 attention model for a few epochs: enough to show the plumbing, not a converged potential.
+
+The box must be at least twice the model's cutoff wide (each pair is counted once, for its
+nearest periodic image), so the number of molecules has a minimum: 34 for the 0.5 nm cutoff of
+the demonstration model (a 1.006 nm box at 0.997 g/cm^3), and for ``--model`` the number that
+fits its cutoff (18 at 0.4 nm, 58 at 0.6 nm). Smaller numbers are refused before anything is
+written. The cutoff is not shrunk to fit the box: it is part of the trained potential, and the
+same weights with another cutoff are another, untrained function.
 """
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -39,26 +47,63 @@ def tiny_model(out: Path, molecules: int) -> Path:
     return out / "tiny_model" / "model.pt"
 
 
+def minimum_molecules(cutoff_nm: float) -> int:
+    """The fewest waters whose box (at the example's density) holds ``cutoff_nm``: an edge of
+    at least twice the cutoff, plus 0.001 nm for the PDB's rounding of the box."""
+    from openmm_geom.data.water import water_box_edge_nm
+
+    n = max(1, math.floor((2 * cutoff_nm) ** 3 / water_box_edge_nm(1) ** 3))
+    while water_box_edge_nm(n) < 2 * cutoff_nm + 1e-3:
+        n += 1
+    return n
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model.pt from `openmm-geom potential train`")
-    parser.add_argument("--molecules", type=int, default=48, help="water molecules in the box")
-    parser.add_argument("--steps", type=int, default=2000, help="0.5 fs steps")
-    parser.add_argument("--out", default="water-ml-example")
+    parser.add_argument("--model", help="model.pt from `openmm-geom potential train` "
+                        "(default: train a tiny demonstration model, cutoff 0.5 nm)")
+    parser.add_argument("--molecules", type=int, default=48,
+                        help="water molecules in the box (default 48; at least 34 for a "
+                        "0.5 nm cutoff: the box edge must be twice the model's cutoff)")
+    parser.add_argument("--steps", type=int, default=2000, help="0.5 fs steps (default 2000)")
+    parser.add_argument("--out", default="water-ml-example",
+                        help="output directory (default water-ml-example)")
     args = parser.parse_args(argv)
 
     from openmm_geom import set_threads
-    from openmm_geom.data.water import water_box_pdb
+    from openmm_geom.data.water import water_box_edge_nm, water_box_pdb
     from openmm_geom.export import export_potential
     from openmm_geom.training.checkpoints import load_potential
     from openmm_geom.openmm import create_system
+    from openmm_geom.workflows.potential import budget
+
+    # everything is checked before the output directory is made
+    if args.steps < 0:
+        parser.error(f"--steps must be >= 0, got {args.steps}")
+    if args.molecules < 1:
+        parser.error(f"--molecules must be >= 1, got {args.molecules}")
+    model = None
+    if args.model:
+        try:
+            model, _ = load_potential(args.model)
+        except (OSError, ValueError) as error:
+            parser.error(f"--model {args.model}: {error}")
+        cutoff, what = float(model.cutoff), f"{args.model}'s cutoff"
+    else:
+        cutoff, what = budget("quick", "attention").cutoff_nm, "the demonstration model's cutoff"
+    smallest = minimum_molecules(cutoff)
+    if args.molecules < smallest:
+        parser.error(f"--molecules {args.molecules} makes a {water_box_edge_nm(args.molecules):.3f} "
+                     f"nm box, too small for {what} of {cutoff:g} nm (the box edge must be at "
+                     f"least twice the cutoff): use --molecules {smallest} or more")
 
     set_threads(None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pdb = app.PDBFile(str(water_box_pdb(args.molecules, out / "water.pdb")))
     model_path = Path(args.model) if args.model else tiny_model(out, args.molecules)
-    model, _ = load_potential(model_path)
+    if model is None:
+        model, _ = load_potential(model_path)
 
     numbers = [atom.element.atomic_number for atom in pdb.topology.atoms()]
     box = np.asarray(pdb.topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer))

@@ -63,8 +63,8 @@ def run_cg_demo(out: Path, *, frames: int = 10_000, seed: int = 1, threads: int 
     result = cg.reproduce(data[0], data[1], out, settings=settings, seed=seed, threads=threads,
                           progress=progress)
     return {key: result[key] for key in ("kl", "mse", "noise_equivalent_sigma_angstrom",
-                                         "replicas", "simulated_ns_total", "timings",
-                                         "figures")}
+                                         "unreliable_reasons", "replicas",
+                                         "simulated_ns_total", "timings", "figures")}
 
 
 def run_cv_demo(out: Path, *, steps: int = 100_000, seed: int = 1, threads: int | None = None,

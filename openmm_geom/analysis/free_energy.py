@@ -9,7 +9,9 @@ Husic et al., "Coarse graining molecular dynamics with graph neural networks" (J
 * :func:`mse_bin_energies` -- eq. 15, bin energies ``kT ln p`` over bins visited by both runs;
 * :func:`noise_curve` and :func:`noise_equivalent_sigma` -- the calibration of Fig. 5: the
   metrics between the reference and the reference with Gaussian noise on the Cartesian
-  coordinates of the CG beads, and the noise level that matches a given CG run.
+  coordinates of the CG beads, and the noise level that matches a given CG run;
+* :func:`unreliable_reasons` -- why such a sigma cannot be trusted for a given run (a run that
+  misses reference states, a negative KL), or an empty list.
 
 Conventions: numpy in and out, lengths in nm (noise levels in Angstrom, as in the paper, and
 converted to nm internally), energies in kJ/mol, angles in radians in ``[-pi, pi)``.
@@ -37,6 +39,8 @@ __all__ = [
     "free_energy_surface",
     "noise_curve",
     "noise_equivalent_sigma",
+    "MAX_DROPPED_REFERENCE_MASS",
+    "unreliable_reasons",
 ]
 
 #: (phi, psi) bead quadruplets of the 6-bead capped-alanine CG mapping of the paper, beads in
@@ -287,6 +291,13 @@ def kl_divergence(p_counts, q_counts, empty: str = "omit", pseudocount: float = 
             the value can be negative. This is the convention that reproduces the shared
             data's noise calibration (KL(s1 || s1 + noise) = 0.18 at 0.10 Angstrom, where
             ``"drop"`` gives 0.16).
+
+            Why it can be negative: with ``P`` and ``Q`` the reference and trial mass in the
+            kept bins, the log-sum inequality gives ``value >= P ln(P / Q)``, which is >= 0
+            when ``P = 1`` (no reference mass dropped) and can be < 0 only when ``P < Q``,
+            i.e. when the trial misses reference mass. A negative value is therefore an
+            artefact of the dropped reference mass, never a better-than-perfect match; see
+            :func:`unreliable_reasons`.
         ``"epsilon"``
             ``pseudocount`` is added to every bin of both histograms before normalising over
             all bins; reference bins the trial never visits are penalised, not ignored.
@@ -707,3 +718,56 @@ def noise_equivalent_sigma(kl_value, curve: NoiseCurve, metric: str = "kl") -> N
     fraction = (value - y[j - 1]) / (y[j] - y[j - 1])
     sigma = sigmas[j - 1] + fraction * (sigmas[j] - sigmas[j - 1])
     return NoiseEquivalentSigma(float(sigma), False, value, metric)
+
+
+#: Above this fraction of the reference probability in bins the trial run never visits, KL and
+#: MSE (which sum over shared bins) cannot see what the run misses: sigma is unreliable.
+MAX_DROPPED_REFERENCE_MASS = 0.05
+
+
+def unreliable_reasons(kl, max_dropped_reference_mass: float = MAX_DROPPED_REFERENCE_MASS) -> list:
+    """Why a noise-equivalent sigma calibrated from ``kl`` cannot be trusted; ``[]`` if it can.
+
+    KL (eq. 14 with empty bins left out) and MSE (eq. 15) only sum over bins both runs visit,
+    so a CG run that never reaches a reference state is not penalised for it: its metrics and
+    sigma can look perfect. Reported:
+
+    - the reference probability in bins the run never visits
+      (``kl.dropped_reference_mass``) exceeds ``max_dropped_reference_mass``;
+    - KL < 0, which a divergence cannot be: with ``empty="omit"`` it happens only when the run
+      misses reference mass (see :func:`kl_divergence`), so the value is an artefact;
+    - KL is not finite (the two histograms share no bin).
+
+    Parameters
+    ----------
+    kl : KLResult
+        From :func:`kl_divergence` of the reference (first) and the run.
+    max_dropped_reference_mass : float, default :data:`MAX_DROPPED_REFERENCE_MASS` (0.05)
+        Largest acceptable fraction of the reference probability in bins the run never visits.
+
+    Returns
+    -------
+    list of str
+        One sentence per problem, e.g. ``"the CG run misses 64% of the reference probability
+        mass (limit 5%) ..."``; empty when the sigma is reliable.
+    """
+    if not isinstance(kl, KLResult):
+        raise TypeError(f"kl must be a KLResult (from kl_divergence), got {type(kl).__name__}")
+    limit = float(max_dropped_reference_mass)
+    if not 0.0 <= limit <= 1.0:
+        raise ValueError(f"max_dropped_reference_mass must be in [0, 1], got {limit}")
+    reasons = []
+    if not math.isfinite(kl.value):
+        reasons.append(f"KL is {kl.value}: the CG run and the reference share no histogram bin")
+    if kl.dropped_reference_mass > limit:
+        reasons.append(
+            f"the CG run misses {kl.dropped_reference_mass:.0%} of the reference probability "
+            f"mass (limit {limit:.0%}): it never visits bins that hold it, and KL and MSE sum "
+            "only over bins both runs visit, so they cannot see the states it misses")
+    if kl.value < 0:
+        reasons.append(
+            f"KL = {kl.value:.3g} < 0, which a divergence cannot be: eq. 14 with empty bins "
+            "left out goes negative only when the CG run misses reference mass "
+            f"({kl.dropped_reference_mass:.1%} here), so the value is that artefact, not a "
+            "better-than-perfect match")
+    return reasons

@@ -17,7 +17,8 @@ import torch
 
 from ..threads import set_threads
 from ..analysis import (ALANINE_CG_PHI_PSI, dihedrals, kl_divergence, mse_bin_energies,
-                        noise_curve, noise_equivalent_sigma, ramachandran_histogram)
+                        noise_curve, noise_equivalent_sigma, ramachandran_histogram,
+                        unreliable_reasons)
 from ..data.datagen import load_reference, reference_topology
 from ..data.mapping import (CGMapping, alanine_backbone_cb_mapping, ca_mapping,
                             optimized_force_map)
@@ -258,9 +259,6 @@ def evaluate_files(reference_path, trajectory, out, *, settings: CGSettings = PR
                     settings=settings, seed=seed, kind=evaluation_kind(reference.mapping))
 
 
-MISSED_MASS_WARNING = 0.05  # reference probability in bins the CG run never visits
-
-
 def evaluation_kind(mapping: CGMapping) -> str:
     """``"alanine"`` (phi/psi protocol) for capped alanine's 6-bead map, else ``"protein"``."""
     return "alanine" if mapping.bead_names[:2] == ["C(ACE)", "N"] else "protein"
@@ -274,6 +272,11 @@ def evaluate(reference: np.ndarray, trajectory: Path, out: Path, *, temperature_
     ``kind="protein"`` compares histograms on the first two TICA coordinates of the
     reference's bead distances (Fig. 7), calibrated with the same Cartesian-noise curve.
     ``"auto"`` picks alanine for 6 beads, protein otherwise.
+
+    The result's ``unreliable_reasons`` lists why the noise-equivalent sigma cannot be
+    trusted (the CG run misses more than 5% of the reference probability mass, KL < 0, or no
+    shared bin; see :func:`openmm_geom.analysis.unreliable_reasons`); the sigmas are then
+    None. An empty list means the sigma is reliable. ``warnings`` repeats the reasons.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,18 +305,21 @@ def evaluate(reference: np.ndarray, trajectory: Path, out: Path, *, temperature_
 
 
 def _calibrated(kl, mse: float, curve) -> dict:
-    sigma_kl = noise_equivalent_sigma(kl, curve)
-    sigma_mse = noise_equivalent_sigma(mse, curve, metric="mse")
-    warnings = []
-    if kl.dropped_reference_mass > MISSED_MASS_WARNING:
-        # eq. 14 sums over bins both runs visit, so a state the CG run never reaches lowers
-        # nothing; say so instead of letting a small KL suggest a good model
-        warnings.append(f"the CG run never visits bins holding {kl.dropped_reference_mass:.1%} "
-                        "of the reference: KL and sigma ignore that mass")
-    return {"kl": kl.value, "kl_details": kl.as_dict(), "mse": mse, "warnings": warnings,
-            "noise_equivalent_sigma_angstrom": sigma_kl.sigma_angstrom,
-            "noise_equivalent_sigma_beyond_range": sigma_kl.beyond_range,
-            "noise_equivalent_sigma_mse_angstrom": sigma_mse.sigma_angstrom}
+    # eq. 14 and 15 sum over bins both runs visit, so a state the CG run never reaches lowers
+    # nothing: a sigma from such a run reads as a good model. Report None and why instead.
+    reasons = unreliable_reasons(kl)
+    result = {"kl": kl.value, "kl_details": kl.as_dict(), "mse": mse,
+              "unreliable_reasons": reasons, "warnings": list(reasons),
+              "noise_equivalent_sigma_angstrom": None,
+              "noise_equivalent_sigma_beyond_range": None,
+              "noise_equivalent_sigma_mse_angstrom": None}
+    if not reasons:
+        sigma_kl = noise_equivalent_sigma(kl, curve)
+        result.update(noise_equivalent_sigma_angstrom=sigma_kl.sigma_angstrom,
+                      noise_equivalent_sigma_beyond_range=sigma_kl.beyond_range,
+                      noise_equivalent_sigma_mse_angstrom=noise_equivalent_sigma(
+                          mse, curve, metric="mse").sigma_angstrom)
+    return result
 
 
 def _evaluate_alanine(reference, cg, out: Path, kT: float, settings: CGSettings,
@@ -352,12 +358,13 @@ def _evaluate_protein(reference, cg, out: Path, kT: float, settings: CGSettings,
               "tica_timescales_frames": frame.tica.timescales()[:2].tolist(),
               "cg_fraction_outside_grid": run["outside_fraction"]}
     if run["kl"] is None:  # a result (a bad model), not an error: report it as such
+        reasons = ["no CG frame falls on the reference's TICA grid: the CG run left the "
+                   "reference's conformations entirely"]
         return {"kl": None, "kl_details": None, "mse": None,
                 "noise_equivalent_sigma_angstrom": None,
                 "noise_equivalent_sigma_beyond_range": True,
                 "noise_equivalent_sigma_mse_angstrom": None,
-                "warnings": ["no CG frame falls on the reference's TICA grid: the CG run left "
-                             "the reference's conformations entirely"],
+                "unreliable_reasons": reasons, "warnings": list(reasons),
                 **common, "figures": ["tica_free_energy.png"]}
     curve = tica_noise_curve(frame, reference, kT=kT, seeds=max(1, min(settings.noise_seeds, 10)),
                              rng_seed=seed)

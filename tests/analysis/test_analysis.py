@@ -28,11 +28,11 @@ def _place(a, b, c, length, angle, torsion):
     return c + local[..., :1] * bc + local[..., 1:2] * m + local[..., 2:] * n
 
 
-def alanine_like(n_frames, rng):
+def alanine_like(n_frames, rng, weights=(0.6, 0.37, 0.03)):
     """6-bead capped-alanine-like CG frames (nm): C, N, CA, C, N, CB with (phi, psi) drawn
-    from three von Mises basins (C7eq/beta, alpha_R, and a rare alpha_L)."""
+    from three von Mises basins (C7eq/beta, alpha_R, and a rare alpha_L) with ``weights``."""
     centres = np.array([[-1.4, 2.6], [-1.3, -0.7], [1.1, 0.6]])
-    basin = rng.choice(3, size=n_frames, p=[0.6, 0.37, 0.03])
+    basin = rng.choice(3, size=n_frames, p=weights)
     phi = rng.vonmises(centres[basin, 0], 6.0)
     psi = rng.vonmises(centres[basin, 1], 6.0)
 
@@ -174,6 +174,84 @@ def test_kl_reports_a_missed_state_and_bad_input():
         A.kl_divergence(P, -Q)
     with pytest.raises(ValueError, match="empty"):
         A.kl_divergence(P, Q, empty="zero")
+
+
+def test_negative_omit_kl_is_bounded_by_the_dropped_reference_mass(rng):
+    """Why "omit" KL goes negative: value >= P ln(P/Q) for the kept masses P (reference) and
+    Q (trial) (log-sum inequality), which is < 0 only if the trial misses reference mass."""
+    for _ in range(20):
+        p = rng.poisson(rng.uniform(0, 5, size=(20, 20)) ** 2).astype(float)
+        q = rng.poisson(rng.uniform(0, 5, size=(20, 20)) ** 2).astype(float)
+        result = A.kl_divergence(p, q)
+        keep = (p > 0) & (q > 0)
+        kept_p, kept_q = p[keep].sum() / p.sum(), q[keep].sum() / q.sum()
+        assert kept_p == pytest.approx(1.0 - result.dropped_reference_mass)
+        assert result.value >= kept_p * math.log(kept_p / kept_q) - 1e-12
+        if result.dropped_reference_mass == 0.0:
+            assert result.value >= -1e-12
+
+
+def test_unreliable_reasons_of_a_run_that_misses_a_basin(alanine_data):
+    """A CG run covering only the alpha_R basin (37% of the reference): KL < 0 and 63% of the
+    reference mass unseen; before, that read as KL ~ 0 and sigma = 0."""
+    reference = alanine_data[0]
+    one_basin = alanine_like(8000, np.random.default_rng(3), weights=(0.0, 1.0, 0.0))[0]
+    ref_hist = A.ramachandran_histogram(*A.dihedrals(reference, A.ALANINE_CG_PHI_PSI).T)
+    run_hist = A.ramachandran_histogram(*A.dihedrals(one_basin, A.ALANINE_CG_PHI_PSI).T)
+    kl = A.kl_divergence(ref_hist, run_hist)
+    assert kl.value < 0 and kl.dropped_reference_mass > 0.6
+    reasons = A.unreliable_reasons(kl)
+    assert len(reasons) == 2
+    assert reasons[0].startswith(f"the CG run misses {kl.dropped_reference_mass:.0%} of the "
+                                 "reference probability mass (limit 5%)")
+    assert "< 0, which a divergence cannot be" in reasons[1]
+    assert A.unreliable_reasons(kl, max_dropped_reference_mass=0.9) == [reasons[1]]
+
+    same = alanine_like(20_000, np.random.default_rng(4))[0]
+    good = A.kl_divergence(ref_hist, A.ramachandran_histogram(
+        *A.dihedrals(same, A.ALANINE_CG_PHI_PSI).T))
+    assert good.dropped_reference_mass < A.MAX_DROPPED_REFERENCE_MASS and good.value > 0
+    assert A.unreliable_reasons(good) == []
+    disjoint = A.kl_divergence(np.eye(3), 1.0 - np.eye(3))
+    assert "share no histogram bin" in A.unreliable_reasons(disjoint)[0]
+    with pytest.raises(TypeError, match="KLResult"):
+        A.unreliable_reasons(0.1)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        A.unreliable_reasons(good, max_dropped_reference_mass=5)
+
+
+def _write_run(path, frames, replicas):
+    from openmm_geom.simulate import TrajectoryWriter
+
+    run = frames.reshape(-1, replicas, *frames.shape[1:])
+    with TrajectoryWriter(path, replicas, frames.shape[1]) as writer:
+        for step, x in enumerate(run):
+            writer.append(step, step * 0.002, x, np.zeros(replicas))
+
+
+def test_cg_evaluate_reports_sigma_as_unreliable_for_a_run_missing_a_basin(alanine_data,
+                                                                         tmp_path):
+    from openmm_geom.workflows import coarse_grain as cg
+
+    reference = alanine_data[0][:8000]
+    settings = dataclasses.replace(cg.QUICK, noise_seeds=2)
+    one_basin = alanine_like(4 * 2000, np.random.default_rng(5), weights=(0.0, 1.0, 0.0))[0]
+    _write_run(tmp_path / "one.h5", one_basin, 4)
+    metrics = cg.evaluate(reference, tmp_path / "one.h5", tmp_path / "one", temperature_K=300.0,
+                          settings=settings, kind="alanine")
+    assert metrics["noise_equivalent_sigma_angstrom"] is None
+    assert metrics["noise_equivalent_sigma_mse_angstrom"] is None
+    assert metrics["kl"] < 0 and metrics["kl_details"]["dropped_reference_mass"] > 0.6
+    reasons = metrics["unreliable_reasons"]
+    assert len(reasons) == 2 and "of the reference probability mass (limit 5%)" in reasons[0]
+    assert metrics["warnings"] == reasons
+
+    both = alanine_like(4 * 2000, np.random.default_rng(6))[0]
+    _write_run(tmp_path / "both.h5", both, 4)
+    metrics = cg.evaluate(reference, tmp_path / "both.h5", tmp_path / "both",
+                          temperature_K=300.0, settings=settings, kind="alanine")
+    assert metrics["unreliable_reasons"] == []
+    assert 0.0 <= metrics["noise_equivalent_sigma_angstrom"] < 0.1
 
 
 def test_mse_of_bin_energies_against_direct_sum():
@@ -428,6 +506,7 @@ def test_cg_evaluate_protein_kind(rng, tmp_path):
     metrics = cg.evaluate(reference, tmp_path / "t.h5", tmp_path, temperature_K=300.0,
                           settings=settings)
     assert metrics["kind"] == "protein"
+    assert metrics["unreliable_reasons"] == []
     assert np.isfinite(metrics["kl"]) and np.isfinite(metrics["noise_equivalent_sigma_angstrom"])
     assert metrics["cg_frames"] == int(0.9 * 500) * 4
     for name in metrics["figures"]:

@@ -30,12 +30,19 @@ def alanine_data(tmp_path_factory):
 def test_reproduce_writes_metrics_and_figures(alanine_data, tmp_path):
     result = cg.reproduce(*alanine_data, tmp_path, settings=TINY, seed=0, threads=1,
                           progress=False)
-    for key in ("kl", "mse", "noise_equivalent_sigma_angstrom", "replicas", "simulated_ns_total"):
+    for key in ("kl", "mse", "replicas", "simulated_ns_total"):
         assert key in result and np.isfinite(result[key])
+    # a 1-epoch model may miss reference states: then sigma is None and the reasons say why
+    assert isinstance(result["unreliable_reasons"], list)
+    if result["unreliable_reasons"]:
+        assert result["noise_equivalent_sigma_angstrom"] is None
+    else:
+        assert np.isfinite(result["noise_equivalent_sigma_angstrom"])
     assert result["replicas"] == 4
     assert result["simulated_ns_total"] == pytest.approx(4 * 200 * 0.002 / 1000)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["kl"] == result["kl"]
+    assert saved["unreliable_reasons"] == result["unreliable_reasons"]
     for name in ("cg_model.pt", "cg_model_openmm.pt", "learning_curves.png", "priors.json",
                  "cg_trajectory.h5", "free_energy_surfaces.png", "noise_curve.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -58,6 +65,9 @@ def test_cli_train_simulate_evaluate(alanine_data, tmp_path):
     metrics = cli("evaluate", "--reference", alanine_data[1], "--trajectory",
                   tmp_path / "cg_trajectory.h5", "--out", tmp_path, "--noise-seeds", "2")
     assert np.isfinite(metrics["kl"])
+    assert isinstance(metrics["unreliable_reasons"], list)
+    assert (metrics["noise_equivalent_sigma_angstrom"] is None) == bool(
+        metrics["unreliable_reasons"])
 
 
 def test_bad_inputs(alanine_data, tmp_path):
@@ -96,9 +106,11 @@ def test_protein_ca_pipeline_end_to_end(tmp_path):
     assert result["kind"] == "protein" and result["replicas"] == 3
     assert 0.0 <= result["cg_fraction_outside_grid"] <= 1.0
     if result["kl"] is None:  # a 1-epoch model may leave the reference entirely: said so
-        assert result["cg_fraction_outside_grid"] == 1.0 and result["warnings"]
+        assert result["cg_fraction_outside_grid"] == 1.0 and result["unreliable_reasons"]
     else:
-        for key in ("kl", "mse", "noise_equivalent_sigma_angstrom"):
+        for key in ("kl", "mse"):
             assert np.isfinite(result[key]), key
+        assert (result["noise_equivalent_sigma_angstrom"] is None) == bool(
+            result["unreliable_reasons"])
     for name in result["figures"] + ["cg_model_openmm.pt", "metrics.json"]:
         assert (tmp_path / "cg" / name).stat().st_size > 0, name
