@@ -26,7 +26,6 @@ __all__ = [
     "canonical_length_unit",
     "canonical_energy_unit",
     "kT_kj_per_mol",
-    "value_in",
     "as_nm_array",
     "box_to_nm",
 ]
@@ -121,14 +120,6 @@ def kT_kj_per_mol(temperature) -> float:
     """Thermal energy kT in kJ/mol of a temperature (K, or a Quantity)."""
     return MOLAR_GAS_CONSTANT_KJ * to_openmm_units(temperature, "temperature", u.kelvin,
                                                    positive=True)
-
-
-def value_in(value, unit) -> float:
-    """A float from a plain number (taken to be in ``unit``) or an OpenMM Quantity.
-
-    Prefer :func:`to_openmm_units`, which names the argument in its errors.
-    """
-    return float(to_openmm_units(value, "value", unit))
 
 
 def as_nm_array(value, name: str, tail: tuple = (3,)):
