@@ -32,11 +32,15 @@ from .cvforce import TorchCVForce
 __all__ = ["restraint_force", "GridAxis", "Metadynamics"]
 
 
-def _difference(name: str, center: str, periodic: bool) -> str:
-    # The shortest signed difference on a circle of period 2*pi, smooth everywhere but at +-pi.
-    if periodic:
+def _difference(name: str, center: str, period: Optional[float]) -> str:
+    """The signed difference ``name - center``; on a circle of ``period`` (None: a line) the
+    shortest one, smooth everywhere but half a period away."""
+    if period is None:
+        return f"({name}-{center})"
+    if math.isclose(period, 2 * math.pi, rel_tol=1e-12):
         return f"atan2(sin({name}-{center}), cos({name}-{center}))"
-    return f"({name}-{center})"
+    r = period / (2 * math.pi)  # the circle's radius in CV units
+    return f"({r!r}*atan2(sin(({name}-{center})/{r!r}), cos(({name}-{center})/{r!r})))"
 
 
 def _cv_unit(value):
@@ -54,8 +58,8 @@ _FORCE_CONSTANTS = {None: (unit.kilojoule_per_mole / unit.nanometer ** 2,
                     unit.dimensionless: (unit.kilojoule_per_mole,)}
 
 
-def restraint_force(model, restraints: Mapping[str, tuple], *, periodic: Sequence[str] = (),
-                    **force_options) -> TorchCVForce:
+def restraint_force(model, restraints: Mapping[str, tuple], *,
+                    periodic: Optional[Sequence[str]] = None, **force_options) -> TorchCVForce:
     """Harmonic restraints ``0.5 k (cv - cv0)^2`` on any CVs of one module, as one force.
 
     Parameters
@@ -70,7 +74,11 @@ def restraint_force(model, restraints: Mapping[str, tuple], *, periodic: Sequenc
         per its unit squared. Each CV gets two global parameters, ``k_<cv>`` and ``<cv>0``
         (in OpenMM units); move the umbrella during a simulation with
         ``context.setParameter("<cv>0", value)``.
-    periodic : names of CVs that are angles in radians (difference taken on the circle)
+    periodic : sequence of CV names, optional
+        The CVs whose difference is taken on the circle (shortest signed difference), with the
+        period the model file records for them (``cv_periods``; 2 pi if none is recorded).
+        Default: every CV the model file records as periodic (e.g. the dihedrals of
+        ``Dihedrals``); pass ``()`` for plain differences everywhere.
     force_options : passed to :class:`TorchCVForce` (``particles``, ``force_group``, ...)
 
     Returns
@@ -86,6 +94,20 @@ def restraint_force(model, restraints: Mapping[str, tuple], *, periodic: Sequenc
     """
     if not restraints:
         raise ValueError("no restraints given")
+    model = ExportedModel.load(model, allow_bare=True)
+    names = model.cv_names(force_options.get("cv_names"))
+    unknown = sorted(set(restraints) - set(names))
+    if unknown:
+        raise ValueError(f"no CVs named {unknown}; the module's CVs are {names}")
+    recorded = {name: (model.metadata.cv_period(i) if model.metadata is not None else None)
+                for i, name in enumerate(names)}
+    if periodic is None:
+        periodic = [name for name, period in recorded.items() if period is not None]
+    periodic = [periodic] if isinstance(periodic, str) else [str(name) for name in periodic]
+    unknown = sorted(set(periodic) - set(names))
+    if unknown:
+        raise ValueError(f"periodic names CVs {unknown} the module does not have; its CVs are "
+                         f"{names}")
     terms, parameters = [], {}
     for name, pair in restraints.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -95,14 +117,11 @@ def restraint_force(model, restraints: Mapping[str, tuple], *, periodic: Sequenc
         center_value = to_openmm_units(center, f"{what} centre", CV_UNITS)
         k_value = to_openmm_units(k, f"{what} k", _FORCE_CONSTANTS[_cv_unit(center)],
                                   nonnegative=True)
-        diff = _difference(name, f"{name}0", name in periodic)
+        period = (recorded[name] or 2 * math.pi) if name in periodic else None
+        diff = _difference(name, f"{name}0", period)
         terms.append(f"0.5*k_{name}*{diff}^2")
         parameters[f"k_{name}"], parameters[f"{name}0"] = k_value, center_value
-    force = TorchCVForce(model, " + ".join(terms), global_parameters=parameters, **force_options)
-    unknown = set(restraints) - set(force.cv_names)
-    if unknown:
-        raise ValueError(f"no CVs named {sorted(unknown)}; the module's CVs are {force.cv_names}")
-    return force
+    return TorchCVForce(model, " + ".join(terms), global_parameters=parameters, **force_options)
 
 
 @dataclasses.dataclass

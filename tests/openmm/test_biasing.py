@@ -135,3 +135,42 @@ def test_metadynamics_input_checks(alanine_pdb, alanine_cvs):
         Metadynamics(system, alanine_cvs, [axis, GridAxis("psi", -3, 3, 0.4)], 300, 5.0, 1.0, 10)
     with pytest.raises(ValueError, match="maximum must exceed minimum"):
         GridAxis("phi", 1.0, 0.0, 0.1)
+
+
+def _restraint_energy(model, restraints, positions, n, **options):
+    system = openmm.System()
+    for _ in range(n):
+        system.addParticle(12.0)
+    system.addForce(restraint_force(model, restraints, **options))
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(
+        unit.kilojoule_per_mole)
+
+
+def test_restraint_takes_periodicity_from_the_model_file(alanine_pdb, alanine_cvs, tmp_path):
+    """Dihedrals record a 2 pi period: the default restraint is on the circle, as periodic=[...]
+    says; periodic=() keeps plain differences. A recorded period other than 2 pi is used."""
+    positions = alanine_pdb.positions  # phi = psi = pi (the bundled structure)
+    restraints = {"phi": (100.0, -3.0), "psi": (100 * unit.kilojoule_per_mole / unit.radian ** 2,
+                                                 170 * unit.degree)}
+    default = _restraint_energy(alanine_cvs, restraints, positions, 22)
+    explicit = _restraint_energy(alanine_cvs, restraints, positions, 22, periodic=["phi", "psi"])
+    plain = _restraint_energy(alanine_cvs, restraints, positions, 22, periodic=())
+    # phi ~ pi is about 0.14 rad from -3.0 the short way round (6.1 rad the long way), psi
+    # ~ pi about 0.17 rad from 170 degrees
+    assert default == explicit
+    assert default < 0.5 * 100 * (0.3 ** 2 + 0.2 ** 2) < plain
+
+    path = tmp_path / "x.pt"
+    export_model(Coordinates(), path, kind="cv", length_unit="nm", periodic=False,
+                 example_positions=[[0.1, 0.2, 0.3]], cv_names=["x", "y", "z"],
+                 cv_periods=[1.0, None, None])
+    at = [[-0.45, 0.0, 0.0]]
+    # x - x0 = -0.9 nm is 0.1 nm on a circle of 1 nm: 0.5 * 100 * 0.1^2
+    assert _restraint_energy(path, {"x": (100.0, 0.45)}, at, 1) == pytest.approx(0.5, rel=1e-9)
+    assert _restraint_energy(path, {"x": (100.0, 0.45)}, at, 1, periodic=()) == pytest.approx(
+        0.5 * 100 * 0.81, rel=1e-12)
+    with pytest.raises(ValueError, match=r"periodic names CVs \['w'\]"):
+        restraint_force(path, {"x": (100.0, 0.45)}, periodic=["w"])
