@@ -80,9 +80,9 @@ def run_cv(args) -> int:
         from ..workflows.config import VampSettings
         from ..workflows.cv import train_vamp
 
+        settings = _settings(args, VampSettings())
         result = train_vamp(FeatureSet.load(args.train), FeatureSet.load(args.validate),
-                            Path(args.out), _settings(args, VampSettings()), seed=args.seed,
-                            progress=progress)
+                            Path(args.out), settings, seed=args.seed, progress=progress)
     elif command == "train-spib":
         from ..training.features import FeatureSet
         from ..workflows.cv import train_spib
@@ -285,7 +285,7 @@ def add_commands(sub) -> None:
     q.add_argument("--pdb", required=True, metavar="FILE",
                    help="the peptide, e.g. capped alanine (required)")
     q.add_argument("--model", metavar="FILE",
-                   help="exported CV file (mode cv; required there)")
+                   help="exported CV file (default: none; required for --mode cv)")
     q.add_argument("--mode", default="cv", choices=["cv", "phipsi", "unbiased"],
                    help="bias along the learned CVs, along phi/psi, or none (default: cv)")
     q.add_argument("--compare", action="store_true",

@@ -23,7 +23,8 @@ def run_datagen(args) -> int:
         timestep_fs=values["timestep_fs"], temperature_K=args.temperature,
         friction_per_ps=args.friction, equilibration_ps=values["equilibration_ps"],
         seed=args.seed, constraints=args.constraints, platform=args.platform,
-        threads=args.threads, progress=show_progress(args))
+        threads=args.threads, checkpoint_every=args.checkpoint_every,
+        progress=show_progress(args))
     if args.forcefield is not None:
         options["forcefield"] = tuple(args.forcefield)
     if args.nonbonded_cutoff is not None:
@@ -90,6 +91,9 @@ def add_commands(sub) -> None:
                         "constraint forces)")
     p.add_argument("--platform", default="CPU", metavar="NAME",
                    help="OpenMM platform (default: CPU)")
+    p.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
+                   help="frames per checkpointed chunk: at most this many are lost when a run "
+                        "is interrupted (default: 1000)")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="output file (required)")
     add_standard(p, run_datagen, seed=1, resumable=True,
                  threads="CPU platform threads (default: 1, which makes runs bit-reproducible)")
