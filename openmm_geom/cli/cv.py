@@ -307,7 +307,7 @@ def add_commands(sub) -> None:
         common(q, "output directory", resumable=True)
 
     q = cvsub.add_parser("reproduce", help="pretrain, featurize, VAMPnet vs deeptime baselines, "
-                                           "export; one JSON")
+                                           "export; one JSON (resumable: the pretraining)")
     q.add_argument("--train", required=True, metavar="FILE",
                    help="training trajectory (required)")
     q.add_argument("--validate", required=True, metavar="FILE",

@@ -119,7 +119,8 @@ def add_commands(sub) -> None:
     q.add_argument("--data", required=True, metavar="FILE",
                    help="npz with positions, forces, energies (required)")
     common(q)
-    q = ptsub.add_parser("reproduce", help="train, test, export, NVT + NVE in OpenMM; one JSON")
+    q = ptsub.add_parser("reproduce", help="train, test, export, NVT + NVE in OpenMM; one JSON "
+                                           "(resumable: the training)")
     q.add_argument("--data", required=True, metavar="FILE",
                    help="npz with positions, forces, energies, boxes (required)")
     model_choice(q)
