@@ -21,8 +21,18 @@ _BAR_CLASS = None
 
 
 def show_progress(requested: Optional[bool] = None) -> bool:
-    """Whether to draw progress bars: ``requested`` if given (True/False), else whether
-    stderr is a terminal."""
+    """Whether to draw progress bars.
+
+    Parameters
+    ----------
+    requested : bool, optional
+        ``--progress`` (True) or ``--no-progress`` (False); None: not given.
+
+    Returns
+    -------
+    bool
+        ``requested`` if given, else whether stderr is a terminal.
+    """
     if requested is not None:
         return bool(requested)
     try:

@@ -228,9 +228,34 @@ def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettin
 
 def simulate_from(model_path, start_path, out, settings: CGSettings = PRODUCTION, *,
                   pdb=None, seed: int = 0, progress: bool = True) -> dict:
-    """``openmm-geom cg simulate``: :func:`simulate` a trained ``cg_model.pt`` from frames of
-    an all-atom file, mapped with the model's own mapping (``settings.replicas`` frames spread
-    over the file). Everything is read and checked before ``out`` is touched."""
+    """``openmm-geom cg simulate``: :func:`simulate` a trained model from all-atom frames.
+
+    Parameters
+    ----------
+    model_path : path
+        ``cg_model.pt`` from :func:`train`.
+    start_path : path
+        All-atom npz (positions nm); ``settings.replicas`` frames spread over it, mapped with
+        the model's own mapping, start the replicas.
+    out : path
+        Output directory (``cg_trajectory.h5``, ``cg_simulation.ckpt``); a rerun resumes.
+    settings : CGSettings
+        ``replicas``, ``steps``, ``timestep_fs``, ``friction_per_ps``, ``save_interval``,
+        ``integrator`` are used.
+    pdb : path, optional
+        Topology, if the npz carries none.
+    seed : int
+        Integrator seed, >= 0.
+    progress : bool
+        Progress bar on stderr.
+
+    Returns
+    -------
+    dict
+        The run summary (steps, replica-steps per second, ``trajectory``, ...).
+
+    Everything is read and checked before ``out`` is touched.
+    """
     check_settings(settings)
     model, metadata = load_cgschnet(model_path)
     mapping = CGMapping.from_dict(metadata["mapping"]) if "mapping" in metadata else "auto"
@@ -244,9 +269,30 @@ def simulate_from(model_path, start_path, out, settings: CGSettings = PRODUCTION
 
 def evaluate_files(reference_path, trajectory, out, *, settings: CGSettings = PRODUCTION,
                    pdb=None, mapping="auto", seed: int = 0) -> dict:
-    """``openmm-geom cg evaluate``: :func:`evaluate` a ``cg_trajectory.h5`` against an
-    all-atom reference file, mapped with ``mapping``. Both files are read and checked before
-    ``out`` is touched."""
+    """``openmm-geom cg evaluate``: :func:`evaluate` a CG trajectory against a reference file.
+
+    Parameters
+    ----------
+    reference_path : path
+        All-atom npz held out from training (positions nm, masses, temperature).
+    trajectory : path
+        ``cg_trajectory.h5`` from :func:`simulate`.
+    out : path
+        Output directory for the figures.
+    settings : CGSettings
+        The evaluation fields (``noise_seeds``, ``equilibration_fraction``, ...).
+    pdb : path, optional
+        Topology, if the npz carries none.
+    mapping : str or CGMapping
+        The mapping the model was trained with (``"auto"``, ``"alanine"``, ``"ca"``).
+    seed : int
+        Seed of the noise calibration, >= 0.
+
+    Returns
+    -------
+    dict
+        As :func:`evaluate`. Both files are read and checked before ``out`` is touched.
+    """
     check_settings(settings)
     seed = check.count("seed", seed, minimum=0)
     reference = load_cg_data(reference_path, pdb=pdb, need_forces=False, mapping=mapping)

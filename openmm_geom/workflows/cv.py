@@ -33,9 +33,9 @@ from .config import (DEFAULT_VAMP_TRAINER, QUICK_EXPLORE, QUICK_REPRODUCE, Explo
                      ReproduceSettings, VampSettings)
 from ..units import MOLAR_GAS_CONSTANT_KJ
 
-__all__ = ["VampSettings", "DEFAULT_VAMP_TRAINER", "featurize_trajectories", "train_vamp", "train_spib", "load_token_cv", "export_cv",
-           "build_geom2vec_cv", "distance_baseline", "dihedral_baseline",
-           "lag_in_frames", "ReproduceSettings", "QUICK_REPRODUCE", "reproduce", "ExploreSettings",
+__all__ = ["VampSettings", "DEFAULT_VAMP_TRAINER", "featurize_trajectories", "train_vamp",
+           "train_spib", "load_token_cv", "export_cv", "build_geom2vec_cv", "distance_baseline",
+           "dihedral_baseline", "lag_in_frames", "ReproduceSettings", "QUICK_REPRODUCE", "reproduce", "ExploreSettings",
            "QUICK_EXPLORE", "explore"]
 
 TOKEN_CV_KIND, TOKEN_CV_VERSION = "token-cv", 1
@@ -86,11 +86,39 @@ def featurize_trajectories(trajectories: Sequence, backbone, topology, out, *,
                            frames: Optional[slice] = None, timestep_ps: Optional[float] = None,
                            batch_size: int = 128, mean_pooling: bool = False,
                            progress: bool = True) -> dict:
-    """``openmm-geom cv featurize``: token features of non-periodic trajectories (mdtraj
-    files or npz with positions in nm) by a pretrained backbone, saved as a self-describing
-    npz at ``out``; returns a summary. ``frames`` keeps a slice of each trajectory (after
-    ``stride``); ``timestep_ps`` is the frame spacing if the files lack it. Every input is read
-    before ``out`` is written."""
+    """``openmm-geom cv featurize``: token features of trajectories by a pretrained backbone.
+
+    Parameters
+    ----------
+    trajectories : sequence of paths
+        Non-periodic mdtraj-readable files, or npz with ``positions`` (frames, atoms, 3) nm.
+    backbone : path
+        Backbone file from ``cv pretrain``.
+    topology : path
+        PDB of the system.
+    out : path
+        The feature file (a self-describing npz).
+    selection, tokens, global_atoms
+        The token map (:meth:`~openmm_geom.models.geom2vec.TokenMap.from_topology`).
+    stride : int
+        Keep every ``stride``-th frame.
+    frames : slice, optional
+        Frames of each trajectory to keep (after ``stride``).
+    timestep_ps : float, optional
+        Frame spacing, ps, if the files lack it.
+    batch_size : int
+        Frames per backbone call.
+    mean_pooling : bool
+        Tokens as atom means instead of sums.
+    progress : bool
+        Progress bar on stderr.
+
+    Returns
+    -------
+    dict
+        ``out``, ``frames``, ``trajectories``, ``tokens``, ``channels``, ``timestep_ps``,
+        ``backbone_sha256``. Every input is read before ``out`` is written.
+    """
     import mdtraj
 
     from .. import arguments as check

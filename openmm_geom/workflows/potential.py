@@ -101,7 +101,25 @@ def export(model_path: Path, out: Path, *, positions, box=None, atomic_numbers=N
 
 
 def read_structure(path) -> tuple:
-    """``(topology, positions nm, box nm or None)`` of a PDB or PDBx/mmCIF file."""
+    """Read a PDB or PDBx/mmCIF file with errors that name it.
+
+    Parameters
+    ----------
+    path : path
+        ``.pdb``, or ``.cif``/``.pdbx``/``.mmcif``.
+
+    Returns
+    -------
+    tuple
+        ``(openmm.app.Topology, positions (N, 3) nm, box (3, 3) nm or None)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Unreadable, or no atoms.
+    """
     import openmm.app as app
     import openmm.unit as unit
 
@@ -133,8 +151,22 @@ def _elements(topology) -> tuple:
 
 
 def export_for_structure(model_path, pdb, out) -> dict:
-    """``openmm-geom potential export``: export ``model.pt`` for the atoms, configuration and
-    box (CRYST1: periodic) of a PDB; returns a summary."""
+    """``openmm-geom potential export``: export a trained model for the system in a PDB.
+
+    Parameters
+    ----------
+    model_path : path
+        ``model.pt`` from :func:`train`.
+    pdb : path
+        The target system: its atoms, configuration and (``CRYST1``) periodic box.
+    out : path
+        The exported TorchScript file.
+
+    Returns
+    -------
+    dict
+        ``out``, ``atoms`` and ``periodic``.
+    """
     topology, positions, box = read_structure(pdb)
     numbers, masses = _elements(topology)
     export(Path(model_path), Path(out), positions=positions, box=box, atomic_numbers=numbers,
@@ -146,10 +178,28 @@ def simulate_structure(pdb, out, settings: PotentialSettings, *, exported=None, 
                        seed: int = 1, ensemble: str = "nvt", spread_models: Sequence = (),
                        spread_threshold: Optional[float] = None, threads: Optional[int] = None,
                        progress: bool = True) -> dict:
-    """``openmm-geom potential simulate``: :func:`simulate` an exported model (or a
-    ``model.pt``, exported for the PDB into ``out/model_openmm.pt`` first) from a PDB.
+    """``openmm-geom potential simulate``: an OpenMM run of a potential from a PDB.
 
-    Every input is read and checked before ``out`` is created. Returns the summary (no arrays).
+    Parameters
+    ----------
+    pdb : path
+        Start structure and box.
+    out : path
+        Output directory (``<ensemble>.npz``, ``<ensemble>.csv``, ...).
+    settings : PotentialSettings
+        The simulation fields (``timestep_fs``, ``temperature_K``, ``friction_per_ps``,
+        ``nvt_ps``, ...).
+    exported, checkpoint : path
+        Exactly one: an exported model file, or a ``model.pt`` that is exported for the PDB
+        into ``out/model_openmm.pt`` first.
+    seed, ensemble, spread_models, spread_threshold, threads, progress
+        As :func:`simulate`.
+
+    Returns
+    -------
+    dict
+        The run summary without the arrays, with ``final_potential_energy`` (kJ/mol) and
+        ``out``. Every input is read and checked before ``out`` is created.
     """
     check_settings(settings)
     if (exported is None) == (checkpoint is None):
@@ -174,8 +224,23 @@ def simulate_structure(pdb, out, settings: PotentialSettings, *, exported=None, 
 
 
 def evaluate_checkpoint(model_path, data_path, out) -> dict:
-    """``openmm-geom potential evaluate``: energy and force errors of a trained ``model.pt``
-    on a data file (retargeted to the file's atoms), and ``out/force_parity.png``."""
+    """``openmm-geom potential evaluate``: a trained model's errors on a data file.
+
+    Parameters
+    ----------
+    model_path : path
+        ``model.pt`` from :func:`train` (retargeted to the file's atoms if they differ).
+    data_path : path
+        Energy+force npz (see :func:`~openmm_geom.data.potential_data.load_potential_data`).
+    out : path
+        Output directory for ``force_parity.png``.
+
+    Returns
+    -------
+    dict
+        Energy and force errors (kJ/mol, kJ/mol/nm) of :func:`~openmm_geom.training.
+        energy_force.evaluate_potential`, without the predictions.
+    """
     data = load_potential_data(data_path)
     model, _ = load_potential(model_path)
     if list(data.atomic_numbers) != model.atomic_numbers.tolist():

@@ -164,8 +164,21 @@ def reproduce_gene(out: Union[str, os.PathLike], *, seed: int = 0,
 
 
 def evaluate(model_path: Union[str, os.PathLike], dataset: Union[str, os.PathLike]) -> dict:
-    """A saved fold model (``foldK.pt`` of :func:`train`) on a dataset's independent test
-    trajectories: accuracy, recall and the confusion matrix."""
+    """A saved fold model on a dataset's independent test trajectories.
+
+    Parameters
+    ----------
+    model_path : path
+        ``foldK.pt`` written by :func:`train`.
+    dataset : path
+        A path dataset with test trajectories.
+
+    Returns
+    -------
+    dict
+        ``model``, ``data``, ``method``, and accuracy, recall and the confusion matrix of
+        :func:`~openmm_geom.training.signature_classifier.classification_metrics`.
+    """
     from openmm_geom.training.signature_classifier import (classification_metrics,
                                                            load_classifier, predict)
 
