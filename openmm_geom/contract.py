@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+import openmm.unit as openmm_unit
 import torch
 
 from .modelfile import METADATA_ATTRIBUTE, ModelMetadata
 from .ops.neighbors import check_box_holds_cutoff
 from .units import (as_nm_array, canonical_energy_unit, canonical_length_unit,
-                    energy_to_kj_per_mol, length_to_nm)
+                    energy_to_kj_per_mol, has_units, length_to_nm, to_openmm_units)
 from .version import __version__
 
 __all__ = ["OpenMMBoundary", "PeriodicOpenMMBoundary", "boundary_for", "describe"]
@@ -176,7 +177,9 @@ def describe(
     nm_per_unit = length_to_nm(length_unit)
     cutoff_nm = None
     if cutoff is not None:
-        cutoff_nm = float(cutoff) * nm_per_unit  # ModelMetadata refuses cutoff <= 0
+        # a Quantity in any length unit, or a plain number in the model's own length unit
+        cutoff_nm = (to_openmm_units(cutoff, "cutoff", openmm_unit.nanometer) if has_units(cutoff)
+                     else float(cutoff) * nm_per_unit)  # ModelMetadata refuses cutoff <= 0
         if box is not None:
             check_box_holds_cutoff(torch.as_tensor(box), cutoff_nm)
 
