@@ -503,3 +503,21 @@ def test_negative_temperature_is_refused_before_anything_is_added():
                                                      periodic=True)],
                      -300 * u.kelvin, bias_factor=6.0, height=1.5, frequency=10, cv_names=NAMES)
     assert system.getNumForces() == 0
+
+
+def test_check_export_nve_settings_take_quantities(files):
+    """The NVE run's time step (fs when plain) and temperature (K) accept Quantities."""
+    from openmm_geom.openmm import check_export
+
+    def nve(**settings):
+        report = check_export(files["lj"][0], checks=("nve_drift",), nve_steps=100, seed=3,
+                              **settings)
+        return [check.error for check in report.checks]
+
+    plain = nve(nve_timestep_fs=0.5, temperature_kelvin=300.0)
+    assert nve(nve_timestep_fs=0.0005 * u.picosecond,
+               temperature_kelvin=300.0 * u.kelvin) == pytest.approx(plain, rel=1e-9)
+    with pytest.raises(TypeError, match=r"nve_timestep_fs: expected a quantity in fs .*got 0.5 nm"):
+        nve(nve_timestep_fs=0.5 * u.nanometer)
+    with pytest.raises(ValueError, match=r"temperature_kelvin must be > 0"):
+        nve(temperature_kelvin=-300.0 * u.kelvin)

@@ -32,7 +32,7 @@ import torch
 from ..contract import boundary_for
 from ..modelfile import ExportedModel, ModelLike
 from ..threads import cpu_platform_properties
-from ..units import as_nm_array
+from ..units import as_nm_array, to_openmm_units
 from .forces import torch_force
 
 __all__ = ["check_export", "ExportReport", "CheckResult", "DEFAULT_CHECKS"]
@@ -192,8 +192,12 @@ def check_export(
     fd_coordinates : how many Cartesian coordinates to differentiate numerically per output,
         drawn from the coordinates of the atoms the output depends on (nonzero gradient).
     nve_steps, nve_timestep_fs, nve_tolerance : the NVE run (potentials only) and its pass
-        threshold on std(total energy) / std(kinetic energy).
-    temperature_kelvin, seed : initial velocities of the NVE run; random choices.
+        threshold on std(total energy) / std(kinetic energy). ``nve_timestep_fs`` is a plain
+        number in fs (as its name says) or a time Quantity.
+    temperature_kelvin : float (K) or temperature Quantity
+        Initial velocities of the NVE run.
+    seed : int
+        Random choices (coordinates to difference, velocities).
 
     Returns
     -------
@@ -203,6 +207,10 @@ def check_export(
     unknown = set(checks) - set(DEFAULT_CHECKS)
     if unknown:
         raise ValueError(f"unknown checks {sorted(unknown)}; known: {list(DEFAULT_CHECKS)}")
+    nve_timestep_fs = to_openmm_units(nve_timestep_fs, "nve_timestep_fs", unit.femtosecond,
+                                      positive=True)
+    temperature_kelvin = to_openmm_units(temperature_kelvin, "temperature_kelvin", unit.kelvin,
+                                         positive=True)
     exported = ExportedModel.load(model)
     module, meta = exported.module, exported.metadata
     if positions is None:
