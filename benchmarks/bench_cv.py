@@ -42,7 +42,7 @@ hidden, k = 2), exported float32 with ``export_model(..., kind="cv", cv_names=["
 
 3. **VAMPnet epoch** (section "vampnet"): one epoch, lag 2, batch 5,000, learning rate 5e-4,
    the same initial lobe (``copy.deepcopy``) and data on both sides:
-   ``VAMPNetTrainer(max_epochs=1).fit(lobe, TimeLaggedPairs(data, 2))`` vs deeptime 0.4.5
+   ``fit_lobe(VAMPNetTrainer(max_epochs=1), lobe, TimeLaggedPairs(data, 2))`` vs deeptime 0.4.5
    ``VAMPNet(lobe, learning_rate=5e-4).fit(DataLoader(TrajectoryDataset(2, data),
    batch_size=5000, shuffle=True, drop_last=True), n_epochs=1)``; both take the same number of
    optimizer steps (deeptime: Adam; ours: AdamW with weight_decay 0, the same update). Lobes:
@@ -97,7 +97,7 @@ from openmm_geom.models.heads import VAMPHead  # noqa: E402
 from openmm_geom.models.mixers import build_mixer  # noqa: E402
 from openmm_geom.openmm import GridAxis, Metadynamics, TorchCVForce  # noqa: E402
 from openmm_geom.openmm import bias_variables  # noqa: E402
-from openmm_geom.training.vamp import VAMPNetTrainer, vamp2_of, vamp2_score  # noqa: E402
+from openmm_geom.training.vamp import VAMPNetTrainer, fit_lobe, vamp2_of, vamp2_score  # noqa: E402
 
 ALANINE = "alanine-dipeptide.pdb"
 T4 = "t4-lysozyme-l99a.pdb"
@@ -458,7 +458,7 @@ def run_vampnet(threads: int, token_map, positions, settings, mode: str) -> tupl
             trainer = VAMPNetTrainer(lr=VAMP_LR, batch_size=batch, max_epochs=1,
                                      train_patience=10 ** 9, seed=SEED)
             start = time.perf_counter()
-            result = trainer.fit(lobe, pairs)
+            result = fit_lobe(trainer, lobe, pairs)
             return time.perf_counter() - start, len(result.history["train_step"]), lobe
 
         def peer():
@@ -640,7 +640,7 @@ def main(argv=None) -> int:
                           for name, (b, r) in settings["featurize"].items()},
             "vampnet": {"lag": VAMP_LAG, "batch": VAMP_BATCH[mode], "lr": VAMP_LR,
                         "frames": settings["vampnet"], "repeats": settings["vampnet_repeats"],
-                        "ours": "VAMPNetTrainer(max_epochs=1).fit(lobe, TimeLaggedPairs)",
+                        "ours": "fit_lobe(VAMPNetTrainer(max_epochs=1), lobe, TimeLaggedPairs)",
                         "deeptime": "VAMPNet(lobe, learning_rate).fit(DataLoader("
                                     "TrajectoryDataset(lag, data), batch, shuffle, "
                                     "drop_last), n_epochs=1)"},

@@ -157,7 +157,7 @@ def transform(lobe: nn.Module, features, batch_size: int = 4096):
 # ------------------------------------------------------------------------------- training
 @dataclasses.dataclass
 class VAMPNetResult:
-    """Outcome of :meth:`VAMPNetTrainer.fit`.
+    """Outcome of :func:`fit_lobe`.
 
     Attributes
     ----------
