@@ -78,7 +78,8 @@ def _known_bad(versions: dict) -> list:
     if openmm_v >= (8, 6) and omt["version"]:
         found.append(f"openmm {versions['openmm']['version']} with openmm-torch "
                      f"{omt['version']}: a TorchForce inside a CustomCVForce segfaults at "
-                     "Context creation; use openmm 8.5.1")
+                     "Context creation (8.6.1 with acellera-openmmtorch-cpu 1.10: exit 139); use "
+                     "openmm 8.5.2")
     if _major_minor(versions["torchmd-net"]["version"]) >= (3, 0):
         found.append("torchmd-net 3.x requires setuptools>=82 while torch 2.12 requires "
                      "setuptools<82; pip then upgrades torch and breaks openmm-torch. "

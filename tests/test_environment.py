@@ -38,7 +38,7 @@ def test_doctor_flags_known_bad_combinations():
     from openmm_geom.doctor import _known_bad
 
     def versions(**overrides):
-        base = {"torch": "2.12.1", "openmm": "8.5.1", "torchmd-net": "2.6.2"}
+        base = {"torch": "2.12.1", "openmm": "8.5.2", "torchmd-net": "2.6.2"}
         base.update(overrides)
         found = {k: {"distribution": k, "version": v} for k, v in base.items()}
         found["openmm-torch"] = {"distribution": overrides.get("omt", "acellera-openmmtorch-cpu"),
