@@ -192,6 +192,9 @@ def describe(
         if out.dim() != 1:
             raise ValueError(f"a CV module must return a 1-D tensor (k,), got shape {tuple(out.shape)}")
         output_dim = int(out.shape[0])
+    if kind == "cv" and cv_names is None:  # a CV module may name its outputs (DescriptorCV)
+        found = getattr(module, "cv_names", None)
+        cv_names = list(found) if isinstance(found, (list, tuple)) else None
     if kind == "cv" and cv_periods is None:  # a CV module may declare its own (Dihedrals)
         cv_periods = getattr(module, "cv_periods", None)
     if cv_periods is not None:

@@ -1,6 +1,8 @@
 """Models: plain, scriptable ``torch.nn.Module`` classes; no training code, no file formats.
 
 - :mod:`.geometry`: bond lengths, angles, dihedrals, :class:`Dihedrals` (a CV module);
+- :mod:`.descriptors`: descriptor front ends (distances, angles, torsions, positions) and
+  ``descriptor_cv`` (front end + any model, e.g. mlcolvar's, as one CV module);
 - :mod:`.priors`, :mod:`.cgschnet`: CG priors and CGSchNet ensembles;
 - :mod:`.atomistic`, :mod:`.attention`, :mod:`.torchmdnet`, :mod:`.potentials`: all-atom
   potentials (the base class, graph attention, TorchMD-Net adapters, the registry);
@@ -13,7 +15,7 @@ The geometry functions below are loaded on first use, so that ``openmm_geom.mode
 (which the settings classes read) does not load torch.
 """
 __all__ = ["Dihedrals", "dihedral_angles", "bond_lengths", "bond_angles", "backbone_quadruplets",
-           "atomistic", "attention", "cgschnet", "deep_signature", "geom2vec", "geometry", "heads",
+           "atomistic", "attention", "cgschnet", "deep_signature", "descriptors", "geom2vec", "geometry", "heads",
            "mixers", "names", "potentials", "priors", "spectral_pooling", "torchmdnet"]
 
 _GEOMETRY = ("Dihedrals", "dihedral_angles", "bond_lengths", "bond_angles",
