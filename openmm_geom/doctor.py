@@ -20,6 +20,7 @@ _DISTRIBUTIONS = {
     "openmm": "openmm",
     "openmm-torch": ("acellera-openmmtorch-cpu", "acellera-openmmtorch-cu13",
                      "acellera-openmmtorch-cu12", "openmmtorch"),
+    "openmm-ml": "openmmml",  # optional: MLPotential("openmm-geom") (docs/openmm-ml.md)
     "torchmd-net": "torchmd-net",
     "vesin-torch": "vesin-torch",
     "numpy": "numpy",
