@@ -137,12 +137,36 @@ class TorchComputation:
     A top-level class (not a closure) so that it pickles, which XmlSerializer needs.
     """
 
-    def __init__(self, boundary: torch.nn.Module, periodic: bool, output_index: Optional[int]):
+    def __init__(self, boundary: torch.nn.Module, periodic: bool, output_index: Optional[int],
+                 compile: bool = False):
         self.boundary = boundary
         self.periodic = periodic
         self.output_index = output_index
+        self.compile = bool(compile)
+        self._evaluate = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_evaluate"] = None  # a compiled module does not pickle: compiled again on load
+        return state
+
+    def __setstate__(self, state):
+        state.setdefault("compile", False)
+        state.setdefault("_evaluate", None)
+        self.__dict__.update(state)
 
     def __call__(self, state):
+        if self._evaluate is None:
+            self._evaluate = self._energy_forces
+            if self.compile:
+                from ..simulate import CompiledCall, compile_model
+
+                self._forward = compile_model(self.boundary)
+                self._evaluate = CompiledCall(self._energy_forces, "the PythonForce model")
+        return self._evaluate(state)
+
+    def _energy_forces(self, state):
+        forward = self._forward if self.compile else self.boundary
         positions = torch.from_numpy(
             np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
                        dtype=np.float64)
@@ -152,7 +176,7 @@ class TorchComputation:
             box = torch.from_numpy(np.asarray(
                 state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer),
                 dtype=np.float64))
-        output = self.boundary(positions, box)
+        output = forward(positions, box)
         energy = output if self.output_index is None else output[self.output_index]
         (gradient,) = torch.autograd.grad(energy, positions)
         return float(energy.detach()), (-gradient).numpy()
@@ -170,6 +194,7 @@ def python_force(
     output_index: Optional[int] = None,
     cutoff: Optional[float] = None,
     force_group: Optional[int] = None,
+    compile: bool = False,
     **metadata_fields,
 ):
     """An ``openmm.PythonForce`` running an eager (possibly unscriptable) torch model.
@@ -194,6 +219,11 @@ def python_force(
     cutoff : float or Quantity, optional
         The model's cutoff: a plain number in the model's own length unit, or a Quantity.
     force_group : int, optional
+    compile : bool, optional
+        Run the model (with its contract wrapper) through ``torch.compile`` (inductor, C++ on
+        CPU), compiled at the force's first evaluation, which logs its duration on stderr.
+        Default False: eager. Worth it only for long runs of a model whose Python overhead
+        or kernels dominate; measured in ``benchmarks/bench_compile.py``.
     metadata_fields
         Further metadata, as for ``export_model``.
 
@@ -209,7 +239,7 @@ def python_force(
     boundary = boundary_for(module, metadata)
     output_index = ExportedModel(boundary, metadata, source=type(module).__name__).scalar_output(
         output_index)
-    computation = TorchComputation(boundary, periodic, output_index)
+    computation = TorchComputation(boundary, periodic, output_index, compile=compile)
     force = openmm.PythonForce(computation)
     force.setUsesPeriodicBoundaryConditions(periodic)
     if force_group is not None:

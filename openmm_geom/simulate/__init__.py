@@ -16,17 +16,19 @@ trajectory as an uninterrupted run. A blow-up raises :class:`openmm_geom.errors.
 unreadable checkpoints :class:`~openmm_geom.errors.CheckpointError`. See :mod:`openmm_geom.simulate.langevin` and
 :mod:`openmm_geom.simulate.trajectory`.
 """
-from .ensemble import EnsembleForces
+from .ensemble import CompiledCall, EnsembleForces, compile_model
 from .langevin import BatchedLangevin, ForceFn, RunSummary, benchmark_integrator
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
 
 __all__ = [
     "BatchedLangevin",
+    "CompiledCall",
     "EnsembleForces",
     "ForceFn",
     "RunSummary",
     "Trajectory",
     "TrajectoryWriter",
     "benchmark_integrator",
+    "compile_model",
     "read_trajectory",
 ]

@@ -1,9 +1,72 @@
-"""Force functions for the batched simulator from trained (ensemble) models."""
+"""Force functions for the batched simulator from trained (ensemble) models, eager or compiled."""
 from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Optional
 
 import torch
 
-__all__ = ["EnsembleForces"]
+__all__ = ["EnsembleForces", "CompiledCall", "compile_model"]
+
+
+def compile_model(module: torch.nn.Module, *, dynamic: Optional[bool] = False) -> Callable:
+    """``torch.compile(module)`` with inductor (its C++ backend on CPU).
+
+    Compilation happens at the first call (forward) and the first backward through it. Inductor
+    caches compiled artefacts on disk (its FX graph and AOTAutograd caches, in
+    ``TORCHINDUCTOR_CACHE_DIR``, default ``/tmp/torchinductor_<user>``), so a later process
+    compiling the same model again is faster; dynamo's tracing is repeated every time.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    dynamic : bool or None, optional
+        torch.compile's ``dynamic``. False (default): specialise on the input shape (a new
+        replica count triggers a recompilation; after the second shape torch marks it dynamic
+        and does not recompile again). None: torch's default, the same here. True: symbolic
+        shapes from the start.
+
+    Returns
+    -------
+    callable
+    """
+    return torch.compile(module, backend="inductor", dynamic=dynamic)
+
+
+class CompiledCall:
+    """A callable whose first call compiles: times it and says so on stderr.
+
+    Prints ``compiling <what> (first call)... done in N s`` around the first call (which
+    includes the first backward when ``function`` differentiates through a compiled module), and
+    keeps the time in :attr:`compile_seconds`.
+
+    Parameters
+    ----------
+    function : callable
+    what : str
+        Named in the log line.
+    """
+
+    def __init__(self, function: Callable, what: str):
+        self.function = function
+        self.what = what
+        #: Seconds taken by the first call (compilation plus one evaluation); None before it.
+        self.compile_seconds: Optional[float] = None
+
+    def __call__(self, *args, **kwargs):
+        if self.compile_seconds is not None:
+            return self.function(*args, **kwargs)
+        print(f"compiling {self.what} (first call)...", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            result = self.function(*args, **kwargs)
+        except BaseException:
+            print(" failed", file=sys.stderr, flush=True)
+            raise
+        self.compile_seconds = time.perf_counter() - start
+        print(f" done in {self.compile_seconds:.1f} s", file=sys.stderr, flush=True)
+        return result
 
 
 class EnsembleForces:
@@ -13,6 +76,21 @@ class EnsembleForces:
     are a batch dimension of the model, not a Python loop). The simulator propagates with the
     members' mean force; ``spread`` is the root-mean-square over beads of the members' force
     standard deviation (kJ/mol/nm), an uncertainty logged with the trajectory.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A CGSchNet (ensemble) model: ``model(x[members, B, n, 3]) -> energies[members, B]``.
+    compile : bool, optional
+        Run the model through ``torch.compile`` (inductor, C++ on CPU; see
+        :func:`compile_model`). Default False: eager, unchanged. The first call compiles the
+        forward and backward passes (about a minute for a small model on a loaded 2-core
+        machine, about half that when inductor's on-disk cache has it; a line on stderr says
+        how long) and a new replica count compiles once more; the payoff is measured in
+        ``benchmarks/bench_compile.py`` (docs/benchmarks.md, "Compiled models").
+    dynamic : bool or None, optional
+        ``torch.compile``'s ``dynamic`` when ``compile`` is True (default False, see
+        :func:`compile_model`).
     """
 
     #: Replicas per model call are capped so that one (members, replicas, pairs, filters)
@@ -21,8 +99,12 @@ class EnsembleForces:
     #: 100 replicas in one call 1.4 s, in 10 chunks of 10 about 0.5 s).
     max_pair_elements = 1_000_000
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, *, compile: bool = False,
+                 dynamic: Optional[bool] = False):
         self.model = model
+        self.compiled = bool(compile)
+        self._forward = compile_model(model, dynamic=dynamic) if compile else model
+        self._first = CompiledCall(self._evaluate, "the force function") if compile else None
         self.members = int(getattr(model, "members", 1))
         self.dtype = next(model.parameters()).dtype
         n_beads = int(getattr(model, "n_beads", 0))
@@ -30,10 +112,18 @@ class EnsembleForces:
         per_replica = self.members * max(n_beads * (n_beads - 1) // 2, 1) * width
         self.chunk = max(1, self.max_pair_elements // per_replica)
 
+    @property
+    def compile_seconds(self) -> Optional[float]:
+        """Seconds of the first (compiling) call; None if not compiled or not yet called."""
+        return None if self._first is None else self._first.compile_seconds
+
     def __call__(self, x: torch.Tensor):
+        evaluate = self._evaluate
+        if self._first is not None and self._first.compile_seconds is None:
+            evaluate = self._first
         if x.shape[0] <= self.chunk:
-            return self._evaluate(x)
-        parts = [self._evaluate(part) for part in torch.split(x, self.chunk)]
+            return evaluate(x)
+        parts = [evaluate(part) for part in torch.split(x, self.chunk)]
         return tuple(torch.cat(values) for values in zip(*parts))
 
     def _evaluate(self, x: torch.Tensor):
@@ -41,7 +131,7 @@ class EnsembleForces:
         expanded = positions.unsqueeze(0).expand(self.members, *positions.shape).clone()
         expanded.requires_grad_(True)
         with torch.enable_grad():
-            energies = self.model(expanded)  # (E, B)
+            energies = self._forward(expanded)  # (E, B)
             (gradient,) = torch.autograd.grad(energies.sum(), expanded)
         forces = -gradient  # (E, B, n, 3)
         mean = forces.mean(0)
