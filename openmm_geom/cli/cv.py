@@ -102,11 +102,12 @@ def run_cv(args) -> int:
         box = None if frame.unitcell_vectors is None or not args.periodic \
             else frame.unitcell_vectors[0]
         result = export_cv(args.backbone, args.cv, args.out, frame.xyz[0], example_box=box,
-                           dtype=torch.float64 if args.float64 else torch.float32)
+                           dtype=torch.float64 if args.float64 else torch.float32,
+                           format=args.format)
         if args.check:
             from ..openmm import check_export
 
-            report = check_export(args.out)
+            report = check_export(result.get("openmm_file", args.out))
             result["check_export_passed"] = report.passed
             if not report.passed:
                 emit(args, result, report.format())
@@ -278,7 +279,11 @@ def add_commands(sub) -> None:
                    help="export in float64 (default: float32)")
     q.add_argument("--check", action="store_true",
                    help="run check-export on the file (exit 1 if it fails)")
-    common(q, "exported CV file (.pt)")
+    q.add_argument("--format", default="openmm", choices=["openmm", "plumed"],
+                   help="openmm: TorchCVForce file; plumed: a PYTORCH_MODEL file of the atoms' "
+                        "x, y, z (nm), its PLUMED input lines in OUT.dat and the OpenMM file "
+                        "in OUT.openmm.pt (default: openmm)")
+    common(q, "exported CV file (.pt; .ptc for --format plumed)")
 
     q = cvsub.add_parser("bias", help="well-tempered metadynamics along exported CVs in OpenMM, "
                                       "checkpointed (resumable), reweighted to phi profiles")

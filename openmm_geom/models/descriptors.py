@@ -26,7 +26,7 @@ import torch
 from .geometry import bond_angles, bond_lengths, dihedral_angles
 
 __all__ = ["PairwiseDistances", "Distances", "Angles", "Torsions", "Positions",
-           "DescriptorSet", "DescriptorCV", "descriptor_cv"]
+           "DescriptorSet", "DescriptorCV", "descriptor_cv", "descriptors_from_spec"]
 
 
 def _indices(values, width: int, what: str) -> torch.Tensor:
@@ -284,10 +284,40 @@ class DescriptorSet(torch.nn.Module):
     def plumed_lines(self, prefix: str):
         lines, args = [], []
         for n, part in enumerate(self.parts):
-            more, names = part.plumed_lines(f"{prefix}{n}")
+            more, names = part.plumed_lines(f"{prefix}g{n}_")
             lines += more
             args += names
         return lines, args
+
+
+def descriptors_from_spec(spec: dict) -> torch.nn.Module:
+    """The front end a ``hyperparameters`` dict describes (as recorded in an exported file).
+
+    Parameters
+    ----------
+    spec : dict
+        ``front.hyperparameters`` of a front end of this module, e.g.
+        ``{"kind": "distances", "pairs": [[0, 4], ...]}``.
+
+    Returns
+    -------
+    torch.nn.Module
+        An equal front end.
+    """
+    kind = spec.get("kind")
+    if kind == "set":
+        return DescriptorSet([descriptors_from_spec(part) for part in spec["parts"]])
+    if kind == "pairwise_distances":
+        return PairwiseDistances(spec["atoms"])
+    if kind == "distances":
+        return Distances(spec["pairs"])
+    if kind == "angles":
+        return Angles(spec["triplets"])
+    if kind == "dihedrals":
+        return Torsions(spec["quadruplets"], sincos=spec.get("sincos", True))
+    if kind == "positions":
+        return Positions(spec["atoms"])
+    raise ValueError(f"unknown descriptor kind {kind!r}")
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:

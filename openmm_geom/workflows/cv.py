@@ -267,13 +267,34 @@ def build_geom2vec_cv(backbone_path, cv_path):
 
 
 def export_cv(backbone_path, cv_path, out, example_positions, *, example_box=None,
-              dtype: torch.dtype = torch.float32, cv_prefix: Optional[str] = None) -> dict:
+              dtype: torch.dtype = torch.float32, cv_prefix: Optional[str] = None,
+              format: str = "openmm") -> dict:
     """Write one TorchScript file ``positions (N, 3) nm [, box] -> cv[k]`` for OpenMM.
 
     ``example_positions`` (N, 3) nm fixes and checks the system (e.g. the PDB's). The CVs are
     named ``<kind>0 .. <kind>{k-1}`` (``vamp0``, ``spib0``...) unless ``cv_prefix`` is given.
+    ``format="plumed"``: ``out`` is a file for PLUMED's ``PYTORCH_MODEL`` instead (inputs: the
+    x, y, z of every atom in nm, :func:`openmm_geom.export.export_plumed`), its PLUMED input
+    lines go to ``out`` with the suffix ``.dat``, and the OpenMM file to ``.openmm.pt``
+    (``openmm_file`` in the result). Periodic CVs cannot be exported for PLUMED.
     """
-    from ..export import export_model
+    from ..export import export_model, export_plumed
+
+    if format not in ("openmm", "plumed"):
+        raise ValueError(f"format must be 'openmm' or 'plumed', got {format!r}")
+    if format == "plumed":
+        if example_box is not None:
+            raise ValueError("a periodic CV cannot be exported for PLUMED: PYTORCH_MODEL gets "
+                             "no box (drop --periodic)")
+        out = Path(out)
+        openmm_file = out.with_suffix(".openmm.pt")
+        result = export_cv(backbone_path, cv_path, openmm_file, example_positions, dtype=dtype,
+                           cv_prefix=cv_prefix)
+        plumed = export_plumed(openmm_file, out, input_path=out.with_suffix(".dat"))
+        result.update(out=str(out), format="plumed", openmm_file=str(openmm_file),
+                      plumed_input=str(out.with_suffix(".dat")), plumed_form=plumed.form,
+                      plumed_arguments=len(plumed.arguments), custom_ops=plumed.custom_ops)
+        return result
 
     cv, info = build_geom2vec_cv(backbone_path, cv_path)
     cv = cv.to(dtype)
