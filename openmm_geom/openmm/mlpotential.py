@@ -66,7 +66,8 @@ class ScriptedComputation(TorchComputation):
     """
 
     def __getstate__(self):
-        state = dict(super().__getstate__())
+        parent = getattr(super(), "__getstate__", None)  # object has one from Python 3.11
+        state = dict(self.__dict__ if parent is None else parent())
         buffer = io.BytesIO()
         torch.jit.save(self.boundary, buffer)
         state["boundary"] = buffer.getvalue()
