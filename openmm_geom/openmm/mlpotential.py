@@ -198,8 +198,7 @@ class OpenMMGeomPotentialImpl(MLPotentialImpl):
             model.check_topology(topology)  # count, elements, periodicity, box vs cutoff
             particles = None
         else:
-            particles = [int(a) for a in atoms]
-            model.check_atom_count(len(particles), "the ML subset has")
+            particles = model.check_particles(atoms, topology.getNumAtoms())  # count, range
             every = list(topology.atoms())
             model.check_elements([every[p].element for p in particles])
             if model.periodic:

@@ -100,6 +100,34 @@ def test_the_entry_point_registers_the_plugin():
     assert "openmm-geom" in MLPotential._implFactories
 
 
+def test_importing_the_plugin_module_before_openmmml_registers_it_once():
+    """openmm-ml's import loads the entry point's module: imported first, ours must not be
+    met half-initialised (a fresh interpreter, so that openmmml is not imported yet)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import openmm_geom.openmm.mlpotential as plugin\n"
+            "from openmmml import MLPotential\n"
+            "factory = MLPotential._implFactories['openmm-geom']\n"
+            "assert type(factory) is plugin.OpenMMGeomPotentialImplFactory\n"
+            "assert sys.modules['openmm_geom.openmm.mlpotential'] is plugin\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_model_file_is_read_once(pdb, model_path, tmp_path):
+    path = tmp_path / "copy.pt"
+    path.write_bytes(model_path.read_bytes())
+    potential = MLPotential("openmm-geom", modelPath=path)
+    path.unlink()  # createSystem must not read it again
+    system = potential.createSystem(pdb.topology)
+    positions = _displaced(pdb)
+    _assert_same(_evaluate(system, positions), _evaluate(create_system(model_path, pdb.topology),
+                                                         positions), 1e-10)
+
+
 @pytest.mark.parametrize("implementation", ["torchforce", "pythonforce"])
 def test_create_system_equals_ours(pdb, model_path, implementation):
     system = MLPotential("openmm-geom", modelPath=model_path,
@@ -236,6 +264,13 @@ def test_refuses_what_is_not_an_all_atom_potential(tmp_path, pdb, model_path, so
         potential.createMixedSystem(modeller.topology, mm_system, ml_atoms[::-1])
     with pytest.raises(TopologyMismatchError):  # the whole solvated box is not the model's
         potential.createSystem(modeller.topology)
+    with pytest.raises(TopologyMismatchError, match="22 atoms"):
+        potential.createMixedSystem(modeller.topology, mm_system, ml_atoms[:-1])
+    with pytest.raises(ValueError, match="out of range"):
+        potential.createMixedSystem(modeller.topology, mm_system,
+                                    ml_atoms[:-1] + [modeller.topology.getNumAtoms()])
+    with pytest.raises(TypeError, match="precision"):
+        potential.createSystem(pdb.topology, precision="single")
 
 
 def test_refuses_a_coarse_grained_model(tmp_path):
