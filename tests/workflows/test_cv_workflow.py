@@ -122,6 +122,45 @@ def test_exported_cv_equals_eager_inside_openmm_and_forces_match_finite_differen
     assert np.abs(forces[[0, 2, 3]]).max() == 0.0  # hydrogens are not featurized
 
 
+def test_export_for_plumed_matches_the_openmm_file(pipeline):
+    """`cv export --format plumed`: the PYTORCH_MODEL file, fed x, y, z of every atom (nm) as
+    PLUMED passes them ((1, 3N); float64 here, float32 as PLUMED does), equals the OpenMM file
+    (tolerances chosen before running: 1e-10 in float64, 1e-4 (1 + |cv|) through float32)."""
+    d = pipeline["dir"]
+    result = _cli("cv", "export", "--backbone", d / "backbone.pt", "--cv",
+                  d / "vamp" / "vamp_cv.pt", "--topology", PDB, "--out", d / "plumed.ptc",
+                  "--format", "plumed", "--float64", "--check")
+    assert result["format"] == "plumed" and result["check_export_passed"] is True
+    assert result["plumed_form"] == "positions" and result["plumed_arguments"] == 3 * 22
+    assert "vesin" in result["custom_ops"]  # the neighbour search: PLUMED must load it
+    text = (d / "plumed.dat").read_text()
+    assert "PYTORCH_MODEL FILE=plumed.ptc ARG=p0.x,p0.y,p0.z,p1.x" in text
+    # the file uses vesin's and our operators: loaded here by these imports (PLUMED would
+    # have to load their libraries)
+    import vesin_torch  # noqa: F401
+
+    from openmm_geom.ops import load_ops_library
+
+    load_ops_library()
+    openmm_file = torch.jit.load(result["openmm_file"])
+    plumed = torch.jit.load(str(d / "plumed.ptc")).eval()
+    x = np.array(mdtraj_frame()) + 0.01 * np.random.default_rng(3).normal(size=(22, 3))
+    ours = openmm_file(torch.tensor(x)).detach()
+    flat = torch.tensor(x.reshape(1, -1))
+    np.testing.assert_allclose(plumed(flat)[0].detach(), ours, rtol=0, atol=1e-10)
+    frozen = torch.jit.optimize_for_inference(torch.jit.freeze(plumed))
+    as_plumed = frozen(flat.float().requires_grad_(True))
+    assert as_plumed.dtype == torch.float32 and tuple(as_plumed.shape) == (1, 2)
+    np.testing.assert_allclose(as_plumed[0].detach().double(), ours, rtol=0,
+                               atol=1e-4 * (1 + float(ours.abs().max())))
+
+
+def mdtraj_frame():
+    import mdtraj
+
+    return mdtraj.load(PDB).xyz[0].astype(np.float64)
+
+
 def test_spib_on_tokens_exports_too(pipeline):
     d = pipeline["dir"]
     spib = _cli("cv", "train-spib", "--train", d / "train.npz", "--validate", d / "validate.npz",
