@@ -27,6 +27,7 @@ def test_doctor_json_reports_a_working_environment():
     report = json.loads(done.stdout)
     assert done.returncode == 0, report
     assert report["ok"] and report["native"]["ok"] and not report["known_bad"]
+    assert report["problems"] == [] and report["openmm_torch"]["ok"]
     assert report["versions"]["openmm-torch"]["version"] == "1.10"
     for platform in ("Reference", "CPU"):
         checks = report["contexts"][platform]
