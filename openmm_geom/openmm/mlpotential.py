@@ -203,16 +203,13 @@ class OpenMMGeomPotentialImpl(MLPotentialImpl):
             model.check_elements([every[p].element for p in particles])
             if model.periodic:
                 model.check_periodicity(periodic)
-        if system.getNumParticles() == 0:
-            # createMixedSystem(..., interpolate=True) collects the forces in an empty System
-            # and moves them into a CustomCVForce: nothing to check the particles against
-            # there (the topology was checked above).
-            particles = model.check_particles(particles, topology.getNumAtoms())
-        elif implementation == "torchforce":
-            add_to_system(model, system, particles=particles, force_group=forceGroup)
-            return
-        else:
-            particles = model.check_system(system, particles)
+        # createMixedSystem(..., interpolate=True) collects the forces in an empty System and
+        # moves them into a CustomCVForce: then only the topology (above) can be checked.
+        if system.getNumParticles() > 0:
+            if implementation == "torchforce":
+                add_to_system(model, system, particles=particles, force_group=forceGroup)
+                return
+            particles = model.check_system(system, particles)  # particle count, box vs cutoff
         if implementation == "torchforce":
             system.addForce(torch_force(model, particles=particles, force_group=forceGroup))
             return
