@@ -3,6 +3,7 @@
 Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py),
 DIR/torchcv.json (bench_torchcv.py), DIR/cg.json (bench_cg.py), DIR/signature.json
 (bench_signature.py), DIR/potential.json (bench_potential.py), DIR/cv.json (bench_cv.py) and
+DIR/compile.json (bench_compile.py) and
 DIR/summary.json (headline numbers, pass/fail, machine load), and prints the tables. Exits
 non-zero if a benchmark fails, including any of its correctness checks.
 
@@ -116,6 +117,12 @@ def headline(data: dict) -> list:
                 for r in data["rows"]]
         return rows + [{"reporter": r["setting"], "ns_per_day": round(r["ns_per_day"], 1),
                         "slowdown": round(r["slowdown"], 3)} for r in data["reporter"]["rows"]]
+    if data["benchmark"] == "compile":  # eager vs torch.compile, ratios (bench_compile.py)
+        keys = ("threads", "cg_static_speedup", "cg_dynamic_speedup", "cg_static_compile_cold_s",
+                "cg_static_compile_cached_s", "cg_static_break_even_steps_cached", "pf_speedup",
+                "pf_compile_cold_s", "pf_compile_cached_s", "pf_break_even_steps_cached")
+        return [{k: (round(r[k], 3) if isinstance(r.get(k), float) else r.get(k)) for k in keys}
+                for r in data["rows"]]
     if data["benchmark"] == "potential":
         def rounded(value, digits=3):
             return None if value is None else round(value, digits)
@@ -158,7 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for other processes to leave the CPUs")
     parser.add_argument("--only", help="comma-separated benchmark names (neighbors, bridge, "
-                        "torchcv, cg, signature, potential, cv): run these and update their "
+                        "torchcv, cg, signature, potential, cv, compile): run these and update their "
                         "entries in summary.json")
     args = parser.parse_args(argv)
 
@@ -173,7 +180,8 @@ def main(argv=None) -> int:
             ("bench_cg.py", "cg.json", [], {}),
             ("bench_signature.py", "signature.json", [], {}),
             ("bench_potential.py", "potential.json", [], {}),
-            ("bench_cv.py", "cv.json", [], {})]
+            ("bench_cv.py", "cv.json", [], {}),
+            ("bench_compile.py", "compile.json", [], {})]
     if args.omp_passive:
         passive = {"OMP_WAIT_POLICY": "PASSIVE"}
         jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],

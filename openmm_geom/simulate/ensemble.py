@@ -103,8 +103,10 @@ class EnsembleForces:
                  dynamic: Optional[bool] = False):
         self.model = model
         self.compiled = bool(compile)
-        self._forward = compile_model(model, dynamic=dynamic) if compile else model
-        self._first = CompiledCall(self._evaluate, "the force function") if compile else None
+        self._dynamic = dynamic
+        self._forward = model  # compile: replaced by the compiled module at the first call
+        self._first = CompiledCall(self._compile_and_evaluate, "the force function") \
+            if compile else None
         self.members = int(getattr(model, "members", 1))
         self.dtype = next(model.parameters()).dtype
         n_beads = int(getattr(model, "n_beads", 0))
@@ -125,6 +127,11 @@ class EnsembleForces:
             return evaluate(x)
         parts = [evaluate(part) for part in torch.split(x, self.chunk)]
         return tuple(torch.cat(values) for values in zip(*parts))
+
+    def _compile_and_evaluate(self, x: torch.Tensor):
+        if self._forward is self.model:  # importing torch's compiler takes seconds: not before
+            self._forward = compile_model(self.model, dynamic=self._dynamic)
+        return self._evaluate(x)
 
     def _evaluate(self, x: torch.Tensor):
         positions = x.to(self.dtype)
