@@ -418,8 +418,9 @@ def descriptor_cv(descriptors: Union[torch.nn.Module, Sequence[torch.nn.Module]]
         Whether ``model`` takes a batch dimension. Default: found by calling it on zeros of
         shape ``(1, D)`` (then the output must be ``(1, k)``), else ``(D,)``.
     dtype : torch.dtype, optional
-        Cast the model (parameters and buffers) to this dtype, e.g. ``torch.float64`` for a
-        float32 mlcolvar model run in a float64 Reference Context. Default: as it is.
+        Cast the model (parameters and buffers, in place, as ``model.to(dtype)`` does) to
+        this dtype, e.g. ``torch.float64`` for a float32 mlcolvar model run in a float64
+        Reference Context. Default: as it is.
 
     Returns
     -------

@@ -5,7 +5,8 @@ differences of the Context energy.
 Tolerances, chosen before running: forces agree with central differences (h = 1e-5 nm) to
 1e-6 of the largest force plus 1e-6 kJ/mol/nm (float64 model, O(h^2) truncation); CVs in the
 Context equal the eager float64 model's to 1e-10; the float32 file mlcolvar wrote agrees with
-them to 1e-4 (float32 rounding of 45 distances through a small network).
+them to 1e-4 (float32 rounding of 45 distances through a small network), and so does the file
+export_plumed writes back from our descriptor CV.
 """
 import numpy as np
 import openmm
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from openmm_geom.data import bundled
-from openmm_geom.export import export_model
+from openmm_geom.export import export_model, export_plumed
 from openmm_geom.models.descriptors import PairwiseDistances, descriptor_cv
 from openmm_geom.openmm import TorchCVForce
 
@@ -130,8 +131,17 @@ def test_mlcolvar_deeptica_biased_in_openmm(alanine_frames, tmp_path):
     values = np.array(force.getCollectiveVariableValues(context))
     eager = model.double()(front(torch.as_tensor(positions))[None])[0].detach().numpy()
     np.testing.assert_allclose(values, eager, rtol=0, atol=1e-10)
-    as_plumed = loaded(front(torch.as_tensor(positions)).float()[None])[0].detach().numpy()
+    pristine = torch.jit.load(str(path))                   # descriptor_cv cast `loaded`
+    features = front(torch.as_tensor(positions)).float()[None]
+    as_plumed = pristine(features)[0].detach().numpy()     # float32, as PLUMED runs it
     np.testing.assert_allclose(values, as_plumed, rtol=0, atol=1e-4)
+
+    # and back: our descriptor CV exported for PLUMED gives what mlcolvar's own file gives
+    result = export_plumed(exported, tmp_path / "back.ptc")
+    assert result.form == "descriptors" and len(result.arguments) == 45
+    back = torch.jit.optimize_for_inference(torch.jit.freeze(
+        torch.jit.load(str(result.path)).eval()))
+    np.testing.assert_allclose(back(features)[0].detach().numpy(), as_plumed, rtol=0, atol=1e-4)
 
 
 def test_plumed_style_file_biased_in_openmm(alanine_frames, tmp_path):
