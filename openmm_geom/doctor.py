@@ -328,11 +328,28 @@ def run_doctor(timeout: float = 180.0) -> dict:
         ``known_bad`` (one line each) and ``problems``: every problem found, each
         ``{"check", "problem", "fix"}`` with a one-line fix. ``ok`` is True when there is none.
     """
+    versions = {name: _version(dist) for name, dist in _DISTRIBUTIONS.items()}
+    missing = []
+    for module, install in (("torch", "pip install torch==2.12.1 (first: the native build "
+                                      "compiles against it)"),
+                            ("openmm", "pip install openmm==8.5.2")):
+        try:
+            __import__(module)
+        except ImportError as error:
+            missing.append(_problem(module, f"{module} does not import ({error}): openmm-geom "
+                                    f"needs it", f"{install}, then " + INSTALL_NATIVE.split(
+                                        ": ", 1)[1]))
+    if missing:  # nothing else can be checked
+        return {"ok": False, "versions": versions, "platforms": [], "contexts": {},
+                "native": {"ok": False, "build_info": None, "detail": "not checked",
+                           "problems": []},
+                "openmm_torch": {"ok": False, "import_error": "not checked"},
+                "known_bad": [], "problems": missing}
     import openmm
 
     import torch
 
-    versions = {name: _version(dist) for name, dist in _DISTRIBUTIONS.items()}
+
     # Local version labels (+cu130, +cpu) matter for the native build: use the runtime's.
     versions["torch"]["version"] = torch.__version__
     versions["openmm"]["version"] = openmm.__version__

@@ -23,11 +23,11 @@ def _load_plugin() -> Optional[BaseException]:
     """Import the OpenMM plugin so TorchCVForce's kernels are registered with the platforms."""
     # openmm first: its import loads the platform plugins (CPU, ...), and the kernels can only
     # be registered with platforms that exist.
-    import openmm  # noqa: F401
-
     try:
+        import openmm  # noqa: F401
+
         from . import torchcv_plugin  # noqa: F401
-    except ImportError as error:  # not built: everything but TorchCVForce still works
+    except ImportError as error:  # not built (or no openmm): everything but TorchCVForce works
         return error
     return None
 

@@ -105,6 +105,18 @@ def test_openmm_torch_checks():
     assert "no CUDA here" in broken["fix"]
 
 
+def test_doctor_answers_without_torch_and_openmm(tmp_path):
+    """`python -S`: no site-packages at all, only the source tree. One line per problem, exit 1."""
+    done = subprocess.run([sys.executable, "-S", "-m", "openmm_geom.cli", "doctor", "--json"],
+                          cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert not report["ok"]
+    assert [p["check"] for p in report["problems"]] == ["torch", "openmm"]
+    assert "pip install torch==" in report["problems"][0]["fix"]
+
+
 # Run in the second environment, from a directory outside the repository.
 TORCHCV_SCRIPT = r"""
 import json, sys
