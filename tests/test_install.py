@@ -164,9 +164,9 @@ def test_non_editable_install_into_a_second_environment(tmp_path):
     # The existing stack (torch, openmm, openmm-torch, the build tools, pip) is this
     # environment's: the new one sees it through a .pth file, nothing is downloaded.
     (env_site / "_existing_stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    # swig (a PyPI wrapper script) and cmake are found on PATH, as in an activated environment.
-    run_env = dict(os.environ,
-                   PATH=f"{env / 'bin'}:{os.environ['PATH']}:{Path(sys.executable).parent}")
+    # As in an activated environment; the stack's bin directory (its swig script) is not on
+    # PATH: the build finds swig as a Python package of the environment it builds for.
+    run_env = dict(os.environ, PATH=f"{env / 'bin'}:{os.environ['PATH']}")
     run_env.pop("PYTHONPATH", None)
     build = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-build-isolation", "--no-deps",
