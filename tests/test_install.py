@@ -154,7 +154,7 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_non_editable_install_into_a_second_environment(tmp_path):
-    """~4 min on 2 busy cores: the native build (~2.5 min) and two doctor runs (~30 s each)."""
+    """3-7 min on 2 shared cores: the native build (1.5-5 min) and two doctor runs (~30 s each)."""
     env = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
     python = env / "bin" / "python"
