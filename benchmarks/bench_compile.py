@@ -131,7 +131,7 @@ def child(mode: str, threads: int, timing: tuple) -> dict:
             error = max((g - w).abs().max().item() / max(scale, w.abs().max().item())
                         for g, w in zip(got, want))
             checks.append({"check": f"cg {name} compiled == eager", "relative_error": error,
-                           "tolerance": CG_TOLERANCE, "ok": error <= CG_TOLERANCE})
+                           "tolerance": CG_TOLERANCE, "ok": bool(error <= CG_TOLERANCE)})
             calls[name] = (lambda fn=fn: fn(x))
         start = time.perf_counter()
         static(frames)  # a new replica count: one recompilation (then marked dynamic)
@@ -158,8 +158,8 @@ def child(mode: str, threads: int, timing: tuple) -> dict:
         out["pf_compile_seconds"] = time.perf_counter() - start
         error = max(abs(got[0] - reference[0]) / abs(reference[0]),
                     np.abs(got[1] - reference[1]).max() / np.abs(reference[1]).max())
-        checks.append({"check": "pythonforce compiled == eager", "relative_error": error,
-                       "tolerance": PF_TOLERANCE, "ok": error <= PF_TOLERANCE})
+        checks.append({"check": "pythonforce compiled == eager", "relative_error": float(error),
+                       "tolerance": PF_TOLERANCE, "ok": bool(error <= PF_TOLERANCE)})
     steps = 10
     names = list(contexts)
     timings, load = measure_clean(lambda: timed_interleaved(
