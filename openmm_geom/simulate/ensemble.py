@@ -84,10 +84,10 @@ class EnsembleForces:
     compile : bool, optional
         Run the model through ``torch.compile`` (inductor, C++ on CPU; see
         :func:`compile_model`). Default False: eager, unchanged. The first call compiles the
-        forward and backward passes (about a minute for a small model on a loaded 2-core
-        machine, about half that when inductor's on-disk cache has it; a line on stderr says
-        how long); the payoff is measured in ``benchmarks/bench_compile.py``
-        (docs/benchmarks.md, "Compiled models").
+        forward and backward passes (measured for the production-size model on a loaded
+        2-core machine: 47-86 s cold, 5-14 s when inductor's on-disk cache has it; a line on
+        stderr says how long), then calls run about 2x faster; the payoff is measured in
+        ``benchmarks/bench_compile.py`` (docs/benchmarks.md, "Compiled models").
     dynamic : bool or None, optional
         ``torch.compile``'s ``dynamic`` when ``compile`` is True. Default True (symbolic
         replica count): measured as fast per call as ``dynamic=False`` (9.0 vs 10.0 ms at 100
