@@ -15,8 +15,11 @@ Use cases:
 
 Compile time is measured twice, each in a fresh process (dynamo's tracing is never cached):
 ``cold`` with an empty ``TORCHINDUCTOR_CACHE_DIR`` and ``cached`` with the directory the cold
-run filled (inductor's FX graph and AOTAutograd caches). The cg case also times the
-recompilation a new replica count (101) causes with ``dynamic=False``. Break-even: the number of
+run filled (inductor's FX graph and AOTAutograd caches). ``dynamic=False`` and ``dynamic=True``
+run in separate processes with separate caches (dynamo caches compiled code per code object, so
+two compiled wrappers of one model in one process would share compilations); the PythonForce
+case runs in the ``dynamic=False`` processes. The cg case also times the call on a new replica
+count (101): a recompilation with ``dynamic=False``, none with ``dynamic=True``. Break-even: the number of
 calls (simulator steps) after which the compile time is paid back,
 ``compile_seconds / (eager_seconds_per_call - compiled_seconds_per_call)``.
 
@@ -108,8 +111,11 @@ def energy_forces(context):
             state.getForces(asNumpy=True).value_in_unit(KJ_NM))
 
 
-def child(mode: str, threads: int, timing: tuple) -> dict:
-    """One process: compile (cold or cached, per TORCHINDUCTOR_CACHE_DIR), check, time."""
+def child(mode: str, variant: str, threads: int, timing: tuple) -> dict:
+    """One process: compile one variant (cold or cached, per TORCHINDUCTOR_CACHE_DIR), check,
+    time; the PythonForce case in the ``static`` process only. One variant per process: dynamo
+    caches compiled code per code object (``CGSchNet.forward``), so two compiled wrappers of
+    one model in one process would share compilations."""
     torch.set_num_threads(threads)
     warmup, repeats = timing
     out = {"cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"), "threads": threads}
@@ -118,13 +124,12 @@ def child(mode: str, threads: int, timing: tuple) -> dict:
     model, frames = cg_inputs()
     x = frames[:REPLICAS]
     eager = EnsembleForces(model)
-    static = EnsembleForces(model, compile=True)
-    dynamic = EnsembleForces(model, compile=True, dynamic=True)
+    compiled = EnsembleForces(model, compile=True, dynamic=variant == "dynamic")
     want = eager(x)
     checks = []
     calls = {"eager": lambda: eager(x)}
     if compile_now:
-        for name, fn in (("static", static), ("dynamic", dynamic)):
+        for name, fn in ((variant, compiled),):
             got = fn(x)
             out[f"cg_{name}_compile_seconds"] = fn.compile_seconds
             scale = want[0].abs().max().item()
@@ -134,14 +139,17 @@ def child(mode: str, threads: int, timing: tuple) -> dict:
                            "tolerance": CG_TOLERANCE, "ok": bool(error <= CG_TOLERANCE)})
             calls[name] = (lambda fn=fn: fn(x))
         start = time.perf_counter()
-        static(frames)  # a new replica count: one recompilation (then marked dynamic)
-        out["cg_static_recompile_seconds"] = time.perf_counter() - start
+        compiled(frames)  # a new replica count: static recompiles (then marked dynamic)
+        out[f"cg_{variant}_recompile_seconds"] = time.perf_counter() - start
     names = list(calls)
     timings, load = measure_clean(lambda: timed_interleaved([calls[n] for n in names],
                                                             warmup, repeats))
     out["cg_other_load"] = load
     for name, (median, _, _) in zip(names, timings):
-        out[f"cg_{name}_ms"] = median * 1e3
+        out[f"cg_{name}_ms" if name != "eager" else f"cg_{variant}_eager_ms"] = median * 1e3
+    out["checks"] = checks
+    if variant != "static":
+        return out
     # -- PythonForce bridge
     positions = alanine_positions()
     kwargs = dict(length_unit="angstrom", energy_unit="kcal/mol", periodic=False,
@@ -171,9 +179,10 @@ def child(mode: str, threads: int, timing: tuple) -> dict:
     return out
 
 
-def run_child(mode: str, cache: Path, threads: int, timing: tuple) -> dict:
+def run_child(mode: str, variant: str, cache: Path, threads: int, timing: tuple) -> dict:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
-    command = [sys.executable, __file__, "--child", mode, "--threads", str(threads),
+    command = [sys.executable, __file__, "--child", mode, "--variant", variant,
+               "--threads", str(threads),
                "--timing", ",".join(map(str, timing))] + (["--quick"] if mode == "quick" else [])
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     sys.stderr.write(done.stderr[-4000:])
@@ -184,23 +193,26 @@ def run_child(mode: str, cache: Path, threads: int, timing: tuple) -> dict:
 
 def summarize(cold: dict, cached: dict) -> dict:
     row = {"replicas": REPLICAS, "threads": cached["threads"],
-           "other_load": max(cached["cg_other_load"], cached["pf_other_load"])}
+           "other_load": max(cached["cg_other_load"], cached["pf_other_load"],
+                             cached.get("cg_other_load_dynamic", 0.0))}
     for name in ("static", "dynamic"):
         key = f"cg_{name}_ms"
         if key not in cached:
             continue
-        eager_ms, compiled_ms = cached["cg_eager_ms"], cached[key]
+        eager_ms, compiled_ms = cached[f"cg_{name}_eager_ms"], cached[key]
         row[f"cg_{name}_speedup"] = eager_ms / compiled_ms
         for which, data in (("cold", cold), ("cached", cached)):
             seconds = data[f"cg_{name}_compile_seconds"]
             row[f"cg_{name}_compile_{which}_s"] = seconds
             gain = (eager_ms - compiled_ms) / 1e3
             row[f"cg_{name}_break_even_steps_{which}"] = seconds / gain if gain > 0 else None
-    row["cg_eager_ms"] = cached["cg_eager_ms"]
+    row["cg_eager_ms"] = cached["cg_static_eager_ms"]
+    row["cg_eager_ms_dynamic_process"] = cached.get("cg_dynamic_eager_ms")
     row["cg_static_ms"] = cached.get("cg_static_ms")
     row["cg_dynamic_ms"] = cached.get("cg_dynamic_ms")
-    row["cg_static_recompile_cold_s"] = cold.get("cg_static_recompile_seconds")
-    row["cg_static_recompile_cached_s"] = cached.get("cg_static_recompile_seconds")
+    for name in ("static", "dynamic"):
+        for which, data in (("cold", cold), ("cached", cached)):
+            row[f"cg_{name}_recompile_{which}_s"] = data.get(f"cg_{name}_recompile_seconds")
     row["pf_eager_steps_per_s"] = cached["pf_eager_steps_per_s"]
     if "pf_compiled_steps_per_s" in cached:
         row["pf_compiled_steps_per_s"] = cached["pf_compiled_steps_per_s"]
@@ -221,7 +233,8 @@ def table(rows: list) -> str:
         for name in ("static", "dynamic"):
             if f"cg_{name}_speedup" in r:
                 lines.append(
-                    f"cg {name:<9} {r['threads']:>7}  {fmt(r['cg_eager_ms'], '.1f'):>7} ms   "
+                    f"cg {name:<9} {r['threads']:>7}  "
+                    f"{fmt(r['cg_eager_ms' if name == 'static' else 'cg_eager_ms_dynamic_process'], '.1f'):>7} ms   "
                     f"{fmt(r[f'cg_{name}_ms'], '.1f'):>7} ms   {r[f'cg_{name}_speedup']:>6.2f}x  "
                     f"{fmt(r[f'cg_{name}_compile_cold_s'], '.1f'):>8} / "
                     f"{fmt(r[f'cg_{name}_compile_cached_s'], '.1f'):<8}     "
@@ -238,10 +251,11 @@ def table(rows: list) -> str:
                 f"{fmt(r['pf_compile_cold_s'], '.1f'):>8} / {fmt(r['pf_compile_cached_s'], '.1f'):<8}"
                 f"     {fmt(r['pf_break_even_steps_cold'], '.0f')} / "
                 f"{fmt(r['pf_break_even_steps_cached'], '.0f')}{flag}")
-        if r.get("cg_static_recompile_cold_s") is not None:
-            lines.append(f"cg static: a new replica count recompiles in "
-                         f"{r['cg_static_recompile_cold_s']:.1f} s cold, "
-                         f"{r['cg_static_recompile_cached_s']:.1f} s cached")
+        for name in ("static", "dynamic"):
+            if r.get(f"cg_{name}_recompile_cold_s") is not None:
+                lines.append(f"cg {name}: a new replica count (101) takes "
+                             f"{r[f'cg_{name}_recompile_cold_s']:.1f} s cold, "
+                             f"{r[f'cg_{name}_recompile_cached_s']:.1f} s cached")
     return "\n".join(lines)
 
 
@@ -249,23 +263,30 @@ def main(argv=None) -> int:
     p = parser(__doc__, "compile.json", "no compilation: eager timings, opt-in objects built")
     p.add_argument("--child", choices=["cold", "cached", "quick"], help=argparse_hidden())
     p.add_argument("--timing", help=argparse_hidden())
+    p.add_argument("--variant", default="static", help=argparse_hidden())
     args = parse(p, argv)
     if args.child:
         timing = tuple(int(v) for v in args.timing.split(","))
-        print(json.dumps(child(args.child, int(args.threads), timing)))
+        print(json.dumps(child(args.child, args.variant, int(args.threads), timing)))
         return 0
     monitor = LoadMonitor()
     timing = TIMING["quick" if args.quick else "full"]
     threads_list = [int(t) for t in args.threads.split(",")] if args.threads else [1]
     rows, checks = [], []
     for threads in threads_list:
-        with tempfile.TemporaryDirectory(prefix="inductor-cache-") as cache:
-            if args.quick:
-                cold = cached = run_child("quick", Path(cache), threads, timing)
-            else:
-                cold = run_child("cold", Path(cache), threads, timing)
-                cached = run_child("cached", Path(cache), threads, timing)
-        checks += cold["checks"] + cached["checks"]
+        cold, cached = {"checks": []}, {"checks": []}
+        for variant in (("static",) if args.quick else ("static", "dynamic")):
+            with tempfile.TemporaryDirectory(prefix="inductor-cache-") as cache:
+                for mode, into in ((("quick", cold),) if args.quick
+                                   else (("cold", cold), ("cached", cached))):
+                    data = run_child(mode, variant, Path(cache), threads, timing)
+                    into["checks"] += data.pop("checks")
+                    if variant == "dynamic":
+                        data["cg_other_load_dynamic"] = data.pop("cg_other_load")
+                    into.update(data)
+        if args.quick:
+            cached = cold
+        checks += cold["checks"] + ([] if args.quick else cached["checks"])
         rows.append(summarize(cold, cached))
     ok = all(c["ok"] for c in checks)
     write_json(args.out, {"benchmark": "compile", "quick": args.quick, "ok": ok,

@@ -85,14 +85,15 @@ class EnsembleForces:
         Run the model through ``torch.compile`` (inductor, C++ on CPU; see
         :func:`compile_model`). Default False: eager, unchanged. The first call compiles the
         forward and backward passes (measured for the production-size model on a loaded
-        2-core machine: 47-86 s cold, 5-14 s when inductor's on-disk cache has it; a line on
-        stderr says how long), then calls run about 2x faster; the payoff is measured in
+        2-core machine: about 60 s cold, 16-20 s when inductor's on-disk cache has it; a line
+        on stderr says how long), then calls run 1.7-2x faster; the payoff is measured in
         ``benchmarks/bench_compile.py`` (docs/benchmarks.md, "Compiled models").
     dynamic : bool or None, optional
         ``torch.compile``'s ``dynamic`` when ``compile`` is True. Default True (symbolic
-        replica count): measured as fast per call as ``dynamic=False`` (9.0 vs 10.0 ms at 100
-        replicas) and a new replica count (or the last, smaller chunk of a large batch) needs
-        no recompilation, which costs ``dynamic=False`` 29 s cold.
+        replica count): measured as fast per call as ``dynamic=False`` (9.1 vs 9.7 ms at 100
+        replicas, about the same compile time) and a new replica count (or the last, smaller
+        chunk of a large batch) needs no recompilation, which costs ``dynamic=False`` 29 s
+        cold.
     """
 
     #: Replicas per model call are capped so that one (members, replicas, pairs, filters)
