@@ -89,9 +89,7 @@ def test_compiled_ensemble_forces_equal_eager(capfd):
                                                                dtype=torch.float64)
     eager = EnsembleForces(model)(x)
     compiled_fn = EnsembleForces(model, compile=True)
-    assert compiled_fn.compile_seconds is None
     compiled = compiled_fn(x)
-    assert compiled_fn.compile_seconds is not None  # recorded at the first call (not a timing check)
     assert "compiling the force function (first call)... done in" in capfd.readouterr().err
     scale = eager[0].abs().max().item()
     assert scale > 1e-3
