@@ -178,11 +178,17 @@ public:
     const std::vector<int>& getHillsCVIndices() const;
     const std::vector<double>& getHillsWidths() const;
     const std::vector<double>& getHillsPeriods() const;
-    int addHill(const std::vector<double>& center, double height);
+    int addHill(const std::vector<double>& center, double height,
+                const std::vector<double>& widths = std::vector<double>());
     int getNumHills() const;
     const std::vector<double>& getHillCenters() const;
     const std::vector<double>& getHillHeights() const;
+    const std::vector<double>& getHillWidths() const;
     void clearHills();
+    void setHillsLogTransform(double prefactor, double normalization, double epsilon);
+    double getHillsLogPrefactor() const;
+    double getHillsLogNormalization() const;
+    double getHillsLogEpsilon() const;
 
     %extend {
         /** (centre tuple, height) of hill `index`. */

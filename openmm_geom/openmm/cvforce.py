@@ -69,6 +69,10 @@ class TorchCVForce(plugin.TorchCVForce):
     height)``, ``getHillCenters()``, ``getHillHeights()``, ``clearHills()``; the energy gains
     ``sum_h height_h exp(-0.5 sum_d (delta_d/width_d)^2)`` and its dE/dcv joins the single
     backward pass. New hills reach a Context with ``updateParametersInContext(context)``.
+    ``addHill(center, height, widths)`` gives one hill its own widths (``getHillWidths()``
+    lists all, hill-major), and ``setHillsLogTransform(a, N, eps)`` makes the hills' energy
+    ``a * log(S / N + eps)`` with ``S`` their sum: the OPES bias (see :class:`OPES`);
+    ``a = 0`` restores the plain sum.
 
     ``getCollectiveVariableValues(context)`` returns the CVs at the Context's positions,
     reusing the values of the last force evaluation when the positions have not moved since.

@@ -182,9 +182,94 @@ def test_xml_round_trip_keeps_hills_and_reads_version_1():
         energies.append(_energy_forces(_context(system), [[0.3, -0.4, 0.2]])[0])
     assert energies[0] == energies[1]
     # a file written before hills existed (version 1) still loads
-    start, end = xml.index("<Hills>"), xml.index("</Hills>") + len("</Hills>")
-    old = (xml[:start] + xml[end:]).replace('version="2"', 'version="1"')
+    start, end = xml.index("<Hills"), xml.index("</Hills>") + len("</Hills>")
+    old = (xml[:start] + xml[end:]).replace('version="3"', 'version="1"')
     assert TorchCVForce.cast(openmm.XmlSerializer.deserialize(old)).getNumHills() == 0
+    # a version-2 file (no per-hill widths, no log transform): hills take the variables' widths
+    hills = xml[start:end]
+    v2 = hills.replace(' logEpsilon="1" logNormalization="1" logPrefactor="0"', "")
+    v2 = __import__("re").sub(r' w[01]="[^"]*"', "", v2)
+    assert v2.count(" w0=") == 0 and "logPrefactor" not in v2
+    v2_force = TorchCVForce.cast(openmm.XmlSerializer.deserialize(
+        (xml[:start] + v2 + xml[end:]).replace('version="3"', 'version="2"')))
+    assert v2_force.getHillWidths() == [0.3, 0.2] * 5 and v2_force.getHillsLogPrefactor() == 0.0
+
+
+def _numpy_opes(s, centers, heights, widths, periods, prefactor, normalization, epsilon):
+    """a log(S/N + eps) with S = sum_h h exp(-0.5 sum_d (delta_d/w_hd)^2), per-hill widths."""
+    total, gradient = 0.0, np.zeros(len(s))
+    for c, h, w in zip(centers, heights, widths):
+        e, g = _numpy_hills(s, [c], [h], np.asarray(w), periods)
+        total += e
+        gradient += g
+    energy = prefactor * math.log(total / normalization + epsilon)
+    return energy, prefactor * gradient / (total + normalization * epsilon)
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_per_hill_widths_and_log_transform_match_numpy_and_finite_differences(platform, rng):
+    # the OPES form of the hills' energy: kernels with their own widths, a * log(S/N + eps)
+    force = TorchCVForce(_scripted(AngleAndHeight()), "0.3*z^2", cv_names=["phi", "z"])
+    force.setHillsVariables([0, 1], [0.4, 0.3], [2 * math.pi, 0.0])
+    centers = np.column_stack([rng.uniform(-math.pi, math.pi, 9), rng.uniform(-0.3, 0.3, 9)])
+    heights = rng.uniform(0.2, 1.0, 9)
+    widths = rng.uniform(0.1, 0.5, size=(9, 2))
+    for c, h, w in zip(centers, heights, widths):
+        force.addHill(c.tolist(), float(h), w.tolist())
+    force.addHill([0.5, 0.0], 0.7)  # no widths: the variables' widths
+    centers = np.vstack([centers, [0.5, 0.0]])
+    heights = np.append(heights, 0.7)
+    widths = np.vstack([widths, [0.4, 0.3]])
+    assert np.allclose(np.reshape(force.getHillWidths(), (10, 2)), widths, rtol=0, atol=0)
+    a, n, eps = 4.2, 3.1, 0.01
+    force.setHillsLogTransform(a, n, eps)
+    system = _system(1, well="")
+    system.addForce(force)
+    context = _context(system, platform)
+    for positions in ([[0.3, -0.35, 0.1]], [[-0.4, 0.01, -0.2]], [[-0.5, -0.02, 0.25]]):
+        energy, forces = _energy_forces(context, np.array(positions))
+        x, y, z = positions[0]
+        phi = math.atan2(y, x)
+        e, g = _numpy_opes([phi, z], centers, heights, widths, [2 * math.pi, 0], a, n, eps)
+        assert energy == pytest.approx(0.3 * z ** 2 + e, rel=1e-12, abs=1e-12)
+        r2 = x * x + y * y  # chain rule through phi = atan2(y, x)
+        expected = -np.array([g[0] * -y / r2, g[0] * x / r2, 0.6 * z + g[1]])
+        assert np.allclose(forces[0], expected, rtol=1e-10, atol=1e-12)
+        h = 1e-6
+        for dim in range(3):
+            plus, minus = np.array(positions), np.array(positions)
+            plus[0, dim] += h
+            minus[0, dim] -= h
+            fd = -(_energy_forces(context, plus)[0] - _energy_forces(context, minus)[0]) / (2 * h)
+            assert fd == pytest.approx(forces[0, dim], rel=1e-6, abs=1e-6)
+    # no kernels: the constant a log(eps); the transform survives XML
+    copy = TorchCVForce.cast(openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(force)))
+    assert (copy.getHillsLogPrefactor(), copy.getHillsLogNormalization(), copy.getHillsLogEpsilon()) == (a, n, eps)
+    assert copy.getHillWidths() == force.getHillWidths()
+    force.clearHills()
+    force.updateParametersInContext(context)
+    context.setPositions([[0.1, 0.2, 0.0]])
+    assert context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ) == pytest.approx(
+        a * math.log(eps), rel=1e-12)
+    force.setHillsLogTransform(0.0, 0.0, 0.0)  # back to the plain sum
+    force.updateParametersInContext(context)
+    assert context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ) == 0.0
+
+
+def test_bad_per_hill_widths_and_log_transform_are_clear_errors():
+    force = TorchCVForce(_scripted(FourCoordinates()), "0", cv_names=FOUR)
+    force.setHillsVariables([0, 1], [0.1, 0.1], [])
+    with pytest.raises(openmm.OpenMMException, match="1 widths but there are 2 hills variables"):
+        force.addHill([0.0, 0.0], 1.0, [0.1])
+    with pytest.raises(openmm.OpenMMException, match="widths must be positive and finite"):
+        force.addHill([0.0, 0.0], 1.0, [0.1, -0.2])
+    with pytest.raises(openmm.OpenMMException, match="normalization must be positive"):
+        force.setHillsLogTransform(1.0, 0.0, 0.1)
+    with pytest.raises(openmm.OpenMMException, match="epsilon must be positive"):
+        force.setHillsLogTransform(1.0, 1.0, -1.0)
+    with pytest.raises(openmm.OpenMMException, match="prefactor must be finite"):
+        force.setHillsLogTransform(float("nan"), 1.0, 1.0)
+    assert force.getNumHills() == 0 and force.getHillsLogPrefactor() == 0.0
 
 
 def test_bad_hills_input_is_a_clear_error(tmp_path):

@@ -92,44 +92,54 @@ void ReferenceCalcTorchCVForceKernel::initialize(const System& system, const Tor
 
 void ReferenceCalcTorchCVForceKernel::copyHills(const TorchCVForce& force) {
     hillsCVs = force.getHillsCVIndices();
-    hillsInverseWidth2.clear();
-    for (double w : force.getHillsWidths())
-        hillsInverseWidth2.push_back(1.0 / (w * w));
     hillsPeriods = force.getHillsPeriods();
     hillCenters = force.getHillCenters();
+    hillInverseWidth2.clear();
+    for (double w : force.getHillWidths())
+        hillInverseWidth2.push_back(1.0 / (w * w));
     hillHeights = force.getHillHeights();
+    logPrefactor = force.getHillsLogPrefactor();
+    logNormalization = force.getHillsLogNormalization();
+    logEpsilon = force.getHillsLogEpsilon();
 }
 
 double ReferenceCalcTorchCVForceKernel::hillsEnergy(double* dEdcv) const {
     const std::size_t d = hillsCVs.size(), n = hillHeights.size();
     if (n == 0)
-        return 0.0;
-    // Plain loops, O(hills * d): per variable, the CV value, 1/w^2, period and 1/period.
+        return logPrefactor != 0.0 ? logPrefactor * std::log(logEpsilon) : 0.0;
+    // Plain loops, O(hills * d): per variable, the CV value, period and 1/period.
     std::vector<double> s(d), inversePeriod(d), derivative(d, 0.0), delta(d);
     for (std::size_t j = 0; j < d; j++) {
         s[j] = cvValues[hillsCVs[j]];
         inversePeriod[j] = hillsPeriods[j] > 0.0 ? 1.0 / hillsPeriods[j] : 0.0;
     }
-    double energy = 0.0;
+    double sum = 0.0;
     const double* center = hillCenters.data();
-    for (std::size_t h = 0; h < n; h++, center += d) {
+    const double* inverseWidth2 = hillInverseWidth2.data();
+    for (std::size_t h = 0; h < n; h++, center += d, inverseWidth2 += d) {
         double exponent = 0.0;
         for (std::size_t j = 0; j < d; j++) {
             double x = s[j] - center[j];
             if (inversePeriod[j] != 0.0)
                 x -= hillsPeriods[j] * std::floor(x * inversePeriod[j] + 0.5);
             delta[j] = x;
-            exponent += x * x * hillsInverseWidth2[j];
+            exponent += x * x * inverseWidth2[j];
         }
         const double g = hillHeights[h] * std::exp(-0.5 * exponent);
-        energy += g;
+        sum += g;
         if (dEdcv != nullptr)
             for (std::size_t j = 0; j < d; j++)
-                derivative[j] -= g * delta[j] * hillsInverseWidth2[j];
+                derivative[j] -= g * delta[j] * inverseWidth2[j];
+    }
+    double energy = sum, chain = 1.0;
+    if (logPrefactor != 0.0) {
+        // a * log(S/N + eps): dE/ds = a / (S + N * eps) * dS/ds
+        energy = logPrefactor * std::log(sum / logNormalization + logEpsilon);
+        chain = logPrefactor / (sum + logNormalization * logEpsilon);
     }
     if (dEdcv != nullptr)
         for (std::size_t j = 0; j < d; j++)
-            dEdcv[hillsCVs[j]] += derivative[j];
+            dEdcv[hillsCVs[j]] += chain * derivative[j];
     return energy;
 }
 

@@ -65,9 +65,11 @@ private:
     Program energyExpression;
     std::vector<Program> cvDerivativeExpressions;
     std::vector<Program> parameterDerivativeExpressions;
-    // Gaussian hills: the CVs they act on, 1/width^2, periods (0 = none), centres (hill-major).
+    // Gaussian hills: the CVs they act on, periods (0 = none), centres and 1/width^2 (both
+    // hill-major), heights; the optional log transform a * log(S / N + eps) (a = 0: plain sum).
     std::vector<int> hillsCVs;
-    std::vector<double> hillsInverseWidth2, hillsPeriods, hillCenters, hillHeights;
+    std::vector<double> hillsPeriods, hillCenters, hillInverseWidth2, hillHeights;
+    double logPrefactor = 0.0, logNormalization = 1.0, logEpsilon = 1.0;
     // The CVs of the last evaluation and the coordinates/box they belong to.
     std::vector<double> cvValues;
     std::vector<double> cachedCoordinates;

@@ -145,20 +145,43 @@ void TorchCVForce::setHillsVariables(const std::vector<int>& cvIndices, const st
     hillsPeriods = periods.empty() ? std::vector<double>(d, 0.0) : periods;
 }
 
-int TorchCVForce::addHill(const std::vector<double>& center, double height) {
+int TorchCVForce::addHill(const std::vector<double>& center, double height, const std::vector<double>& widths) {
     if (hillsCVs.empty())
         throw OpenMMException("TorchCVForce.addHill: call setHillsVariables() first");
     if (center.size() != hillsCVs.size())
         throw OpenMMException("TorchCVForce.addHill: the centre has " + std::to_string(center.size()) +
                               " values but there are " + std::to_string(hillsCVs.size()) + " hills variables");
+    if (!widths.empty() && widths.size() != hillsCVs.size())
+        throw OpenMMException("TorchCVForce.addHill: " + std::to_string(widths.size()) + " widths but there are " +
+                              std::to_string(hillsCVs.size()) + " hills variables");
     for (double c : center)
         if (!std::isfinite(c))
             throw OpenMMException("TorchCVForce.addHill: the centre must be finite");
+    for (double w : widths)
+        if (!(w > 0.0) || !std::isfinite(w))
+            throw OpenMMException("TorchCVForce.addHill: the widths must be positive and finite, got " +
+                                  std::to_string(w));
     if (!std::isfinite(height))
         throw OpenMMException("TorchCVForce.addHill: the height must be finite");
     hillCenters.insert(hillCenters.end(), center.begin(), center.end());
+    const std::vector<double>& w = widths.empty() ? hillsWidths : widths;
+    hillWidths.insert(hillWidths.end(), w.begin(), w.end());
     hillHeights.push_back(height);
     return static_cast<int>(hillHeights.size()) - 1;
+}
+
+void TorchCVForce::setHillsLogTransform(double prefactor, double normalization, double epsilon) {
+    if (!std::isfinite(prefactor))
+        throw OpenMMException("TorchCVForce.setHillsLogTransform: the prefactor must be finite");
+    if (prefactor != 0.0 && (!(normalization > 0.0) || !std::isfinite(normalization)))
+        throw OpenMMException("TorchCVForce.setHillsLogTransform: the normalization must be positive and "
+                              "finite, got " + std::to_string(normalization));
+    if (prefactor != 0.0 && (!(epsilon > 0.0) || !std::isfinite(epsilon)))
+        throw OpenMMException("TorchCVForce.setHillsLogTransform: epsilon must be positive and finite, got " +
+                              std::to_string(epsilon));
+    logPrefactor = prefactor;
+    logNormalization = prefactor != 0.0 ? normalization : 1.0;
+    logEpsilon = prefactor != 0.0 ? epsilon : 1.0;
 }
 
 void TorchCVForce::getHill(int index, std::vector<double>& center, double& height) const {
@@ -170,6 +193,7 @@ void TorchCVForce::getHill(int index, std::vector<double>& center, double& heigh
 
 void TorchCVForce::clearHills() {
     hillCenters.clear();
+    hillWidths.clear();
     hillHeights.clear();
 }
 

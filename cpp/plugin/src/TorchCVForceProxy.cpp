@@ -63,7 +63,7 @@ TorchCVForceProxy::TorchCVForceProxy(const std::string& typeName) : Serializatio
 
 void TorchCVForceProxy::serialize(const void* object, SerializationNode& node) const {
     const TorchCVForce& force = *reinterpret_cast<const TorchCVForce*>(object);
-    node.setIntProperty("version", 2);  // 2: Gaussian hills
+    node.setIntProperty("version", 3);  // 2: Gaussian hills; 3: per-hill widths, log transform
     node.setStringProperty("name", force.getName());
     node.setIntProperty("forceGroup", force.getForceGroup());
     node.setStringProperty("energy", force.getEnergyFunction());
@@ -94,18 +94,23 @@ void TorchCVForceProxy::serialize(const void* object, SerializationNode& node) c
             .setIntProperty("cv", force.getHillsCVIndices()[j])
             .setDoubleProperty("width", force.getHillsWidths()[j])
             .setDoubleProperty("period", force.getHillsPeriods()[j]);
+    hills.setDoubleProperty("logPrefactor", force.getHillsLogPrefactor())
+        .setDoubleProperty("logNormalization", force.getHillsLogNormalization())
+        .setDoubleProperty("logEpsilon", force.getHillsLogEpsilon());
     const int d = force.getNumHillsVariables();
     const std::vector<double>& centers = force.getHillCenters();
+    const std::vector<double>& widths = force.getHillWidths();
     for (int h = 0; h < force.getNumHills(); h++) {
         SerializationNode& hill = hills.createChildNode("Hill").setDoubleProperty("height", force.getHillHeights()[h]);
         for (int j = 0; j < d; j++)
-            hill.setDoubleProperty("c" + std::to_string(j), centers[h * d + j]);
+            hill.setDoubleProperty("c" + std::to_string(j), centers[h * d + j])
+                .setDoubleProperty("w" + std::to_string(j), widths[h * d + j]);
     }
 }
 
 void* TorchCVForceProxy::deserialize(const SerializationNode& node) const {
     const int version = node.getIntProperty("version");
-    if (version < 1 || version > 2)
+    if (version < 1 || version > 3)
         throw OpenMMException("TorchCVForce: unsupported serialization version " +
                               std::to_string(node.getIntProperty("version")));
     std::vector<std::string> names;
@@ -138,14 +143,20 @@ void* TorchCVForceProxy::deserialize(const SerializationNode& node) const {
             }
             if (!cvs.empty())
                 force->setHillsVariables(cvs, widths, periods);
-            std::vector<double> center(cvs.size());
+            std::vector<double> center(cvs.size()), hillWidths(version >= 3 ? cvs.size() : 0);
             for (const auto& h : hills.getChildren()) {
                 if (h.getName() != "Hill")
                     continue;
                 for (std::size_t j = 0; j < cvs.size(); j++)
                     center[j] = h.getDoubleProperty("c" + std::to_string(j));
-                force->addHill(center, h.getDoubleProperty("height"));
+                for (std::size_t j = 0; j < hillWidths.size(); j++)
+                    hillWidths[j] = h.getDoubleProperty("w" + std::to_string(j));
+                force->addHill(center, h.getDoubleProperty("height"), hillWidths);
             }
+            if (version >= 3)
+                force->setHillsLogTransform(hills.getDoubleProperty("logPrefactor"),
+                                            hills.getDoubleProperty("logNormalization"),
+                                            hills.getDoubleProperty("logEpsilon"));
         }
     } catch (...) {
         delete force;

@@ -29,6 +29,12 @@ namespace OpenMMGeom {
  * periodic CV). The hills' dE/dcv joins the expression's before the single backward pass, so
  * they cost O(hills * d) arithmetic per step and no extra model evaluation. Hills reach a
  * Context through updateParametersInContext().
+ *
+ * Each hill may carry its own widths (addHill with widths; OPES kernels after compression), and
+ * the hills' sum S(s) may enter the energy through a logarithm instead of directly:
+ * setHillsLogTransform(a, N, eps) makes the hills' energy a * log(S(s) / N + eps), the OPES
+ * bias (1 - 1/gamma) kT log(P(s)/Z + eps) when the heights are the kernels' weights and
+ * N = Z * sum of weights.
  */
 class TorchCVForce : public OpenMM::Force {
 public:
@@ -86,7 +92,7 @@ public:
      * @param periods    the period of each CV (e.g. 2*pi for an angle), 0 = not periodic;
      *                   an empty vector means no CV is periodic
      * Changing the variables while hills exist is an error unless their number stays the same
-     * (clearHills() first otherwise).
+     * (clearHills() first otherwise); hills already added keep the widths they were added with.
      */
     void setHillsVariables(const std::vector<int>& cvIndices, const std::vector<double>& widths,
                            const std::vector<double>& periods);
@@ -94,14 +100,33 @@ public:
     const std::vector<int>& getHillsCVIndices() const { return hillsCVs; }
     const std::vector<double>& getHillsWidths() const { return hillsWidths; }
     const std::vector<double>& getHillsPeriods() const { return hillsPeriods; }
-    /** Add a hill centred at `center` (one value per hills variable); returns its index. */
-    int addHill(const std::vector<double>& center, double height);
+    /**
+     * Add a hill centred at `center` (one value per hills variable); returns its index.
+     * @param widths  this hill's standard deviations (one per hills variable, > 0); empty means
+     *                the hills variables' widths at the time of the call
+     */
+    int addHill(const std::vector<double>& center, double height,
+                const std::vector<double>& widths = std::vector<double>());
     int getNumHills() const { return static_cast<int>(hillHeights.size()); }
     void getHill(int index, std::vector<double>& center, double& height) const;
     /** All hill centres, hill-major (getNumHills() x getNumHillsVariables()). */
     const std::vector<double>& getHillCenters() const { return hillCenters; }
     const std::vector<double>& getHillHeights() const { return hillHeights; }
+    /** All hills' widths, hill-major (getNumHills() x getNumHillsVariables()). */
+    const std::vector<double>& getHillWidths() const { return hillWidths; }
     void clearHills();
+
+    /**
+     * Make the hills' energy prefactor * log(S / normalization + epsilon), S being the sum of the
+     * Gaussians (OPES). prefactor = 0 restores the plain sum S (the default).
+     * @param prefactor      kJ/mol, finite
+     * @param normalization  > 0 (same units as the heights)
+     * @param epsilon        > 0
+     */
+    void setHillsLogTransform(double prefactor, double normalization, double epsilon);
+    double getHillsLogPrefactor() const { return logPrefactor; }
+    double getHillsLogNormalization() const { return logNormalization; }
+    double getHillsLogEpsilon() const { return logEpsilon; }
 
     /**
      * Copy changed tabulated functions (e.g. a metadynamics bias grid), hills and hills
@@ -133,7 +158,8 @@ private:
     std::vector<Function> functions;
     std::vector<int> hillsCVs;
     std::vector<double> hillsWidths, hillsPeriods;
-    std::vector<double> hillCenters, hillHeights;
+    std::vector<double> hillCenters, hillHeights, hillWidths;
+    double logPrefactor = 0.0, logNormalization = 1.0, logEpsilon = 1.0;
 };
 
 } // namespace OpenMMGeom
