@@ -256,12 +256,13 @@ def test_interpolation_and_serialization(solvated, model_path, implementation):
     _assert_same(_evaluate(interpolating, positions), expected, 1e-8)  # lambda_interpolate=1
 
 
-def test_one_picosecond_of_ml_mm_nvt_stays_finite(solvated, model_path, pdb):
-    modeller, mm_system, ml_atoms, _ = solvated
-    system = MLPotential("openmm-geom", modelPath=model_path).createMixedSystem(
-        modeller.topology, mm_system, ml_atoms)
+def _one_picosecond_nvt(system, modeller, seed=None):
+    """Minimise, then 1 ps of Langevin NVT at 300 K on the CPU platform; the final positions
+    (nm) after checking that the energy and positions are finite."""
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond,
                                                  0.001 * unit.picoseconds)
+    if seed is not None:
+        integrator.setRandomNumberSeed(seed)
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"))
     context.setPositions(modeller.getPositions())
     openmm.LocalEnergyMinimizer.minimize(context, maxIterations=100)
@@ -271,6 +272,14 @@ def test_one_picosecond_of_ml_mm_nvt_stays_finite(solvated, model_path, pdb):
     assert np.isfinite(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
     x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     assert np.isfinite(x).all()
+    return x
+
+
+def test_one_picosecond_of_ml_mm_nvt_stays_finite(solvated, model_path, pdb):
+    modeller, mm_system, ml_atoms, _ = solvated
+    system = MLPotential("openmm-geom", modelPath=model_path).createMixedSystem(
+        modeller.topology, mm_system, ml_atoms)
+    x = _one_picosecond_nvt(system, modeller)
     # the solute, held only by the model now, is still a molecule: its bonds are intact
     bonds = [(b[0].index, b[1].index) for b in pdb.topology.bonds()]
     lengths = [np.linalg.norm(x[i] - x[j]) for i, j in bonds]
@@ -346,16 +355,6 @@ def test_a_potential_trained_here_on_vacuum_data_in_water(pdb, solvated, tmp_pat
     system = potential.createMixedSystem(modeller.topology, mm_system, ml_atoms)
     _assert_same(_evaluate(system, positions), _evaluate(_by_hand(mm_system, ml_atoms,
                                                                   model_path), positions), 1e-8)
-    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond,
-                                                 0.001 * unit.picoseconds)
-    integrator.setRandomNumberSeed(1)
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"))
-    context.setPositions(modeller.getPositions())
-    openmm.LocalEnergyMinimizer.minimize(context, maxIterations=100)
-    context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
-    integrator.step(1000)  # 1 ps
-    state = context.getState(getEnergy=True, getPositions=True)
-    assert np.isfinite(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-    x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    x = _one_picosecond_nvt(system, modeller, seed=1)
     lengths = [np.linalg.norm(x[b[0].index] - x[b[1].index]) for b in pdb.topology.bonds()]
     assert max(lengths) < 0.25, max(lengths)
