@@ -63,11 +63,40 @@ class _BoundaryBase(torch.nn.Module):
                              "or a configuration outside what the model can handle)")
         return output.to(like.dtype)
 
+    def call_unchecked(self, positions: torch.Tensor,
+                       box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``forward`` without its checks of values (NaN/inf inputs and outputs).
+
+        The units and dtype conversions and the model call only, in eager Python (TorchScript
+        does not compile it): what a tracer such as ``make_fx``/``torch.export`` can follow,
+        since a check of values is a data-dependent branch. Whoever runs the traced program
+        checks values itself (the native ``TorchCVForce`` kernel does). Shapes are still checked.
+        """
+        x = self._to_model(positions)
+        if isinstance(self, PeriodicOpenMMBoundary):
+            if box is None:
+                raise ValueError("this model is periodic and needs the box vectors")
+            output = self.model(x, box.to(self.model_dtype) / self.nm_per_model_length)
+        else:
+            output = self.model(x)
+        if self.is_potential:
+            output = output.reshape(()) * self.kj_per_model_energy
+        elif output.dim() != 1 or output.size(0) != self.output_dim:
+            raise ValueError("the CV module must return shape (" + str(self.output_dim)
+                             + ",), got " + str(list(output.shape)))
+        return output.to(positions.dtype)
+
 
 def _bad_rows(values: torch.Tensor) -> str:
     """The first (up to 10) rows of ``values`` (N, 3) holding NaN or inf, as text."""
     bad: List[int] = torch.nonzero(~torch.isfinite(values.detach()).all(dim=1)).flatten()[:10].tolist()
     return str(bad)
+
+
+def _non_finite_positions(positions: torch.Tensor) -> str:
+    """The error message for positions holding NaN or inf (raised by the caller, in its frame)."""
+    return ("positions contain NaN/inf values (first bad atoms: " + _bad_rows(positions)
+            + "); the model was not run: the simulation blew up, or it was given bad coordinates")
 
 
 class OpenMMBoundary(_BoundaryBase):
@@ -80,9 +109,7 @@ class OpenMMBoundary(_BoundaryBase):
         # Raised in this frame on purpose: an exception raised two scripted calls deep inside
         # an openmm-torch TorchForce crashed libtorch (torch 2.12).
         if not bool(torch.isfinite(positions.detach()).all()):
-            raise ValueError("positions contain NaN/inf values (first bad atoms: "
-                             + _bad_rows(positions) + "); the model was not run: the "
-                             "simulation blew up, or it was given bad coordinates")
+            raise ValueError(_non_finite_positions(positions))
         output = self.model(self._to_model(positions))
         return self._from_model(output, positions)
 
@@ -101,9 +128,7 @@ class PeriodicOpenMMBoundary(_BoundaryBase):
                              "with setUsesPeriodicBoundaryConditions(True) and a periodic System")
         # Raised in this frame on purpose (see OpenMMBoundary.forward).
         if not bool(torch.isfinite(positions.detach()).all()):
-            raise ValueError("positions contain NaN/inf values (first bad atoms: "
-                             + _bad_rows(positions) + "); the model was not run: the "
-                             "simulation blew up, or it was given bad coordinates")
+            raise ValueError(_non_finite_positions(positions))
         if not bool(torch.isfinite(box.detach()).all()):
             rows: List[List[float]] = box.detach().to(torch.float64).tolist()
             raise ValueError("the periodic box contains NaN/inf values (box vectors "
