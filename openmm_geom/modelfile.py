@@ -39,6 +39,10 @@ __all__ = [
     "ModelMetadata",
     "ExportedModel",
     "ModelLike",
+    "BACKENDS",
+    "AOTI_MODELS",
+    "PackageModule",
+    "package_entries",
     "save_model",
     "read_metadata",
     "metadata_of",
@@ -49,6 +53,10 @@ FORMAT_VERSION = 1
 METADATA_ATTRIBUTE = "openmm_geom_metadata"
 METADATA_MEMBER = "openmm_geom_metadata.json"  # the same JSON as an extra archive member
 KINDS = ("potential", "cv")
+#: What a model file holds: a TorchScript module, or an AOTInductor package (CV modules only).
+BACKENDS = ("torchscript", "aoti")
+#: The models of an AOTInductor package, by name (see :mod:`openmm_geom.export.aoti`).
+AOTI_MODELS = ("cv", "vjp")
 
 
 @dataclasses.dataclass
@@ -169,6 +177,57 @@ def metadata_of(module: torch.nn.Module) -> ModelMetadata:
     return ModelMetadata.from_json(text)
 
 
+def package_entries(metadata: ModelMetadata) -> dict:
+    """The AOTInductor metadata entries (str -> str) the native TorchCVForce kernel reads."""
+    return {"openmm_geom.n_atoms": str(metadata.n_atoms),
+            "openmm_geom.num_cvs": str(metadata.output_dim),
+            "openmm_geom.periodic": "1" if metadata.periodic else "0",
+            "openmm_geom.dtype": metadata.dtype,
+            "openmm_geom.metadata": metadata.to_json()}
+
+
+class PackageModule:
+    """The two compiled models of an AOTInductor CV package, run from Python.
+
+    ``module(positions, box=None) -> cv[k]`` and ``module.vjp(positions, w, box=None) ->
+    w . dcv/dpositions``, all float64 (what the native ``TorchCVForce`` runs per step).
+    The compiled libraries are loaded on first use.
+    """
+
+    def __init__(self, data: bytes, source: str):
+        self._data = data
+        self.source = source
+        self._runners = None
+
+    def _runner(self, name: str):
+        if self._runners is None:
+            from torch._inductor.package import load_package
+
+            try:
+                self._runners = {m: load_package(io.BytesIO(self._data), m) for m in AOTI_MODELS}
+            except Exception as error:  # torch raises bare RuntimeErrors with C++ traces
+                first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+                raise ModelFileError(f"{self.source} could not be loaded as an AOTInductor "
+                                     f"package: {first}") from error
+        return self._runners[name]
+
+    @staticmethod
+    def _inputs(positions, box):
+        x = torch.as_tensor(positions, dtype=torch.float64).contiguous()
+        return (x,) if box is None else (x, torch.as_tensor(box, dtype=torch.float64).contiguous())
+
+    def __call__(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._runner("cv")(*self._inputs(positions, box))
+
+    def vjp(self, positions: torch.Tensor, cotangent: torch.Tensor,
+            box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        w = torch.as_tensor(cotangent, dtype=torch.float64).contiguous()
+        return self._runner("vjp")(*self._inputs(positions, box), w)
+
+    def __repr__(self) -> str:
+        return f"PackageModule({self.source})"
+
+
 def _register_torchscript_classes() -> None:
     """Load the libraries whose TorchScript classes and ops our models may contain.
 
@@ -220,6 +279,16 @@ def read_metadata(path: os.PathLike) -> ModelMetadata:
     return ModelMetadata.from_json(text, source=path)
 
 
+def _is_package(data: bytes) -> bool:
+    """Whether ``data`` is a PT2 archive (an AOTInductor package) rather than TorchScript."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return any(n.endswith("/archive_format") or n == "archive_format"
+                       for n in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
@@ -252,9 +321,13 @@ class ExportedModel:
     Use :meth:`load` (a path, an exported ScriptModule, or an ``ExportedModel``, which is
     returned as it is). :func:`openmm_geom.export.export_model` returns one.
 
+    A CV module exported with ``format="aoti"`` is an AOTInductor package instead
+    (``backend == "aoti"``, ``module`` a :class:`PackageModule`); only ``TorchCVForce`` runs it,
+    so only ``load(..., allow_package=True)`` accepts it.
+
     Attributes
     ----------
-    module : torch.jit.ScriptModule
+    module : torch.jit.ScriptModule or PackageModule
     metadata : ModelMetadata or None
         None only for a bare scripted module loaded with ``allow_bare=True`` (a CV module
         without openmm-geom metadata, whose caller names the CVs).
@@ -271,9 +344,23 @@ class ExportedModel:
         self.from_file = from_file
         self._data = data
 
+    @property
+    def backend(self) -> str:
+        """``"torchscript"``, or ``"aoti"`` for an AOTInductor package (see ``BACKENDS``)."""
+        return "aoti" if isinstance(self.module, PackageModule) else "torchscript"
+
+    @classmethod
+    def from_package(cls, data: bytes, metadata: ModelMetadata, *, source: str,
+                     from_file: bool = False) -> "ExportedModel":
+        """An AOTInductor package's bytes and metadata (written by ``export_model(...,
+        format="aoti")``)."""
+        return cls(PackageModule(data, source), metadata, data=data, source=source,
+                   from_file=from_file)
+
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, model: ModelLike, *, allow_bare: bool = False) -> "ExportedModel":
+    def load(cls, model: ModelLike, *, allow_bare: bool = False,
+             allow_package: bool = False) -> "ExportedModel":
         """The exported model behind a path, a ScriptModule or an ``ExportedModel``.
 
         Parameters
@@ -282,6 +369,9 @@ class ExportedModel:
             A file written by :func:`openmm_geom.export.export_model` or the module it holds.
         allow_bare : bool
             Accept a scripted module without openmm-geom metadata (``metadata`` is then None).
+        allow_package : bool
+            Accept an AOTInductor package (``export_model(..., format="aoti")``), which only
+            the native ``TorchCVForce`` runs.
 
         Raises
         ------
@@ -294,9 +384,19 @@ class ExportedModel:
             if model.metadata is None and not allow_bare:
                 raise ModelFileError(f"{model.source} carries no openmm-geom metadata; export "
                                      "it with openmm_geom.export.export_model first")
-            return model
-        if isinstance(model, (str, os.PathLike)):
-            return cls._from_file(Path(model))
+        elif isinstance(model, (str, os.PathLike)):
+            model = cls._from_file(Path(model))
+        else:
+            return cls._from_object(model, allow_bare)
+        if model.backend == "aoti" and not allow_package:
+            raise ModelFileError(
+                f"{model.source} is an AOTInductor package (export_model(..., format='aoti')), "
+                "which only openmm_geom.openmm.TorchCVForce runs; export the model as "
+                "TorchScript (the default format) for anything else")
+        return model
+
+    @classmethod
+    def _from_object(cls, model, allow_bare: bool) -> "ExportedModel":
         if isinstance(model, torch.jit.ScriptModule):
             name = f"ScriptModule {getattr(model, 'original_name', type(model).__name__)}"
             try:
@@ -318,6 +418,8 @@ class ExportedModel:
     def _from_file(cls, path: Path) -> "ExportedModel":
         _check_file(path)
         data = path.read_bytes()
+        if _is_package(data):
+            return cls._from_package_file(path, data)
         _register_torchscript_classes()
         try:
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
@@ -330,6 +432,18 @@ class ExportedModel:
                                  "export it with openmm_geom.export.export_model first")
         return cls(module, ModelMetadata.from_json(text, source=path), data=data,
                    source=str(path), from_file=True)
+
+    @classmethod
+    def _from_package_file(cls, path: Path, data: bytes) -> "ExportedModel":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            member = _metadata_member(archive)
+            if member is None:
+                raise ModelFileError(f"{path} is an AOTInductor package without openmm-geom "
+                                     "metadata; write it with openmm_geom.export.export_model("
+                                     "..., format='aoti')")
+            text = archive.read(member).decode()
+        return cls.from_package(data, ModelMetadata.from_json(text, source=path),
+                                source=str(path), from_file=True)
 
     # -- what it is ------------------------------------------------------------------------
     @property

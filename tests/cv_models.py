@@ -61,3 +61,27 @@ def particle_context(forces, n, box, platform="Reference"):
         system.addForce(force)
     return openmm.Context(system, openmm.VerletIntegrator(0.001),
                           openmm.Platform.getPlatformByName(platform))
+
+
+class DensePairCVs(torch.nn.Module):
+    """k smooth CVs of all pair distances (minimum image in a triclinic box when given): no
+    neighbour list, no branch on values, so it can be traced for an AOTInductor package."""
+
+    def __init__(self, k: int, seed: int, features: int = 8):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("centers", torch.linspace(0.1, 0.6, features, dtype=torch.float64))
+        self.hidden = torch.nn.Parameter(torch.randn(features, 16, generator=g, dtype=torch.float64) * 0.3)
+        self.readout = torch.nn.Parameter(torch.randn(16, k, generator=g, dtype=torch.float64))
+
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        n = positions.size(0)
+        pairs = torch.triu_indices(n, n, 1)
+        i, j = pairs[0], pairs[1]
+        delta = positions[j] - positions[i]
+        if box is not None:
+            fractional = delta @ torch.linalg.inv(box)
+            delta = (fractional - torch.round(fractional)) @ box
+        d = torch.sqrt((delta ** 2).sum(-1))
+        radial = torch.exp(-((d[:, None] - self.centers[None, :]) / 0.08) ** 2) * torch.exp(-d)[:, None]
+        return torch.tanh(radial.sum(0) @ self.hidden) @ self.readout

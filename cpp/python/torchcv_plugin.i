@@ -147,9 +147,11 @@ namespace OpenMMGeom {
 
 class TorchCVForce : public OpenMM::Force {
 public:
+    enum Backend { TorchScript = 0, AOTInductor = 1 };
     TorchCVForce(const std::string& serializedModule, const std::string& energy,
-                 const std::vector<std::string>& cvNames);
+                 const std::vector<std::string>& cvNames, Backend backend = TorchScript);
     const std::string& getSerializedModule() const;
+    Backend getBackend() const;
     int getNumCollectiveVariables() const;
     const std::string& getCollectiveVariableName(int index) const;
     const std::string& getEnergyFunction() const;

@@ -8,7 +8,8 @@ import torch
 
 from ..contract import boundary_for, describe
 from ..errors import ExportError
-from ..modelfile import ExportedModel, ModelMetadata, save_model
+from ..modelfile import BACKENDS, ExportedModel, ModelMetadata, save_model
+from .aoti import package_cv_model
 
 __all__ = ["export_model"]
 
@@ -33,8 +34,12 @@ def export_model(
     training_data_hash: Optional[str] = None,
     extra: Optional[dict] = None,
     dtype: Optional[torch.dtype] = None,
+    format: str = "torchscript",
 ) -> ExportedModel:
     """Export ``module`` as a self-describing TorchScript file that OpenMM can run.
+
+    With ``format="aoti"``, a CV module is compiled instead into an AOTInductor package for
+    the native :class:`openmm_geom.openmm.TorchCVForce` (see docs/aotinductor.md).
 
     Parameters
     ----------
@@ -65,6 +70,13 @@ def export_model(
         ``check_export`` compares periodic outputs on the circle.
     dtype : torch.dtype, optional
         The model's dtype (inferred from its parameters; float64 when it has none).
+    format : {"torchscript", "aoti"}
+        ``"torchscript"`` (default): a TorchScript file, run by every OpenMM-side function.
+        ``"aoti"``: CV modules only, an AOTInductor package (``.pt2``) of the CVs and of
+        their vector-Jacobian product compiled to machine code for the example's atom count,
+        which only ``TorchCVForce`` runs (per step much cheaper than TorchScript for small
+        CVs). Compiling takes about a minute and needs a C++ compiler; the module's
+        ``forward`` must not branch on tensor values.
 
     Returns
     -------
@@ -77,8 +89,14 @@ def export_model(
     Raises
     ------
     ExportError
-        The model cannot be scripted, or its script disagrees with it on the example.
+        The model cannot be scripted (or packaged), or its script (package) disagrees with it
+        on the example.
     """
+    if format not in BACKENDS:
+        raise ValueError(f"format must be one of {BACKENDS}, got {format!r}")
+    if format == "aoti" and kind != "cv":
+        raise ValueError("format='aoti' packages CV modules (kind='cv') for TorchCVForce; a "
+                         "potential runs in openmm-torch's TorchForce, which needs TorchScript")
     metadata = describe(
         module, kind=kind, length_unit=length_unit, energy_unit=energy_unit, periodic=periodic,
         example_positions=example_positions, example_box=example_box, cutoff=cutoff,
@@ -87,6 +105,8 @@ def export_model(
         training_data_hash=training_data_hash, extra=extra, dtype=dtype,
     )
     eager = boundary_for(module, metadata)
+    if format == "aoti":
+        return package_cv_model(eager, metadata, path)
     try:
         scripted = torch.jit.script(eager)
     except Exception as error:

@@ -65,14 +65,17 @@ class Dihedrals(torch.nn.Module):
         if bool((quads < 0).any()):
             raise ValueError("atom indices must be non-negative")
         self.register_buffer("quadruplets", quads)
+        # checked against the atom count in forward without reading the buffer's values, so
+        # that the check is no data-dependent branch (torch.export / AOTInductor trace it)
+        self.max_atom = int(quads.max())
         self.hyperparameters = {"quadruplets": quads.tolist()}
         # angles in [-pi, pi): export_model records the period, check_export compares on it
         self.cv_periods: List[float] = [2.0 * math.pi] * int(quads.shape[0])
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        if int(self.quadruplets.max()) >= positions.size(0):
+        if self.max_atom >= positions.size(0):
             raise ValueError("a dihedral quadruplet indexes atom "
-                             + str(int(self.quadruplets.max())) + " but there are only "
+                             + str(self.max_atom) + " but there are only "
                              + str(positions.size(0)) + " atoms")
         return dihedral_angles(positions, self.quadruplets)
 

@@ -183,7 +183,7 @@ def test_xml_round_trip_keeps_hills_and_reads_version_1():
     assert energies[0] == energies[1]
     # a file written before hills existed (version 1) still loads
     start, end = xml.index("<Hills"), xml.index("</Hills>") + len("</Hills>")
-    old = (xml[:start] + xml[end:]).replace('version="3"', 'version="1"')
+    old = (xml[:start] + xml[end:]).replace('version="4"', 'version="1"')
     assert TorchCVForce.cast(openmm.XmlSerializer.deserialize(old)).getNumHills() == 0
     # a version-2 file (no per-hill widths, no log transform): hills take the variables' widths
     hills = xml[start:end]
@@ -191,7 +191,7 @@ def test_xml_round_trip_keeps_hills_and_reads_version_1():
     v2 = __import__("re").sub(r' w[01]="[^"]*"', "", v2)
     assert v2.count(" w0=") == 0 and "logPrefactor" not in v2
     v2_force = TorchCVForce.cast(openmm.XmlSerializer.deserialize(
-        (xml[:start] + v2 + xml[end:]).replace('version="3"', 'version="2"')))
+        (xml[:start] + v2 + xml[end:]).replace('version="4"', 'version="2"')))
     assert v2_force.getHillWidths() == [0.3, 0.2] * 5 and v2_force.getHillsLogPrefactor() == 0.0
 
 

@@ -2,6 +2,7 @@
 
 #include "lepton/Parser.h"
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include "lepton/ExpressionTreeNode.h"
 #include "lepton/Operation.h"
 #include "lepton/ParsedExpression.h"
@@ -12,8 +13,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <sstream>
+#include <unistd.h>
 
 using namespace OpenMM;
 using namespace OpenMMGeom;
@@ -41,6 +47,36 @@ void collectVariables(const Lepton::ExpressionTreeNode& node, std::set<std::stri
         collectVariables(child, names);
 }
 
+/** The package's metadata value `key` (an openmm_geom.* entry written by export_model). */
+std::string packageEntry(const std::unordered_map<std::string, std::string>& metadata, const std::string& key) {
+    auto found = metadata.find(key);
+    if (found == metadata.end())
+        throw OpenMMException("TorchCVForce: the AOTInductor package has no '" + key +
+                              "' metadata entry; write it with openmm_geom.export.export_model(..., "
+                              "format=\"aoti\")");
+    return found->second;
+}
+
+/** A file holding `bytes` (the loader reads a path), removed when this goes out of scope. */
+struct TemporaryFile {
+    std::string path;
+    explicit TemporaryFile(const std::string& bytes) {
+        std::string pattern = (std::filesystem::temp_directory_path() / "openmm-geom-XXXXXX.pt2").string();
+        std::vector<char> name(pattern.begin(), pattern.end());
+        name.push_back('\0');
+        int fd = mkstemps(name.data(), 4);
+        if (fd < 0)
+            throw OpenMMException("TorchCVForce: cannot create a temporary file for the AOTInductor package");
+        close(fd);
+        path = name.data();
+        std::ofstream out(path, std::ios::binary);
+        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        if (!out)
+            throw OpenMMException("TorchCVForce: cannot write the AOTInductor package to " + path);
+    }
+    ~TemporaryFile() { std::remove(path.c_str()); }
+};
+
 std::string shapeOf(const torch::Tensor& t) {
     std::string s = "(";
     for (int64_t i = 0; i < t.dim(); i++)
@@ -56,21 +92,11 @@ ReferenceCalcTorchCVForceKernel::~ReferenceCalcTorchCVForceKernel() {
 }
 
 void ReferenceCalcTorchCVForceKernel::initialize(const System& system, const TorchCVForce& force) {
-    std::istringstream stream(force.getSerializedModule());
-    try {
-        module = torch::jit::load(stream, torch::kCPU);
-    } catch (const std::exception& e) {
-        throw OpenMMException("TorchCVForce: the module is not a loadable TorchScript file: " +
-                              lastLine(e.what()));
-    }
-    module.eval();
-    // Freezing inlines parameters and attributes as constants and lets TorchScript optimise
-    // the graph (measured: 0.81-0.87x of a frozen module's speed without it). Modules that
-    // cannot be frozen run as they are.
-    try {
-        module = torch::jit::freeze(module);
-    } catch (const std::exception&) {
-    }
+    aoti = force.getBackend() == TorchCVForce::AOTInductor;
+    if (aoti)
+        loadPackage(force);
+    else
+        loadTorchScript(force);
     energyFunction = force.getEnergyFunction();
     cvNames.clear();
     for (int i = 0; i < force.getNumCollectiveVariables(); i++)
@@ -86,8 +112,66 @@ void ReferenceCalcTorchCVForceKernel::initialize(const System& system, const Tor
         for (int i = 0; i < system.getNumParticles(); i++)
             particles.push_back(i);
     periodic = force.usesPeriodicBoundaryConditions();
+    if (aoti)
+        checkPackage(force);
     compileExpressions(force);
     copyHills(force);
+}
+
+void ReferenceCalcTorchCVForceKernel::loadTorchScript(const TorchCVForce& force) {
+    std::istringstream stream(force.getSerializedModule());
+    try {
+        module = torch::jit::load(stream, torch::kCPU);
+    } catch (const std::exception& e) {
+        throw OpenMMException("TorchCVForce: the module is not a loadable TorchScript file: " +
+                              lastLine(e.what()));
+    }
+    module.eval();
+    // Freezing inlines parameters and attributes as constants and lets TorchScript optimise
+    // the graph (measured: 0.81-0.87x of a frozen module's speed without it). Modules that
+    // cannot be frozen run as they are.
+    try {
+        module = torch::jit::freeze(module);
+    } catch (const std::exception&) {
+    }
+}
+
+void ReferenceCalcTorchCVForceKernel::loadPackage(const TorchCVForce& force) {
+    // The loader reads a path and extracts the compiled libraries to its own directory; the
+    // package file itself is not needed once both models are loaded.
+    TemporaryFile file(force.getSerializedModule());
+    try {
+        cvModel = std::make_unique<torch::inductor::AOTIModelPackageLoader>(file.path, "cv");
+        vjpModel = std::make_unique<torch::inductor::AOTIModelPackageLoader>(file.path, "vjp");
+        packageMetadata = cvModel->get_metadata();
+    } catch (const std::exception& e) {
+        cvModel.reset();
+        vjpModel.reset();
+        throw OpenMMException("TorchCVForce: the module is not a loadable AOTInductor package with "
+                              "models 'cv' and 'vjp': " + lastLine(e.what()));
+    }
+}
+
+void ReferenceCalcTorchCVForceKernel::checkPackage(const TorchCVForce& force) const {
+    // A package is compiled for one atom count, CV count and periodicity: refuse any other
+    // here rather than feed it tensors of other shapes.
+    const int atoms = std::stoi(packageEntry(packageMetadata, "openmm_geom.n_atoms"));
+    const int cvs = std::stoi(packageEntry(packageMetadata, "openmm_geom.num_cvs"));
+    const bool packagePeriodic = packageEntry(packageMetadata, "openmm_geom.periodic") == "1";
+    if (atoms != static_cast<int>(particles.size()))
+        throw OpenMMException("TorchCVForce: the AOTInductor package was compiled for " + std::to_string(atoms) +
+                              " atoms but the force passes " + std::to_string(particles.size()) +
+                              " particles to it");
+    if (cvs != force.getNumCollectiveVariables())
+        throw OpenMMException("TorchCVForce: the AOTInductor package computes " + std::to_string(cvs) +
+                              " collective variables but the force declares " +
+                              std::to_string(force.getNumCollectiveVariables()));
+    if (packagePeriodic != periodic)
+        throw OpenMMException(std::string("TorchCVForce: the AOTInductor package was compiled ") +
+                              (packagePeriodic ? "for a periodic model (it takes the box)"
+                                               : "for a non-periodic model (it takes no box)") +
+                              " but the force's usesPeriodicBoundaryConditions() is " +
+                              (periodic ? "true" : "false"));
 }
 
 void ReferenceCalcTorchCVForceKernel::copyHills(const TorchCVForce& force) {
@@ -205,15 +289,42 @@ void ReferenceCalcTorchCVForceKernel::gatherCoordinates(ContextImpl& context, st
             box[3 * r + d] = periodic ? vectors[r][d] : 0.0;
 }
 
+std::vector<torch::Tensor> ReferenceCalcTorchCVForceKernel::packageInputs(const torch::Tensor& positions,
+                                                                         const double box[9]) const {
+    // The TorchScript module's boundary refuses non-finite inputs; the compiled package has no
+    // such check of values, so it is made here, with the same message.
+    if (!torch::isfinite(positions).all().item<bool>())
+        throw OpenMMException("TorchCVForce: the module failed: positions contain NaN/inf values; the "
+                              "model was not run: the simulation blew up, or it was given bad coordinates");
+    std::vector<torch::Tensor> inputs{positions};
+    if (periodic) {
+        for (int i = 0; i < 9; i++)
+            if (!std::isfinite(box[i]))
+                throw OpenMMException("TorchCVForce: the module failed: the periodic box contains NaN/inf "
+                                      "values; the model was not run");
+        inputs.push_back(torch::from_blob(const_cast<double*>(box), {3, 3}, torch::kFloat64).clone());
+    }
+    return inputs;
+}
+
 torch::Tensor ReferenceCalcTorchCVForceKernel::evaluate(torch::Tensor positions, const double box[9]) {
-    std::vector<torch::jit::IValue> inputs{positions};
-    if (periodic)
-        inputs.emplace_back(torch::from_blob(const_cast<double*>(box), {3, 3}, torch::kFloat64).clone());
     torch::Tensor cv;
-    try {
-        cv = module.forward(inputs).toTensor();
-    } catch (const std::exception& e) {
-        throw OpenMMException("TorchCVForce: the module failed: " + lastLine(e.what()));
+    if (aoti) {
+        std::vector<torch::Tensor> inputs = packageInputs(positions, box);
+        try {
+            cv = cvModel->run(inputs)[0];
+        } catch (const std::exception& e) {
+            throw OpenMMException("TorchCVForce: the module failed: " + lastLine(e.what()));
+        }
+    } else {
+        std::vector<torch::jit::IValue> inputs{positions};
+        if (periodic)
+            inputs.emplace_back(torch::from_blob(const_cast<double*>(box), {3, 3}, torch::kFloat64).clone());
+        try {
+            cv = module.forward(inputs).toTensor();
+        } catch (const std::exception& e) {
+            throw OpenMMException("TorchCVForce: the module failed: " + lastLine(e.what()));
+        }
     }
     const int64_t k = static_cast<int64_t>(cvNames.size());
     if (cv.dim() != 1 || cv.size(0) != k)
@@ -244,7 +355,7 @@ double ReferenceCalcTorchCVForceKernel::execute(ContextImpl& context, bool inclu
     gatherCoordinates(context, coordinates, box);
     const int64_t n = static_cast<int64_t>(particles.size());
     torch::Tensor positions =
-        torch::from_blob(coordinates.data(), {n, 3}, torch::kFloat64).clone().requires_grad_(includeForces);
+        torch::from_blob(coordinates.data(), {n, 3}, torch::kFloat64).clone().requires_grad_(includeForces && !aoti);
     torch::Tensor cv = evaluate(positions, box);
     cachedCoordinates = coordinates;
     std::copy(box, box + 9, cachedBox);
@@ -258,14 +369,29 @@ double ReferenceCalcTorchCVForceKernel::execute(ContextImpl& context, bool inclu
     if (includeForces) {
         for (std::size_t i = 0; i < cvNames.size(); i++)
             dEdcv[i] += cvDerivativeExpressions[i]->evaluate(values);
-        if (cv.requires_grad()) {
+        torch::Tensor gradient;
+        if (aoti) {
+            // The package's VJP model: dE/dx = sum_i dE/dcv_i * dcv_i/dx, compiled.
+            std::vector<torch::Tensor> inputs = packageInputs(positions, box);
+            inputs.push_back(torch::from_blob(dEdcv.data(), {(int64_t) dEdcv.size()}, torch::kFloat64).clone());
+            try {
+                gradient = vjpModel->run(inputs)[0];
+            } catch (const std::exception& e) {
+                throw OpenMMException("TorchCVForce: the module's gradient failed: " + lastLine(e.what()));
+            }
+            if (gradient.dim() != 2 || gradient.size(0) != n || gradient.size(1) != 3)
+                throw OpenMMException("TorchCVForce: the AOTInductor package's gradient has shape " +
+                                      shapeOf(gradient) + ", not (" + std::to_string(n) + ", 3)");
+        } else if (cv.requires_grad()) {
             // One backward pass for all CVs: dE/dx = sum_i dE/dcv_i * dcv_i/dx.
             torch::Tensor weights =
                 torch::from_blob(dEdcv.data(), {(int64_t) dEdcv.size()}, torch::kFloat64).to(cv.dtype());
-            torch::Tensor gradient = torch::autograd::grad({cv}, {positions}, {weights},
-                                                           /*retain_graph=*/false,
-                                                           /*create_graph=*/false,
-                                                           /*allow_unused=*/true)[0];
+            gradient = torch::autograd::grad({cv}, {positions}, {weights},
+                                             /*retain_graph=*/false,
+                                             /*create_graph=*/false,
+                                             /*allow_unused=*/true)[0];
+        }
+        {
             if (gradient.defined()) {
                 gradient = gradient.to(torch::kFloat64).contiguous();
                 const double* g = gradient.data_ptr<double>();

@@ -7,11 +7,13 @@
 #include "lepton/ExpressionProgram.h"
 #include "openmm/Vec3.h"
 
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace OpenMMGeom {
@@ -33,6 +35,14 @@ public:
 private:
     /** Parse the energy and its derivatives with the force's current tabulated functions. */
     void compileExpressions(const TorchCVForce& force);
+    /** Load the force's TorchScript module (backend TorchScript). */
+    void loadTorchScript(const TorchCVForce& force);
+    /** Load the force's AOTInductor package's "cv" and "vjp" models (backend AOTInductor). */
+    void loadPackage(const TorchCVForce& force);
+    /** Check the package's atom count, CV count and periodicity against the force. */
+    void checkPackage(const TorchCVForce& force) const;
+    /** The package models' inputs: positions [, box], checked to be finite. */
+    std::vector<torch::Tensor> packageInputs(const torch::Tensor& positions, const double box[9]) const;
     /** Gather the module's input coordinates (nm) into `coordinates`. */
     void gatherCoordinates(OpenMM::ContextImpl& context, std::vector<double>& coordinates, double box[9]) const;
     /** Run the module; checks the output shape and values and records them in the cache. */
@@ -48,6 +58,10 @@ private:
     std::map<std::string, double> variables(OpenMM::ContextImpl& context) const;
 
     torch::jit::Module module;
+    // backend AOTInductor: the package's two models and its metadata
+    bool aoti = false;
+    std::unique_ptr<torch::inductor::AOTIModelPackageLoader> cvModel, vjpModel;
+    std::unordered_map<std::string, std::string> packageMetadata;
     std::string energyFunction;
     std::vector<std::string> cvNames;
     std::vector<std::string> globalParameterNames;

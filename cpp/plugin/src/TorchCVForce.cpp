@@ -10,10 +10,14 @@ using namespace OpenMM;
 using namespace OpenMMGeom;
 
 TorchCVForce::TorchCVForce(const std::string& serializedModule, const std::string& energy,
-                           const std::vector<std::string>& cvNames)
-    : serializedModule(serializedModule), energyExpression(energy), cvNames(cvNames) {
+                           const std::vector<std::string>& cvNames, Backend backend)
+    : serializedModule(serializedModule), backend(backend), energyExpression(energy), cvNames(cvNames) {
+    if (backend != TorchScript && backend != AOTInductor)
+        throw OpenMMException("TorchCVForce: unknown backend " + std::to_string(static_cast<int>(backend)) +
+                              " (0 = TorchScript, 1 = AOTInductor)");
     if (serializedModule.empty())
-        throw OpenMMException("TorchCVForce: the serialized TorchScript module is empty");
+        throw OpenMMException(backend == TorchScript ? "TorchCVForce: the serialized TorchScript module is empty"
+                                                     : "TorchCVForce: the AOTInductor package is empty");
     if (cvNames.empty())
         throw OpenMMException("TorchCVForce: at least one collective variable name is needed");
     std::set<std::string> unique(cvNames.begin(), cvNames.end());

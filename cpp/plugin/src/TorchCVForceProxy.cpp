@@ -63,12 +63,14 @@ TorchCVForceProxy::TorchCVForceProxy(const std::string& typeName) : Serializatio
 
 void TorchCVForceProxy::serialize(const void* object, SerializationNode& node) const {
     const TorchCVForce& force = *reinterpret_cast<const TorchCVForce*>(object);
-    node.setIntProperty("version", 3);  // 2: Gaussian hills; 3: per-hill widths, log transform
+    // 2: Gaussian hills; 3: per-hill widths, log transform; 4: backend (TorchScript/AOTInductor)
+    node.setIntProperty("version", 4);
     node.setStringProperty("name", force.getName());
     node.setIntProperty("forceGroup", force.getForceGroup());
     node.setStringProperty("energy", force.getEnergyFunction());
     node.setBoolProperty("usesPeriodic", force.usesPeriodicBoundaryConditions());
     node.setStringProperty("module", toBase64(force.getSerializedModule()));
+    node.setIntProperty("backend", static_cast<int>(force.getBackend()));
     SerializationNode& cvs = node.createChildNode("CollectiveVariables");
     for (int i = 0; i < force.getNumCollectiveVariables(); i++)
         cvs.createChildNode("Variable").setStringProperty("name", force.getCollectiveVariableName(i));
@@ -110,14 +112,19 @@ void TorchCVForceProxy::serialize(const void* object, SerializationNode& node) c
 
 void* TorchCVForceProxy::deserialize(const SerializationNode& node) const {
     const int version = node.getIntProperty("version");
-    if (version < 1 || version > 3)
+    if (version < 1 || version > 4)
         throw OpenMMException("TorchCVForce: unsupported serialization version " +
                               std::to_string(node.getIntProperty("version")));
     std::vector<std::string> names;
     for (const auto& cv : node.getChildNode("CollectiveVariables").getChildren())
         names.push_back(cv.getStringProperty("name"));
+    const int backend = version >= 4 ? node.getIntProperty("backend") : TorchCVForce::TorchScript;
+    if (backend != TorchCVForce::TorchScript && backend != TorchCVForce::AOTInductor)
+        throw OpenMMException("TorchCVForce: unknown backend " + std::to_string(backend) +
+                              " in the serialized force (0 = TorchScript, 1 = AOTInductor)");
     auto* force = new TorchCVForce(fromBase64(node.getStringProperty("module")),
-                                   node.getStringProperty("energy"), names);
+                                   node.getStringProperty("energy"), names,
+                                   static_cast<TorchCVForce::Backend>(backend));
     try {
         force->setName(node.getStringProperty("name", force->getName()));
         force->setForceGroup(node.getIntProperty("forceGroup", 0));

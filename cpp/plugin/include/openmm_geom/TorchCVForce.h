@@ -38,16 +38,32 @@ namespace OpenMMGeom {
  */
 class TorchCVForce : public OpenMM::Force {
 public:
+    /** How the serialized module is run. */
+    enum Backend {
+        /** A TorchScript file (torch.jit.save); forces by autograd. */
+        TorchScript = 0,
+        /**
+         * An AOTInductor package (.pt2) holding two compiled models: "cv", positions[N,3]
+         * [, box[3,3]] -> cv[k], and "vjp", (positions[, box], w[k]) -> w . dcv/dpositions,
+         * all float64, compiled for one atom count (openmm_geom.export.export_model(...,
+         * format="aoti")). Its metadata gives openmm_geom.n_atoms, openmm_geom.num_cvs and
+         * openmm_geom.periodic, checked against the force when a Context is created.
+         */
+        AOTInductor = 1
+    };
     /**
-     * @param serializedModule  the bytes of a TorchScript file (torch.jit.save)
+     * @param serializedModule  the bytes of a TorchScript file (torch.jit.save), or of an
+     *                          AOTInductor package if backend is AOTInductor
      * @param energy            energy expression (kJ/mol) of the CVs and global parameters
      * @param cvNames           names of the module's k outputs, in order
+     * @param backend           what serializedModule holds
      */
     TorchCVForce(const std::string& serializedModule, const std::string& energy,
-                 const std::vector<std::string>& cvNames);
+                 const std::vector<std::string>& cvNames, Backend backend = TorchScript);
     ~TorchCVForce();
 
     const std::string& getSerializedModule() const { return serializedModule; }
+    Backend getBackend() const { return backend; }
     int getNumCollectiveVariables() const { return static_cast<int>(cvNames.size()); }
     const std::string& getCollectiveVariableName(int index) const;
     const std::string& getEnergyFunction() const { return energyExpression; }
@@ -149,6 +165,7 @@ private:
     void checkIndex(int index, std::size_t size, const char* what) const;
 
     std::string serializedModule;
+    Backend backend = TorchScript;
     std::string energyExpression;
     std::vector<std::string> cvNames;
     std::vector<int> particles;
