@@ -28,7 +28,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -40,15 +40,27 @@ __all__ = [
     "FreeEnergyDifference",
     "load_bias_log",
     "metad_weights",
+    "opes_weights",
     "umbrella_weights",
     "effective_sample_size",
     "reweighted_profile",
     "free_energy_difference",
     "count_transitions",
     "plot_profile",
+    "BlockError",
+    "BLOCK_METHODS",
+    "block_error",
+    "BlockedDifference",
+    "free_energy_difference_blocked",
+    "Convergence",
+    "delta_f_convergence",
+    "plot_convergence",
 ]
 
-REQUIRED_COLUMNS = ("step", "time_ps", "bias_kJmol", "c_t_kJmol")
+REQUIRED_COLUMNS = ("step", "time_ps", "bias_kJmol")
+#: Columns of a bias log that are not CVs: the metadynamics offset and OPES's bookkeeping.
+NON_CV_COLUMNS = ("c_t_kJmol", "rct_kJmol", "log_zed", "n_kernels", "neff", "log_z")
+
 Region = Union[Callable[[np.ndarray], np.ndarray], Tuple[float, float], Sequence[Tuple[float, float]]]
 
 
@@ -67,8 +79,10 @@ class BiasLog:
         The CV columns, in file order.
     bias_kJmol : numpy.ndarray (T,)
         Bias potential at each frame, kJ/mol.
-    c_t_kJmol : numpy.ndarray (T,)
-        Metadynamics offset ``c(t)``, kJ/mol.
+    c_t_kJmol : numpy.ndarray (T,) or None
+        Metadynamics offset ``c(t)``, kJ/mol; None in an OPES log (no such column).
+    extra : dict name -> numpy.ndarray (T,)
+        The other columns that are not CVs (:data:`NON_CV_COLUMNS`, e.g. OPES's log Z).
     path : pathlib.Path or None
     """
 
@@ -76,7 +90,8 @@ class BiasLog:
     time_ps: np.ndarray
     cvs: Dict[str, np.ndarray]
     bias_kJmol: np.ndarray
-    c_t_kJmol: np.ndarray
+    c_t_kJmol: Optional[np.ndarray]
+    extra: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     path: Optional[Path] = None
 
     @property
@@ -94,12 +109,17 @@ class BiasLog:
         return len(self.step)
 
     def weights(self, temperature: float, kind: str = "metad") -> np.ndarray:
-        """Normalised frame weights: ``"metad"`` (uses c(t)) or ``"umbrella"`` (static bias)."""
+        """Normalised frame weights: ``"metad"`` (uses c(t)), ``"opes"`` (exp(V/kT)) or
+        ``"umbrella"`` (static bias)."""
         if kind == "metad":
+            if self.c_t_kJmol is None:
+                raise ValueError("this bias log has no c_t_kJmol column: not a metadynamics log")
             return metad_weights(self.bias_kJmol, self.c_t_kJmol, temperature)
+        if kind == "opes":
+            return opes_weights(self.bias_kJmol, temperature)
         if kind == "umbrella":
             return umbrella_weights(self.bias_kJmol, temperature)
-        raise ValueError(f"kind must be 'metad' or 'umbrella', got {kind!r}")
+        raise ValueError(f"kind must be 'metad', 'opes' or 'umbrella', got {kind!r}")
 
 
 def _clean(name: str) -> str:
@@ -107,11 +127,13 @@ def _clean(name: str) -> str:
 
 
 def load_bias_log(path: Union[str, os.PathLike], *, partial_last_line: str = "error") -> BiasLog:
-    """Read the bias CSV written by openmm-geom's metadynamics.
+    """Read the bias CSV written by openmm-geom's metadynamics or OPES.
 
     The first non-empty line is the header (a leading ``#`` and quotes are ignored) with the
-    columns ``step, time_ps, <cv names...>, bias_kJmol, c_t_kJmol``: every column that is not
-    one of the four fixed ones is a CV. Further lines starting with ``#`` are comments.
+    columns ``step, time_ps, <cv names...>, bias_kJmol`` and, for metadynamics,
+    ``c_t_kJmol``; every column that is neither one of these nor one of
+    :data:`NON_CV_COLUMNS` (OPES's bookkeeping such as ``log_z``) is a CV. Further lines
+    starting with ``#`` are comments.
 
     Parameters
     ----------
@@ -151,7 +173,7 @@ def load_bias_log(path: Union[str, os.PathLike], *, partial_last_line: str = "er
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing} in the header {header}; a bias "
-                         f"log has columns step, time_ps, <cv names...>, bias_kJmol, c_t_kJmol")
+                         f"log has columns step, time_ps, <cv names...>, bias_kJmol[, c_t_kJmol]")
     rows = [(n, line) for n, line in lines[1:] if not line.lstrip().startswith("#")]
     data = np.empty((len(rows), len(header)))
     kept = 0
@@ -178,9 +200,13 @@ def load_bias_log(path: Union[str, os.PathLike], *, partial_last_line: str = "er
         bad = int(np.argmax(np.diff(step) <= 0))
         raise ValueError(f"{path}: steps must increase (row {bad + 2} has step {int(step[bad + 1])} "
                          f"after {int(step[bad])}); concatenated or restarted runs?")
-    cvs = {name: column[name] for name in header if name not in REQUIRED_COLUMNS}
+    cvs = {name: column[name] for name in header
+           if name not in REQUIRED_COLUMNS and name not in NON_CV_COLUMNS}
+    extra = {name: column[name] for name in header
+             if name in NON_CV_COLUMNS and name != "c_t_kJmol"}
     return BiasLog(step=step.astype(np.int64), time_ps=column["time_ps"], cvs=cvs,
-                   bias_kJmol=column["bias_kJmol"], c_t_kJmol=column["c_t_kJmol"], path=path)
+                   bias_kJmol=column["bias_kJmol"], c_t_kJmol=column.get("c_t_kJmol"),
+                   extra=extra, path=path)
 
 
 # --------------------------------------------------------------------------- weights
@@ -636,5 +662,379 @@ def plot_profile(profile: Profile, path, *, labels: Optional[Sequence[str]] = No
     else:
         raise ValueError(f"plot_profile draws 1D and 2D profiles, got {profile.ndim}D")
     ax.set_title(title or f"ESS {profile.effective_sample_size:.0f}")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+# --------------------------------------------------------------------------- OPES
+
+
+def opes_weights(bias_kJmol, temperature) -> np.ndarray:
+    """OPES frame weights ``w ∝ exp(V(s_t, t) / kT)``, normalised.
+
+    In OPES the bias carries its own normalisation (``V = (1 - 1/gamma) kT ln(P(s)/Z + eps)``
+    with ``Z`` the running normalisation of the kernel estimate), so the bias of every time is
+    on the same footing and, unlike metadynamics, no offset ``c(t)`` is needed (Invernizzi and
+    Parrinello, J. Phys. Chem. Lett. 11, 2731, 2020). Computed in log space: biases of
+    hundreds of kT neither overflow nor lose the small weights' relative precision.
+
+    Parameters
+    ----------
+    bias_kJmol : array (T,)
+        ``V(s_t, t)``, the bias acting on each frame when it was sampled, kJ/mol.
+    temperature : float or Quantity
+        Simulation temperature, K.
+
+    Returns
+    -------
+    numpy.ndarray (T,)
+        Weights summing to 1.
+    """
+    return _normalise_log(_series(bias_kJmol, "bias_kJmol") / _kT(temperature))
+
+
+# --------------------------------------------------------------------------- block analysis
+
+
+@dataclasses.dataclass
+class BlockError:
+    """The standard error of a time series' mean from block averages.
+
+    Attributes
+    ----------
+    error : float
+        Standard error of the mean at the chosen block size (units of the series).
+    block_size : int
+        Frames per block at the chosen level.
+    n_blocks : int
+        Blocks at the chosen level.
+    method : str
+        ``"flyvbjerg"`` or ``"fixed"``.
+    plateau : bool
+        Flyvbjerg-Petersen: whether a block size met the optimal-block criterion (if not, the
+        largest blocks were used and the error is a lower bound: the series is shorter than a
+        few correlation times). Always True for ``"fixed"``.
+    block_sizes, errors : numpy.ndarray
+        Every level's block size and error estimate (one entry for ``"fixed"``).
+    """
+
+    error: float
+    block_size: int
+    n_blocks: int
+    method: str
+    plateau: bool
+    block_sizes: np.ndarray
+    errors: np.ndarray
+
+
+BLOCK_METHODS = ("flyvbjerg", "fixed")
+
+
+def block_error(series, *, method: str = "flyvbjerg", n_blocks: int = 20,
+                min_blocks: int = 8) -> BlockError:
+    """Standard error of the mean of a correlated time series by block averaging.
+
+    ``"flyvbjerg"`` (Flyvbjerg and Petersen, J. Chem. Phys. 91, 461, 1989): the series is
+    halved repeatedly, averaging neighbouring pairs (an odd frame out is the earliest one),
+    and at each level the naive error of the block means ``sqrt(var / (m - 1))`` is computed;
+    the levels stop when fewer than ``min_blocks`` blocks remain. The block size used is the
+    smallest ``B`` with ``B^3 > 2 N (e_B / e_1)^4`` (Lee, Kent, Holzmann and Needs, Phys. Rev. E
+    83, 066706, 2011, as in pyblock): blocks a few correlation times long, where the errors
+    plateau. If no level satisfies it the largest blocks are used and ``plateau`` is False.
+
+    ``"fixed"``: ``n_blocks`` contiguous blocks of equal size (the first ``N mod n_blocks``
+    frames left out), error = standard deviation of the block means / sqrt(n_blocks).
+
+    Parameters
+    ----------
+    series : array (N,)
+    method : {"flyvbjerg", "fixed"}
+    n_blocks : int
+        ``"fixed"`` only, at least 2.
+    min_blocks : int
+        ``"flyvbjerg"`` only: the fewest blocks a level may have (at least 2).
+
+    Returns
+    -------
+    BlockError
+    """
+    x = _series(series, "series")
+    n = x.size
+    if method not in BLOCK_METHODS:
+        raise ValueError(f"method must be one of {BLOCK_METHODS}, got {method!r}")
+    if method == "fixed":
+        if not 2 <= int(n_blocks) <= n:
+            raise ValueError(f"n_blocks must be between 2 and the number of frames ({n}), "
+                             f"got {n_blocks}")
+        n_blocks = int(n_blocks)
+        size = n // n_blocks
+        means = x[n - size * n_blocks:].reshape(n_blocks, size).mean(axis=1)
+        error = float(means.std(ddof=1) / math.sqrt(n_blocks))
+        return BlockError(error=error, block_size=size, n_blocks=n_blocks, method=method,
+                          plateau=True, block_sizes=np.array([size]), errors=np.array([error]))
+    if int(min_blocks) < 2:
+        raise ValueError(f"min_blocks must be >= 2, got {min_blocks}")
+    if n < int(min_blocks):
+        raise ValueError(f"{n} frames: block averaging needs at least min_blocks ({min_blocks})")
+    sizes, errors, counts = [], [], []
+    y, size = x, 1
+    while y.size >= int(min_blocks):
+        m = y.size
+        sizes.append(size)
+        errors.append(math.sqrt(y.var(ddof=1) / m))
+        counts.append(m)
+        if m % 2:
+            y = y[1:]
+        y = 0.5 * (y[0::2] + y[1::2])
+        size *= 2
+    sizes_, errors_ = np.array(sizes), np.array(errors)
+    if errors_[0] == 0.0:
+        level, plateau = 0, True
+    else:
+        ok = sizes_.astype(float) ** 3 > 2.0 * n * (errors_ / errors_[0]) ** 4
+        plateau = bool(ok.any())
+        level = int(np.argmax(ok)) if plateau else len(sizes) - 1
+    return BlockError(error=float(errors_[level]), block_size=int(sizes_[level]),
+                      n_blocks=int(counts[level]), method=method, plateau=plateau,
+                      block_sizes=sizes_, errors=errors_)
+
+
+@dataclasses.dataclass
+class BlockedDifference:
+    """``F_B - F_A`` of weighted frames with its block-averaged error.
+
+    Attributes
+    ----------
+    delta_f, error : float
+        kJ/mol. ``error`` is nan when a region holds no frame.
+    block : BlockError or None
+        The block analysis behind ``error``.
+    n_a, n_b : int
+        Frames in each region.
+    """
+
+    delta_f: float
+    error: float
+    block: Optional[BlockError]
+    n_a: int
+    n_b: int
+
+
+def free_energy_difference_blocked(values, weights, temperature, region_a: Region,
+                                   region_b: Region, *, method: str = "flyvbjerg",
+                                   n_blocks: int = 20, min_blocks: int = 8) -> BlockedDifference:
+    """``ΔF = F_B - F_A = -kT ln(P_B / P_A)`` with a block-averaged error (delta method).
+
+    ``P_X`` is the weighted fraction of frames in region X. Its error follows from the
+    linearisation ``δΔF = -kT (δP_B/P_B - δP_A/P_A)``: the per-frame series
+    ``z_t = -kT T w_t (1_B(t)/P_B - 1_A(t)/P_A)`` (weights normalised to sum 1) has mean 0
+    and the standard error of its mean is the error of ΔF; it is computed by
+    :func:`block_error`, which accounts for the time correlation of the frames (and of the
+    weights). A region without frames gives ``delta_f = nan`` (not an error: early prefixes
+    of a run may not have reached a basin yet).
+
+    Parameters
+    ----------
+    values, weights, temperature, region_a, region_b
+        As in :func:`free_energy_difference`; frames in time order.
+    method, n_blocks, min_blocks
+        As in :func:`block_error`.
+
+    Returns
+    -------
+    BlockedDifference
+    """
+    kT = _kT(temperature)
+    x = _values(values)
+    t = x.shape[0]
+    w = _weights(weights, t)
+    w = w / w.sum()
+    in_a, in_b = _region_mask(region_a, x, "A"), _region_mask(region_b, x, "B")
+    p_a, p_b = float(w[in_a].sum()), float(w[in_b].sum())
+    n_a, n_b = int(in_a.sum()), int(in_b.sum())
+    if p_a <= 0 or p_b <= 0:
+        return BlockedDifference(delta_f=float("nan"), error=float("nan"), block=None,
+                                 n_a=n_a, n_b=n_b)
+    z = -kT * t * w * (in_b / p_b - in_a / p_a)
+    block = block_error(z, method=method, n_blocks=n_blocks, min_blocks=min_blocks)
+    return BlockedDifference(delta_f=float(-kT * math.log(p_b / p_a)), error=block.error,
+                             block=block, n_a=n_a, n_b=n_b)
+
+
+@dataclasses.dataclass
+class Convergence:
+    """ΔF on growing prefixes of a run, with block errors, and when it converged.
+
+    Attributes
+    ----------
+    time_ns : numpy.ndarray (P,)
+        Simulated time at the end of each prefix.
+    delta_f, error : numpy.ndarray (P,)
+        ΔF and its block error on each prefix, kJ/mol (nan before both regions are visited).
+    final, final_error : float
+        Those of the whole run.
+    target : float
+        What convergence is measured against: ``final`` unless a reference was given.
+    time_to_converge_ns : float or None
+        The first prefix time from which on every prefix has ``|ΔF - target| <= tolerance``
+        and ``error <= error_threshold``; None if the last prefix fails either.
+    tolerance_kJmol, error_threshold_kJmol : float
+    block_method : str
+    plateau : bool
+        Whether the whole run's block analysis reached its plateau.
+    """
+
+    time_ns: np.ndarray
+    delta_f: np.ndarray
+    error: np.ndarray
+    final: float
+    final_error: float
+    target: float
+    time_to_converge_ns: Optional[float]
+    tolerance_kJmol: float
+    error_threshold_kJmol: float
+    block_method: str
+    plateau: bool
+
+    def as_dict(self) -> dict:
+        """JSON-ready (arrays as lists, nan as None)."""
+        def clean(values):
+            return [None if not math.isfinite(v) else float(v) for v in np.asarray(values)]
+
+        return {"time_ns": clean(self.time_ns), "delta_f_kJmol": clean(self.delta_f),
+                "error_kJmol": clean(self.error), "final_kJmol": self.final,
+                "final_error_kJmol": self.final_error, "target_kJmol": self.target,
+                "time_to_converge_ns": self.time_to_converge_ns,
+                "tolerance_kJmol": self.tolerance_kJmol,
+                "error_threshold_kJmol": self.error_threshold_kJmol,
+                "block_method": self.block_method, "plateau": self.plateau}
+
+
+def delta_f_convergence(values, weights, temperature, region_a: Region, region_b: Region,
+                        time_ns, *, points: int = 20, tolerance_kJmol: float = 1.0,
+                        error_threshold_kJmol: float = 1.0, target: Optional[float] = None,
+                        method: str = "flyvbjerg", n_blocks: int = 20,
+                        min_blocks: int = 8) -> Convergence:
+    """ΔF(t) on growing prefixes of a run with block errors, and the time to converge.
+
+    The run's frames up to ``t`` (for ``points`` times evenly spaced up to its end) are
+    reweighted on their own (each prefix's weights renormalised; for metadynamics pass the
+    c(t) weights, for OPES the exp(V/kT) weights: both are valid on a prefix) and
+    :func:`free_energy_difference_blocked` gives ΔF and its block error.
+
+    Converged at ``t_c``: the first prefix time from which on every prefix is within
+    ``tolerance_kJmol`` of ``target`` (default: the whole run's ΔF) and has a block error at
+    most ``error_threshold_kJmol``.
+
+    Parameters
+    ----------
+    values : array (T,) or (T, d)
+        CV values, in time order.
+    weights : array (T,) or None
+    temperature : float or Quantity
+    region_a, region_b : as in :func:`free_energy_difference`
+    time_ns : array (T,)
+        Simulated time of each frame, ns (increasing).
+    points : int
+        Number of prefixes (at least 2).
+    tolerance_kJmol, error_threshold_kJmol : float
+        Convergence criteria, kJ/mol (positive).
+    target : float, optional
+        Converge towards this value (e.g. a reference) instead of the run's final ΔF.
+    method, n_blocks, min_blocks : as in :func:`block_error`
+
+    Returns
+    -------
+    Convergence
+    """
+    x = _values(values)
+    t_ns = _series(time_ns, "time_ns")
+    if t_ns.shape[0] != x.shape[0]:
+        raise ValueError(f"{t_ns.shape[0]} times for {x.shape[0]} frames")
+    if np.any(np.diff(t_ns) <= 0):
+        raise ValueError("time_ns must increase")
+    w = _weights(weights, x.shape[0])
+    if int(points) < 2:
+        raise ValueError(f"points must be >= 2, got {points}")
+    for name, value in (("tolerance_kJmol", tolerance_kJmol),
+                        ("error_threshold_kJmol", error_threshold_kJmol)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number, got {value}")
+    ends = np.linspace(t_ns[0], t_ns[-1], int(points) + 1)[1:]
+    times, deltas, errors = [], [], []
+    plateau = False
+    for end in ends:
+        n = int(np.searchsorted(t_ns, end, side="right"))
+        if n < max(int(min_blocks), 2) or (method == "fixed" and n < n_blocks):
+            continue
+        diff = free_energy_difference_blocked(x[:n], w[:n], temperature, region_a, region_b,
+                                              method=method, n_blocks=n_blocks,
+                                              min_blocks=min_blocks)
+        times.append(float(t_ns[n - 1]))
+        deltas.append(diff.delta_f)
+        errors.append(diff.error)
+        plateau = bool(diff.block.plateau) if diff.block is not None else False
+    if not times:
+        raise ValueError(f"{x.shape[0]} frames are too few for a convergence analysis")
+    times_, deltas_, errors_ = np.array(times), np.array(deltas), np.array(errors)
+    final, final_error = float(deltas_[-1]), float(errors_[-1])
+    goal = final if target is None else float(target)
+    good = (np.abs(deltas_ - goal) <= tolerance_kJmol) & (errors_ <= error_threshold_kJmol)
+    converged = None
+    if good[-1]:
+        bad = np.flatnonzero(~good)
+        first = 0 if bad.size == 0 else int(bad[-1]) + 1
+        converged = float(times_[first])
+    return Convergence(time_ns=times_, delta_f=deltas_, error=errors_, final=final,
+                       final_error=final_error, target=goal, time_to_converge_ns=converged,
+                       tolerance_kJmol=float(tolerance_kJmol),
+                       error_threshold_kJmol=float(error_threshold_kJmol), block_method=method,
+                       plateau=plateau)
+
+
+def plot_convergence(runs: Mapping[str, Convergence], path, *,
+                     reference: Optional[Tuple[float, float]] = None,
+                     reference_label: str = "reference", title: Optional[str] = None,
+                     ylabel: str = "ΔF (kJ/mol)", dpi: int = 120) -> Path:
+    """``convergence.png``: ΔF against simulated time for every run of a comparison.
+
+    Parameters
+    ----------
+    runs : mapping label -> Convergence
+        One line with its block-error band per run (method x CV).
+    path : str or Path
+        Output PNG (written atomically).
+    reference : (value, error), optional
+        Drawn as a grey band ``value ± error`` (kJ/mol) across the plot.
+    reference_label, title, ylabel : str
+    dpi : int
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from matplotlib.figure import Figure
+
+    from ..io import save_figure
+
+    if not runs:
+        raise ValueError("plot_convergence needs at least one run")
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    if reference is not None:
+        value, error = float(reference[0]), float(reference[1])
+        ax.axhspan(value - error, value + error, color="0.8", alpha=0.7,
+                   label=f"{reference_label}: {value:.1f} ± {error:.1f}")
+        ax.axhline(value, color="0.4", lw=0.8)
+    for label, run in runs.items():
+        t, f, e = run.time_ns, run.delta_f, run.error
+        line, = ax.plot(t, f, "-o", ms=3, lw=1.4, label=label)
+        finite = np.isfinite(f) & np.isfinite(e)
+        ax.fill_between(t[finite], (f - e)[finite], (f + e)[finite], color=line.get_color(),
+                        alpha=0.2, lw=0)
+    ax.set_xlabel("simulated time (ns)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "ΔF against simulated time (bands: block errors)")
+    ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi)

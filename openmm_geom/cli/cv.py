@@ -285,8 +285,10 @@ def add_commands(sub) -> None:
                         "in OUT.openmm.pt (default: openmm)")
     common(q, "exported CV file (.pt; .ptc for --format plumed)")
 
-    q = cvsub.add_parser("bias", help="well-tempered metadynamics along exported CVs in OpenMM, "
-                                      "checkpointed (resumable), reweighted to phi profiles")
+    q = cvsub.add_parser("bias", help="well-tempered metadynamics (--method metad) or OPES "
+                                      "(--method opes) along exported CVs in OpenMM, "
+                                      "checkpointed (resumable), reweighted to phi profiles "
+                                      "and dF convergence")
     q.add_argument("--pdb", required=True, metavar="FILE",
                    help="the peptide, e.g. capped alanine (required)")
     q.add_argument("--model", metavar="FILE",

@@ -23,7 +23,7 @@ from ..training.config import EnergyForceConfig, TrainConfig, TrainingSettings, 
 
 __all__ = ["CGSettings", "PRODUCTION", "QUICK", "PotentialSettings", "budget", "VampSettings",
            "DEFAULT_VAMP_TRAINER", "ReproduceSettings", "QUICK_REPRODUCE", "ExploreSettings",
-           "QUICK_EXPLORE", "BiasSettings", "GENE_PRODUCTION"]
+           "QUICK_EXPLORE", "BiasSettings", "BIAS_METHODS", "GENE_PRODUCTION"]
 
 
 # ------------------------------------------------------------------------ coarse graining
@@ -302,6 +302,10 @@ def _quick_explore() -> ExploreSettings:
 QUICK_EXPLORE = _quick_explore()
 
 
+#: ``BiasSettings.method``: what biases a ``cv bias`` run.
+BIAS_METHODS = ("metad", "opes", "app-metad")
+
+
 @dataclasses.dataclass
 class BiasSettings:
     """A biased (or unbiased) run of a peptide in vacuum (amber14, HBonds constraints)."""
@@ -310,17 +314,43 @@ class BiasSettings:
     timestep_fs: float = setting(2.0, help="integration time step, fs", check="positive")
     temperature_K: float = setting(300.0, help="temperature, K", check="positive")
     friction_per_ps: float = setting(1.0, help="Langevin friction, 1/ps", check="non-negative")
-    bias_factor: float = setting(8.0, help="well-tempered bias factor (> 1)", check="positive")
-    height_kJmol: float = setting(1.2, help="initial hill height, kJ/mol", check="positive")
-    deposit_ps: float = setting(0.5, help="time between hills, ps", check="positive")
+    bias_factor: float = setting(8.0, help="metad, app-metad: well-tempered bias factor "
+                                 "(> 1)", check="positive")
+    height_kJmol: float = setting(1.2, help="metad, app-metad: initial hill height, "
+                                 "kJ/mol", check="positive")
+    deposit_ps: float = setting(0.5, help="metad, app-metad: time between hills, ps",
+                                check="positive")
     log_ps: float = setting(0.1, help="time between logged frames, ps", check="positive")
     checkpoint_ps: float = setting(10.0, help="time between checkpoints, ps", check="positive")
     # learned CVs: hill width = this fraction of the CV's standard deviation on training data
     width_fraction: float = setting(0.2, help="learned CVs: hill width / the CV's standard "
                                     "deviation on its training data", check="positive")
     phipsi_width: float = setting(0.35, help="phipsi mode: hill width, rad", check="positive")
-    method: str = setting("auto", help="bias on a grid or as native hills; auto: grid for "
-                          "1-3 CVs", choices=("auto", "grid", "hills"))
+    method: str = setting("metad", help="metad: well-tempered metadynamics (TorchCVForce); "
+                          "opes: OPES (TorchCVForce); app-metad: OpenMM's own "
+                          "openmm.app.Metadynamics on CustomTorsionForce phi/psi (--mode "
+                          "phipsi only), a cross-check", choices=BIAS_METHODS)
+    metad_storage: str = setting("auto", help="metad: the bias on a grid or as native hills; "
+                                 "auto: grid for 1-3 CVs", choices=("auto", "grid", "hills"))
+    # OPES (Invernizzi and Parrinello, J. Phys. Chem. Lett. 2020): the barrier sets the bias
+    # factor (barrier/kT) and epsilon. The paper's alanine input used PACE=500 (1 ps at 2 fs)
+    # and BARRIER=50; 40 kJ/mol (bias factor 16 at 300 K) crossed phi within the first ns
+    # here (docs/results/cv-biasing.md)
+    opes_barrier_kJmol: float = setting(40.0, help="opes: the free-energy barrier to overcome, "
+                                        "kJ/mol: sets the bias factor and epsilon, and caps "
+                                        "the bias near it", check="positive")
+    opes_pace_ps: float = setting(1.0, help="opes: time between kernel depositions, ps",
+                                  check="positive")
+    opes_adaptive_sigma: bool = setting(True, help="opes: kernel widths from the CVs' running "
+                                        "variance; no: fixed widths, the metadynamics hill "
+                                        "widths (--phipsi-width rad, or --width-fraction x the "
+                                        "learned CV's std)")
+    opes_explore: bool = setting(False, help="opes: OPES-explore (the bias from the sampled, "
+                                 "well-tempered distribution: faster exploration, noisier "
+                                 "reweighting)")
+    opes_compression_threshold: float = setting(1.0, help="opes: merge a new kernel into the "
+                                                "nearest one closer than this, in units of its "
+                                                "sigma", check="positive")
 
     def __post_init__(self):
         check_settings(self)

@@ -1,13 +1,17 @@
 """Biased OpenMM runs of a peptide along exported CVs, checkpointed, then reweighted.
 
-:func:`run_biased` runs well-tempered metadynamics through the native ``TorchCVForce`` along
-the CVs of an exported module (``mode="cv"``), along the backbone phi/psi (``"phipsi"``, the
-ideal CVs of capped alanine, as a reference), or no bias (``"unbiased"``). It writes:
+:func:`run_biased` biases along the CVs of an exported module (``mode="cv"``), along the
+backbone phi/psi (``"phipsi"``, the ideal CVs of capped alanine, as a reference), or not at
+all (``"unbiased"``), with one of three methods (``BiasSettings.method``): well-tempered
+metadynamics (``"metad"``) or OPES (``"opes"``), both through the native ``TorchCVForce``, or
+OpenMM's own ``openmm.app.Metadynamics`` on phi/psi as ``CustomTorsionForce`` s
+(``"app-metad"``, phipsi only: an independent cross-check of the other two). It writes:
 
-- ``bias_log.csv``: the metadynamics time series (step, time, every CV, V(s,t), c(t));
-- ``dihedrals.npz``: phi/psi (radians) at the same steps, and whether each frame was biased;
-- ``checkpoint.chk`` + ``metad_state.npz`` every ``checkpoint_ps``: a killed run resumes where
-  it stopped, with the same bias and log (rows after the checkpoint are discarded);
+- ``bias_log.csv``: the bias time series (step, time, every CV, V(s,t), and c(t) for
+  metadynamics or log Z for OPES);
+- ``dihedrals.npz``: phi/psi (radians) at the logged steps;
+- ``checkpoint.chk`` + ``<method>_state.npz`` every ``checkpoint_ps``: a killed run resumes
+  where it stopped, with the same bias and log (rows after the checkpoint are discarded);
 - ``summary.json`` and PNGs from :func:`analyse_run`: phi transitions per ns between the
   phi<0 and phi>0 basins (core to core), the reweighted phi free-energy profile, and the
   free-energy difference of the two basins with a block-bootstrap error.
@@ -34,9 +38,14 @@ from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, PHI_SHIFT_
                                backbone_dihedrals, phi_psi_quadruplets, shifted_phi)
 from .config import BiasSettings
 
-__all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi"]
+__all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi", "run_weights",
+           "STATE_FILES"]
 
 REFERENCE_BIN_CEILING_KJMOL = 15.0
+#: The bias state written next to ``checkpoint.chk``, per method.
+STATE_FILES = {"metad": "metad_state.npz", "opes": "opes_state.npz",
+               "app-metad": "app_metad_state.npz"}
+APP_METAD_GRID_POINTS = 61
 
 
 def _alanine_system(pdb):
@@ -69,6 +78,137 @@ def _learned_axes(metadata, settings: BiasSettings):
     return axes
 
 
+class _AppMetadynamics:
+    """OpenMM's own ``openmm.app.Metadynamics`` on phi/psi, logged and checkpointed like ours.
+
+    The CVs are two ``CustomTorsionForce`` s (``theta``), periodic on a 61-point grid over
+    (-pi, pi] with OpenMM's hill deposition (``app.Metadynamics.step``). Every ``log_interval``
+    steps a row ``step, time_ps, phi, psi, bias_kJmol, c_t_kJmol`` is appended to the log:
+    ``bias_kJmol`` is the energy of the bias force at that frame and ``c_t_kJmol`` the
+    Tiwary-Parrinello offset of the grid, both after a hill deposited at the same step. The
+    state file holds the bias grid (``app.Metadynamics`` keeps it in ``_selfBias`` and
+    ``_totalBias``; restoring sets both and refreshes its tabulated function).
+    """
+
+    def __init__(self, system, quads, settings: BiasSettings, log: Path, log_interval: int):
+        import openmm
+        import openmm.app as app
+        import openmm.unit as unit
+
+        variables = []
+        for quad in quads:
+            torsion = openmm.CustomTorsionForce("theta")
+            torsion.addTorsion(*[int(i) for i in quad])
+            variables.append(app.BiasVariable(torsion, -math.pi, math.pi, settings.phipsi_width,
+                                              True, APP_METAD_GRID_POINTS))
+        self.settings = settings
+        self.frequency = settings.steps(settings.deposit_ps)
+        self.meta = app.Metadynamics(system, variables, settings.temperature_K * unit.kelvin,
+                                     settings.bias_factor,
+                                     settings.height_kJmol * unit.kilojoule_per_mole,
+                                     self.frequency)
+        self.kT = MOLAR_GAS_CONSTANT_KJ * settings.temperature_K
+        self.delta_kT = self.kT * (settings.bias_factor - 1.0)
+        self.log, self.log_interval = Path(log), log_interval
+        self.group = self.meta._force.getForceGroup()
+
+    _count = 0
+
+    @property
+    def hills(self) -> int:
+        """Hills deposited so far (this run and the runs it resumed)."""
+        return self._count
+
+    def reweighting_offset(self) -> float:
+        """c(t) of the grid: periodic axes, the duplicated end point left out."""
+        from scipy.special import logsumexp
+
+        values = np.asarray(self.meta._totalBias)[:-1, :-1].ravel()
+        return float(self.kT * (logsumexp(self.settings.bias_factor * values / self.delta_kT)
+                                - logsumexp(values / self.delta_kT)))
+
+    def step(self, simulation, steps: int) -> None:
+        import openmm.unit as unit
+
+        done = 0
+        while done < steps:
+            n = min(steps - done, self.frequency - simulation.currentStep % self.frequency)
+            self.meta.step(simulation, n)
+            done += n
+            if simulation.currentStep % self.frequency == 0:
+                self._count += 1
+        if simulation.currentStep % self.log_interval == 0:
+            cvs = self.meta.getCollectiveVariables(simulation)
+            energy = simulation.context.getState(getEnergy=True, groups={self.group})
+            bias = energy.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            new = not self.log.exists() or self.log.stat().st_size == 0
+            with open(self.log, "a") as handle:
+                if new:
+                    handle.write("step,time_ps,phi,psi,bias_kJmol,c_t_kJmol\n")
+                time_ps = simulation.currentStep * self.settings.timestep_fs / 1000.0
+                handle.write(f"{simulation.currentStep},{time_ps!r},{float(cvs[0])!r},"
+                             f"{float(cvs[1])!r},{bias!r},{self.reweighting_offset()!r}\n")
+
+    def _description(self) -> dict:
+        keys = ("temperature_K", "bias_factor", "height_kJmol", "deposit_ps", "phipsi_width",
+                "timestep_fs")
+        return {key: getattr(self.settings, key) for key in keys}
+
+    def save_state(self, path: Path, context) -> None:
+        meta = {"step": int(context.getStepCount()), "hills": self._count, **self._description()}
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.array(json.dumps(meta)), bias=self.meta._selfBias)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load_state(self, path: Path, context) -> None:
+        with np.load(path) as data:
+            meta, bias = json.loads(str(data["meta"])), np.array(data["bias"])
+        mine = self._description()
+        different = [k for k in mine if meta.get(k) != mine[k]]
+        if different:
+            raise ValueError(f"{path} was written with other settings: " + "; ".join(
+                f"{k}: saved {meta.get(k)!r}, here {mine[k]!r}" for k in different))
+        if meta["step"] != context.getStepCount():
+            raise ValueError(f"{path} was saved at step {meta['step']} but the checkpoint is at "
+                             f"step {context.getStepCount()}")
+        self.meta._selfBias = bias.copy()
+        self.meta._totalBias = bias.copy()
+        widths = [APP_METAD_GRID_POINTS] * 2
+        self.meta._table.setFunctionParameters(*widths, bias.flatten(), *self.meta._limits)
+        self.meta._force.updateParametersInContext(context)
+        self._count = int(meta["hills"])
+        _truncate_csv(self.log, meta["step"])
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    """Drop the rows of a CSV log (first column: step) after ``last_step``."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for i, line in enumerate(lines)
+            if i == 0 or not line.strip() or not line.split(",")[0].strip().isdigit()
+            or int(line.split(",")[0]) <= last_step]
+    if len(kept) != len(lines) or (lines and not lines[-1].endswith("\n")):
+        if kept and not kept[-1].endswith("\n"):
+            kept = kept[:-1]
+        atomic_write_bytes(path, "".join(kept).encode())
+
+
+def _opes_bias(system, model, settings: BiasSettings, sigma, log: Path, log_steps: int):
+    """The OPES object of ``openmm_geom.openmm`` for these settings."""
+    import openmm.unit as unit
+
+    from ..openmm import OPES
+
+    return OPES(system, model, settings.temperature_K * unit.kelvin,
+                settings.opes_barrier_kJmol * unit.kilojoule_per_mole,
+                settings.steps(settings.opes_pace_ps),
+                sigma=None if settings.opes_adaptive_sigma else sigma,
+                explore=settings.opes_explore,
+                compression_threshold=settings.opes_compression_threshold, log=log,
+                log_interval=log_steps)
+
+
 def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
                settings: Optional[BiasSettings] = None, seed: int = 1,
                threads: Optional[int] = None, progress: bool = True,
@@ -79,8 +219,10 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     ----------
     pdb_path : PDB of the peptide (capped alanine for the phi analysis)
     out : directory for the outputs (see module docstring)
-    mode : "cv" (metadynamics on ``cv_model``'s CVs), "phipsi", or "unbiased"
+    mode : "cv" (bias ``cv_model``'s CVs), "phipsi", or "unbiased"
     cv_model : exported CV file (``mode="cv"``)
+    settings : BiasSettings; ``settings.method`` picks metadynamics ("metad"), OPES ("opes")
+        or OpenMM's ``app.Metadynamics`` ("app-metad", phipsi only)
     """
     import openmm
     import openmm.app as app
@@ -97,8 +239,21 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     settings = settings or BiasSettings()
     if mode not in ("cv", "phipsi", "unbiased"):
         raise ValueError(f"mode must be 'cv', 'phipsi' or 'unbiased', got {mode!r}")
+    method = settings.method
+    if method == "app-metad" and mode == "cv":
+        raise ValueError("method 'app-metad' (openmm.app.Metadynamics on CustomTorsionForce "
+                         "phi/psi) runs in mode 'phipsi' only; bias learned CVs with 'metad' "
+                         "or 'opes'")
+    if mode == "cv" and cv_model is None:
+        raise ValueError("mode 'cv' needs the exported CV file (cv_model)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, series_file = out / "checkpoint.chk", out / "dihedrals.npz"
+    state_file = out / STATE_FILES[method]
+    if resume and checkpoint.exists() and series_file.exists() and mode != "unbiased":
+        if not state_file.exists():
+            others = [name for m, name in STATE_FILES.items() if (out / name).exists()]
+            raise ValueError(f"{out} holds a checkpoint of another run ({', '.join(others) or 'no bias state'}"
+                             f"), not of method {method!r}; use another --out or --restart")
     n_threads = set_threads(threads)
     pdb = app.PDBFile(str(pdb_path))
     system = _alanine_system(pdb)
@@ -107,13 +262,12 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     meta = None
     log_steps = settings.steps(settings.log_ps)
     if mode == "cv":
-        if cv_model is None:
-            raise ValueError("mode 'cv' needs the exported CV file (cv_model)")
-        model = ExportedModel.load(cv_model)  # read once; Metadynamics takes it as it is
+        model = ExportedModel.load(cv_model)  # read once; the bias takes it as it is
         model.require_kind("cv", "a biased run along learned CVs")
         model.check_atom_count(system.getNumParticles())
         axes = _learned_axes(model.metadata, settings)
-    elif mode == "phipsi":
+    elif mode == "phipsi" and method != "app-metad":
+        out.mkdir(parents=True, exist_ok=True)
         model_path = out / "phi_psi.pt"
         if model_path.exists():
             model = ExportedModel.load(model_path)
@@ -123,19 +277,24 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
                                  cv_names=["phi", "psi"])
         axes = [GridAxis(name, -math.pi, math.pi, width=settings.phipsi_width, periodic=True,
                          points=61) for name in ("phi", "psi")]
+    out.mkdir(parents=True, exist_ok=True)
     if mode != "unbiased":
-        meta = Metadynamics(system, model, axes, temperature, settings.bias_factor,
-                            settings.height_kJmol, settings.steps(settings.deposit_ps),
-                            method=settings.method, log=out / "bias_log.csv",
-                            log_interval=log_steps, force_group=5)
+        if method == "metad":
+            meta = Metadynamics(system, model, axes, temperature, settings.bias_factor,
+                                settings.height_kJmol, settings.steps(settings.deposit_ps),
+                                method=settings.metad_storage, log=out / "bias_log.csv",
+                                log_interval=log_steps, force_group=5)
+        elif method == "opes":
+            meta = _opes_bias(system, model, settings, [axis.width for axis in axes],
+                              out / "bias_log.csv", log_steps)
+        else:
+            meta = _AppMetadynamics(system, quads, settings, out / "bias_log.csv", log_steps)
     integrator = openmm.LangevinMiddleIntegrator(temperature, settings.friction_per_ps / unit.picosecond,
                                                  settings.timestep_fs * unit.femtosecond)
     integrator.setRandomNumberSeed(openmm_seed(seed))
     simulation = app.Simulation(pdb.topology, system, integrator,
                                 openmm.Platform.getPlatformByName("CPU"),
                                 cpu_platform_properties(n_threads))
-    checkpoint, state_file, series_file = (out / "checkpoint.chk", out / "metad_state.npz",
-                                           out / "dihedrals.npz")
     steps_series, angles = [], []
     resumed = resume and checkpoint.exists() and series_file.exists()
     if resumed:
@@ -146,6 +305,8 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
             keep = data["step"] <= simulation.currentStep
             steps_series, angles = list(data["step"][keep]), list(data["phi_psi"][keep])
     else:
+        if (out / "bias_log.csv").exists():
+            (out / "bias_log.csv").unlink()  # a fresh run (--restart) starts a fresh log
         simulation.context.setPositions(pdb.positions)
         simulation.minimizeEnergy()
         simulation.context.setVelocitiesToTemperature(temperature, openmm_seed(seed))
@@ -178,14 +339,25 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
                 meta.save_state(state_file, simulation.context)
     elapsed = time.perf_counter() - start
     ran = simulation.currentStep - start_step
-    run = {"mode": mode, "steps": total, "simulated_ps": total * settings.timestep_fs / 1000,
+    run = {"mode": mode, "method": None if mode == "unbiased" else method, "steps": total,
+           "simulated_ps": total * settings.timestep_fs / 1000,
            "resumed": bool(resumed), "threads": n_threads,
            "ns_per_day": (ran * settings.timestep_fs * 1e-6) / (elapsed / 86400) if ran else None,
-           "hills": None if meta is None else len(meta.hills),
-           "method": None if meta is None else meta.method,
+           "hills": _kernel_count(meta),
+           "metad_storage": meta.method if isinstance(meta, Metadynamics) else None,
            "settings": dataclasses.asdict(settings), "seed": seed}
     summary = analyse_run(out, settings.temperature_K, run=run)
     return summary
+
+
+def _kernel_count(bias) -> Optional[int]:
+    """Hills (metadynamics) or compressed kernels (OPES) of a bias; None without one."""
+    if bias is None:
+        return None
+    count = getattr(bias, "n_kernels", None)  # OPES: the compressed kernels
+    if count is None:
+        count = len(bias.hills) if not isinstance(bias.hills, int) else bias.hills
+    return int(count)
 
 
 def _check_sane(state, positions: np.ndarray, step: int, settings: BiasSettings) -> None:
@@ -224,35 +396,82 @@ def reference_phi(paths: Sequence, pdb_path, stride: int = 1) -> np.ndarray:
     return np.concatenate(phis)
 
 
-def analyse_run(out, temperature_K: float, *, run: Optional[dict] = None,
-                reference: Optional[np.ndarray] = None, bins: int = 36,
-                discard_fraction: float = 0.0) -> dict:
-    """Transitions, reweighted phi profile and basin free-energy difference of a finished run.
+def _run_method(out: Path, run: Optional[dict]) -> Optional[str]:
+    """The bias method of the run in ``out``: from ``run``, else from the state file present."""
+    if run and "method" in run:
+        return run["method"]
+    present = [m for m, name in STATE_FILES.items() if (out / name).exists()]
+    if len(present) > 1:
+        raise ValueError(f"{out} holds the bias states of several methods ({present}); pass "
+                         "the method")
+    return present[0] if present else ("metad" if (out / "bias_log.csv").exists() else None)
 
-    ``reference``: phi of a long unbiased reference (radians) to compare the profile with, on
-    the bins both populate where the reference's free energy is at most 15 kJ/mol (profiles
-    aligned by their mean over those bins).
+
+def run_weights(out, temperature_K: float, method: Optional[str] = None):
+    """The logged steps, phi/psi (radians) and normalised frame weights of a run in ``out``.
+
+    ``method`` (default: inferred from the bias state file present): ``"metad"`` and
+    ``"app-metad"`` weigh frames by ``exp((V - c(t))/kT)``, ``"opes"`` by ``exp(V/kT)``;
+    None (an unbiased run, no ``bias_log.csv``): equal weights.
+
+    Returns
+    -------
+    (numpy.ndarray (T,) int, numpy.ndarray (T, 2), numpy.ndarray (T,))
     """
     from ..analysis import reweight
 
     out = Path(out)
+    method = method if method is not None else _run_method(out, None)
     with np.load(out / "dihedrals.npz") as data:
         steps, angles = data["step"], data["phi_psi"]
     weights = np.full(len(steps), 1.0 / max(len(steps), 1))
-    biased = (out / "bias_log.csv").exists()
-    if biased:
-        log = reweight.load_bias_log(out / "bias_log.csv", partial_last_line="drop")
-        index = {int(s): i for i, s in enumerate(log.step)}
-        missing = [int(s) for s in steps if int(s) not in index]
-        if missing:
-            raise ValueError(f"bias log lacks {len(missing)} logged steps (first {missing[0]})")
-        rows = np.array([index[int(s)] for s in steps], dtype=np.int64)
+    if method is None or not (out / "bias_log.csv").exists():
+        return steps, angles, weights
+    log = reweight.load_bias_log(out / "bias_log.csv", partial_last_line="drop")
+    index = {int(s): i for i, s in enumerate(log.step)}
+    missing = [int(s) for s in steps if int(s) not in index]
+    if missing:
+        raise ValueError(f"bias log lacks {len(missing)} logged steps (first {missing[0]})")
+    rows = np.array([index[int(s)] for s in steps], dtype=np.int64)
+    if method == "opes":
+        weights = reweight.opes_weights(log.bias_kJmol[rows], temperature_K)
+    else:
+        if log.c_t_kJmol is None:
+            raise ValueError(f"{out / 'bias_log.csv'} has no c_t_kJmol column: not a "
+                             f"metadynamics log (method {method!r})")
         weights = reweight.metad_weights(log.bias_kJmol[rows], log.c_t_kJmol[rows], temperature_K)
+    return steps, angles, weights
+
+
+def analyse_run(out, temperature_K: float, *, run: Optional[dict] = None,
+                reference: Optional[np.ndarray] = None, bins: int = 36,
+                discard_fraction: float = 0.0, method: Optional[str] = None,
+                timestep_fs: Optional[float] = None, tolerance_kJmol: float = 1.0,
+                error_threshold_kJmol: float = 1.0) -> dict:
+    """Transitions, reweighted phi profile and basin free-energy difference of a finished run.
+
+    Frames are weighted by the run's method (:func:`run_weights`). ``reference``: phi of a
+    long unbiased reference (radians) to compare the profile with, on the bins both populate
+    where the reference's free energy is at most 15 kJ/mol (profiles aligned by their mean
+    over those bins). The summary's ``convergence`` holds dF(phi > 0 - phi < 0) on 20 growing
+    prefixes of the run with Flyvbjerg-Petersen block errors
+    (:func:`openmm_geom.analysis.reweight.delta_f_convergence`) and the time from which it
+    stays within ``tolerance_kJmol`` of the final value with a block error at most
+    ``error_threshold_kJmol``; ``convergence.png`` draws it. ``timestep_fs`` (default: from
+    ``run``, else 2 fs) converts steps to time.
+    """
+    from ..analysis import reweight
+
+    out = Path(out)
+    method = method if method is not None else _run_method(out, run)
+    steps, angles, weights = run_weights(out, temperature_K, method)
     keep = slice(int(discard_fraction * len(steps)), None)
     phi = angles[keep, 0]
     w = weights[keep] / weights[keep].sum()
-    timestep_ps = float(run["settings"]["timestep_fs"]) / 1000 if run else None
-    simulated_ns = (steps[-1] * timestep_ps / 1000) if run else None
+    if timestep_fs is None:
+        timestep_fs = float(run["settings"]["timestep_fs"]) if run else 2.0
+    timestep_ps = float(timestep_fs) / 1000
+    simulated_ns = steps[-1] * timestep_ps / 1000
     transitions = reweight.count_transitions(shifted_phi(angles[:, 0]), PHI_NEGATIVE_CORE,
                                              PHI_POSITIVE_CORE)
     profile = reweight.reweighted_profile(phi, w, bins=bins, temperature=temperature_K,
@@ -260,6 +479,7 @@ def analyse_run(out, temperature_K: float, *, run: Optional[dict] = None,
     positive = (shifted_phi(phi) > 0.0)
     summary = dict(run or {})
     summary.update({
+        "method": method,
         "frames": int(len(steps)),
         "phi_transitions": int(transitions),
         "phi_transitions_per_ns": (transitions / simulated_ns) if simulated_ns else None,
@@ -272,6 +492,18 @@ def analyse_run(out, temperature_K: float, *, run: Optional[dict] = None,
             shifted_phi(phi), w, temperature_K, (-2 * math.pi, 0.0), (0.0, PHI_SHIFT_ABOVE))
         summary["delta_f_phi_positive_minus_negative_kJmol"] = float(diff.delta_f)
         summary["delta_f_error_kJmol"] = float(diff.error)
+        time_ns = steps[keep] * timestep_ps / 1000
+        if len(phi) >= 40:
+            convergence = reweight.delta_f_convergence(
+                shifted_phi(phi), w, temperature_K, (-2 * math.pi, 0.0), (0.0, PHI_SHIFT_ABOVE),
+                time_ns, tolerance_kJmol=tolerance_kJmol,
+                error_threshold_kJmol=error_threshold_kJmol)
+            summary["delta_f_block_error_kJmol"] = convergence.final_error
+            summary["time_to_converge_ns"] = convergence.time_to_converge_ns
+            summary["convergence"] = convergence.as_dict()
+            label = f"{method or 'unbiased'} ({summary.get('mode', 'run')})"
+            reweight.plot_convergence({label: convergence}, out / "convergence.png",
+                                      title=f"dF(phi>0 - phi<0), {label}")
     else:
         summary["delta_f_phi_positive_minus_negative_kJmol"] = None
     reference_profile = None

@@ -219,9 +219,9 @@ def test_load_bias_log_errors(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="empty"):
         load_bias_log(tmp_path / "empty.csv")
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['c_t_kJmol'\]"):
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['bias_kJmol'\]"):
         load_bias_log(_write_log(tmp_path / "a.csv", [r[:5] for r in good],
-                                 header="#step,time_ps,phi,psi,bias_kJmol"))
+                                 header="#step,time_ps,phi,psi,c_t_kJmol"))
     with pytest.raises(ValueError, match="header but no data"):
         load_bias_log(_write_log(tmp_path / "b.csv", []))
     corrupt = _write_log(tmp_path / "c.csv", good)

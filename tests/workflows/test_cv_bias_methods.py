@@ -1,0 +1,93 @@
+"""`cv bias --method metad|opes|app-metad` on capped alanine's phi/psi: a killed and resumed run
+equals an uninterrupted one, frames are weighted by their method, bad input is refused first."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from openmm_geom.data import bundled
+from openmm_geom.units import MOLAR_GAS_CONSTANT_KJ
+from openmm_geom.workflows.config import BiasSettings
+from openmm_geom.workflows.cv_bias import STATE_FILES, run_biased, run_weights
+
+PDB = str(bundled("alanine-dipeptide.pdb"))
+KT = MOLAR_GAS_CONSTANT_KJ * 300.0
+# short runs: a hill (metad) or kernel (OPES) every 0.1 ps; OPES measures its adaptive sigma
+# over the first 10 paces (1 ps) and deposits from then on
+FAST = {"metad": {"deposit_ps": 0.1}, "app-metad": {"deposit_ps": 0.1},
+        "opes": {"opes_pace_ps": 0.1}}
+
+
+def _run(out, method, picoseconds):
+    settings = BiasSettings(picoseconds=picoseconds, checkpoint_ps=1.0, method=method,
+                            **FAST[method])
+    return run_biased(PDB, out, mode="phipsi", settings=settings, seed=3, threads=1,
+                      progress=False)
+
+
+def _log(path):
+    return np.loadtxt(path / "bias_log.csv", delimiter=",", skiprows=1, ndmin=2)
+
+
+@pytest.mark.parametrize("method", ["metad", "opes", "app-metad"])
+def test_a_resumed_run_equals_an_uninterrupted_one(method, tmp_path):
+    straight = _run(tmp_path / "straight", method, 3.0)
+    first = _run(tmp_path / "resumed", method, 1.0)
+    resumed = _run(tmp_path / "resumed", method, 3.0)
+    assert not first["resumed"] and resumed["resumed"] and not straight["resumed"]
+    assert resumed["method"] == straight["method"] == method
+    assert (tmp_path / "resumed" / STATE_FILES[method]).exists()
+    assert resumed["frames"] == straight["frames"] == 30
+    assert resumed["hills"] == straight["hills"] > 0
+    for name in ("step", "phi_psi"):
+        a = np.load(tmp_path / "straight" / "dihedrals.npz")[name]
+        b = np.load(tmp_path / "resumed" / "dihedrals.npz")[name]
+        np.testing.assert_array_equal(a, b)  # 1 thread, CPU platform: bit-reproducible
+    a, b = _log(tmp_path / "straight"), _log(tmp_path / "resumed")
+    assert a.shape == b.shape and a.shape[0] == 30 and np.all(np.diff(b[:, 0]) > 0)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-9)
+    for key in ("delta_f_phi_positive_minus_negative_kJmol", "effective_sample_size",
+                "phi_transitions"):
+        assert resumed[key] == straight[key]
+    # the frames' weights follow the method: OPES exp(V/kT), metadynamics exp((V - c)/kT)
+    steps, angles, weights = run_weights(tmp_path / "resumed", 300.0, method)
+    header = (tmp_path / "resumed" / "bias_log.csv").read_text().splitlines()[0].split(",")
+    bias = b[:, header.index("bias_kJmol")]
+    if method == "opes":
+        assert "c_t_kJmol" not in header and "log_zed" in header
+        expected = np.exp((bias - bias.max()) / KT)
+    else:
+        expected = np.exp((bias - b[:, header.index("c_t_kJmol")]) / KT)
+    np.testing.assert_allclose(weights, expected / expected.sum(), rtol=1e-10)
+    assert np.ptp(bias) > 0  # the bias did act
+    assert steps.tolist() == b[:, 0].astype(int).tolist() and angles.shape == (30, 2)
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["method"] == method and summary["ns_per_day"] > 0
+
+
+def test_bad_bias_input_is_refused_before_anything_is_written(tmp_path):
+    for field in ("opes_barrier_kJmol", "opes_pace_ps", "opes_compression_threshold"):
+        for value in (0.0, -1.0):
+            with pytest.raises(ValueError, match=f"{field} must be a finite number > 0"):
+                BiasSettings(**{field: value})
+    with pytest.raises(ValueError, match="method must be one of"):
+        BiasSettings(method="plumed")
+    with pytest.raises(ValueError, match="runs in mode 'phipsi' only"):
+        run_biased(PDB, tmp_path / "a", mode="cv", cv_model=tmp_path / "cv.pt",
+                   settings=BiasSettings(method="app-metad"), threads=1, progress=False)
+    assert not (tmp_path / "a").exists()
+    # a directory holding another method's checkpoint is not resumed with this one
+    _run(tmp_path / "b", "app-metad", 0.2)
+    before = sorted(p.name for p in (tmp_path / "b").iterdir())
+    with pytest.raises(ValueError, match=r"another run \(app_metad_state.npz\).*--restart"):
+        _run(tmp_path / "b", "opes", 0.4)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
+    # the command line: one error line, exit 2, no output directory
+    done = subprocess.run([sys.executable, "-m", "openmm_geom.cli", "cv", "bias", "--pdb", PDB,
+                           "--model", str(tmp_path / "cv.pt"), "--method", "app-metad",
+                           "--out", str(tmp_path / "c"), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "error:" in done.stderr and "phipsi" in done.stderr
+    assert not (tmp_path / "c").exists()
