@@ -39,6 +39,7 @@ from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, PHI_SHIFT_
 from .config import BiasSettings
 
 __all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi", "run_weights",
+           "compare_runs", "pooled_delta_f",
            "STATE_FILES"]
 
 REFERENCE_BIN_CEILING_KJMOL = 15.0
@@ -530,3 +531,86 @@ def analyse_run(out, temperature_K: float, *, run: Optional[dict] = None,
             np.isfinite(reference_profile.free_energy), reference_profile.free_energy, np.nan)))]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def compare_runs(runs, path, temperature_K: float = 300.0, *,
+                 reference: Optional[Sequence[float]] = None,
+                 reference_label: str = "reference", tolerance_kJmol: float = 1.0,
+                 error_threshold_kJmol: float = 1.0, points: int = 20) -> dict:
+    """Compare finished (or checkpointed) runs: one row each and ``convergence.png``.
+
+    Parameters
+    ----------
+    runs : mapping label -> run directory (from :func:`run_biased`)
+        Each is weighted by its own method (:func:`run_weights`; the method comes from its
+        ``summary.json``, else from its bias state file). A run still going, or stopped, is
+        read up to its last checkpoint.
+    path : output PNG: dF(phi > 0 - phi < 0) against simulated time for every run, with
+        block-error bands (:func:`openmm_geom.analysis.reweight.plot_convergence`)
+    temperature_K : float
+    reference : (value, error) kJ/mol, optional
+        Drawn as a band; each row then also gets ``time_to_reference_ns``: the time from which
+        the run stays within ``tolerance_kJmol`` of the reference value with a block error
+        at most ``error_threshold_kJmol``.
+    tolerance_kJmol, error_threshold_kJmol, points : as in
+        :func:`openmm_geom.analysis.reweight.delta_f_convergence`
+
+    Returns
+    -------
+    dict label -> row: ``method``, ``simulated_ns``, ``phi_transitions``,
+    ``transitions_per_ns``, ``delta_f_kJmol``, ``block_error_kJmol``, ``plateau``,
+    ``time_to_converge_ns``, ``time_to_reference_ns``, ``ns_per_day`` (from ``summary.json``;
+    None for an unfinished run), ``convergence`` (the dF(t) series).
+    """
+    from ..analysis import reweight
+
+    rows, curves = {}, {}
+    regions = ((-2 * math.pi, 0.0), (0.0, PHI_SHIFT_ABOVE))
+    for label, directory in runs.items():
+        directory = Path(directory)
+        summary_file = directory / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        method = summary.get("method") or _run_method(directory, None)
+        steps, angles, weights = run_weights(directory, temperature_K, method)
+        timestep_fs = float(summary.get("settings", {}).get("timestep_fs", 2.0))
+        time_ns = steps * timestep_fs * 1e-6
+        phi = shifted_phi(angles[:, 0])
+        conv = reweight.delta_f_convergence(phi, weights, temperature_K, *regions, time_ns,
+                                            points=points, tolerance_kJmol=tolerance_kJmol,
+                                            error_threshold_kJmol=error_threshold_kJmol)
+        transitions = reweight.count_transitions(phi, PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE)
+        finished = bool(summary) and summary.get("frames") == len(steps)
+        row = {"method": method, "directory": str(directory), "simulated_ns": float(time_ns[-1]),
+               "phi_transitions": int(transitions),
+               "transitions_per_ns": float(transitions / time_ns[-1]),
+               "delta_f_kJmol": conv.final, "block_error_kJmol": conv.final_error,
+               "plateau": conv.plateau, "time_to_converge_ns": conv.time_to_converge_ns,
+               "time_to_reference_ns": None,
+               "ns_per_day": summary.get("ns_per_day") if finished else None,
+               "convergence": conv.as_dict()}
+        if reference is not None:
+            row["time_to_reference_ns"] = reweight.delta_f_convergence(
+                phi, weights, temperature_K, *regions, time_ns, points=points,
+                tolerance_kJmol=tolerance_kJmol, error_threshold_kJmol=error_threshold_kJmol,
+                target=float(reference[0])).time_to_converge_ns
+        rows[label], curves[label] = row, conv
+    reweight.plot_convergence(curves, path, reference=None if reference is None else
+                              (float(reference[0]), float(reference[1])),
+                              reference_label=reference_label,
+                              title="dF(phi > 0 - phi < 0), capped alanine, 300 K")
+    return rows
+
+
+def pooled_delta_f(values: Sequence[float], errors: Sequence[float]) -> tuple:
+    """Inverse-variance mean of independent dF estimates: ``(mean, error, chi2 per dof)``.
+
+    ``chi2 per dof`` near 1 says the runs agree within their block errors; much above 1,
+    the errors are too small (unconverged runs), and ``error`` then understates the spread.
+    """
+    v, e = np.asarray(values, dtype=float), np.asarray(errors, dtype=float)
+    if v.size == 0 or v.shape != e.shape or not np.all(e > 0) or not np.all(np.isfinite(v)):
+        raise ValueError("pooled_delta_f needs as many finite values as positive errors")
+    w = 1.0 / e ** 2
+    mean = float(np.sum(w * v) / np.sum(w))
+    chi2 = float(np.sum(w * (v - mean) ** 2) / (v.size - 1)) if v.size > 1 else float("nan")
+    return mean, float(1.0 / math.sqrt(np.sum(w))), chi2

@@ -10,7 +10,8 @@ import pytest
 from openmm_geom.data import bundled
 from openmm_geom.units import MOLAR_GAS_CONSTANT_KJ
 from openmm_geom.workflows.config import BiasSettings
-from openmm_geom.workflows.cv_bias import STATE_FILES, run_biased, run_weights
+from openmm_geom.workflows.cv_bias import (STATE_FILES, compare_runs, pooled_delta_f,
+                                          run_biased, run_weights)
 
 PDB = str(bundled("alanine-dipeptide.pdb"))
 KT = MOLAR_GAS_CONSTANT_KJ * 300.0
@@ -65,6 +66,23 @@ def test_a_resumed_run_equals_an_uninterrupted_one(method, tmp_path):
     assert steps.tolist() == b[:, 0].astype(int).tolist() and angles.shape == (30, 2)
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert summary["method"] == method and summary["ns_per_day"] > 0
+    # the comparison of runs: the same rows for equal runs, one PNG
+    rows = compare_runs({"a": tmp_path / "straight", "b": tmp_path / "resumed"},
+                        tmp_path / "convergence.png", reference=(9.0, 1.0))
+    assert rows["a"]["method"] == method and rows["a"]["simulated_ns"] == pytest.approx(0.003)
+    for key in ("phi_transitions", "delta_f_kJmol", "time_to_converge_ns"):
+        assert rows["a"][key] == rows["b"][key] or (rows["a"][key] != rows["a"][key])
+    assert rows["a"]["ns_per_day"] == straight["ns_per_day"]
+    assert (tmp_path / "convergence.png").stat().st_size > 1000
+
+
+def test_pooled_delta_f_is_the_inverse_variance_mean():
+    mean, error, chi2 = pooled_delta_f([8.0, 10.0], [1.0, 2.0])
+    assert mean == pytest.approx((8.0 / 1 + 10.0 / 4) / (1 + 1 / 4))
+    assert error == pytest.approx((1 + 1 / 4) ** -0.5)
+    assert chi2 == pytest.approx(((8 - mean) ** 2 / 1 + (10 - mean) ** 2 / 4) / 1)
+    with pytest.raises(ValueError, match="positive errors"):
+        pooled_delta_f([1.0], [0.0])
 
 
 def test_bad_bias_input_is_refused_before_anything_is_written(tmp_path):
