@@ -9,6 +9,11 @@ Because the metadata is part of the module, it survives everything that copies t
 Simulation checkpoints. The file also holds the same JSON as an extra archive member, so
 :func:`read_metadata` reads it without deserialising the module.
 
+A CV module may instead be exported as an AOTInductor package (``export_model(...,
+format="aoti")``, a ``.pt2`` archive of compiled code with the same metadata as an archive
+member): :class:`ExportedModel` reads it too (``backend == "aoti"``), for the native
+``TorchCVForce`` only (docs/aotinductor.md).
+
 Every OpenMM-side function takes a path *or* an :class:`ExportedModel`; loading a model once
 (``ExportedModel.load(path)``) and passing the object around never reads or deserialises the
 file again. Checks of a model against a System or Topology live here, with one set of messages.

@@ -1,4 +1,5 @@
-"""Export: trained models -> self-describing TorchScript files that follow the OpenMM contract.
+"""Export: trained models -> self-describing TorchScript files that follow the OpenMM contract
+(or, for CV modules and the native TorchCVForce, AOTInductor packages: ``format="aoti"``).
 
 Each function writes one file and returns its :class:`~openmm_geom.openmm.ExportedModel`, which
 every OpenMM-side function takes as it is. Validate a file inside OpenMM with
