@@ -39,7 +39,7 @@ from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, PHI_SHIFT_
 from .config import BiasSettings
 
 __all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi", "run_weights",
-           "compare_runs", "pooled_delta_f",
+           "compare_runs", "pooled_delta_f", "app_metad_delta_f",
            "STATE_FILES"]
 
 REFERENCE_BIN_CEILING_KJMOL = 15.0
@@ -614,3 +614,23 @@ def pooled_delta_f(values: Sequence[float], errors: Sequence[float]) -> tuple:
     mean = float(np.sum(w * v) / np.sum(w))
     chi2 = float(np.sum(w * (v - mean) ** 2) / (v.size - 1)) if v.size > 1 else float("nan")
     return mean, float(1.0 / math.sqrt(np.sum(w))), chi2
+
+
+def app_metad_delta_f(out, temperature_K: float, bias_factor: float) -> float:
+    """dF(phi > 0 - phi < 0) from the final bias of an ``app-metad`` run, kJ/mol.
+
+    ``F(phi, psi) = -gamma/(gamma - 1) V(phi, psi)`` on OpenMM's grid (its duplicated periodic
+    end points left out), integrated over psi and over the two phi basins (phi after
+    :func:`~openmm_geom.analysis.peptide.shifted_phi`: 0 <= phi < 2.2 rad against the rest).
+    An estimate independent of the reweighting of frames (the bias itself), for a
+    cross-check.
+    """
+    with np.load(Path(out) / STATE_FILES["app-metad"]) as data:
+        bias = np.array(data["bias"])[:-1, :-1]  # (psi, phi)
+    kT = MOLAR_GAS_CONSTANT_KJ * float(temperature_K)
+    free = -bias_factor / (bias_factor - 1.0) * bias
+    phi = shifted_phi(np.linspace(-math.pi, math.pi, bias.shape[1] + 1)[:-1])
+    log_p = -(free - free.min()) / kT
+    p_phi = np.exp(log_p).sum(axis=0)
+    positive = (phi >= 0.0) & (phi < PHI_SHIFT_ABOVE)
+    return float(-kT * math.log(p_phi[positive].sum() / p_phi[~positive].sum()))

@@ -109,3 +109,24 @@ def test_bad_bias_input_is_refused_before_anything_is_written(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "error:" in done.stderr and "phipsi" in done.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_app_metad_delta_f_from_a_known_bias_grid(tmp_path):
+    """A bias grid V = -(1 - 1/gamma) F(phi, psi) (OpenMM's layout: psi rows, phi columns,
+    periodic end points duplicated) gives back the dF of F over the two phi basins."""
+    from openmm_geom.workflows.cv_bias import app_metad_delta_f
+
+    gamma = 10.0
+    grid = np.linspace(-np.pi, np.pi, 61)
+    psi, phi = np.meshgrid(grid, grid, indexing="ij")
+    free = 12.0 * (1 + np.cos(phi + 1.3)) + 4.0 * np.sin(phi) ** 2 + 6.0 * np.cos(psi)
+    np.savez(tmp_path / STATE_FILES["app-metad"], bias=-(1 - 1 / gamma) * free)
+    p = np.exp(-free[:-1, :-1] / KT).sum(axis=0)
+    x = grid[:-1]
+    x = np.where(x > 2.2, x - 2 * np.pi, x)
+    positive = (x >= 0) & (x < 2.2)
+    expected = -KT * np.log(p[positive].sum() / p[~positive].sum())
+    assert app_metad_delta_f(tmp_path, 300.0, gamma) == pytest.approx(expected, rel=1e-10)
+    # the psi term must not enter: swapping the axes changes the answer (the test has teeth)
+    np.savez(tmp_path / STATE_FILES["app-metad"], bias=-(1 - 1 / gamma) * free.T)
+    assert abs(app_metad_delta_f(tmp_path, 300.0, gamma) - expected) > 1.0
