@@ -204,6 +204,22 @@ def _metadynamics(files, temperature, height, minimum, maximum, width):
             *meta.getFreeEnergy().value_in_unit(KJ)]
 
 
+def _opes(files, temperature, barrier, sigma):
+    from openmm_geom.openmm import OPES
+
+    system = _system()
+    opes = OPES(system, _cv_module(), temperature, barrier, 10, sigma=sigma, cv_names=NAMES)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    for step, shift in zip((10, 20, 30), (0.0, 0.05, 0.1)):  # three kernels
+        context.setPositions(X0 + shift)
+        opes.update_at(opes.getCollectiveVariables(context), step)
+        opes.force.updateParametersInContext(context)
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ)
+    return [opes.temperature, opes.barrier, opes.epsilon, opes.zed, energy,
+            *np.ravel(opes.kernels[1])]
+
+
 def _create_system_masses(files, masses):
     from openmm_geom.openmm import create_system
 
@@ -360,6 +376,12 @@ CASES = {
                                 180 * u.degree, _in(0.4 * u.radian, u.degree)),
         lambda f: _metadynamics(f, 300.0 * u.nanometer, 1.5, -math.pi, math.pi, 0.4),
         r"temperature: expected a temperature \(K\), got 300.0 nm"),
+    "openmm_geom.openmm.OPES": Case(
+        lambda f: _opes(f, 300.0, 30.0, [0.3, 0.05]),
+        lambda f: _opes(f, 300.0 * u.kelvin, _in(30.0 * KJ, KCAL),
+                        [_in(0.3 * u.radian, u.degree), _in(0.05 * u.nanometer, u.angstrom)]),
+        lambda f: _opes(f, 300.0, 30.0 * u.nanometer, [0.3, 0.05]),
+        r"barrier: expected an energy \(kJ/mol\), got 30.0 nm"),
     "openmm_geom.openmm.create_system": Case(
         lambda f: _create_system_masses(f, [39.948] * 4),
         lambda f: _create_system_masses(f, [(0.039948 * u.kilogram / u.mole)] * 4),

@@ -6,7 +6,7 @@ One door per job:
   System (openmm-ml style), or added to your System (a potential on some particles, a bias on
   the CVs of a CV module);
 - :class:`TorchCVForce`: k neural CVs from one model pass, biased by any expression;
-  :func:`restraint_force` and :class:`Metadynamics` build on it;
+  :func:`restraint_force`, :class:`Metadynamics` and :class:`OPES` build on it;
 - :func:`custom_cv_force` / :func:`bias_variables`: the same CVs inside OpenMM's own
   ``CustomCVForce`` / ``app.Metadynamics`` (one ``TorchForce`` per CV);
 - :func:`python_force`: an eager model that cannot be scripted, through ``openmm.PythonForce``;
@@ -22,6 +22,7 @@ from .biasing import GridAxis, Metadynamics, restraint_force
 from .cvforce import TorchCVForce
 from .forces import python_force
 from .interop import bias_variables, custom_cv_force
+from .opes import OPES
 from .reporters import CVReporter, EnsembleSpreadReporter, SignatureReporter
 from .system import add_to_system, create_system
 from .validation import CheckResult, ExportReport, check_export
@@ -34,6 +35,7 @@ __all__ = [
     "restraint_force",
     "Metadynamics",
     "GridAxis",
+    "OPES",
     "custom_cv_force",
     "bias_variables",
     "python_force",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import operator
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -24,9 +23,11 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
-from ..io import atomic_savez, atomic_write_bytes, format_tag, read_versioned_npz, sha256_of_bytes
+from ..io import atomic_savez, format_tag, read_versioned_npz, sha256_of_bytes
 from ..modelfile import ExportedModel
 from ..units import CV_UNITS, MOLAR_GAS_CONSTANT_KJ, to_openmm_units
+from ._biascommon import (BiasedCVs, BiasLog, gaussian_sum, logsumexp, recorded_periods,
+                          same_setting, whole_steps)
 from .cvforce import TorchCVForce
 
 __all__ = ["restraint_force", "GridAxis", "Metadynamics"]
@@ -99,15 +100,7 @@ def restraint_force(model, restraints: Mapping[str, tuple], *,
     unknown = sorted(set(restraints) - set(names))
     if unknown:
         raise ValueError(f"no CVs named {unknown}; the module's CVs are {names}")
-    recorded = {name: (model.metadata.cv_period(i) if model.metadata is not None else None)
-                for i, name in enumerate(names)}
-    if periodic is None:
-        periodic = [name for name, period in recorded.items() if period is not None]
-    periodic = [periodic] if isinstance(periodic, str) else [str(name) for name in periodic]
-    unknown = sorted(set(periodic) - set(names))
-    if unknown:
-        raise ValueError(f"periodic names CVs {unknown} the module does not have; its CVs are "
-                         f"{names}")
+    periods = recorded_periods(model, names, periodic)
     terms, parameters = [], {}
     for name, pair in restraints.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -117,8 +110,7 @@ def restraint_force(model, restraints: Mapping[str, tuple], *,
         center_value = to_openmm_units(center, f"{what} centre", CV_UNITS)
         k_value = to_openmm_units(k, f"{what} k", _FORCE_CONSTANTS[_cv_unit(center)],
                                   nonnegative=True)
-        period = (recorded[name] or 2 * math.pi) if name in periodic else None
-        diff = _difference(name, f"{name}0", period)
+        diff = _difference(name, f"{name}0", periods[name])
         terms.append(f"0.5*k_{name}*{diff}^2")
         parameters[f"k_{name}"], parameters[f"{name}0"] = k_value, center_value
     return TorchCVForce(model, " + ".join(terms), global_parameters=parameters, **force_options)
@@ -199,7 +191,7 @@ STATE_VERSION = 1
 _METHODS = ("auto", "grid", "hills")
 
 
-class Metadynamics:
+class Metadynamics(BiasedCVs):
     """Well-tempered metadynamics on any number of CVs of a ``TorchCVForce``.
 
     Parameters
@@ -264,9 +256,9 @@ class Metadynamics:
         bias_factor = to_openmm_units(bias_factor, "bias_factor", unit.dimensionless)
         if not bias_factor > 1:
             raise ValueError(f"bias_factor must be > 1, got {bias_factor:g}")
-        frequency = _steps(frequency, "frequency")
+        frequency = whole_steps(frequency, "frequency")
         if log_interval is not None:
-            log_interval = _steps(log_interval, "log_interval")
+            log_interval = whole_steps(log_interval, "log_interval")
         self.method = method
         self.axes = axes
         self.temperature = temperature
@@ -277,9 +269,7 @@ class Metadynamics:
         self.delta_kT = self.kT * (self.bias_factor - 1)
         self.hills: list = []
         self.log_interval = int(log_interval) if log_interval is not None else self.frequency
-        self._log_path: Optional[Path] = Path(log) if log is not None else None
-        self._log_header_written = False
-        self._last_logged_step = -1
+        self._log = BiasLog(log, self.log_columns, "metadynamics")
         self._step = 0  # the last step count seen (step(), deposit(), save/load_state)
         k = len(axes)
         self._widths = np.array([axis.width for axis in axes], dtype=float)
@@ -301,6 +291,7 @@ class Metadynamics:
         if missing:
             raise ValueError(f"no CVs named {missing}; the module's CVs are {self.force.cv_names}")
         self._biased = [self.force.cv_names.index(name) for name in names]
+        self._biased_names = names
         if method == "grid":
             periodic = [axis.periodic for axis in axes]
             if any(periodic) and not all(periodic):
@@ -324,41 +315,9 @@ class Metadynamics:
         values = self.bias.ravel(order="F")  # x varies fastest, as OpenMM expects
         return [values, *bounds] if len(self.axes) == 1 else [*sizes, values, *bounds]
 
-    def current_values(self, context: openmm.Context) -> np.ndarray:
-        """Values of the biased CVs at the Context's positions, in axis order (OpenMM units)."""
-        values = self.force.getCollectiveVariableValues(context)
-        return np.array([values[i] for i in self._biased])
-
-    def getCollectiveVariables(self, simulation) -> tuple:
-        """The current values of the biased CVs in a Simulation, as ``app.Metadynamics``.
-
-        Parameters
-        ----------
-        simulation : openmm.app.Simulation (or anything with a ``context``) or a Context
-
-        Returns
-        -------
-        tuple of float
-            One value per axis, in the order of ``axes``, in OpenMM units (rad, nm ...).
-        """
-        context = simulation if isinstance(simulation, openmm.Context) else simulation.context
-        return tuple(float(v) for v in self.current_values(context))
-
     def _hills_sum(self, points: np.ndarray, centers: np.ndarray, heights: np.ndarray) -> np.ndarray:
         """sum_h height_h * gaussian(point - centre_h) at each of ``points`` (m, k)."""
-        out = np.zeros(len(points))
-        if len(heights) == 0:
-            return out
-        periodic = self._periods > 0
-        chunk = max(1, 2_000_000 // max(1, len(heights) * len(self.axes)))
-        for start in range(0, len(points), chunk):
-            d = points[start:start + chunk, None, :] - centers[None, :, :]
-            if periodic.any():
-                p = np.where(periodic, self._periods, 1.0)
-                d = np.where(periodic, d - p * np.floor(d / p + 0.5), d)
-            exponent = ((d / self._widths) ** 2).sum(-1)
-            out[start:start + chunk] = (heights * np.exp(-0.5 * exponent)).sum(-1)
-        return out
+        return gaussian_sum(points, centers, heights, self._widths, self._periods)
 
     def _grid_bias(self, points: np.ndarray) -> np.ndarray:
         """The bias the grid tabulates at ``points`` (m, k), kJ/mol.
@@ -375,15 +334,6 @@ class Metadynamics:
             if not axis.periodic:
                 inside &= (points[:, dim] >= axis.minimum) & (points[:, dim] <= axis.maximum)
         return np.where(inside, bias, 0.0)
-
-    def _as_points(self, points) -> np.ndarray:
-        points = np.asarray(points, dtype=float)
-        if points.ndim == 1:
-            points = points[None, :]
-        if points.ndim != 2 or points.shape[1] != len(self.axes):
-            raise ValueError(f"points must have {len(self.axes)} values each (one per axis: "
-                             f"{[a.cv for a in self.axes]}), got shape {points.shape}")
-        return points
 
     def bias_at(self, point) -> float:
         """The metadynamics bias V at ``point`` (one value per axis), kJ/mol.
@@ -466,12 +416,12 @@ class Metadynamics:
                         ends[dim] = end
                         log_weights[tuple(ends)] += math.log(0.5)
             values, log_weights = values.ravel(), log_weights.ravel()
-            return float(self.kT * (_logsumexp(self.bias_factor * values / self.delta_kT + log_weights)
-                                    - _logsumexp(values / self.delta_kT + log_weights)))
+            return float(self.kT * (logsumexp(self.bias_factor * values / self.delta_kT + log_weights)
+                                    - logsumexp(values / self.delta_kT + log_weights)))
         n = len(self._center_bias)
         if n == 0:
             return 0.0
-        return float(self.kT * (_logsumexp(self._center_bias / self.kT) - math.log(n)))
+        return float(self.kT * (logsumexp(self._center_bias / self.kT) - math.log(n)))
 
     # -- depositing and stepping -------------------------------------------------------------
     def _add_hill(self, point: np.ndarray, height: float, bias_before: float) -> None:
@@ -520,11 +470,9 @@ class Metadynamics:
         at the same step), and ``c_t_kJmol`` the offset c(t) of :meth:`reweighting_offset`
         for that bias. Reweighting weights are ``w = exp((V - c)/kT)``.
         """
-        if log is not None and (self._log_path is None or Path(log) != self._log_path):
-            self._log_path = Path(log)
-            self._log_header_written = False
-        logging = self._log_path is not None
-        remaining = _steps(steps, "steps", minimum=0)
+        self._log.redirect(log)
+        logging = self._log.path is not None
+        remaining = whole_steps(steps, "steps", minimum=0)
         handle = None
         try:
             while remaining > 0:
@@ -536,12 +484,10 @@ class Metadynamics:
                 remaining -= chunk
                 current = simulation.currentStep
                 self._step = current
-                if logging and current % self.log_interval == 0 and current > self._last_logged_step:
+                if self._log.due(current, self.log_interval):
                     if handle is None:
-                        handle = self._open_log()
-                    handle.write(self._log_row(simulation.context, current))
-                    handle.flush()
-                    self._last_logged_step = current
+                        handle = self._log.open()
+                    self._log.write(handle, current, self._log_row(simulation.context, current))
                 if current % self.frequency == 0:
                     self.deposit(simulation.context)
         finally:
@@ -552,49 +498,13 @@ class Metadynamics:
     def log_columns(self) -> list:
         return ["step", "time_ps", *self.force.cv_names, "bias_kJmol", "c_t_kJmol"]
 
-    def _open_log(self):
-        path = self._log_path
-        if not self._log_header_written:
-            if self._last_logged_step >= 0 and path.exists() and path.stat().st_size > 0:
-                self._log_header_written = True  # resumed: rows up to the saved step are kept
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(",".join(self.log_columns()) + "\n")
-                self._log_header_written = True
-        return open(path, "a")
-
     def _log_row(self, context: openmm.Context, step: int) -> str:
         values = self.force.getCollectiveVariableValues(context)
         point = np.array([values[i] for i in self._biased])
         fields = [str(step), repr(context.getTime().value_in_unit(unit.picosecond))]
         fields += [repr(float(v)) for v in values]
         fields += [repr(self.bias_at(point)), repr(self.reweighting_offset())]
-        return ",".join(fields) + "\n"
-
-    def _truncate_log(self, last_step: int) -> None:
-        """Keep the header and the rows up to ``last_step`` (a resumed run re-creates the rest)."""
-        path = self._log_path
-        if path is None or not path.exists():
-            self._last_logged_step = -1
-            self._log_header_written = False
-            return
-        lines = path.read_text().splitlines(keepends=True)
-        if not lines or lines[0].rstrip("\n").split(",") != self.log_columns():
-            raise ValueError(f"{path} is not this metadynamics' log (expected the columns "
-                             f"{self.log_columns()})")
-        kept, last = [lines[0]], -1
-        for line in lines[1:]:
-            try:
-                step = int(line.split(",", 1)[0])
-            except ValueError:
-                break  # a half-written last row
-            if step > last_step or not line.endswith("\n"):
-                break
-            kept.append(line)
-            last = step
-        atomic_write_bytes(path, "".join(kept).encode())
-        self._last_logged_step = last
-        self._log_header_written = True
+        return fields
 
     # -- checkpoint / restore ----------------------------------------------------------------
     def _description(self) -> dict:
@@ -620,7 +530,7 @@ class Metadynamics:
         step = context.getStepCount() if context is not None else self._step
         meta = {"format": format_tag(STATE_KIND, STATE_VERSION), "model_name": self.model_name,
                 "step": int(step), "n_hills": len(self._heights),
-                "last_logged_step": int(self._last_logged_step), **self._description()}
+                "last_logged_step": int(self._log.last_logged_step), **self._description()}
         arrays = {"meta": np.array(json.dumps(meta)), "centers": self._centers,
                   "heights": self._heights, "center_bias": self._center_bias}
         if self.method == "grid":
@@ -648,7 +558,7 @@ class Metadynamics:
                              f"{self.model_name} (sha256 {self.model_sha256[:12]}...)")
         mine = self._description()
         different = [key for key in mine
-                     if key != "model_sha256" and not _same(mine[key], meta.get(key))]
+                     if key != "model_sha256" and not same_setting(mine[key], meta.get(key))]
         if different:
             detail = "; ".join(f"{key}: saved {meta.get(key)!r}, here {mine[key]!r}" for key in different)
             raise ValueError(f"{path} does not match this metadynamics: {detail}")
@@ -669,35 +579,5 @@ class Metadynamics:
                 self.force.addHill(c.tolist(), float(h))
         self.force.updateParametersInContext(context)
         self._step = int(meta["step"])
-        if self._log_path is not None:
-            self._truncate_log(min(int(meta["step"]), int(meta.get("last_logged_step", meta["step"]))))
-
-
-def _steps(value, name: str, minimum: int = 1) -> int:
-    """A step count (an integer >= ``minimum``)."""
-    try:
-        count = operator.index(value)
-    except TypeError:
-        if not (isinstance(value, float) and value.is_integer()):
-            raise TypeError(f"{name} must be a whole number of steps, got {value!r}") from None
-        count = int(value)
-    if count < minimum:
-        raise ValueError(f"{name} must be >= {minimum} step{'s' if minimum != 1 else ''}, "
-                         f"got {count}")
-    return count
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return b is not None and a is not None and math.isclose(float(a), float(b), rel_tol=1e-12)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
-    return a == b
-
-
-def _logsumexp(values: np.ndarray) -> float:
-    values = np.asarray(values, dtype=float)
-    top = float(values.max())
-    return top + math.log(float(np.exp(values - top).sum()))
+        if self._log.path is not None:
+            self._log.truncate(min(int(meta["step"]), int(meta.get("last_logged_step", meta["step"]))))
