@@ -243,6 +243,7 @@ class OPES(BiasedCVs):
         self.model_sha256 = sha256_of_bytes(self.force.getSerializedModule())
         self.model_name = model.name
         system.addForce(self.force)
+        self._system = system  # the System owns the force: it lives as long as this object
 
     @staticmethod
     def _per_cv(values, what: str, names: list) -> list:
