@@ -3,7 +3,7 @@
 Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py),
 DIR/torchcv.json (bench_torchcv.py), DIR/cg.json (bench_cg.py), DIR/signature.json
 (bench_signature.py), DIR/potential.json (bench_potential.py), DIR/cv.json (bench_cv.py) and
-DIR/compile.json (bench_compile.py) and
+DIR/compile.json (bench_compile.py), DIR/opes.json (bench_opes.py) and
 DIR/summary.json (headline numbers, pass/fail, machine load), and prints the tables. Exits
 non-zero if a benchmark fails, including any of its correctness checks.
 
@@ -147,6 +147,11 @@ def headline(data: dict) -> list:
                 "goal_throughput_met": block["goal"]["throughput_met"],
                 "goal_force_mae_met": block["goal"]["force_mae_met"]})
         return rows
+    if data["benchmark"] == "opes":
+        return [{"threads": r["threads"], "setup": r["setup"],
+                 "us_per_step": round(r["us_per_step"], 1),
+                 "over_metad_grid": round(r["over_metad_grid"], 3),
+                 "kernels_or_hills": r["kernels_or_hills"]} for r in data["rows"]]
     return [{"threads": r["threads"], "n_atoms": s["n_atoms"],
              "floor_calls_per_s": round(r["floor_calls_per_s"], 1),
              "torchforce_steps_per_s": round(r["torchforce_steps_per_s"], 1),
@@ -165,7 +170,7 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for other processes to leave the CPUs")
     parser.add_argument("--only", help="comma-separated benchmark names (neighbors, bridge, "
-                        "torchcv, cg, signature, potential, cv, compile): run these and update their "
+                        "torchcv, cg, signature, potential, cv, compile, opes): run these and update their "
                         "entries in summary.json")
     args = parser.parse_args(argv)
 
@@ -181,7 +186,8 @@ def main(argv=None) -> int:
             ("bench_signature.py", "signature.json", [], {}),
             ("bench_potential.py", "potential.json", [], {}),
             ("bench_cv.py", "cv.json", [], {}),
-            ("bench_compile.py", "compile.json", [], {})]
+            ("bench_compile.py", "compile.json", [], {}),
+            ("bench_opes.py", "opes.json", [], {})]
     if args.omp_passive:
         passive = {"OMP_WAIT_POLICY": "PASSIVE"}
         jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],

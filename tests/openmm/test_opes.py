@@ -477,8 +477,9 @@ def _double_well_run(method, steps, seed, tmp_path):
     system = _system(DOUBLE_WELL)
     log = tmp_path / f"{method}-{seed}.csv"
     if method == "metad":
-        axes = [GridAxis("x", -0.22, 0.22, 0.01, points=89), GridAxis("y", -0.12, 0.12, 0.01, points=49)]
-        bias = Metadynamics(system, _scripted(XY()), axes, 300, 8.0, 1.0, 100, cv_names=["x", "y"],
+        axes = [GridAxis("x", -0.22, 0.22, 0.015, points=89),
+                GridAxis("y", -0.12, 0.12, 0.02, points=49)]
+        bias = Metadynamics(system, _scripted(XY()), axes, 300, 10.0, 1.5, 50, cv_names=["x", "y"],
                             log=log, log_interval=10)
     else:
         bias = OPES(system, _scripted(XY()), 300, 30.0, 100, explore=method == "explore",
