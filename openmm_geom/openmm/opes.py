@@ -448,8 +448,9 @@ class OPES(BiasedCVs):
         push it to a Context with ``force.updateParametersInContext``). Public for replays of
         a CV time series and for tests."""
         point = self._as_points(point)[0]
-        if self._adaptive and step % self.variance_interval == 0:
-            self._sample_variance(point)
+        if self._adaptive:
+            if step % self.variance_interval == 0:
+                self._sample_variance(point)
             if self.adaptive_counter < self._adaptive_samples and self.counter == 1:
                 return False  # no bias before sigma has been measured
         if step % self.pace != 0:

@@ -130,13 +130,14 @@ class NumpyOPES:
 
     def update(self, s, step):
         d = len(s)
-        if self.sigma0 is None and step % self.interval == 0:
-            self.adaptive_counter += 1
-            tau = min(self.adaptive_counter, self.needed)
-            for i in range(d):
-                delta = self.diff(i, self.av[i], s[i])
-                self.av[i] += delta / tau
-                self.m2[i] += delta * self.diff(i, self.av[i], s[i])
+        if self.sigma0 is None:
+            if step % self.interval == 0:
+                self.adaptive_counter += 1
+                tau = min(self.adaptive_counter, self.needed)
+                for i in range(d):
+                    delta = self.diff(i, self.av[i], s[i])
+                    self.av[i] += delta / tau
+                    self.m2[i] += delta * self.diff(i, self.av[i], s[i])
             if self.adaptive_counter < self.needed and self.counter == 1:
                 return
         if step % self.pace:
@@ -211,17 +212,19 @@ def test_kernels_z_and_bias_match_brute_force_numpy_opes(case, rng):
     names = ["phi", "x"] if periodic else ["x", "y"]
     explore = case.startswith("explore")
     sigma = None if case in ("adaptive", "explore") else [0.12, 0.05]
-    options = dict(adaptive_sigma_stride=20, variance_interval=2) if sigma is None else {}
+    options = dict(adaptive_sigma_stride=20, variance_interval=3) if sigma is None else {}
     system = _system("0*x")
     opes = OPES(system, model, 300, 12.0, 5, sigma=sigma, explore=explore, cv_names=names,
                 periodic=["phi"] if periodic else (), **options)
     reference = NumpyOPES(KT_300, 12.0, 5, sigma, explore, 1.0,
                           [2 * math.pi, 0.0] if periodic else [0.0, 0.0],
-                          stride=20, interval=2)
+                          stride=20, interval=3)
     points = _replay_points(rng, 600, periodic)
     for step, point in enumerate(points, start=1):
         opes.update_at(point, step)
         reference.update(point.tolist(), step)
+        if step == 20 and sigma is None:  # 6 samples of the 7 (ceil(20/3)) needed: no kernel yet
+            assert opes.counter == 1 and opes.n_kernels == 0
     centers, sigmas, heights = opes.kernels
     assert opes.n_kernels == len(reference.kernels)
     assert 15 < opes.n_kernels < 110  # merges happened, and the incremental Z path ran
