@@ -536,7 +536,8 @@ def analyse_run(out, temperature_K: float, *, run: Optional[dict] = None,
 def compare_runs(runs, path, temperature_K: float = 300.0, *,
                  reference: Optional[Sequence[float]] = None,
                  reference_label: str = "reference", tolerance_kJmol: float = 1.0,
-                 error_threshold_kJmol: float = 1.0, points: int = 20) -> dict:
+                 error_threshold_kJmol: float = 1.0, points: int = 20,
+                 discard_ns: float = 0.0) -> dict:
     """Compare finished (or checkpointed) runs: one row each and ``convergence.png``.
 
     Parameters
@@ -554,6 +555,10 @@ def compare_runs(runs, path, temperature_K: float = 300.0, *,
         at most ``error_threshold_kJmol``.
     tolerance_kJmol, error_threshold_kJmol, points : as in
         :func:`openmm_geom.analysis.reweight.delta_f_convergence`
+    discard_ns : float
+        Leave out the frames of the first ``discard_ns`` of every run (the transient while
+        the bias is built) from every estimate; the time axis stays the run's.
+        Transitions are counted over the whole run.
 
     Returns
     -------
@@ -575,14 +580,20 @@ def compare_runs(runs, path, temperature_K: float = 300.0, *,
         timestep_fs = float(summary.get("settings", {}).get("timestep_fs", 2.0))
         time_ns = steps * timestep_fs * 1e-6
         phi = shifted_phi(angles[:, 0])
+        transitions = reweight.count_transitions(phi, PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE)
+        simulated_ns = float(time_ns[-1])
+        if not 0 <= discard_ns < simulated_ns:
+            raise ValueError(f"discard_ns must be >= 0 and below the run's length "
+                             f"({simulated_ns:g} ns in {directory}), got {discard_ns}")
+        kept = time_ns > discard_ns
+        phi, weights, time_ns = phi[kept], weights[kept], time_ns[kept]
         conv = reweight.delta_f_convergence(phi, weights, temperature_K, *regions, time_ns,
                                             points=points, tolerance_kJmol=tolerance_kJmol,
                                             error_threshold_kJmol=error_threshold_kJmol)
-        transitions = reweight.count_transitions(phi, PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE)
         finished = bool(summary) and summary.get("frames") == len(steps)
-        row = {"method": method, "directory": str(directory), "simulated_ns": float(time_ns[-1]),
-               "phi_transitions": int(transitions),
-               "transitions_per_ns": float(transitions / time_ns[-1]),
+        row = {"method": method, "directory": str(directory), "simulated_ns": simulated_ns,
+               "discard_ns": float(discard_ns), "phi_transitions": int(transitions),
+               "transitions_per_ns": float(transitions / simulated_ns),
                "delta_f_kJmol": conv.final, "block_error_kJmol": conv.final_error,
                "plateau": conv.plateau, "time_to_converge_ns": conv.time_to_converge_ns,
                "time_to_reference_ns": None,

@@ -74,6 +74,11 @@ def test_a_resumed_run_equals_an_uninterrupted_one(method, tmp_path):
         assert rows["a"][key] == rows["b"][key] or (rows["a"][key] != rows["a"][key])
     assert rows["a"]["ns_per_day"] == straight["ns_per_day"]
     assert (tmp_path / "convergence.png").stat().st_size > 1000
+    later = compare_runs({"a": tmp_path / "straight"}, tmp_path / "later.png", discard_ns=0.001)
+    assert later["a"]["convergence"]["time_ns"][0] > 0.001
+    assert later["a"]["phi_transitions"] == rows["a"]["phi_transitions"]
+    with pytest.raises(ValueError, match="discard_ns must be >= 0 and below"):
+        compare_runs({"a": tmp_path / "straight"}, tmp_path / "x.png", discard_ns=0.003)
 
 
 def test_pooled_delta_f_is_the_inverse_variance_mean():
