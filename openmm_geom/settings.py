@@ -38,7 +38,7 @@ import difflib
 import typing
 import math
 import numbers
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 __all__ = ["setting", "setting_fields", "override", "add_options", "overrides_from",
            "option_flag", "check_settings", "SettingField", "CHECKS"]
@@ -74,14 +74,15 @@ CHECKS = {
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, choices: Optional[Iterable] = None,
-            stage: Optional[str] = None, cli: bool = True, check: Optional[str] = None,
-            default_factory: Any = dataclasses.MISSING) -> Any:
+            stage: Union[str, Sequence[str], None] = None, cli: bool = True,
+            check: Optional[str] = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with its help text (and choices, CLI stage, check) in its metadata.
 
     ``default`` may be mutable (a dict, a list, another settings instance): each instance
-    then gets its own deep copy. ``stage`` names the step of a job the field belongs to
-    (``add_options(..., stages=...)`` selects by it; nested fields inherit their holder's
-    stage). ``cli=False`` keeps the field off the command line (set per run, e.g. a seed).
+    then gets its own deep copy. ``stage`` names the step of a job the field belongs to, or
+    a tuple of the steps that share it (``add_options(..., stages=...)`` selects by it; nested
+    fields inherit their holder's stage). ``cli=False`` keeps the field off the command line
+    (set per run, e.g. a seed).
     ``check`` is one of :data:`CHECKS` (``"positive"``, ``"non-negative"``, ``"finite"``,
     ``"count"``), tested by :func:`check_settings`; on an ``int`` field ``"non-negative"``
     means an integer >= 0. An ``Optional`` field may also be None.
@@ -91,7 +92,8 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, choices: Optional[
     if check is not None and check not in CHECKS:
         raise ValueError(f"check must be one of {sorted(CHECKS)}, got {check!r}")
     metadata = {_KEY: {"help": help, "choices": None if choices is None else tuple(choices),
-                       "stage": stage, "cli": cli, "check": check}}
+                       "stage": tuple(stage) if isinstance(stage, (list, tuple)) else stage,
+                       "cli": cli, "check": check}}
     if default is not dataclasses.MISSING and type(default).__hash__ is None:
         template = default
         default, default_factory = dataclasses.MISSING, lambda: copy.deepcopy(template)
@@ -108,7 +110,7 @@ class SettingField(NamedTuple):
     type: Any  # the resolved annotation
     help: str
     choices: Optional[tuple]
-    stage: Optional[str]
+    stage: Union[str, Tuple[str, ...], None]  # a step, or the steps sharing the field
     cli: bool
     nested: bool  # a settings dataclass itself (its fields are listed after it)
     check: Optional[str] = None  # one of CHECKS, or None
@@ -328,7 +330,8 @@ def _select(cls, stages, include, exclude) -> list:
         fields = [f for f in fields if _supported(f.type)]
         if stages is not None:
             stages = (stages,) if isinstance(stages, str) else tuple(stages)
-            fields = [f for f in fields if f.stage is None or f.stage in stages]
+            fields = [f for f in fields if f.stage is None
+                      or set((f.stage,) if isinstance(f.stage, str) else f.stage) & set(stages)]
     unknown = set(exclude) - {f.name for f in setting_fields(cls)}
     if unknown:
         raise ValueError(f"{cls.__name__} has no setting(s) {sorted(unknown)} to exclude")

@@ -429,6 +429,40 @@ def test_building_the_parser_imports_neither_torch_nor_openmm():
     assert done.stdout.strip() == "[]"
 
 
+def test_compile_is_an_option_of_the_cg_steps_that_run_the_model(capsys):
+    for step, present in (("train", True), ("simulate", True), ("reproduce", True),
+                          ("evaluate", False)):
+        with pytest.raises(SystemExit):
+            main(["cg", step, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert ("--compile, --no-compile torch.compile the model" in text) is present, step
+        if present:
+            assert "(default: False)" in text.split("--compile, --no-compile", 1)[1][:250]
+
+
+@pytest.mark.slow
+def test_cg_simulate_compile_gives_the_eager_trajectory(cg_model, files, tmp_path, capsys):
+    """--compile reaches the simulator: same seeds, same trajectory within 1e-4 nm (float32
+    model, 10 BAOAB steps; tolerance chosen before the first run)."""
+    from openmm_geom.simulate import read_trajectory
+
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / name
+        assert main(["cg", "simulate", "--model", cg_model, "--start", files["npz"], "--out",
+                     str(out), "--replicas", "3", "--steps", "10", "--save-interval", "5",
+                     "--threads", "1", "--no-progress", "--json"] + extra) == 0
+        captured = capsys.readouterr()
+        result = json.loads(captured.out)
+        assert ("compile_seconds" in result) is bool(extra)
+        assert ("compiling the force function (first call)... done in" in captured.err) \
+            is bool(extra)
+        runs[name] = read_trajectory(out / "cg_trajectory.h5").positions
+    assert runs["eager"].shape == runs["compiled"].shape == (2, 3, 6, 3)
+    assert np.abs(runs["eager"][-1] - runs["eager"][0]).max() > 1e-3  # the beads moved
+    np.testing.assert_allclose(runs["compiled"], runs["eager"], rtol=0, atol=1e-4)
+
+
 def test_help_of_a_command_imports_neither_torch_nor_openmm():
     done = subprocess.run(CLI[:1] + ["-X", "importtime"] + CLI[1:] + ["cg", "simulate", "--help"],
                           capture_output=True, text=True, timeout=HANG_GUARD)

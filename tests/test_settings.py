@@ -165,6 +165,23 @@ def test_stages_include_exclude_required():
         parse(Outer, [], exclude=["nope"])
 
 
+@dataclasses.dataclass
+class Shared:
+    steps: int = setting(10, help="steps", stage="simulate")
+    fast: bool = setting(False, help="go fast", stage=("train", "simulate"))
+    bins: int = setting(5, help="bins", stage="evaluate")
+
+
+def test_a_field_may_belong_to_several_stages():
+    assert {f.name: f for f in setting_fields(Shared)}["fast"].stage == ("train", "simulate")
+    for stages, shown in ((["train"], True), (["simulate"], True), ("simulate", True),
+                          (["evaluate"], False), (None, True)):
+        parser, _ = parse(Shared, [], stages=stages)
+        assert ("--fast" in parser.format_help()) is shown, stages
+    _, args = parse(Shared, ["--fast"], stages=["train"])
+    assert override(Shared(), **overrides_from(args, Shared)).fast is True
+
+
 def test_a_name_at_two_levels_needs_an_exclusion_and_then_works():
     with pytest.raises(ValueError, match="two settings named 'epochs'"):
         parse(Twice, [])

@@ -16,7 +16,8 @@ trajectory as an uninterrupted run. A blow-up raises :class:`openmm_geom.errors.
 unreadable checkpoints :class:`~openmm_geom.errors.CheckpointError`. See :mod:`openmm_geom.simulate.langevin` and
 :mod:`openmm_geom.simulate.trajectory`.
 """
-from .ensemble import CompiledCall, EnsembleForces, compile_model
+from ..ops.compile import CompiledCall, compile_model
+from .ensemble import EnsembleForces
 from .langevin import BatchedLangevin, ForceFn, RunSummary, benchmark_integrator
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
 

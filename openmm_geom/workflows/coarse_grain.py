@@ -162,7 +162,7 @@ def train(data: CGData, out: Path, settings: CGSettings = PRODUCTION, *, seed: i
     ensemble, results = train_ensemble(_make_model_factory(data, priors, settings), x, f,
                                        dataclasses.replace(settings.training, seed=seed),
                                        out_dir=out,
-                                       progress=progress)
+                                       progress=progress, compile=settings.compile)
     metadata = {"mapping": data.mapping.to_dict(), "masses_amu": data.masses.tolist(),
                 "temperature_K": data.temperature_K, "training_data_hash": data.data_hash,
                 "training_data": data.source, "settings": dataclasses.asdict(settings),
@@ -174,7 +174,9 @@ def train(data: CGData, out: Path, settings: CGSettings = PRODUCTION, *, seed: i
     plot_learning_curves([r.history for r in results], out / "learning_curves.png")
     return {"model": str(out / "cg_model.pt"), "openmm_model": str(out / "cg_model_openmm.pt"),
             "folds": [{"fold": r.fold, "best_epoch": r.best_epoch,
-                       "best_validation_loss": r.best_validation} for r in results],
+                       "best_validation_loss": r.best_validation,
+                       **({"compile_seconds": r.compile_seconds} if settings.compile else {})}
+                      for r in results],
             "training_seconds": time.perf_counter() - start}
 
 
@@ -202,7 +204,7 @@ def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettin
                          f"got {starts.shape}: a model file for a different bead count?")
     if not np.isfinite(starts).all():
         raise ValueError("start configurations contain NaN or infinite values")
-    forces = EnsembleForces(model)
+    forces = EnsembleForces(model, compile=settings.compile)
     sim = BatchedLangevin(forces, metadata["masses_amu"], metadata["temperature_K"],
                           friction=settings.friction_per_ps, timestep=settings.timestep_fs / 1000,
                           integrator=settings.integrator, seed=seed, dtype=torch.float64)
@@ -220,6 +222,8 @@ def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettin
                                                   * settings.save_interval),
                           progress=progress)
     result = summary.as_dict()
+    if forces.compiled:
+        result["compile_seconds"] = forces.compile_seconds
     result.update(trajectory=str(trajectory), replicas=len(starts),
                   simulated_ns_total=len(starts) * settings.steps * (settings.timestep_fs / 1000)
                   / 1000)
@@ -241,7 +245,7 @@ def simulate_from(model_path, start_path, out, settings: CGSettings = PRODUCTION
         Output directory (``cg_trajectory.h5``, ``cg_simulation.ckpt``); a rerun resumes.
     settings : CGSettings
         ``replicas``, ``steps``, ``timestep_fs``, ``friction_per_ps``, ``save_interval``,
-        ``integrator`` are used.
+        ``integrator`` and ``compile`` (``EnsembleForces(model, compile=True)``) are used.
     pdb : path, optional
         Topology, if the npz carries none.
     seed : int
