@@ -437,7 +437,7 @@ def test_compile_is_an_option_of_the_cg_steps_that_run_the_model(capsys):
         text = " ".join(capsys.readouterr().out.split())
         assert ("--compile, --no-compile torch.compile the model" in text) is present, step
         if present:
-            assert "(default: False)" in text.split("--compile, --no-compile", 1)[1][:250]
+            assert "(default: no)" in text.split("--compile, --no-compile", 1)[1][:250]
 
 
 @pytest.mark.slow

@@ -65,8 +65,9 @@ class CGSettings:
     # torch.compile (inductor, C++ on CPU), opt-in: the force-matching steps (train) and the
     # simulator's force function (simulate); measured in benchmarks/bench_compile.py
     compile: bool = setting(False, help="torch.compile the model (inductor): the "
-                            "force-matching steps and the simulator's force function; "
-                            "compiling takes ~20-60 s first, logged", stage=("train", "simulate"))
+                            "force-matching steps and the simulator's force function; the "
+                            "first step compiles (tens of seconds, minutes on a busy machine; "
+                            "logged)", stage=("train", "simulate"))
     # simulation: 100 replicas x 100 ps (10 ns in all; each replica crosses between the
     # C7eq and C5 basins ~10 times per 40 ps, so the replicas forget where they started)
     replicas: int = setting(100, help="independent replicas simulated as one batch",
