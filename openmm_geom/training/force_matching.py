@@ -154,6 +154,10 @@ def train_fold(make_model: Callable[[int], CGSchNet], positions: torch.Tensor,
     x_val, f_val = positions[val_idx], forces[val_idx]
     compiled = None
     if compile:
+        # A compiled step left from another fold is not reused for this fold's new model: in
+        # bench_compile.py the second fold reused the first fold's compilation ("done in
+        # 0.0 s") and its epoch losses were 28% off eager (torch 2.12). Compile afresh.
+        torch.compiler.reset()
         compiled = CompiledCall(compile_model(ForceMatchingLoss(model)),
                                 f"the force-matching step of fold {fold + 1}")
     for epoch in range(tracker.start_epoch, config.epochs):

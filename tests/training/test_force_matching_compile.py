@@ -67,3 +67,10 @@ def test_compiled_training_gives_the_eager_losses_and_weights(capfd):
         if want.is_floating_point() and want.numel():
             torch.testing.assert_close(compiled.state[name], want, rtol=0,
                                        atol=1e-4 * max(want.abs().max().item(), 1.0))
+    # the next fold (a new model in the same process) trains its own model, not a stale one
+    train_idx, val_idx = time_block_folds(len(x), config.folds, config.gap_frames)[1]
+    eager = train_fold(_model, x, f, train_idx, val_idx, config, 1, progress=False)
+    compiled = train_fold(_model, x, f, train_idx, val_idx, config, 1, progress=False,
+                          compile=True)
+    for key in ("train", "validation"):
+        assert compiled.history[key] == pytest.approx(eager.history[key], rel=1e-5)
