@@ -94,6 +94,8 @@ def prepare(name: str, module: torch.nn.Module, pdb, positions, workdir: Path) -
             for m in (script, package)]
     check = agreement(f"{name}: bias AOTI == TorchScript (Reference)", bias[1], bias[0],
                       TOLERANCE)
+    print(f"{name}: packaged in {package_seconds:.1f} s; {check['check']}: "
+          f"{'ok' if check['ok'] else 'FAILED'}", flush=True)
     return {"name": name, "k": k, "script": script, "package": package, "force": force,
             "package_seconds": package_seconds, "package_bytes": len(package.data),
             "max_bias_force_kj_per_mol_nm": float(np.abs(bias[0][1]).max()), "check": check}
@@ -125,6 +127,7 @@ def run(threads: int, cases: list, pdb, timing) -> list:
             "block_rates": dict(zip(("amber", "torchscript", "aoti"),
                                     ([round(x, 2) for x in s] for s in samples))),
         })
+        print(f"threads {threads}, {case['name']}: measured (other load {load:.0%})", flush=True)
         del ts, aoti
     return rows
 
@@ -181,9 +184,6 @@ def main(argv=None) -> int:
                      for c in cases],
         "rows": rows, "checks": checks, "ok": ok,
     })
-    for c in cases:
-        print(f"{c['name']}: packaged in {c['package_seconds']:.1f} s "
-              f"({c['package_bytes'] / 1e6:.2f} MB)")
     if rows:
         return _common.report(table(rows), rows, checks, ok, args.out)
     print(f"CHECK FAILED: {checks}", file=sys.stderr)
