@@ -293,7 +293,11 @@ std::vector<torch::Tensor> ReferenceCalcTorchCVForceKernel::packageInputs(const 
                                                                          const double box[9]) const {
     // The TorchScript module's boundary refuses non-finite inputs; the compiled package has no
     // such check of values, so it is made here, with the same message.
-    if (!torch::isfinite(positions).all().item<bool>())
+    const double* x = positions.data_ptr<double>();  // contiguous float64, made by the kernel
+    bool finite = true;
+    for (int64_t i = 0; i < positions.numel(); i++)
+        finite = finite && std::isfinite(x[i]);
+    if (!finite)
         throw OpenMMException("TorchCVForce: the module failed: positions contain NaN/inf values; the "
                               "model was not run: the simulation blew up, or it was given bad coordinates");
     std::vector<torch::Tensor> inputs{positions};
