@@ -95,7 +95,7 @@ def restraint_force(model, restraints: Mapping[str, tuple], *,
     """
     if not restraints:
         raise ValueError("no restraints given")
-    model = ExportedModel.load(model, allow_bare=True)
+    model = ExportedModel.load(model, allow_bare=True, allow_package=True)
     names = model.cv_names(force_options.get("cv_names"))
     unknown = sorted(set(restraints) - set(names))
     if unknown:
@@ -285,7 +285,7 @@ class Metadynamics(BiasedCVs):
         else:
             self.bias = None
             expression = extra_energy or "0"
-        model = ExportedModel.load(model, allow_bare=True)
+        model = ExportedModel.load(model, allow_bare=True, allow_package=True)
         self.force = TorchCVForce(model, expression, **force_options)
         missing = [name for name in names if name not in self.force.cv_names]
         if missing:

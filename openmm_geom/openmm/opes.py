@@ -155,7 +155,7 @@ class OPES(BiasedCVs):
             raise ValueError(f"compression_threshold must be >= 0 (in sigmas; 0 = never merge), "
                              f"got {compression_threshold!r}")
 
-        model = ExportedModel.load(model, allow_bare=True)
+        model = ExportedModel.load(model, allow_bare=True, allow_package=True)
         module_names = model.cv_names(force_options.get("cv_names"))
         names = list(module_names) if cvs is None else ([cvs] if isinstance(cvs, str) else [str(c) for c in cvs])
         if not names:

@@ -242,3 +242,37 @@ def test_dihedrals_of_alanine_dipeptide(tmp_path):
                            positions)
         assert e1 == pytest.approx(e2, rel=1e-10, abs=1e-10)
         np.testing.assert_allclose(f1, f2, rtol=1e-10, atol=1e-10 * np.abs(f2).max())
+
+
+def test_restraints_and_metadynamics_take_a_package(case):
+    """The biasing front ends (restraints, metadynamics, OPES) build their TorchCVForce from a
+    package as from TorchScript."""
+    from openmm_geom.openmm import OPES, GridAxis, Metadynamics, restraint_force
+
+    package, script, positions = case
+    energies = []
+    for model in (package, script):
+        system = openmm.System()
+        for _ in range(27):
+            system.addParticle(12.0)
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in BOX])
+        system.addForce(restraint_force(model, {"cv0": (40.0, 0.1)}))
+        axes = [GridAxis("cv0", -1.0, 1.0, 0.05), GridAxis("cv1", -math.pi, math.pi, 0.3, True)]
+        meta = Metadynamics(system, model, axes, 300.0, height=1.0, bias_factor=5.0,
+                            frequency=10, method="hills")
+        opes = OPES(system, model, 300.0, barrier=20.0, pace=10, sigma=[0.05, 0.3],
+                    cvs=["cv0", "cv1"])
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                                 openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(positions)
+        meta.deposit(context)
+        context.setPositions(positions * 1.005)
+        meta.deposit(context)
+        for step, point in enumerate([(0.05, 0.5), (0.1, 0.6), (0.2, -1.0)]):
+            opes.update_at(point, 10 * (step + 1))
+        opes.force.updateParametersInContext(context)
+        energies.append(_state(context, positions * 1.01)[:2])
+    assert meta.force.getNumHills() == 2 and opes.force.getNumHills() >= 1
+    assert energies[0][0] == pytest.approx(energies[1][0], rel=1e-10, abs=1e-10)
+    np.testing.assert_allclose(energies[0][1], energies[1][1], rtol=1e-10,
+                               atol=1e-10 * np.abs(energies[1][1]).max())
