@@ -40,8 +40,6 @@ NO_PHYSICAL_VALUE = {
     "openmm_geom.openmm.ExportReport": "a result",
     "openmm_geom.openmm.CheckResult": "a result",
     "openmm_geom.simulate.EnsembleForces": "wraps a model",
-    "openmm_geom.simulate.compile_model": "a model and compile options",
-    "openmm_geom.simulate.CompiledCall": "wraps a callable (compiled at its first call)",
     "openmm_geom.export.export_plumed": "a CV module or file, paths and a form name; PLUMED's "
                                         "own units are fixed (nm, rad)",
     "openmm_geom.simulate.ForceFn": "a type alias",

@@ -159,7 +159,7 @@ class TorchComputation:
         if self._evaluate is None:
             self._evaluate = self._energy_forces
             if self.compile:
-                from ..simulate import CompiledCall, compile_model
+                from ..ops import CompiledCall, compile_model
 
                 self._forward = compile_model(self.boundary)
                 self._evaluate = CompiledCall(self._energy_forces, "the PythonForce model")

@@ -16,20 +16,17 @@ trajectory as an uninterrupted run. A blow-up raises :class:`openmm_geom.errors.
 unreadable checkpoints :class:`~openmm_geom.errors.CheckpointError`. See :mod:`openmm_geom.simulate.langevin` and
 :mod:`openmm_geom.simulate.trajectory`.
 """
-from ..ops.compile import CompiledCall, compile_model
 from .ensemble import EnsembleForces
 from .langevin import BatchedLangevin, ForceFn, RunSummary, benchmark_integrator
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
 
 __all__ = [
     "BatchedLangevin",
-    "CompiledCall",
     "EnsembleForces",
     "ForceFn",
     "RunSummary",
     "Trajectory",
     "TrajectoryWriter",
     "benchmark_integrator",
-    "compile_model",
     "read_trajectory",
 ]
