@@ -13,21 +13,6 @@ Use cases:
   alanine (a model where per-step Python and dispatch overhead dominate, as in openmm-ml's
   PythonForce path).
 
-* ``train-cg``: force-matching training, ``train_fold(..., compile=False)`` vs
-  ``compile=True`` (:class:`~openmm_geom.training.force_matching.ForceMatchingLoss`): one
-  CGSchNet member at the production size of the CG job (``CGSettings``: batches of 64,
-  float32, with priors) on TRAIN_FRAMES synthetic capped-alanine frames (``bench_cg``'s
-  generator, random forces: speed does not depend on them), 5 time-block folds as in
-  production (a validation block of 1/5, run eager either way); seconds per epoch (median of
-  the epochs after the first; an epoch here is ~100 optimiser steps, a production epoch of
-  40,000 frames is 625), the compile time of the first fold and of the next fold in the same
-  process (a new model instance);
-* ``train-potential``: energy+force training of the attention potential (production size,
-  float32, batches of 4 frames of a 50-water box): whether the training step compiles at all,
-  in both forms (the model compiled, forces by ``autograd.grad(create_graph=True)``; the whole
-  loss compiled with ``torch.func.grad``); the error is recorded (measured answer: neither
-  works on torch 2.12, see docs/benchmarks.md).
-
 Compile time is measured twice, each in a fresh process (dynamo's tracing is never cached):
 ``cold`` with an empty ``TORCHINDUCTOR_CACHE_DIR`` and ``cached`` with the directory the cold
 run filled (inductor's FX graph and AOTAutograd caches). ``dynamic=False`` and ``dynamic=True``
@@ -39,15 +24,12 @@ calls (simulator steps) after which the compile time is paid back,
 ``compile_seconds / (eager_seconds_per_call - compiled_seconds_per_call)``.
 
 Correctness checks (before timing): compiled forces and energies equal eager ones to 1e-5
-relative (float32 model) and 1e-9 (float64 potential); compiled force-matching training gives
-the eager per-epoch training and validation losses to 1e-3 relative (float32, hundreds of Adam
-steps apart; tolerance set before the first run). Timings are medians of interleaved blocks
+relative (float32 model) and 1e-9 (float64 potential). Timings are medians of interleaved blocks
 (eager, compiled, ...) in the cached process; machine load is recorded ("other_load").
 
     .venv/bin/python benchmarks/bench_compile.py [--out benchmarks/results/compile.json]  # ~5-10 min
     .venv/bin/python benchmarks/bench_compile.py --quick   # no compilation: eager path + the
                                                             # opt-in objects built, ~5 s
-    .venv/bin/python benchmarks/bench_compile.py --cases train-cg,train-potential  # a subset
 """
 from __future__ import annotations
 
@@ -79,12 +61,6 @@ NEW_REPLICAS = 101
 CG_TOLERANCE = 1e-5  # max |dF| / max |F|, float32
 PF_TOLERANCE = 1e-9  # float64
 TIMING = {"full": (3, 15), "quick": (1, 2)}  # warm-up calls, timed calls (cg); x10 for pf steps
-CASES = ("cg", "pythonforce", "train-cg", "train-potential")
-TRAIN_FRAMES = {"full": 8000, "quick": 200}  # train-cg: 5 folds -> ~6,400 training frames
-TRAIN_EPOCHS = {"full": 4, "quick": 1}
-TRAIN_BATCH = 64  # CGSettings (PRODUCTION.training.batch_size)
-TRAIN_TOLERANCE = 1e-3  # relative, per-epoch losses compiled vs eager (float32)
-POTENTIAL_WATERS = 50
 KJ_NM = unit.kilojoule_per_mole / unit.nanometer
 
 
@@ -135,118 +111,7 @@ def energy_forces(context):
             state.getForces(asNumpy=True).value_in_unit(KJ_NM))
 
 
-def train_cg(compile_now: bool, quick: bool) -> dict:
-    """train-cg: eager and compiled force-matching folds, interleaved (eager 0, compiled 0,
-    eager 1, compiled 1); seconds per epoch from the per-epoch callback's timestamps."""
-    from bench_cg import DIHEDRAL_HARMONICS, MODEL_DTYPE, NETWORK, SEED, TEMPERATURE, alanine_frames
-
-    from openmm_geom.models.cgschnet import CGSchNet
-    from openmm_geom.models.priors import fit_priors
-    from openmm_geom.training.force_matching import TrainConfig, time_block_folds, train_fold
-
-    size = "quick" if quick else "full"
-    rng = np.random.default_rng(SEED)
-    data = alanine_frames(rng, TRAIN_FRAMES[size])
-    priors = fit_priors(data["positions"], TEMPERATURE, bonds=data["bonds"],
-                        dihedrals=data["dihedrals"], method="cgnet",
-                        dihedral_harmonics=DIHEDRAL_HARMONICS)
-    x = torch.as_tensor(data["positions"], dtype=MODEL_DTYPE)
-    f = torch.as_tensor(rng.normal(0.0, 100.0, x.shape), dtype=MODEL_DTYPE)
-    epochs = TRAIN_EPOCHS[size]
-    config = TrainConfig(epochs=epochs, batch_size=TRAIN_BATCH, learning_rate=3e-3,
-                         final_learning_rate=1e-4, patience=epochs + 1, folds=5, gap_frames=10)
-    folds = time_block_folds(len(x), config.folds, config.gap_frames)
-
-    def make(seed: int) -> CGSchNet:
-        return CGSchNet(data["types"], priors, n_types=data["n_types"], **NETWORK, seed=seed,
-                        dtype=MODEL_DTYPE)
-
-    out, checks, per_epoch = {}, [], {"eager": [], "compiled": []}
-    runs = [("eager", 0), ("compiled", 0), ("eager", 1), ("compiled", 1)] if compile_now \
-        else [("eager", 0)]
-    histories = {}
-    monitor = LoadMonitor()
-    for name, fold in runs:
-        stamps = [time.perf_counter()]
-        result = train_fold(make, x, f, *folds[fold], config, fold, progress=False,
-                            callback=lambda epoch, history: stamps.append(time.perf_counter()),
-                            compile=name == "compiled")
-        times = np.diff(stamps)
-        per_epoch[name] += list(times[1:] if len(times) > 1 else times)
-        histories[name, fold] = result.history
-        if name == "compiled":
-            out[f"train_cg_compile_fold{fold}_seconds"] = result.compile_seconds
-    out["train_cg_other_load"] = monitor.result()["other_processes_cpu_fraction"]
-    out["train_cg_steps_per_epoch"] = int(np.ceil(len(folds[0][0]) / TRAIN_BATCH))
-    out["train_cg_frames"] = len(x)
-    for name, values in per_epoch.items():
-        if values:
-            out[f"train_cg_{name}_epoch_s"] = float(np.median(values))
-    for fold in (0, 1):
-        if ("compiled", fold) not in histories:
-            continue
-        want, got = histories["eager", fold], histories["compiled", fold]
-        error = max(abs(g - w) / abs(w) for key in ("train", "validation")
-                    for g, w in zip(got[key], want[key]))
-        checks.append({"check": f"train-cg fold {fold} compiled == eager (epoch losses)",
-                       "relative_error": float(error), "tolerance": TRAIN_TOLERANCE,
-                       "ok": bool(error <= TRAIN_TOLERANCE)})
-    out["checks"] = checks
-    return out
-
-
-def train_potential(compile_now: bool) -> dict:
-    """train-potential: does one energy+force training step of the attention potential
-    compile? Both forms; the first line of the error where it fails."""
-    from bench_potential import water_system
-
-    from openmm_geom.models.potentials import build_potential
-    from openmm_geom.workflows.config import PotentialSettings
-
-    if not compile_now:
-        return {}
-    with tempfile.TemporaryDirectory(prefix="water-") as cache:
-        system = water_system(POTENTIAL_WATERS, Path(cache))
-    model = build_potential("attention", system["numbers"],
-                            **PotentialSettings(architecture="attention").model_options(0))
-    frames = 4
-    x = torch.as_tensor(np.repeat(system["positions"][None], frames, 0), dtype=torch.float32)
-    x = x + 0.002 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-    box = torch.as_tensor(np.repeat(np.asarray(system["box"])[None], frames, 0),
-                          dtype=torch.float32)
-    reference = torch.zeros_like(x)
-
-    def autograd_form(energies):
-        positions = x.detach().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(energies(positions, box).sum(), positions,
-                                          create_graph=True)
-        return ((reference + gradient) ** 2).mean()
-
-    def func_form(positions):
-        gradient = torch.func.grad(lambda p: model.energies(p, box).sum())(positions)
-        return ((reference + gradient) ** 2).mean()
-
-    out = {}
-    for form, step in (("model compiled, autograd.grad(create_graph=True)",
-                        lambda: autograd_form(torch.compile(model.energies))),
-                       ("loss compiled, torch.func.grad", lambda: torch.compile(func_form)(x))):
-        torch._dynamo.reset()
-        start = time.perf_counter()
-        try:
-            step().backward()
-            outcome = {"compiles": True, "error": None}
-        except Exception as error:  # the measured answer is the error itself
-            lines = [line for line in str(error).splitlines() if line.strip()]
-            outcome = {"compiles": False, "error": f"{type(error).__name__}: "
-                                                   f"{lines[0] if lines else ''}"[:400]}
-            detail = [line.strip() for line in lines[1:4]]
-            outcome["detail"] = " ".join(detail)[:600]
-        outcome["seconds"] = time.perf_counter() - start
-        out[form] = outcome
-    return {"train_potential": out}
-
-
-def child(mode: str, variant: str, threads: int, timing: tuple, cases=CASES) -> dict:
+def child(mode: str, variant: str, threads: int, timing: tuple) -> dict:
     """One process: compile one variant (cold or cached, per TORCHINDUCTOR_CACHE_DIR), check,
     time; the PythonForce case in the ``static`` process only. One variant per process: dynamo
     caches compiled code per code object (``CGSchNet.forward``), so two compiled wrappers of
@@ -255,29 +120,13 @@ def child(mode: str, variant: str, threads: int, timing: tuple, cases=CASES) -> 
     warmup, repeats = timing
     out = {"cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"), "threads": threads}
     compile_now = mode != "quick"
-    checks = []
-    if variant == "static" and "train-cg" in cases:
-        data = train_cg(compile_now, mode == "quick")
-        checks += data.pop("checks")
-        out.update(data)
-    if variant == "static" and "train-potential" in cases:
-        out.update(train_potential(compile_now))
-    out["checks"] = checks
-    if "cg" in cases:
-        cg_case(out, compile_now, variant, warmup, repeats)
-    if variant == "static" and "pythonforce" in cases:
-        pf_case(out, compile_now, threads, warmup, repeats)
-    return out
-
-
-def cg_case(out: dict, compile_now: bool, variant: str, warmup: int, repeats: int) -> None:
-    """cg: EnsembleForces eager vs compiled (this process's variant)."""
-    checks = out["checks"]
+    # -- cg force function
     model, frames = cg_inputs()
     x = frames[:REPLICAS]
     eager = EnsembleForces(model)
     compiled = EnsembleForces(model, compile=True, dynamic=variant == "dynamic")
     want = eager(x)
+    checks = []
     calls = {"eager": lambda: eager(x)}
     if compile_now:
         for name, fn in ((variant, compiled),):
@@ -298,11 +147,10 @@ def cg_case(out: dict, compile_now: bool, variant: str, warmup: int, repeats: in
     out["cg_other_load"] = load
     for name, (median, _, _) in zip(names, timings):
         out[f"cg_{name}_ms" if name != "eager" else f"cg_{variant}_eager_ms"] = median * 1e3
-
-
-def pf_case(out: dict, compile_now: bool, threads: int, warmup: int, repeats: int) -> None:
-    """pythonforce: python_force eager vs compiled in an OpenMM Context."""
-    checks = out["checks"]
+    out["checks"] = checks
+    if variant != "static":
+        return out
+    # -- PythonForce bridge
     positions = alanine_positions()
     kwargs = dict(length_unit="angstrom", energy_unit="kcal/mol", periodic=False,
                   example_positions=positions)
@@ -327,13 +175,14 @@ def pf_case(out: dict, compile_now: bool, threads: int, warmup: int, repeats: in
     out["pf_other_load"] = load
     for name, (median, _, _) in zip(names, timings):
         out[f"pf_{name}_steps_per_s"] = steps / median
+    out["checks"] = checks
+    return out
 
 
-def run_child(mode: str, variant: str, cache: Path, threads: int, timing: tuple,
-              cases=CASES) -> dict:
+def run_child(mode: str, variant: str, cache: Path, threads: int, timing: tuple) -> dict:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
     command = [sys.executable, __file__, "--child", mode, "--variant", variant,
-               "--threads", str(threads), "--cases", ",".join(cases),
+               "--threads", str(threads),
                "--timing", ",".join(map(str, timing))] + (["--quick"] if mode == "quick" else [])
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     sys.stderr.write(done.stderr[-4000:])
@@ -344,28 +193,8 @@ def run_child(mode: str, variant: str, cache: Path, threads: int, timing: tuple,
 
 def summarize(cold: dict, cached: dict) -> dict:
     row = {"replicas": REPLICAS, "threads": cached["threads"],
-           "other_load": max(cached.get(key, 0.0) for key in (
-               "cg_other_load", "pf_other_load", "cg_other_load_dynamic",
-               "train_cg_other_load"))}
-    if "train_cg_eager_epoch_s" in cached:
-        eager = cached["train_cg_eager_epoch_s"]
-        row.update(train_cg_steps_per_epoch=cached["train_cg_steps_per_epoch"],
-                   train_cg_eager_epoch_s=eager,
-                   train_cg_compiled_epoch_s=cached.get("train_cg_compiled_epoch_s"))
-        if "train_cg_compiled_epoch_s" in cached:
-            compiled = cached["train_cg_compiled_epoch_s"]
-            row["train_cg_speedup"] = eager / compiled
-            for which, data in (("cold", cold), ("cached", cached)):
-                for fold, label in ((0, "first_fold"), (1, "next_fold")):
-                    seconds = data[f"train_cg_compile_fold{fold}_seconds"]
-                    row[f"train_cg_compile_{label}_{which}_s"] = seconds
-                seconds = data["train_cg_compile_fold0_seconds"]
-                row[f"train_cg_break_even_epochs_{which}"] = (
-                    seconds / (eager - compiled) if eager > compiled else None)
-    if "train_potential" in cold:
-        row["train_potential"] = cold["train_potential"]
-    if "cg_static_eager_ms" not in cached:
-        return row
+           "other_load": max(cached["cg_other_load"], cached["pf_other_load"],
+                             cached.get("cg_other_load_dynamic", 0.0))}
     for name in ("static", "dynamic"):
         key = f"cg_{name}_ms"
         if key not in cached:
@@ -384,8 +213,6 @@ def summarize(cold: dict, cached: dict) -> dict:
     for name in ("static", "dynamic"):
         for which, data in (("cold", cold), ("cached", cached)):
             row[f"cg_{name}_recompile_{which}_s"] = data.get(f"cg_{name}_recompile_seconds")
-    if "pf_eager_steps_per_s" not in cached:
-        return row
     row["pf_eager_steps_per_s"] = cached["pf_eager_steps_per_s"]
     if "pf_compiled_steps_per_s" in cached:
         row["pf_compiled_steps_per_s"] = cached["pf_compiled_steps_per_s"]
@@ -413,9 +240,8 @@ def table(rows: list) -> str:
                     f"{fmt(r[f'cg_{name}_compile_cached_s'], '.1f'):<8}     "
                     f"{fmt(r[f'cg_{name}_break_even_steps_cold'], '.0f')} / "
                     f"{fmt(r[f'cg_{name}_break_even_steps_cached'], '.0f')}{flag}")
-        if "cg_static_speedup" not in r and "cg_eager_ms" in r:  # quick: eager only
+        if "cg_static_speedup" not in r:  # quick: eager only
             lines.append(f"cg eager      {r['threads']:>7}  {r['cg_eager_ms']:>7.1f} ms   (not compiled)")
-        if "pf_speedup" not in r and "pf_eager_steps_per_s" in r:
             lines.append(f"pythonforce   {r['threads']:>7}  {r['pf_eager_steps_per_s']:>7.0f} st/s "
                          "(not compiled)")
         if "pf_speedup" in r:
@@ -425,24 +251,6 @@ def table(rows: list) -> str:
                 f"{fmt(r['pf_compile_cold_s'], '.1f'):>8} / {fmt(r['pf_compile_cached_s'], '.1f'):<8}"
                 f"     {fmt(r['pf_break_even_steps_cold'], '.0f')} / "
                 f"{fmt(r['pf_break_even_steps_cached'], '.0f')}{flag}")
-        if "train_cg_speedup" in r:
-            lines.append(
-                f"train-cg      {r['threads']:>7}  {r['train_cg_eager_epoch_s']:>7.2f} s/ep "
-                f"{r['train_cg_compiled_epoch_s']:>7.2f} s/ep {r['train_cg_speedup']:>6.2f}x  "
-                f"{fmt(r['train_cg_compile_first_fold_cold_s'], '.1f'):>8} / "
-                f"{fmt(r['train_cg_compile_first_fold_cached_s'], '.1f'):<8}     "
-                f"{fmt(r['train_cg_break_even_epochs_cold'], '.1f')} / "
-                f"{fmt(r['train_cg_break_even_epochs_cached'], '.1f')} epochs{flag}")
-            lines.append(f"train-cg: epochs of {r['train_cg_steps_per_epoch']} steps of "
-                         f"{TRAIN_BATCH} frames (production: 625); the next fold compiles in "
-                         f"{fmt(r['train_cg_compile_next_fold_cold_s'], '.1f')} s cold, "
-                         f"{fmt(r['train_cg_compile_next_fold_cached_s'], '.1f')} s cached")
-        elif "train_cg_eager_epoch_s" in r:
-            lines.append(f"train-cg      {r['threads']:>7}  {r['train_cg_eager_epoch_s']:>7.2f} "
-                         "s/ep (not compiled)")
-        for form, outcome in (r.get("train_potential") or {}).items():
-            lines.append(f"train-potential ({form}): "
-                         + ("compiles" if outcome["compiles"] else f"fails: {outcome['error']}"))
         for name in ("static", "dynamic"):
             if r.get(f"cg_{name}_recompile_cold_s") is not None:
                 lines.append(f"cg {name}: a new replica count (101) takes "
@@ -456,16 +264,10 @@ def main(argv=None) -> int:
     p.add_argument("--child", choices=["cold", "cached", "quick"], help=argparse_hidden())
     p.add_argument("--timing", help=argparse_hidden())
     p.add_argument("--variant", default="static", help=argparse_hidden())
-    p.add_argument("--cases", default=",".join(CASES),
-                   help=f"comma-separated use cases to run (default: all, {','.join(CASES)})")
     args = parse(p, argv)
-    cases = tuple(c for c in args.cases.split(",") if c)
-    unknown = set(cases) - set(CASES)
-    if unknown:
-        p.error(f"unknown case(s) {sorted(unknown)}: choose from {', '.join(CASES)}")
     if args.child:
         timing = tuple(int(v) for v in args.timing.split(","))
-        print(json.dumps(child(args.child, args.variant, int(args.threads), timing, cases)))
+        print(json.dumps(child(args.child, args.variant, int(args.threads), timing)))
         return 0
     monitor = LoadMonitor()
     timing = TIMING["quick" if args.quick else "full"]
@@ -473,14 +275,13 @@ def main(argv=None) -> int:
     rows, checks = [], []
     for threads in threads_list:
         cold, cached = {"checks": []}, {"checks": []}
-        for variant in (("static",) if args.quick or "cg" not in cases
-                        else ("static", "dynamic")):
+        for variant in (("static",) if args.quick else ("static", "dynamic")):
             with tempfile.TemporaryDirectory(prefix="inductor-cache-") as cache:
                 for mode, into in ((("quick", cold),) if args.quick
                                    else (("cold", cold), ("cached", cached))):
-                    data = run_child(mode, variant, Path(cache), threads, timing, cases)
+                    data = run_child(mode, variant, Path(cache), threads, timing)
                     into["checks"] += data.pop("checks")
-                    if variant == "dynamic" and "cg_other_load" in data:
+                    if variant == "dynamic":
                         data["cg_other_load_dynamic"] = data.pop("cg_other_load")
                     into.update(data)
         if args.quick:
@@ -489,7 +290,6 @@ def main(argv=None) -> int:
         rows.append(summarize(cold, cached))
     ok = all(c["ok"] for c in checks)
     write_json(args.out, {"benchmark": "compile", "quick": args.quick, "ok": ok,
-                          "cases": list(cases),
                           "environment": environment(), "load": monitor.result(),
                           "torch": torch.__version__, "rows": rows, "checks": checks})
     return report(table(rows), rows, checks, ok, args.out)

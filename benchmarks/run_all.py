@@ -120,9 +120,7 @@ def headline(data: dict) -> list:
     if data["benchmark"] == "compile":  # eager vs torch.compile, ratios (bench_compile.py)
         keys = ("threads", "cg_static_speedup", "cg_dynamic_speedup", "cg_static_compile_cold_s",
                 "cg_static_compile_cached_s", "cg_static_break_even_steps_cached", "pf_speedup",
-                "pf_compile_cold_s", "pf_compile_cached_s", "pf_break_even_steps_cached",
-                "train_cg_speedup", "train_cg_compile_first_fold_cold_s",
-                "train_cg_compile_first_fold_cached_s", "train_cg_break_even_epochs_cached")
+                "pf_compile_cold_s", "pf_compile_cached_s", "pf_break_even_steps_cached")
         return [{k: (round(r[k], 3) if isinstance(r.get(k), float) else r.get(k)) for k in keys}
                 for r in data["rows"]]
     if data["benchmark"] == "potential":

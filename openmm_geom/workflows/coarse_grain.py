@@ -162,7 +162,7 @@ def train(data: CGData, out: Path, settings: CGSettings = PRODUCTION, *, seed: i
     ensemble, results = train_ensemble(_make_model_factory(data, priors, settings), x, f,
                                        dataclasses.replace(settings.training, seed=seed),
                                        out_dir=out,
-                                       progress=progress, compile=settings.compile)
+                                       progress=progress)
     metadata = {"mapping": data.mapping.to_dict(), "masses_amu": data.masses.tolist(),
                 "temperature_K": data.temperature_K, "training_data_hash": data.data_hash,
                 "training_data": data.source, "settings": dataclasses.asdict(settings),
@@ -174,9 +174,7 @@ def train(data: CGData, out: Path, settings: CGSettings = PRODUCTION, *, seed: i
     plot_learning_curves([r.history for r in results], out / "learning_curves.png")
     return {"model": str(out / "cg_model.pt"), "openmm_model": str(out / "cg_model_openmm.pt"),
             "folds": [{"fold": r.fold, "best_epoch": r.best_epoch,
-                       "best_validation_loss": r.best_validation,
-                       **({"compile_seconds": r.compile_seconds} if settings.compile else {})}
-                      for r in results],
+                       "best_validation_loss": r.best_validation} for r in results],
             "training_seconds": time.perf_counter() - start}
 
 

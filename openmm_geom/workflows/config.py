@@ -62,12 +62,11 @@ class CGSettings:
         TrainConfig(epochs=30, batch_size=64, learning_rate=3e-3, final_learning_rate=1e-4,
                     patience=5, folds=5, max_train_frames=40_000),
         help="force-matching training of the k-fold ensemble", stage="train")
-    # torch.compile (inductor, C++ on CPU), opt-in: the force-matching steps (train) and the
-    # simulator's force function (simulate); measured in benchmarks/bench_compile.py
-    compile: bool = setting(False, help="torch.compile the model (inductor): the "
-                            "force-matching steps and the simulator's force function; the "
-                            "first step compiles (tens of seconds, minutes on a busy machine; "
-                            "logged)", stage=("train", "simulate"))
+    # torch.compile (inductor, C++ on CPU), opt-in: the simulator's force function; measured
+    # in benchmarks/bench_compile.py. Training is not compiled: see docs/benchmarks.md.
+    compile: bool = setting(False, help="torch.compile the model (inductor): the simulator's "
+                            "force function; the first step compiles (tens of seconds, minutes "
+                            "on a busy machine; logged)", stage="simulate")
     # simulation: 100 replicas x 100 ps (10 ns in all; each replica crosses between the
     # C7eq and C5 basins ~10 times per 40 ps, so the replicas forget where they started)
     replicas: int = setting(100, help="independent replicas simulated as one batch",
