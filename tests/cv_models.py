@@ -2,6 +2,7 @@
 from typing import Optional
 
 import openmm
+import openmm.unit as unit
 import torch
 
 from openmm_geom.ops import neighbor_pairs
@@ -85,3 +86,13 @@ class DensePairCVs(torch.nn.Module):
         d = torch.sqrt((delta ** 2).sum(-1))
         radial = torch.exp(-((d[:, None] - self.centers[None, :]) / 0.08) ** 2) * torch.exp(-d)[:, None]
         return torch.tanh(radial.sum(0) @ self.hidden) @ self.readout
+
+
+def context_state(context, positions):
+    """Set ``positions`` (nm); (energy kJ/mol, forces (N, 3) kJ/mol/nm, parameter derivatives)."""
+    context.setPositions(positions)
+    state = context.getState(getEnergy=True, getForces=True, getParameterDerivatives=True)
+    kj = unit.kilojoule_per_mole
+    return (state.getPotentialEnergy().value_in_unit(kj),
+            state.getForces(asNumpy=True).value_in_unit(kj / unit.nanometer),
+            dict(state.getEnergyParameterDerivatives()))

@@ -13,6 +13,7 @@ import pytest
 import torch
 from analytic import jittered_lattice
 from cv_models import DensePairCVs
+from cv_models import context_state as _state
 from cv_models import particle_context as _context
 
 from openmm_geom import torchcv_plugin as plugin
@@ -22,7 +23,6 @@ from openmm_geom.modelfile import ExportedModel, read_metadata
 from openmm_geom.openmm import TorchCVForce
 
 KJ = unit.kilojoule_per_mole
-KJ_NM = KJ / unit.nanometer
 ENERGY = "0.5*kk*(cv0-s0)^2 + sin(cv1)*cv0"
 PARAMETERS = {"kk": 3.0, "s0": 0.2}
 BOX = np.diag([0.9, 0.9, 0.9]) + np.array([[0, 0, 0], [0.1, 0, 0], [-0.05, 0.08, 0]])
@@ -49,14 +49,6 @@ def _force(model, hills=True):
         for h in range(6):
             force.addHill([0.01 * h - 0.02, 0.3 * h - 1.0], 0.5 + 0.1 * h)
     return force
-
-
-def _state(context, positions):
-    context.setPositions(positions)
-    state = context.getState(getEnergy=True, getForces=True, getParameterDerivatives=True)
-    return (state.getPotentialEnergy().value_in_unit(KJ),
-            state.getForces(asNumpy=True).value_in_unit(KJ_NM),
-            dict(state.getEnergyParameterDerivatives()))
 
 
 def test_package_is_self_describing(case):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from analytic import jittered_lattice
 from cv_models import CountingCVs, NaNCV, RandomPairCVs
+from cv_models import context_state as _state
 from cv_models import particle_context as _context
 
 from openmm_geom.export import export_model
@@ -50,14 +51,6 @@ def _peer(path, k):
     for i in range(k):
         force.addCollectiveVariable(f"cv{i}", torch_force(path, output_index=i))
     return force
-
-
-def _state(context, positions):
-    context.setPositions(positions)
-    state = context.getState(getEnergy=True, getForces=True, getParameterDerivatives=True)
-    return (state.getPotentialEnergy().value_in_unit(KJ),
-            state.getForces(asNumpy=True).value_in_unit(KJ_NM),
-            dict(state.getEnergyParameterDerivatives()))
 
 
 @pytest.mark.parametrize("periodic", [False, True], ids=["no-box", "box"])
