@@ -96,3 +96,16 @@ def context_state(context, positions):
     return (state.getPotentialEnergy().value_in_unit(kj),
             state.getForces(asNumpy=True).value_in_unit(kj / unit.nanometer),
             dict(state.getEnergyParameterDerivatives()))
+
+
+def central_difference_forces(context, positions, components, h=1e-6):
+    """-dE/dx by central differences of the Context's energy, one per (atom, axis) component."""
+    forces = []
+    for atom, axis in components:
+        energies = []
+        for sign in (1, -1):
+            p = positions.copy()
+            p[atom, axis] += sign * h
+            energies.append(context_state(context, p)[0])
+        forces.append(-(energies[0] - energies[1]) / (2 * h))
+    return forces
