@@ -17,6 +17,7 @@ reads (atom count, CV count, periodicity).
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 from typing import Optional
@@ -60,6 +61,7 @@ def package_cv_model(boundary: torch.nn.Module, metadata: ModelMetadata,
     from torch.export.pt2_archive._package import package_pt2
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    boundary = fixed_shape_copy(boundary)
     positions = torch.tensor(metadata.example_positions_nm, dtype=torch.float64)
     box = (None if metadata.example_box_nm is None
            else torch.tensor(metadata.example_box_nm, dtype=torch.float64))
@@ -101,6 +103,19 @@ def package_cv_model(boundary: torch.nn.Module, metadata: ModelMetadata,
     model = ExportedModel.from_package(data, metadata, source=str(path), from_file=True)
     _verify_package(boundary, model, positions, box, metadata)
     return model
+
+
+def fixed_shape_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` in which every submodule that offers ``enable_fixed_shapes()``
+    (e.g. :class:`~openmm_geom.models.torchmdnet.VesinEdges`: every pair instead of a
+    neighbour search, so geom2vec and TorchMD-Net CVs can be packaged) has had it called; the
+    module itself is untouched."""
+    module = copy.deepcopy(module)
+    for part in module.modules():
+        enable = getattr(part, "enable_fixed_shapes", None)
+        if callable(enable):
+            enable()
+    return module
 
 
 def _verify_package(boundary: torch.nn.Module, model: ExportedModel, positions: torch.Tensor,

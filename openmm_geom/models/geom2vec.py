@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torchmdnet.models.torchmd_et import EquivariantMultiHeadAttention
 
 from ..ops.neighbors import check_cutoff
 from ..data.trajectories import as_mdtraj_topology
@@ -56,9 +57,9 @@ class _TensorNetFeatures(torch.nn.Module):
         self.net = tensornet
 
     def forward(self, z: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor,
-                box: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                box: Optional[torch.Tensor], frames: int) -> Tuple[torch.Tensor, torch.Tensor]:
         net = self.net
-        edge_index, edge_weight, edge_vec = net.distance(pos, batch, box)
+        edge_index, edge_weight, edge_vec = net.distance(pos, batch, box, frames)
         assert edge_vec is not None
         q = torch.zeros_like(z)
         edge_attr = net.distance_expansion(edge_weight)
@@ -81,15 +82,78 @@ class _TensorNetFeatures(torch.nn.Module):
 
 
 class _ETFeatures(torch.nn.Module):
+    """TorchMD-ET's forward pass (torchmd-net 2.6.2, ``TorchMD_ET.forward``) on its own layers,
+    written without data-dependent shapes or host syncs.
+
+    torchmd-net removes self-loops by boolean indexing (``if not mask.all()``, ``x[mask]``) and
+    sizes each scatter from ``index.max().item()``; ``torch.export`` can trace neither, which
+    kept geom2vec CVs out of AOTInductor packages. Here self-loops are zeroed by multiplication
+    and every scatter is sized by the atom count. The result equals torchmd-net's own forward
+    (tested to 1e-12 in float64, values and gradients).
+    """
+
     def __init__(self, et: torch.nn.Module):
         super().__init__()
+        for layer in et.attention_layers:
+            layer.__class__ = _SizedAttention
         self.net = et
 
     def forward(self, z: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor,
-                box: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        x, v, _, _, _ = self.net(z, pos, batch, box)
-        assert v is not None
-        return x, v
+                box: Optional[torch.Tensor], frames: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        net = self.net
+        n = z.size(0)
+        x = net.embedding(z)
+        edge_index, edge_weight, edge_vec = net.distance(pos, batch, box, frames)
+        assert edge_vec is not None
+        edge_attr = net.distance_expansion(edge_weight)
+        loops = edge_index[0] == edge_index[1]
+        norms = torch.linalg.vector_norm(edge_vec, dim=1).masked_fill(loops, 1.0)
+        edge_vec = edge_vec / norms.unsqueeze(1)  # self-loops carry the zero vector
+        if net.neighbor_embedding is not None:
+            embed = net.neighbor_embedding
+            weight = embed.cutoff(edge_weight).masked_fill(loops, 0.0)
+            message = embed.distance_proj(edge_attr) * weight.unsqueeze(1) \
+                * embed.embedding(z).index_select(0, edge_index[1])
+            neighbors = torch.zeros(n, x.size(1), dtype=x.dtype, device=x.device) \
+                .index_add(0, edge_index[0], message)
+            x = embed.combine(torch.cat([x, neighbors], dim=1))
+        vec = torch.zeros(n, 3, x.size(1), device=x.device, dtype=x.dtype)
+        for layer in net.attention_layers:
+            dx, dvec = layer(x, vec, edge_index, edge_weight, edge_attr, edge_vec)
+            x = x + dx
+            vec = vec + dvec
+        return net.out_norm(x), vec
+
+
+class _SizedAttention(EquivariantMultiHeadAttention):
+    """``EquivariantMultiHeadAttention`` whose aggregation is sized by the atom count instead of
+    ``index.max().item()``. Same parameters and state-dict keys: :class:`_ETFeatures` changes
+    the class of ET's own layers to this one."""
+
+    def forward(self, x: torch.Tensor, vec: torch.Tensor, edge_index: torch.Tensor,
+                r_ij: torch.Tensor, f_ij: torch.Tensor, d_ij: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        n = x.size(0)
+        heads, head_dim, hidden = self.num_heads, self.head_dim, self.hidden_channels
+        x = self.layernorm(x)
+        q = self.q_proj(x).reshape(-1, heads, head_dim)
+        k = self.k_proj(x).reshape(-1, heads, head_dim)
+        v = self.v_proj(x).reshape(-1, heads, head_dim * 3)
+        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), hidden, dim=-1)
+        vec = vec.reshape(-1, 3, heads, head_dim)
+        vec_dot = (vec1 * vec2).sum(dim=1)
+        dk: Optional[torch.Tensor] = None
+        dv: Optional[torch.Tensor] = None
+        if self.dk_proj is not None:
+            dk = self.act(self.dk_proj(f_ij)).reshape(-1, heads, head_dim)
+        if self.dv_proj is not None:
+            dv = self.act(self.dv_proj(f_ij)).reshape(-1, heads, head_dim * 3)
+        x, vec = self.propagate(edge_index, q=q, k=k, v=v, vec=vec, dk=dk, dv=dv, r_ij=r_ij,
+                                d_ij=d_ij, dim_size=n)
+        x = x.reshape(-1, hidden)
+        vec = vec.reshape(-1, 3, hidden)
+        o1, o2, o3 = torch.split(self.o_proj(x), hidden, dim=1)
+        return vec_dot * o2 + o3, vec3 * o1.unsqueeze(1) + vec
 
 
 class Geom2VecFeaturizer(torch.nn.Module):
@@ -200,7 +264,7 @@ class Geom2VecFeaturizer(torch.nn.Module):
         z = atomic_numbers.to(torch.int64).repeat(frames)
         batch = torch.arange(frames, dtype=torch.int64,
                              device=pos.device).repeat_interleave(n_atoms)
-        x, v = self.backbone(z, pos, batch, box)
+        x, v = self.backbone(z, pos, batch, box, frames)
         features = torch.cat((x.unsqueeze(1), v), dim=1)  # (B*N, 4, d)
         return features.reshape(frames, n_atoms, 4, x.size(-1))  # FEATURE_CHANNELS
 

@@ -77,14 +77,33 @@ class VesinEdges(torch.nn.Module):
         # which held capped alanine to ~1,450 frames/s. Single frames (an OpenMM step) and
         # periodic or larger systems keep vesin, whose cost grows as N, not N^2.
         self.dense_limit = int(dense_limit)
+        # Fixed shapes (enable_fixed_shapes): every ordered pair, none dropped, for tracing.
+        self.every_pair = False
+
+    @torch.jit.unused
+    def enable_fixed_shapes(self) -> None:
+        """Return every ordered pair of a non-periodic frame, whatever its distance.
+
+        The edge count then depends on the atom count only, not on the positions, which is
+        what ``torch.export`` and AOTInductor need (:func:`openmm_geom.export.export_model`
+        with ``format="aoti"`` calls this on a copy of the model). The result is unchanged:
+        both architectures multiply every message by the cosine cutoff (ET with
+        ``vector_cutoff=True``), so pairs beyond the cutoff add exact zeros. Cost grows as N^2;
+        periodic frames keep the neighbour search.
+        """
+        self.every_pair = True
 
     def forward(self, pos: torch.Tensor, batch: Optional[torch.Tensor] = None,
-                box: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor,
-                                                              Optional[torch.Tensor]]:
+                box: Optional[torch.Tensor] = None, frames: int = -1
+                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``frames``: the frame count if the caller knows it (else read from ``batch``)."""
         total = pos.size(0)
-        frames = 1
-        if batch is not None and total > 0:
-            frames = int(batch[-1]) + 1
+        if frames < 0:
+            frames = 1
+            if batch is not None and total > 0:
+                frames = int(batch[-1]) + 1
+        if box is None and self.every_pair:
+            return self._every_pair_of_frames(pos, frames, total // frames)
         if box is not None and box.dim() == 2:
             box = box.unsqueeze(0)
         if box is not None and box.size(0) != frames:
@@ -121,6 +140,27 @@ class VesinEdges(torch.nn.Module):
         lengths.append(pos.new_zeros((total,)))
         edge_index = torch.stack([torch.cat(senders), torch.cat(receivers)])
         return edge_index, torch.cat(lengths), torch.cat(vectors)
+
+    def _every_pair_of_frames(self, pos: torch.Tensor, frames: int, n_atoms: int
+                              ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Every ordered pair (i != j) of every frame, then the self-loops: shapes fixed by
+        ``frames`` and ``n_atoms`` alone (no search, no data-dependent indexing)."""
+        per_frame = n_atoms * (n_atoms - 1)
+        k = torch.arange(per_frame, dtype=torch.int64, device=pos.device)
+        i = torch.div(k, max(n_atoms - 1, 1), rounding_mode="floor")
+        rest = k - i * (n_atoms - 1)
+        j = rest + (rest >= i).to(torch.int64)  # skip j == i
+        offsets = (torch.arange(frames, dtype=torch.int64, device=pos.device)
+                   * n_atoms).repeat_interleave(per_frame)
+        i = i.repeat(frames) + offsets
+        j = j.repeat(frames) + offsets
+        vec = pos.index_select(0, j) - pos.index_select(0, i)  # r_j - r_i, carried by (j, i)
+        dist = torch.linalg.vector_norm(vec, dim=-1)
+        total = frames * n_atoms
+        loops = torch.arange(total, dtype=torch.int64, device=pos.device)
+        edge_index = torch.stack([torch.cat([j, loops]), torch.cat([i, loops])])
+        return (edge_index, torch.cat([dist, pos.new_zeros((total,))]),
+                torch.cat([vec, pos.new_zeros((total, 3))]))
 
     def _all_pairs_of_frames(self, pos: torch.Tensor, frames: int, n_atoms: int
                              ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:

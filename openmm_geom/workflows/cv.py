@@ -277,11 +277,18 @@ def export_cv(backbone_path, cv_path, out, example_positions, *, example_box=Non
     x, y, z of every atom in nm, :func:`openmm_geom.export.export_plumed`), its PLUMED input
     lines go to ``out`` with the suffix ``.dat``, and the OpenMM file to ``.openmm.pt``
     (``openmm_file`` in the result). Periodic CVs cannot be exported for PLUMED.
+    ``format="aoti"``: an AOTInductor package for the native TorchCVForce (docs/aotinductor.md),
+    compiled with every atom pair instead of the neighbour search (same values, fixed shapes);
+    not periodic.
     """
     from ..export import export_model, export_plumed
 
-    if format not in ("openmm", "plumed"):
-        raise ValueError(f"format must be 'openmm' or 'plumed', got {format!r}")
+    if format not in ("openmm", "plumed", "aoti"):
+        raise ValueError(f"format must be 'openmm', 'plumed' or 'aoti', got {format!r}")
+    if format == "aoti" and example_box is not None:
+        raise ValueError("a periodic geom2vec CV cannot be packaged for AOTInductor (its "
+                         "neighbour search has a position-dependent pair count); export it "
+                         "as TorchScript (format 'openmm')")
     if format == "plumed":
         if example_box is not None:
             raise ValueError("a periodic CV cannot be exported for PLUMED: PYTORCH_MODEL gets "
@@ -307,6 +314,7 @@ def export_cv(backbone_path, cv_path, out, example_positions, *, example_box=Non
     token_map = json.loads(info["token_map"])
     export_model(cv, out, length_unit="nanometer", periodic=example_box is not None,
                  example_positions=example_positions, example_box=example_box, kind="cv",
+                 format="aoti" if format == "aoti" else "torchscript",
                  cutoff=cv.featurizer.cutoff, atom_types=None, cv_names=names, dtype=dtype,
                  hyperparameters={"backbone": info["backbone"]["hyperparameters"],
                                   "token_cv": info["kind"]},

@@ -263,7 +263,8 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     meta = None
     log_steps = settings.steps(settings.log_ps)
     if mode == "cv":
-        model = ExportedModel.load(cv_model)  # read once; the bias takes it as it is
+        # read once; the bias takes it as it is (TorchScript, or an AOTInductor package)
+        model = ExportedModel.load(cv_model, allow_package=True)
         model.require_kind("cv", "a biased run along learned CVs")
         model.check_atom_count(system.getNumParticles())
         axes = _learned_axes(model.metadata, settings)

@@ -87,8 +87,16 @@ def test_no_neighbour_cap_in_a_dense_cluster():
     z = torch.tensor(rng.choice([6, 8], 80))
     f = _featurizer("et")
     ours = f(z, pos.unsqueeze(0))
-    search = OptimizedDistance(0.0, f.cutoff * 10, max_num_pairs=-100, return_vecs=True,
-                               loop=True, include_transpose=True)
+    class Search(torch.nn.Module):  # our featurizer also passes the frame count
+        def __init__(self):
+            super().__init__()
+            self.search = OptimizedDistance(0.0, f.cutoff * 10, max_num_pairs=-100,
+                                            return_vecs=True, loop=True, include_transpose=True)
+
+        def forward(self, pos, batch, box, frames):
+            return self.search(pos, batch, box)
+
+    search = Search()
     net = f.backbone.net
     mine = net.distance
     net.distance = search
@@ -232,3 +240,65 @@ def test_trajectory_topology_mismatch_is_a_clear_error(alanine, tmp_path):
                   progress=False)
     with pytest.raises(FileNotFoundError):
         read_positions(tmp_path / "nope.dcd")
+
+
+def _perturbed(f, seed=5):
+    """Random non-zero biases everywhere (a trained model's), so every term matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=g))
+    return f
+
+
+def test_et_features_equal_torchmdnet_own_forward(alanine):
+    """Our shape-stable ET pass (no boolean masks, scatters sized by the atom count) against an
+    untouched torchmd-net TorchMD_ET holding the same weights: values and gradients."""
+    from openmm_geom.models.torchmdnet import ANGSTROM_PER_NM, VesinEdges, build_torchmdnet
+
+    top, pos = alanine
+    f = _perturbed(_featurizer("et"))
+    hp = f.hyperparameters
+    reference, _ = build_torchmdnet("et", hp["hidden_channels"], hp["num_layers"], hp["num_rbf"],
+                                    hp["num_heads"], True, "silu", "O(3)",
+                                    hp["cutoff"] * ANGSTROM_PER_NM, hp["max_z"], 64,
+                                    torch.float64)
+    reference.distance = VesinEdges(hp["cutoff"] * ANGSTROM_PER_NM)
+    reference.load_state_dict(f.backbone.net.state_dict())
+    assert type(reference.attention_layers[0]).__name__ == "EquivariantMultiHeadAttention"
+    z = torch.tensor([a.element.atomic_number for a in top.atoms])
+    g = torch.Generator().manual_seed(2)
+    x = (pos + 0.03 * torch.randn((3,) + pos.shape, dtype=torch.float64, generator=g))
+    x.requires_grad_(True)
+    ours = f(z, x)
+    scalars, vectors, *_ = reference(z.repeat(3), (x * ANGSTROM_PER_NM).reshape(-1, 3),
+                                     torch.arange(3).repeat_interleave(len(z)), None)
+    theirs = torch.cat((scalars.unsqueeze(1), vectors), dim=1).reshape(ours.shape)
+    assert float((ours - theirs).abs().max()) < 1e-12 * float(theirs.abs().max())
+    w = torch.randn(ours.shape, dtype=torch.float64, generator=g)
+    (a,) = torch.autograd.grad((ours * w).sum(), x, retain_graph=True)
+    (b,) = torch.autograd.grad((theirs * w).sum(), x)
+    assert float((a - b).abs().max()) < 1e-10 * float(b.abs().max())
+
+
+@pytest.mark.parametrize("arch", ["et", "tensornet"])
+def test_every_pair_mode_equals_the_neighbour_search(arch, alanine):
+    """enable_fixed_shapes (every ordered pair, for AOTInductor) changes nothing: pairs beyond
+    the cutoff carry exact zeros. Frames far apart enough that many pairs lie beyond 0.5 nm."""
+    top, pos = alanine
+    f = _perturbed(_featurizer(arch))
+    z = torch.tensor([a.element.atomic_number for a in top.atoms])
+    g = torch.Generator().manual_seed(4)
+    x = pos + 0.03 * torch.randn((2,) + pos.shape, dtype=torch.float64, generator=g)
+    distances = torch.cdist(x[0], x[0])
+    assert int((distances > f.cutoff).sum()) > 50  # the test needs pairs beyond the cutoff
+    x.requires_grad_(True)
+    searched = f(z, x)
+    f.backbone.net.distance.enable_fixed_shapes()
+    for module in (f, torch.jit.script(f)):
+        every = module(z, x)
+        assert float((every - searched).abs().max()) < 1e-12 * float(searched.abs().max())
+        w = torch.randn(every.shape, dtype=torch.float64, generator=g)
+        (a,) = torch.autograd.grad((every * w).sum(), x)
+        (b,) = torch.autograd.grad((searched * w).sum(), x, retain_graph=True)
+        assert float((a - b).abs().max()) < 1e-10 * float(b.abs().max())

@@ -263,3 +263,41 @@ def test_restraints_and_metadynamics_take_a_package(case):
     assert energies[0][0] == pytest.approx(energies[1][0], rel=1e-10, abs=1e-10)
     np.testing.assert_allclose(energies[0][1], energies[1][1], rtol=1e-10,
                                atol=1e-10 * np.abs(energies[1][1]).max())
+
+
+def test_geom2vec_cv_is_packaged(tmp_path):
+    """A geom2vec CV (TorchMD-ET backbone, atom tokens, global distances, VAMP head; random
+    weights) on capped alanine: the package, compiled with every atom pair instead of the
+    neighbour search, gives the TorchScript file's energies and forces in a Reference Context."""
+    import openmm.app as app
+
+    from openmm_geom.data import bundled
+    from openmm_geom.models.geom2vec import Geom2VecCV, Geom2VecFeaturizer, TokenCV, TokenMap
+    from openmm_geom.models.heads import VAMPHead
+    from openmm_geom.models.mixers import build_mixer
+
+    pdb = app.PDBFile(str(bundled("alanine-dipeptide.pdb")))
+    tokens = TokenMap.from_topology(pdb.topology, selection="heavy", tokens="atom",
+                                    global_atoms="not element H")
+    featurizer = Geom2VecFeaturizer("et", hidden_channels=16, num_layers=2, num_rbf=16,
+                                    num_heads=4, dtype=torch.float64, seed=3)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        mixer = build_mixer("pool", 16, tokens.n_tokens, tokens.global_dim)
+        token_cv = TokenCV(tokens.n_tokens, 16, tokens.global_dim, mixer,
+                           VAMPHead(mixer.out_dim, hidden=16, k=2), dtype=torch.float64)
+    cv = Geom2VecCV(featurizer, tokens, token_cv.double()).eval()
+    positions = np.array(pdb.positions.value_in_unit(unit.nanometer))
+    options = dict(kind="cv", length_unit="nm", periodic=False, example_positions=positions)
+    package = export_model(cv, tmp_path / "g.pt2", format="aoti", **options)
+    script = export_model(cv, tmp_path / "g.pt", **options)
+    assert cv.featurizer.backbone.net.distance.every_pair is False  # the caller's is untouched
+    energy = "3*(cv0-0.2)^2 + 2*sin(cv1)"
+    contexts = [_context([TorchCVForce(m, energy)], 22, None, "Reference")
+                for m in (package, script)]
+    moved = positions + np.random.default_rng(3).normal(scale=0.02, size=positions.shape)
+    for x in (positions, moved):
+        (e1, f1, _), (e2, f2, _) = (_state(c, x) for c in contexts)
+        assert np.abs(f2).max() > 1e-3
+        assert e1 == pytest.approx(e2, rel=1e-10, abs=1e-10)
+        np.testing.assert_allclose(f1, f2, rtol=1e-10, atol=1e-10 * np.abs(f2).max())
