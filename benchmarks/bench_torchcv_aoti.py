@@ -2,14 +2,16 @@
 
 The system, integrator, platform and bias are ``bench_torchcv.py``'s (capped alanine, amber14,
 NoCutoff, HBonds, LangevinMiddle 300 K 2 fs, CPU platform; ``sum_i 0.5*kappa*(cv_i - c_i)^2``
-with kappa = 10 and c_i = round(cv_i(start)) + 1). Its TorchMD-Net CV cannot be packaged (its
-neighbour list has a value-dependent number of pairs, which ``torch.export`` refuses), so two
-CVs that can are compared, each exported twice from the same module:
-``export_model(..., kind="cv")`` (TorchScript) and ``export_model(..., format="aoti")``:
+with kappa = 10 and c_i = round(cv_i(start)) + 1). Three CVs, each exported twice from the same
+module: ``export_model(..., kind="cv")`` (TorchScript) and ``export_model(..., format="aoti")``:
 
 * ``dihedrals``: phi/psi (``openmm_geom.models.Dihedrals``, k = 2), the smallest CV;
 * ``mlp``: the 231 pair distances of the 22 atoms through a float64 MLP 231-128-128-2 (tanh,
-  random weights, fixed seed), a descriptor network of moderate size.
+  random weights, fixed seed), a descriptor network of moderate size;
+* ``geom2vec``: the CV ``cv explore``/``cv reproduce`` export by default (TorchMD-ET backbone
+  with 64 channels, 3 layers, 32 RBFs, 8 heads, cutoff 0.5 nm on the 10 heavy atoms, one token
+  per atom plus the global heavy-atom distances, pool mixer, VAMP head, k = 2; random weights,
+  float64). Its package runs every atom pair instead of the neighbour search (fixed shapes).
 
 Before timing, the bias's energy and forces (force group 1) of both backends are compared on
 the Reference platform (rel 1e-10). Rates are medians over interleaved timed blocks (amber
@@ -73,6 +75,24 @@ class DistanceMLP(torch.nn.Module):
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         d = torch.linalg.vector_norm(positions[self.second] - positions[self.first], dim=-1)
         return self.net(d)
+
+
+def geom2vec_cv(topology) -> torch.nn.Module:
+    """The default geom2vec CV architecture with random weights (see the module docstring)."""
+    from openmm_geom.models.geom2vec import Geom2VecCV, Geom2VecFeaturizer, TokenCV, TokenMap
+    from openmm_geom.models.heads import VAMPHead
+    from openmm_geom.models.mixers import build_mixer
+
+    tokens = TokenMap.from_topology(topology, selection="heavy", tokens="atom",
+                                    global_atoms="not element H")
+    featurizer = Geom2VecFeaturizer("et", dtype=torch.float64, seed=SEED)
+    d = featurizer.hidden_channels
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        mixer = build_mixer("pool", d, tokens.n_tokens, tokens.global_dim)
+        token_cv = TokenCV(tokens.n_tokens, d, tokens.global_dim, mixer,
+                           VAMPHead(mixer.out_dim, k=2), dtype=torch.float64)
+    return Geom2VecCV(featurizer, tokens, token_cv.double()).eval()
 
 
 def prepare(name: str, module: torch.nn.Module, pdb, positions, workdir: Path) -> dict:
@@ -160,7 +180,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         cases = [prepare("dihedrals", Dihedrals(backbone_quadruplets(pdb.topology)), pdb,
                          positions, Path(workdir)),
-                 prepare("mlp", DistanceMLP(len(positions)), pdb, positions, Path(workdir))]
+                 prepare("mlp", DistanceMLP(len(positions)), pdb, positions, Path(workdir)),
+                 prepare("geom2vec", geom2vec_cv(pdb.topology), pdb, positions,
+                         Path(workdir))]
         checks = [c["check"] for c in cases]
         if all(c["ok"] for c in checks):
             for threads in thread_counts(args.threads):
@@ -174,7 +196,9 @@ def main(argv=None) -> int:
                       "LangevinMiddle 300 K 2 fs, CPU platform)",
             "bias": "sum_i 0.5*kappa*(cv_i - c_i)^2, c_i = round(cv_i(start)) + 1",
             "cvs": {"dihedrals": "phi/psi Dihedrals, k=2",
-                    "mlp": "231 pair distances -> MLP 128-128 tanh -> 2, float64"},
+                    "mlp": "231 pair distances -> MLP 128-128 tanh -> 2, float64",
+                    "geom2vec": "ET 64x3 on the heavy atoms, atom tokens + global distances, "
+                                "pool mixer, VAMP head k=2, random weights, float64"},
             "timing": {"block_seconds": block_seconds, "blocks": blocks, "warmup": warmup,
                        "statistic": "median rate over interleaved blocks"},
         },
