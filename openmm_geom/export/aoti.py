@@ -76,8 +76,12 @@ def package_cv_model(boundary: torch.nn.Module, metadata: ModelMetadata,
         _, pull = torch.func.vjp(lambda y: boundary.call_unchecked(y, *rest), x)
         return pull(w)[0]
 
+    # pattern_matcher off: inductor would rewrite a written-out softmax(q k^T / s) v (our
+    # transformer mixers) into scaled_dot_product_attention, whose CPU flash-attention backward
+    # then failed at run time in the VJP model (seen with the subformer mixer, float64).
     options = {"aot_inductor.package": True,
-               "aot_inductor.metadata": package_entries(metadata)}
+               "aot_inductor.metadata": package_entries(metadata),
+               "pattern_matcher": False}
     files = {}
     for name, function, args in (("cv", cv, inputs), ("vjp", vjp, inputs + (cotangent,))):
         step = "tracing"

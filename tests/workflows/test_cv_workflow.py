@@ -185,6 +185,34 @@ def test_bias_run_resumes_from_its_checkpoint(pipeline, tmp_path):
     assert (tmp_path / "run" / "phi_profile.png").exists()
 
 
+def test_aoti_package_of_the_trained_cv_biases_with_opes(pipeline, tmp_path):
+    """`cv export --format aoti`: the package's CVs equal the TorchScript file's (1e-10 in
+    float64), and `cv bias --method opes` runs along it."""
+    from openmm_geom.modelfile import ExportedModel
+
+    d = pipeline["dir"]
+    result = _cli("cv", "export", "--backbone", d / "backbone.pt", "--cv",
+                  d / "vamp" / "vamp_cv.pt", "--topology", PDB, "--out", tmp_path / "cv.pt2",
+                  "--format", "aoti", "--float64")
+    assert result["cv_names"] == ["vamp0", "vamp1"]
+    package = ExportedModel.load(tmp_path / "cv.pt2", allow_package=True)
+    script = ExportedModel.load(d / "cv.pt")
+    assert package.backend == "aoti"
+    x = torch.tensor(mdtraj_frame() + 0.01 * np.random.default_rng(4).normal(size=(22, 3)))
+    np.testing.assert_allclose(package(x).numpy(), script.module(x).detach().double().numpy(),
+                               rtol=0, atol=1e-5)  # the TorchScript file is float32
+    run = _cli("cv", "bias", "--pdb", PDB, "--model", tmp_path / "cv.pt2", "--method", "opes",
+               "--out", tmp_path / "opes", "--picoseconds", "0.4", "--opes-pace-ps", "0.1",
+               "--checkpoint-ps", "0.2")
+    assert run["frames"] == 4
+    rows = np.loadtxt(tmp_path / "opes" / "bias_log.csv", delimiter=",", skiprows=1)
+    assert rows.shape[0] == 4 and np.isfinite(rows).all()
+    message = _cli("cv", "export", "--backbone", d / "backbone.pt", "--cv",
+                   d / "vamp" / "vamp_cv.pt", "--topology", PDB, "--out", tmp_path / "c.pt2",
+                   "--format", "aoti", "--check", expect=2)
+    assert "--check runs check-export" in message and not (tmp_path / "c.pt2").exists()
+
+
 def test_bad_inputs_are_clear_errors(pipeline, tmp_path):
     d = pipeline["dir"]
     wrong = tmp_path / "wrong_atoms.npz"
