@@ -148,7 +148,9 @@ def _compare(boundary: torch.nn.Module, model: ExportedModel, positions: torch.T
     (grad,) = torch.autograd.grad(eager.to(torch.float64), x, weights)
     got_cv = model(positions, box)
     got_grad = model.module.vjp(positions, weights, box)
-    tolerance = 1e-10 if metadata.dtype == "float64" else 1e-5
+    # float32: inductor fuses and reorders the arithmetic; a 3-layer ET CV differed by 1.3e-5
+    # (relative) from eager. A baked-in shape or a value branch gives errors of order one.
+    tolerance = 1e-10 if metadata.dtype == "float64" else 1e-4
     for name, a, b in (("CVs", eager.detach().to(torch.float64), got_cv),
                        ("gradient", grad, got_grad)):
         scale = max(float(a.abs().max()), 1e-12)

@@ -371,10 +371,17 @@ def _check_sane(state, positions: np.ndarray, step: int, settings: BiasSettings)
                                "coordinates; lower the timestep or the hill height")
     extent = float(np.ptp(positions, axis=0).max())
     if extent > 5.0:  # a 22-atom peptide spans ~1 nm; 5 nm means it came apart
+        if settings.method == "opes" and settings.opes_adaptive_sigma:
+            remedy = ("OPES kernels too narrow for the CV (adaptive sigma follows the CV's "
+                      "fluctuation; fix wider kernels with --no-opes-adaptive-sigma "
+                      "--width-fraction 0.5 or more)")
+        elif settings.method == "opes":
+            remedy = "OPES kernels too narrow for the CV (a larger --width-fraction)"
+        else:
+            remedy = "lower the hill height or widen the hills, --width-fraction"
         raise SimulationBlowUp(f"step {step}: the molecule spans {extent:.1f} nm (bonds broke); "
-                               "a steep bias (lower the hill height or widen the hills, "
-                               "--width-fraction) or too long a timestep. Checkpoints and "
-                               "series saved before this step are kept")
+                               f"a steep bias ({remedy}) or too long a timestep. Checkpoints "
+                               "and series saved before this step are kept")
 
 
 def _save_series(path: Path, steps: Sequence[int], angles: Sequence[np.ndarray]) -> None:
