@@ -61,7 +61,7 @@ def package_cv_model(boundary: torch.nn.Module, metadata: ModelMetadata,
     from torch.export.pt2_archive._package import package_pt2
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    boundary = fixed_shape_copy(boundary)
+    boundary = _fixed_shape_copy(boundary)
     positions = torch.tensor(metadata.example_positions_nm, dtype=torch.float64)
     box = (None if metadata.example_box_nm is None
            else torch.tensor(metadata.example_box_nm, dtype=torch.float64))
@@ -109,10 +109,10 @@ def package_cv_model(boundary: torch.nn.Module, metadata: ModelMetadata,
     return model
 
 
-def fixed_shape_copy(module: torch.nn.Module) -> torch.nn.Module:
+def _fixed_shape_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module`` in which every submodule that offers ``enable_fixed_shapes()``
     (e.g. :class:`~openmm_geom.models.torchmdnet.VesinEdges`: every pair instead of a
-    neighbour search, so geom2vec and TorchMD-Net CVs can be packaged) has had it called; the
+    neighbour search, so geom2vec CVs can be packaged) has had it called; the
     module itself is untouched."""
     module = copy.deepcopy(module)
     for part in module.modules():
