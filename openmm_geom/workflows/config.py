@@ -331,6 +331,12 @@ class BiasSettings:
     width_fraction: float = setting(0.2, help="learned CVs: hill width / the CV's standard "
                                     "deviation on its training data", check="positive")
     phipsi_width: float = setting(0.35, help="phipsi mode: hill width, rad", check="positive")
+    # learned CVs extrapolate outside their training data; a bias that pushes them there can
+    # tear the molecule apart (docs/results/cv-biasing.md), hence optional walls
+    cv_walls_kJmol: Optional[float] = setting(
+        None, help="learned CVs: harmonic walls at the CVs' training range (min and max), "
+        "W ((s - edge)/std)^2 kJ/mol beyond an edge (std: the CV's training standard "
+        "deviation); none: no walls", check="positive")
     method: str = setting("metad", help="metad: well-tempered metadynamics (TorchCVForce); "
                           "opes: OPES (TorchCVForce); app-metad: OpenMM's own "
                           "openmm.app.Metadynamics on CustomTorsionForce phi/psi (--mode "

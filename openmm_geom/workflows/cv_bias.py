@@ -63,6 +63,23 @@ def _phi_psi(positions: np.ndarray, quads: np.ndarray) -> np.ndarray:
     return dihedrals(positions[None], quads)[0]
 
 
+def _cv_walls(metadata, settings: BiasSettings) -> str:
+    """The Lepton expression of the learned CVs' walls ("" without walls): for each CV,
+    ``W ((s - max)/std)^2`` above its training maximum and ``W ((min - s)/std)^2`` below its
+    minimum (``cv_statistics`` of the model file), zero inside the training range."""
+    if settings.cv_walls_kJmol is None:
+        return ""
+    stats = (metadata.extra or {}).get("cv_statistics") or {}
+    terms = []
+    for name in metadata.cv_names:
+        s = stats[name]
+        w, std, low, high = (float(x) for x in (settings.cv_walls_kJmol, s["std"], s["min"],
+                                                s["max"]))
+        terms.append(f"{w!r}*(max(0, {name} - ({high!r}))/{std!r})^2"
+                     f" + {w!r}*(max(0, ({low!r}) - {name})/{std!r})^2")
+    return " + ".join(terms)
+
+
 def _learned_axes(metadata, settings: BiasSettings):
     from ..openmm import GridAxis
 
@@ -195,7 +212,8 @@ def _truncate_csv(path: Path, last_step: int) -> None:
         atomic_write_bytes(path, "".join(kept).encode())
 
 
-def _opes_bias(system, model, settings: BiasSettings, sigma, log: Path, log_steps: int):
+def _opes_bias(system, model, settings: BiasSettings, sigma, log: Path, log_steps: int,
+               walls: str = ""):
     """The OPES object of ``openmm_geom.openmm`` for these settings."""
     import openmm.unit as unit
 
@@ -207,7 +225,7 @@ def _opes_bias(system, model, settings: BiasSettings, sigma, log: Path, log_step
                 sigma=None if settings.opes_adaptive_sigma else sigma,
                 explore=settings.opes_explore,
                 compression_threshold=settings.opes_compression_threshold, log=log,
-                log_interval=log_steps)
+                log_interval=log_steps, extra_energy=walls)
 
 
 def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
@@ -261,6 +279,7 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     quads = phi_psi_quadruplets(pdb.topology)
     temperature = settings.temperature_K * unit.kelvin
     meta = None
+    walls = ""
     log_steps = settings.steps(settings.log_ps)
     if mode == "cv":
         # read once; the bias takes it as it is (TorchScript, or an AOTInductor package)
@@ -268,6 +287,7 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
         model.require_kind("cv", "a biased run along learned CVs")
         model.check_atom_count(system.getNumParticles())
         axes = _learned_axes(model.metadata, settings)
+        walls = _cv_walls(model.metadata, settings)
     elif mode == "phipsi" and method != "app-metad":
         out.mkdir(parents=True, exist_ok=True)
         model_path = out / "phi_psi.pt"
@@ -285,10 +305,10 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
             meta = Metadynamics(system, model, axes, temperature, settings.bias_factor,
                                 settings.height_kJmol, settings.steps(settings.deposit_ps),
                                 method=settings.metad_storage, log=out / "bias_log.csv",
-                                log_interval=log_steps, force_group=5)
+                                log_interval=log_steps, force_group=5, extra_energy=walls)
         elif method == "opes":
             meta = _opes_bias(system, model, settings, [axis.width for axis in axes],
-                              out / "bias_log.csv", log_steps)
+                              out / "bias_log.csv", log_steps, walls)
         else:
             meta = _AppMetadynamics(system, quads, settings, out / "bias_log.csv", log_steps)
     integrator = openmm.LangevinMiddleIntegrator(temperature, settings.friction_per_ps / unit.picosecond,

@@ -284,3 +284,50 @@ def test_a_blown_up_run_stops_with_a_diagnosis_and_saves_nothing_of_it(tmp_path)
                    progress=False)
     assert not (tmp_path / "run" / "dihedrals.npz").exists()  # no frame of the blow-up kept
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_cv_walls_hold_learned_cvs_in_their_training_range(pipeline, tmp_path):
+    """--cv-walls-kjmol: W ((s - max)/std)^2 above the training maximum, W ((min - s)/std)^2
+    below the minimum, zero inside; checked in a Context against numpy, then a short OPES run
+    with walls."""
+    import dataclasses
+
+    import openmm
+    import openmm.app as app
+
+    from openmm_geom.modelfile import ExportedModel
+    from openmm_geom.openmm import TorchCVForce
+    from openmm_geom.workflows.cv_bias import BiasSettings, _cv_walls
+
+    d = pipeline["dir"]
+    model = ExportedModel.load(d / "cv.pt")
+    pdb = app.PDBFile(PDB)
+    values = model.module(torch.tensor(mdtraj_frame())).detach().double().numpy()
+    w = 7.0
+    cases = {"inside": {n: {"min": v - 1.0, "max": v + 1.0, "std": 0.5}
+                        for n, v in zip(model.metadata.cv_names, values)},
+             "outside": {n: {"min": v + 0.1 * (i + 1), "max": v + 1.0, "std": 0.05 * (i + 1)}
+                         if i == 0 else {"min": v - 1.0, "max": v - 0.02, "std": 0.04}
+                         for i, (n, v) in enumerate(zip(model.metadata.cv_names, values))}}
+    for name, stats in cases.items():
+        metadata = dataclasses.replace(model.metadata, extra={**model.metadata.extra,
+                                                              "cv_statistics": stats})
+        expression = _cv_walls(metadata, BiasSettings(cv_walls_kJmol=w))
+        system = openmm.System()
+        for atom in pdb.topology.atoms():
+            system.addParticle(atom.element.mass)
+        system.addForce(TorchCVForce(model, expression))
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                                 openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(pdb.positions)
+        energy = context.getState(getEnergy=True).getPotentialEnergy()._value
+        expected = sum(w * (max(0.0, v - s["max"]) / s["std"]) ** 2
+                       + w * (max(0.0, s["min"] - v) / s["std"]) ** 2
+                       for v, s in zip(values, stats.values()))
+        assert (expected > 1.0) == (name == "outside")
+        assert energy == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert _cv_walls(model.metadata, BiasSettings()) == ""
+    run = _cli("cv", "bias", "--pdb", PDB, "--model", d / "cv.pt", "--method", "opes",
+               "--cv-walls-kjmol", "10", "--out", tmp_path / "walls", "--picoseconds", "0.2",
+               "--checkpoint-ps", "0.1")
+    assert run["frames"] == 2
