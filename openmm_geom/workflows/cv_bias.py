@@ -265,6 +265,9 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
                          "or 'opes'")
     if mode == "cv" and cv_model is None:
         raise ValueError("mode 'cv' needs the exported CV file (cv_model)")
+    if mode != "cv" and settings.cv_walls_kJmol is not None:
+        raise ValueError("walls (cv_walls_kJmol) hold learned CVs in their training range; "
+                         f"mode {mode!r} has no learned CVs")
     out = Path(out)
     checkpoint, series_file = out / "checkpoint.chk", out / "dihedrals.npz"
     state_file = out / STATE_FILES[method]

@@ -327,6 +327,9 @@ def test_cv_walls_hold_learned_cvs_in_their_training_range(pipeline, tmp_path):
         assert (expected > 1.0) == (name == "outside")
         assert energy == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert _cv_walls(model.metadata, BiasSettings()) == ""
+    message = _cli("cv", "bias", "--pdb", PDB, "--mode", "phipsi", "--cv-walls-kjmol", "10",
+                   "--out", tmp_path / "no", "--picoseconds", "0.1", expect=2)
+    assert "no learned CVs" in message and not (tmp_path / "no").exists()
     run = _cli("cv", "bias", "--pdb", PDB, "--model", d / "cv.pt", "--method", "opes",
                "--cv-walls-kjmol", "10", "--out", tmp_path / "walls", "--picoseconds", "0.2",
                "--checkpoint-ps", "0.1")
