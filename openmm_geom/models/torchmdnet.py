@@ -103,7 +103,7 @@ class VesinEdges(torch.nn.Module):
             if batch is not None and total > 0:
                 frames = int(batch[-1]) + 1
         if box is None and self.every_pair:
-            return self._every_pair_of_frames(pos, frames, total // frames)
+            return self._all_pairs_of_frames(pos, frames, total // frames, True)
         if box is not None and box.dim() == 2:
             box = box.unsqueeze(0)
         if box is not None and box.size(0) != frames:
@@ -141,43 +141,33 @@ class VesinEdges(torch.nn.Module):
         edge_index = torch.stack([torch.cat(senders), torch.cat(receivers)])
         return edge_index, torch.cat(lengths), torch.cat(vectors)
 
-    def _every_pair_of_frames(self, pos: torch.Tensor, frames: int, n_atoms: int
-                              ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Every ordered pair (i != j) of every frame, then the self-loops: shapes fixed by
-        ``frames`` and ``n_atoms`` alone (no search, no data-dependent indexing)."""
-        per_frame = n_atoms * (n_atoms - 1)
-        k = torch.arange(per_frame, dtype=torch.int64, device=pos.device)
-        i = torch.div(k, max(n_atoms - 1, 1), rounding_mode="floor")
-        rest = k - i * (n_atoms - 1)
-        j = rest + (rest >= i).to(torch.int64)  # skip j == i
-        offsets = (torch.arange(frames, dtype=torch.int64, device=pos.device)
-                   * n_atoms).repeat_interleave(per_frame)
-        i = i.repeat(frames) + offsets
-        j = j.repeat(frames) + offsets
-        vec = pos.index_select(0, j) - pos.index_select(0, i)  # r_j - r_i, carried by (j, i)
-        dist = torch.linalg.vector_norm(vec, dim=-1)
-        total = frames * n_atoms
-        loops = torch.arange(total, dtype=torch.int64, device=pos.device)
-        edge_index = torch.stack([torch.cat([j, loops]), torch.cat([i, loops])])
-        return (edge_index, torch.cat([dist, pos.new_zeros((total,))]),
-                torch.cat([vec, pos.new_zeros((total, 3))]))
-
-    def _all_pairs_of_frames(self, pos: torch.Tensor, frames: int, n_atoms: int
+    def _all_pairs_of_frames(self, pos: torch.Tensor, frames: int, n_atoms: int,
+                             every_pair: bool = False
                              ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """The same edges as the vesin path (both directions, then self-loops), grouped by
-        direction instead of by frame: every pair of every frame within the cutoff."""
-        if not bool(torch.isfinite(pos).all()):
+        direction instead of by frame: every pair of every frame within the cutoff; with
+        ``every_pair``, every pair whatever its distance (shapes fixed by ``frames`` and
+        ``n_atoms`` alone: no filter and no check of values, which tracing refuses)."""
+        if not every_pair and not bool(torch.isfinite(pos).all()):
             raise ValueError("positions contain NaN or infinite values")
         upper = torch.triu_indices(n_atoms, n_atoms, 1, device=pos.device)
         frame_pos = pos.reshape(frames, n_atoms, 3)
         vec = frame_pos[:, upper[1]] - frame_pos[:, upper[0]]  # (B, P, 3): r_j - r_i
         dist = torch.linalg.vector_norm(vec, dim=-1)
-        kept = torch.nonzero(dist < self.cutoff)  # (Q, 2): frame, pair
-        frame, pair = kept[:, 0], kept[:, 1]
-        i = upper[0][pair] + frame * n_atoms
-        j = upper[1][pair] + frame * n_atoms
-        v = vec[frame, pair]
-        d = dist[frame, pair]
+        if every_pair:
+            offsets = torch.arange(frames, dtype=torch.int64, device=pos.device).unsqueeze(1) \
+                * n_atoms
+            i = (upper[0].unsqueeze(0) + offsets).reshape(-1)
+            j = (upper[1].unsqueeze(0) + offsets).reshape(-1)
+            v = vec.reshape(-1, 3)
+            d = dist.reshape(-1)
+        else:
+            kept = torch.nonzero(dist < self.cutoff)  # (Q, 2): frame, pair
+            frame, pair = kept[:, 0], kept[:, 1]
+            i = upper[0][pair] + frame * n_atoms
+            j = upper[1][pair] + frame * n_atoms
+            v = vec[frame, pair]
+            d = dist[frame, pair]
         total = frames * n_atoms
         loops = torch.arange(total, dtype=torch.int64, device=pos.device)
         edge_index = torch.stack([torch.cat([j, i, loops]), torch.cat([i, j, loops])])
