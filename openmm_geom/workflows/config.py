@@ -247,6 +247,11 @@ class ReproduceSettings:
     pretrain_max_minutes: Optional[float] = setting(25.0, help="pretraining time budget, "
                                                     "minutes; none: no limit", check="positive")
     corpus: dict = setting({}, help="options of the pretraining corpus (build_corpus)")
+    jitter_nm: float = setting(0.0, help="standard deviation of Gaussian noise added to the "
+                               "training frames' positions, nm: an augmentation that keeps the "
+                               "CVs smooth (biasable); 0: none", check="non-negative")
+    jitter_copies: int = setting(4, help="noisy copies of the training frames (with jitter_nm)",
+                                 check="count")
     vamp: VampSettings = setting(VampSettings(mixer="pool"), help="the VAMPnet: model, lag and "
                                  "training")
 
@@ -289,7 +294,8 @@ class ExploreSettings:
     equilibration_ps: float = setting(100.0, help="equilibration before saving, ps",
                                       check="non-negative")
     learn: ReproduceSettings = setting(
-        ReproduceSettings(validation_frames=None, vamp=VampSettings(lag_ps=10.0, mixer="pool")),
+        ReproduceSettings(validation_frames=None, jitter_nm=0.005, jitter_copies=4,
+                          vamp=VampSettings(k=1, lag_ps=10.0, mixer="pool")),
         help="learning the CVs from the two runs (as cv reproduce)")
 
     def __post_init__(self):
@@ -298,8 +304,10 @@ class ExploreSettings:
 
 def _quick_explore() -> ExploreSettings:
     learn = ExploreSettings().learn
-    return ExploreSettings(learn=override(QUICK_REPRODUCE, lag_ps=learn.vamp.lag_ps,
-                                          validation_frames=learn.validation_frames))
+    return ExploreSettings(learn=override(QUICK_REPRODUCE, lag_ps=learn.vamp.lag_ps, k=learn.vamp.k,
+                                          validation_frames=learn.validation_frames,
+                                          jitter_nm=learn.jitter_nm,
+                                          jitter_copies=learn.jitter_copies))
 
 
 #: ``cv explore --quick``: the hot runs of :class:`ExploreSettings`, learning with the tiny

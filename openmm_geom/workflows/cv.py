@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, backbone_dihedrals,
-                               shifted_phi)
+from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, PHI_SHIFT_ABOVE,
+                               backbone_dihedrals, phi_psi_quadruplets, shifted_phi)
 from ..errors import FileFormatError
 from ..training.features import FeatureSet
 from ..io import load_versioned, save_versioned
@@ -575,12 +575,13 @@ def reproduce(train_path, validate_path, topology_path, out, *,
                              f"({len(positions)} frames)")
     t0 = time.perf_counter()
     features = {}
-    for name, positions in (("train", train_positions), ("validate", validate_positions)):
-        features[name] = featurize(featurizer, token_map, [positions],
+    for name, positions in (("train", jittered(train_positions, settings, seed)),
+                            ("validate", [validate_positions])):
+        features[name] = featurize(featurizer, token_map, positions,
                                    backbone_sha256=info["sha256"], timestep_ps=timestep,
                                    progress=progress)
     featurize_seconds = time.perf_counter() - t0
-    frames_per_second = (len(train_positions) + len(validate_positions)) / featurize_seconds
+    frames_per_second = (len(features["train"].tokens) + len(validate_positions)) / featurize_seconds
     ours = train_vamp(features["train"], features["validate"], out / "vamp", vamp_settings,
                       seed=seed, progress=progress)
     heavy = top.select("not element H")
@@ -592,6 +593,8 @@ def reproduce(train_path, validate_path, topology_path, out, *,
     export = export_cv(backbone_path, ours["checkpoint"], cv_file, validate_positions[0])
     figures = plot_cvs_against_dihedrals(ours["checkpoint"], features["validate"],
                                          validate_positions, top, out, temperature_K=temperature_K)
+    resolution = resolution_against_phi_psi(backbone_path, ours["checkpoint"],
+                                            validate_positions, top)
     return {
         "vamp2_geom2vec": ours["vamp2_validation"],
         "vamp2_distance_baseline": distance["vamp2_validation"],
@@ -608,10 +611,50 @@ def reproduce(train_path, validate_path, topology_path, out, *,
                           "dihedral": dihedral["train_seconds"]},
         "geom2vec_stop_reason": ours["stop_reason"], "geom2vec_epochs": ours["epochs"],
         "exported_cv": export["out"], "cv_names": export["cv_names"],
+        "cv_resolution_nm": resolution, "jitter_nm": settings.jitter_nm,
+        "jitter_copies": settings.jitter_copies if settings.jitter_nm > 0 else 0,
         "figures": figures + [ours["learning_curve"]] + (
             [ours["attention_maps"]] if "attention_maps" in ours else []),
         "seed": seed, "wall_seconds": time.perf_counter() - started,
     }
+
+
+def jittered(positions: np.ndarray, settings: ReproduceSettings, seed: int) -> list:
+    """The training frames as given (``jitter_nm`` 0) or ``jitter_copies`` copies of them with
+    independent Gaussian noise of ``jitter_nm`` on every coordinate.
+
+    Noise of a few thousandths of a nm (below the thermal bond-length fluctuations) makes the
+    VAMPnet ignore what such small displacements change: the CVs it learns are then smooth
+    enough to bias (see :func:`resolution_against_phi_psi`).
+    """
+    if settings.jitter_nm <= 0:
+        return [positions]
+    rng = np.random.default_rng(seed)
+    return [positions + rng.normal(0.0, settings.jitter_nm, positions.shape)
+            for _ in range(settings.jitter_copies)]
+
+
+def resolution_against_phi_psi(backbone_path, cv_path, positions: np.ndarray, topology,
+                               max_frames: int = 1000) -> dict:
+    """Resolution lengths (nm, :func:`~openmm_geom.analysis.cv_quality.cv_resolution`) of the
+    trained CVs and of phi/psi over (at most ``max_frames``, evenly spaced) ``positions``."""
+    import math
+
+    from ..analysis.cv_quality import cv_resolution
+    from ..models.geometry import Dihedrals
+
+    frames = positions[::max(1, -(-len(positions) // max_frames))]
+    model, _ = build_geom2vec_cv(backbone_path, cv_path)
+    dihedrals = Dihedrals(phi_psi_quadruplets(topology)).double()
+
+    def phi_psi(x):
+        angles = torch.vmap(dihedrals)(x)
+        phi = torch.where(angles[:, 0] > PHI_SHIFT_ABOVE, angles[:, 0] - 2.0 * math.pi,
+                          angles[:, 0])
+        return torch.stack((phi, angles[:, 1]), dim=1)
+
+    return {"cvs": cv_resolution(model.double().batch, frames).tolist(),
+            "phi_psi": cv_resolution(phi_psi, frames).tolist(), "frames": int(len(frames))}
 
 
 # ------------------------------------------------------------------------- explore hot

@@ -247,6 +247,10 @@ def test_quick_reproduce_reports_every_score(pipeline, tmp_path):
     for key in ("vamp2_geom2vec", "vamp2_distance_baseline", "vamp2_dihedral_baseline"):
         assert 1.0 <= result[key] <= 3.0
     assert result["lag_ps"] == 1.0 and result["k"] == 2
+    assert result["jitter_nm"] == 0 and result["jitter_copies"] == 0  # cv reproduce: no noise
+    resolution = result["cv_resolution_nm"]
+    assert len(resolution["cvs"]) == 2 and len(resolution["phi_psi"]) == 2
+    assert all(0 < r < 1 for r in resolution["cvs"] + resolution["phi_psi"])
     assert (tmp_path / "rep" / "cvs_vs_phi_psi.png").exists()
 
 
@@ -263,7 +267,10 @@ def test_explore_learns_from_hot_runs_it_makes_and_reuses(pipeline, tmp_path):
     assert [len(run["positions"]) for run in runs] == [150, 150]
     assert not np.allclose(runs[0]["positions"], runs[1]["positions"])  # independent seeds
     assert result["train_frames"] == result["validation_frames"] == 150
-    assert 1.0 <= result["vamp2_geom2vec"] <= 3.0
+    assert 1.0 <= result["vamp2_geom2vec"] <= 2.0  # one CV (k = 1) by default
+    # the training frames are augmented: 4 noisy copies (0.005 nm) of the 150 frames
+    assert result["k"] == 1 and result["jitter_nm"] == 0.005 and result["jitter_copies"] == 4
+    assert all(0 < r < 1 for r in result["cv_resolution_nm"]["cvs"])
     assert (tmp_path / "hot" / "cv.pt").exists()
     stamps = [(tmp_path / "hot" / f"hot_{n}.npz").stat().st_mtime_ns for n in ("train", "validate")]
     again = _cli(*args)  # the hot runs are reused, not simulated again
@@ -334,3 +341,20 @@ def test_cv_walls_hold_learned_cvs_in_their_training_range(pipeline, tmp_path):
                "--cv-walls-kjmol", "10", "--out", tmp_path / "walls", "--picoseconds", "0.2",
                "--checkpoint-ps", "0.1")
     assert run["frames"] == 2
+
+
+def test_training_frames_are_jittered_into_independent_noisy_copies():
+    from openmm_geom.workflows.config import ReproduceSettings
+    from openmm_geom.workflows.cv import jittered
+
+    positions = np.random.default_rng(3).normal(size=(500, 10, 3))
+    assert jittered(positions, ReproduceSettings(), seed=0)[0] is positions  # no jitter
+    settings = ReproduceSettings(jitter_nm=0.005, jitter_copies=3)
+    copies = jittered(positions, settings, seed=0)
+    noise = np.stack([c - positions for c in copies])
+    assert noise.shape == (3, 500, 10, 3)
+    assert noise.std() == pytest.approx(0.005, rel=0.01) and abs(noise.mean()) < 1e-4
+    assert abs(np.corrcoef(noise[0].ravel(), noise[1].ravel())[0, 1]) < 0.02
+    assert all(np.array_equal(a, b) for a, b in zip(copies, jittered(positions, settings, 0)))
+    with pytest.raises(ValueError, match="jitter_nm"):
+        ReproduceSettings(jitter_nm=-0.1)
