@@ -113,7 +113,10 @@ class AtomisticPotential(torch.nn.Module):
         # water box at 0.003 nm).
         self.register_buffer("repulsion_sigma", torch.zeros(len(self.elements), len(self.elements),
                                                             dtype=torch.float64))
-        self.repulsion_pairs = NeighborPairs(self.cutoff)
+        # One pair search per frame serves the core repulsion and, in subclasses that set
+        # shares_pairs (their network takes the pairs within the cutoff), the network too.
+        self.neighbors = NeighborPairs(self.cutoff)
+        self.shares_pairs = False
         self.repulsion_epsilon = REPULSION_EPSILON
 
     # -- bookkeeping (Python only) -------------------------------------------------------------
@@ -165,10 +168,36 @@ class AtomisticPotential(torch.nn.Module):
         return np.bincount(self.species.cpu().numpy(), minlength=len(self.elements))
 
     # -- computation ---------------------------------------------------------------------------
-    def interaction_energies(self, positions: torch.Tensor,
-                             boxes: Optional[torch.Tensor]) -> torch.Tensor:
-        """(B,) network energies in kJ/mol of ``positions`` (B, N, 3) nm; boxes (B, 3, 3) nm."""
+    def interaction_energies(self, positions: torch.Tensor, boxes: Optional[torch.Tensor],
+                             pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                             ) -> torch.Tensor:
+        """(B,) network energies in kJ/mol of ``positions`` (B, N, 3) nm; boxes (B, 3, 3) nm.
+
+        ``pairs``: :meth:`pairs` of the batch if ``shares_pairs`` is set or the core repulsion
+        is on, else None.
+        """
         raise NotImplementedError
+
+    def pairs(self, positions: torch.Tensor,
+              boxes: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every pair within the cutoff in every frame: ``(first[P], second[P], distances[P])``.
+
+        Indices count atoms over the whole batch (atom ``a`` of frame ``b`` is ``b N + a``);
+        distances in nm, in the dtype of ``positions``, differentiable.
+        """
+        n_atoms = positions.size(1)
+        first: List[torch.Tensor] = []
+        second: List[torch.Tensor] = []
+        lengths: List[torch.Tensor] = []
+        for b in range(positions.size(0)):
+            box: Optional[torch.Tensor] = None
+            if boxes is not None:
+                box = boxes[b].to(positions.dtype)
+            found, _, distances = self.neighbors(positions[b], box)
+            first.append(found[0] + b * n_atoms)
+            second.append(found[1] + b * n_atoms)
+            lengths.append(distances)
+        return torch.cat(first), torch.cat(second), torch.cat(lengths)
 
     def energies(self, positions: torch.Tensor, boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B,) total energies (kJ/mol) of a batch of frames ``positions`` (B, N, 3) in nm.
@@ -189,26 +218,26 @@ class AtomisticPotential(torch.nn.Module):
                 raise ValueError("boxes must have shape (B, 3, 3), got " + str(list(boxes.shape)))
         offset = self.energy_offsets.index_select(0, self.species).sum().to(positions.dtype)
         scale = self.energy_scale.to(positions.dtype)
-        total = scale * self.interaction_energies(positions, boxes) + offset
-        if bool((self.repulsion_sigma > 0).any()):
-            total = total + self.repulsion_energies(positions, boxes)
+        repulsion = bool((self.repulsion_sigma > 0).any())
+        pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        if self.shares_pairs or repulsion:
+            pairs = self.pairs(positions, boxes)
+        total = scale * self.interaction_energies(positions, boxes, pairs) + offset
+        if pairs is not None and repulsion:
+            total = total + self.repulsion_energies(positions.size(0), positions.size(1), pairs)
         return total
 
-    def repulsion_energies(self, positions: torch.Tensor,
-                           boxes: Optional[torch.Tensor]) -> torch.Tensor:
-        """(B,) core-repulsion energies in kJ/mol (see :meth:`set_repulsion`)."""
-        result: List[torch.Tensor] = []
-        for b in range(positions.size(0)):
-            box: Optional[torch.Tensor] = None
-            if boxes is not None:
-                box = boxes[b]
-            pairs, _, r = self.repulsion_pairs(positions[b], box)
-            sigma = self.repulsion_sigma[self.species[pairs[0]], self.species[pairs[1]]].to(r.dtype)
-            active = sigma > 0
-            sigma, r = sigma[active], r[active]
-            terms = self.repulsion_epsilon * (sigma / r) ** 12 * smooth_envelope(r / (2.0 * sigma), 1.0)
-            result.append(terms.sum())
-        return torch.stack(result)
+    def repulsion_energies(self, frames: int, n_atoms: int,
+                           pairs: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(frames,) core-repulsion energies in kJ/mol (see :meth:`set_repulsion`) of the
+        :meth:`pairs` of a batch."""
+        first, second, r = pairs
+        species = self.species.repeat(frames)
+        sigma = self.repulsion_sigma[species[first], species[second]].to(r.dtype)
+        active = sigma > 0
+        sigma, r, frame = sigma[active], r[active], first[active] // n_atoms
+        terms = self.repulsion_epsilon * (sigma / r) ** 12 * smooth_envelope(r / (2.0 * sigma), 1.0)
+        return torch.zeros(frames, dtype=r.dtype, device=r.device).index_add(0, frame, terms)
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
         boxes: Optional[torch.Tensor] = None

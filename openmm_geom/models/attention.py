@@ -35,12 +35,11 @@ the energy scale). Scriptable with ``torch.jit.script``, float32 or float64.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch.nn import functional as F
 
-from ..ops.neighbors import NeighborPairs
 from .atomistic import AtomisticPotential, smooth_envelope
 
 __all__ = ["AttentionPotential", "smooth_envelope", "LOGIT_BOUND"]
@@ -147,7 +146,7 @@ class AttentionPotential(AtomisticPotential):
         low = math.exp(-RBF_GAMMA_TIMES_CUTOFF)
         self.register_buffer("rbf_centers", torch.linspace(low, 1.0, n_rbf))
         self.rbf_width = float((1.0 - low) / max(n_rbf - 1, 1))
-        self.neighbors = NeighborPairs(cutoff)
+        self.shares_pairs = True  # the base class's one pair search per frame
         self.to(dtype)
 
     @classmethod
@@ -157,23 +156,14 @@ class AttentionPotential(AtomisticPotential):
                    heads=hp["heads"], n_rbf=hp["n_rbf"], elements=hp["elements"],
                    dtype=getattr(torch, hp["dtype"]))
 
-    def interaction_energies(self, positions: torch.Tensor,
-                             boxes: Optional[torch.Tensor]) -> torch.Tensor:
+    def interaction_energies(self, positions: torch.Tensor, boxes: Optional[torch.Tensor],
+                             pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                             ) -> torch.Tensor:
         dtype = self.rbf_centers.dtype
         frames, n_atoms = positions.size(0), positions.size(1)
-        x = positions.to(dtype)
-        first: List[torch.Tensor] = []
-        second: List[torch.Tensor] = []
-        lengths: List[torch.Tensor] = []
-        for b in range(frames):
-            box: Optional[torch.Tensor] = None
-            if boxes is not None:
-                box = boxes[b].to(dtype)
-            pairs, _, distances = self.neighbors(x[b], box)
-            first.append(pairs[0] + b * n_atoms)
-            second.append(pairs[1] + b * n_atoms)
-            lengths.append(distances)
-        i, j, r = torch.cat(first), torch.cat(second), torch.cat(lengths)
+        if pairs is None:
+            pairs = self.pairs(positions, boxes)
+        i, j, r = pairs[0], pairs[1], pairs[2].to(dtype)
         # Each pair is two directed edges: sender and receiver projections differ (W_s != W_r).
         receivers, senders, r = torch.cat([i, j]), torch.cat([j, i]), torch.cat([r, r])
         envelope = smooth_envelope(r, self.cutoff)

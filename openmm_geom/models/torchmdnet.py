@@ -339,14 +339,16 @@ class TorchMDNetPotential(AtomisticPotential):
                                  + "; use neighbors='vesin' for general boxes")
             check_box_holds_cutoff(boxes[f], self.cutoff)
 
-    def interaction_energies(self, positions: torch.Tensor,
-                             boxes: Optional[torch.Tensor]) -> torch.Tensor:
+    def interaction_energies(self, positions: torch.Tensor, boxes: Optional[torch.Tensor],
+                             pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                             ) -> torch.Tensor:
         """(B,) network energies in kJ/mol.
 
         Parameters
         ----------
         positions : Tensor (B, N, 3), nm
         boxes : Tensor (B, 3, 3), nm, rows a, b, c; or None (not periodic)
+        pairs : unused: torchmd-net searches its own pairs
         """
         scale = self.angstrom_per_nm  # a buffer: it follows the model's dtype and device
         frames, n_atoms = positions.size(0), positions.size(1)

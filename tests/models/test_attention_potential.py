@@ -292,7 +292,7 @@ def test_core_repulsion_walls_off_unseen_distances_and_is_smooth():
     m.set_repulsion({(8, 8): 0.2})
     def repulsion(r):
         x = torch.tensor([[[0.0, 0.0, 0.0], [r, 0.0, 0.0]]], dtype=torch.float64, requires_grad=True)
-        e = m.repulsion_energies(x, None)
+        e = m.repulsion_energies(1, 2, m.pairs(x, None))
         (g,) = torch.autograd.grad(e.sum(), x)
         return float(e.detach()), float(g[0, 1, 0])
     assert repulsion(0.1)[0] == pytest.approx(2.0 ** 12 * smooth_envelope(torch.tensor(0.25), 1.0).item())
@@ -302,3 +302,26 @@ def test_core_repulsion_walls_off_unseen_distances_and_is_smooth():
     scripted = torch.jit.script(m)
     x = torch.tensor([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0]], dtype=torch.float64)
     assert float(scripted(x).detach()) == pytest.approx(float(m(x).detach()))
+
+
+def test_one_pair_search_per_frame_serves_the_network_and_the_repulsion():
+    """The network and the core repulsion share the pairs of one search per frame; over a
+    batch the energies equal those of the frames one by one, and the network's own search
+    (pairs=None) gives the same network energy."""
+    rng = np.random.default_rng(5)
+    m = AttentionPotential([8, 1, 1, 8, 1, 1], cutoff=0.45, features=8, layers=2, heads=2,
+                           dtype=torch.float64)
+    m.set_repulsion({(8, 8): 0.2, (1, 8): 0.08})
+    x = torch.tensor(rng.uniform(0.0, 0.6, (3, 6, 3)))
+    calls = []
+    search = m.neighbors.forward
+    m.neighbors.forward = lambda *a: calls.append(1) or search(*a)
+    batch = m.energies(x)
+    assert len(calls) == 3  # one per frame, not two
+    del m.neighbors.forward
+    single = torch.stack([m.energies(x[b:b + 1])[0] for b in range(3)])
+    torch.testing.assert_close(batch, single, rtol=1e-12, atol=1e-12)
+    pairs = m.pairs(x, None)
+    torch.testing.assert_close(m.interaction_energies(x, None, pairs),
+                               m.interaction_energies(x, None, None), rtol=0, atol=0)
+    assert float(m.repulsion_energies(3, 6, pairs).min()) > 0  # the close pairs repel
