@@ -169,7 +169,8 @@ class AtomisticPotential(torch.nn.Module):
 
     # -- computation ---------------------------------------------------------------------------
     def interaction_energies(self, positions: torch.Tensor, boxes: Optional[torch.Tensor],
-                             pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                             pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                   torch.Tensor]]
                              ) -> torch.Tensor:
         """(B,) network energies in kJ/mol of ``positions`` (B, N, 3) nm; boxes (B, 3, 3) nm.
 
@@ -178,26 +179,30 @@ class AtomisticPotential(torch.nn.Module):
         """
         raise NotImplementedError
 
-    def pairs(self, positions: torch.Tensor,
-              boxes: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every pair within the cutoff in every frame: ``(first[P], second[P], distances[P])``.
+    def pairs(self, positions: torch.Tensor, boxes: Optional[torch.Tensor]
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every pair within the cutoff in every frame:
+        ``(first[P], second[P], vectors[P, 3], distances[P])``.
 
         Indices count atoms over the whole batch (atom ``a`` of frame ``b`` is ``b N + a``);
-        distances in nm, in the dtype of ``positions``, differentiable.
+        ``vectors`` are ``r_second - r_first`` of the nearest periodic image and ``distances``
+        their lengths, in nm, in the dtype of ``positions``, differentiable.
         """
         n_atoms = positions.size(1)
         first: List[torch.Tensor] = []
         second: List[torch.Tensor] = []
+        displacements: List[torch.Tensor] = []
         lengths: List[torch.Tensor] = []
         for b in range(positions.size(0)):
             box: Optional[torch.Tensor] = None
             if boxes is not None:
                 box = boxes[b].to(positions.dtype)
-            found, _, distances = self.neighbors(positions[b], box)
+            found, vectors, distances = self.neighbors(positions[b], box)
             first.append(found[0] + b * n_atoms)
             second.append(found[1] + b * n_atoms)
+            displacements.append(vectors)
             lengths.append(distances)
-        return torch.cat(first), torch.cat(second), torch.cat(lengths)
+        return torch.cat(first), torch.cat(second), torch.cat(displacements), torch.cat(lengths)
 
     def energies(self, positions: torch.Tensor, boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B,) total energies (kJ/mol) of a batch of frames ``positions`` (B, N, 3) in nm.
@@ -219,7 +224,7 @@ class AtomisticPotential(torch.nn.Module):
         offset = self.energy_offsets.index_select(0, self.species).sum().to(positions.dtype)
         scale = self.energy_scale.to(positions.dtype)
         repulsion = bool((self.repulsion_sigma > 0).any())
-        pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None
         if self.shares_pairs or repulsion:
             pairs = self.pairs(positions, boxes)
         total = scale * self.interaction_energies(positions, boxes, pairs) + offset
@@ -228,10 +233,11 @@ class AtomisticPotential(torch.nn.Module):
         return total
 
     def repulsion_energies(self, frames: int, n_atoms: int,
-                           pairs: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                           pairs: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+                           ) -> torch.Tensor:
         """(frames,) core-repulsion energies in kJ/mol (see :meth:`set_repulsion`) of the
         :meth:`pairs` of a batch."""
-        first, second, r = pairs
+        first, second, r = pairs[0], pairs[1], pairs[3]
         species = self.species.repeat(frames)
         sigma = self.repulsion_sigma[species[first], species[second]].to(r.dtype)
         active = sigma > 0

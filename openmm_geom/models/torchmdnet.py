@@ -340,7 +340,8 @@ class TorchMDNetPotential(AtomisticPotential):
             check_box_holds_cutoff(boxes[f], self.cutoff)
 
     def interaction_energies(self, positions: torch.Tensor, boxes: Optional[torch.Tensor],
-                             pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                             pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                   torch.Tensor]]
                              ) -> torch.Tensor:
         """(B,) network energies in kJ/mol.
 

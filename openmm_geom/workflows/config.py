@@ -125,6 +125,12 @@ class PotentialSettings:
     heads: int = setting(4, help="attention: heads per layer", stage="train", check="count")
     n_rbf: int = setting(32, help="attention: radial basis functions", stage="train",
                          check="count")
+    # direction-carrying vector channels (0: the distance-only model measured so far)
+    vector_features: int = setting(0, help="attention: equivariant vector channels per atom "
+                                   "(0: none, distances only)", stage="train",
+                                   check="non-negative")
+    angular_logits: bool = setting(True, help="attention with vector channels: attention "
+                                   "logits also see directions", stage="train")
     # TorchMD-Net models: ET with 32 channels and 2 layers has 41k parameters, comparable to
     # the attention model's 46k
     hidden_channels: int = setting(32, help="TorchMD-Net: hidden channels", stage="train",
@@ -183,6 +189,9 @@ class PotentialSettings:
         if self.architecture == "attention":
             sizes = dict(features=self.features, layers=self.layers, heads=self.heads,
                          n_rbf=self.n_rbf)
+            if self.vector_features > 0:
+                sizes.update(vector_features=self.vector_features,
+                             angular_logits=self.angular_logits)
         else:
             sizes = dict(hidden_channels=self.hidden_channels, num_layers=self.num_layers,
                          num_rbf=self.num_rbf)

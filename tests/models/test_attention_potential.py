@@ -167,7 +167,9 @@ def water_topology(n, box):
     return topology
 
 
-def test_exported_model_in_openmm_matches_eager_with_triclinic_box(model, tmp_path):
+@pytest.mark.parametrize("fixture", ["model", "vectors"])
+def test_exported_model_in_openmm_matches_eager_with_triclinic_box(fixture, request, tmp_path):
+    model = request.getfixturevalue(fixture)
     box = triclinic_box()
     x = water_like(12, box, seed=8)
     path = tmp_path / "attention.pt"
@@ -325,3 +327,194 @@ def test_one_pair_search_per_frame_serves_the_network_and_the_repulsion():
     torch.testing.assert_close(m.interaction_energies(x, None, pairs),
                                m.interaction_energies(x, None, None), rtol=0, atol=0)
     assert float(m.repulsion_energies(3, 6, pairs).min()) > 0  # the close pairs repel
+    first, second, vectors, distances = pairs  # vectors: r_second - r_first, batch-wide indices
+    flat = x.reshape(-1, 3)
+    torch.testing.assert_close(vectors, flat[second] - flat[first], rtol=0, atol=1e-12)
+    torch.testing.assert_close(distances, vectors.norm(dim=1), rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------- vector (angle-aware) channels
+def vector_model(vector_features=4, angular_logits=True, dtype=torch.float64, atoms=12):
+    """Three layers, so that the angular logits (layers 2 onwards) are exercised."""
+    m = AttentionPotential(WATER * atoms, cutoff=0.45, features=16, layers=3, heads=2, n_rbf=8,
+                           dtype=dtype, seed=3, vector_features=vector_features,
+                           angular_logits=angular_logits)
+    m.set_energy_offsets({8: -3.0, 1: -1.0})
+    return m
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    return vector_model()
+
+
+#: The fixture ``model``'s energy of ``water_like(12, triclinic_box(), seed=12)`` computed by the
+#: model before vector channels existed (commit 7b7edd6), kJ/mol.
+DISTANCE_ONLY_ENERGY = -78.0246000213151
+LAYER_KEYS = ["attention", "sink", "receiver.weight", "receiver.bias", "sender.weight",
+              "edge.weight", "value.weight", "filter.weight", "filter.bias", "output.weight",
+              "output.bias", "norm.weight", "norm.bias"]
+
+
+def test_no_vector_features_is_the_distance_only_model(model):
+    """vector_features = 0 (the default) keeps the parameters, hyper-parameters and energies of
+    the model from before vectors, and hyper-parameters without the new keys rebuild it."""
+    assert [k for k in model.state_dict() if k.startswith("layers.0.")] == \
+        ["layers.0." + k for k in LAYER_KEYS]
+    assert not {"vector_features", "angular_logits", "vector_scale"} & set(model.hyperparameters)
+    box = triclinic_box()
+    x = water_like(12, box, seed=12)
+    e, f = energy_forces(model, x, box)
+    assert e == pytest.approx(DISTANCE_ONLY_ENERGY, rel=1e-10)
+    explicit = AttentionPotential(WATER * 12, cutoff=0.45, features=16, layers=2, heads=2,
+                                  n_rbf=8, dtype=torch.float64, seed=3, vector_features=0)
+    assert list(explicit.state_dict()) == list(model.state_dict())
+    rebuilt = AttentionPotential.from_hyperparameters(WATER * 12, dict(model.hyperparameters))
+    rebuilt.load_state_dict(model.state_dict())  # strict
+    assert energy_forces(rebuilt, x, box)[0] == e
+    # a model with vectors records them and rebuilds with them; angular logits from layer 2 on
+    keys = set(vector_model().state_dict())
+    assert "layers.1.angle_receiver.weight" in keys and "layers.0.angle_receiver.weight" not in keys
+    with_vectors = vector_model(vector_features=3, angular_logits=False)
+    assert not any("angle_" in k for k in with_vectors.state_dict())
+    hp = with_vectors.hyperparameters
+    assert (hp["vector_features"], hp["angular_logits"], hp["vector_scale"]) == (3, False, 0.125)
+    again = AttentionPotential.from_hyperparameters(WATER * 12, dict(hp))
+    again.load_state_dict(with_vectors.state_dict())
+    assert energy_forces(again, x, box)[0] == energy_forces(with_vectors, x, box)[0]
+
+
+def test_vector_channels_change_the_energy(vectors):
+    """Not a model that ignores its vectors: the vector messages move the energy."""
+    x = water_like(12, np.eye(3) * 1.2, seed=1)
+    e0, _ = energy_forces(vectors, x)
+    silent = vector_model()
+    for layer in silent.layers:
+        layer.vector_scale = 0.0
+    assert abs(energy_forces(silent, x)[0] - e0) > 1e-4  # 1.3e-3 kJ/mol untrained
+
+
+@pytest.mark.parametrize("angular_logits", [True, False])
+def test_vector_channels_are_invariant_under_rotation_reflection_translation(angular_logits):
+    m = vector_model(angular_logits=angular_logits)
+    x = water_like(12, np.eye(3) * 1.2, seed=1)
+    e0, f0 = energy_forces(m, x)
+    rotation = random_rotation(3)
+    reflection = np.diag([-1.0, 1.0, 1.0]) @ random_rotation(4)  # det -1
+    for q, shift in ((rotation, np.array([3.1, -2.0, 0.7])), (reflection, np.zeros(3))):
+        e1, f1 = energy_forces(m, x @ q.T + shift)
+        assert e1 == pytest.approx(e0, rel=1e-10, abs=1e-10)
+        assert np.allclose(f1, f0 @ q.T, atol=1e-8)
+
+
+def test_vector_model_permutation_of_identical_atoms(vectors):
+    """Also checks the edge directions: each pair's two edges point opposite ways whichever
+    atom the pair search lists first."""
+    box = triclinic_box()
+    x = water_like(12, box, seed=4)
+    e0, f0 = energy_forces(vectors, x, box)
+    order = np.arange(36).reshape(12, 3)[np.random.default_rng(0).permutation(12)]
+    order[:, [1, 2]] = order[:, [2, 1]]
+    order = order.reshape(-1)
+    e1, f1 = energy_forces(vectors, x[order], box)
+    assert e1 == pytest.approx(e0, rel=1e-10)
+    assert np.allclose(f1, f0[order], atol=1e-9)
+
+
+def test_vector_forces_match_finite_differences(vectors):
+    box = triclinic_box()
+    x = water_like(12, box, seed=6)
+    _, forces = energy_forces(vectors, x, box)
+    h = 1e-5
+    for atom, axis in [(0, 0), (5, 1), (17, 2), (30, 0)]:
+        plus, minus = x.copy(), x.copy()
+        plus[atom, axis] += h
+        minus[atom, axis] -= h
+        numeric = -(energy_forces(vectors, plus, box)[0]
+                    - energy_forces(vectors, minus, box)[0]) / (2 * h)
+        assert numeric == pytest.approx(forces[atom, axis], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("angular_logits", [True, False])
+def test_vector_channels_continuous_when_a_third_atom_crosses_the_cutoff(angular_logits):
+    """Atom 2 leaves the cutoff sphere of atom 0, which keeps its bonded neighbour 1 (at an
+    angle, so that the vector messages and the angular logits carry it): energy and forces
+    change continuously, atom 2's force fades to zero inside and is exactly zero outside."""
+    cutoff = 0.4
+    # 16 features: with 8 the readout's last layer norm has 2 channels and is nearly constant
+    m = AttentionPotential([8, 1, 1], cutoff=cutoff, features=16, layers=3, heads=2, n_rbf=6,
+                           dtype=torch.float64, seed=1, vector_features=4,
+                           angular_logits=angular_logits)
+    direction = np.array([-0.6, 0.8, 0.0])  # farther than r from atom 1 at (0.096, 0, 0)
+    def configuration(r):
+        return np.array([[0.0, 0.0, 0.0], [0.096, 0.0, 0.0], r * direction])
+    delta = 1e-4
+    (e_in, f_in), (e_out, f_out) = (energy_forces(m, configuration(cutoff - delta)),
+                                    energy_forces(m, configuration(cutoff + delta)))
+    assert abs(e_in - e_out) < 1e-8
+    assert np.abs(f_in - f_out).max() < 1e-4
+    assert np.abs(f_in[2]).max() < 1e-4 and np.abs(f_out[2]).max() == 0.0
+    # and well inside, atom 2 does feel atom 0
+    assert np.abs(energy_forces(m, configuration(0.8 * cutoff))[1][2]).max() > 1e-3
+
+
+def test_vector_model_scripted_and_saved_equals_eager(tmp_path):
+    box = triclinic_box()
+    x = water_like(12, box, seed=7)
+    for dtype, rel in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
+        m = vector_model(dtype=dtype)
+        path = tmp_path / f"vectors_{dtype}.pt"
+        torch.jit.save(torch.jit.script(m), str(path))
+        loaded = torch.jit.load(str(path))
+        for module in (m, loaded):
+            xt = torch.as_tensor(x, dtype=dtype).clone().requires_grad_(True)
+            e = module(xt, torch.as_tensor(box, dtype=dtype))
+            (g,) = torch.autograd.grad(e, xt)
+            if module is m:
+                e_eager, f_eager = float(e.detach()), -g
+            else:
+                assert float(e.detach()) == pytest.approx(e_eager, rel=rel)
+                assert float((-g - f_eager).abs().max()) <= rel * float(f_eager.abs().max())
+
+
+def test_vector_model_periodic_images_and_triclinic_wrapping(vectors):
+    box = triclinic_box()
+    x = water_like(12, box, seed=5)
+    e0, f0 = energy_forces(vectors, x, box)
+    shifts = np.random.default_rng(1).integers(-2, 3, size=(36, 3))
+    e1, f1 = energy_forces(vectors, x + shifts @ box, box)
+    assert e1 == pytest.approx(e0, rel=1e-10)
+    assert np.allclose(f1, f0, atol=1e-8)
+
+
+def test_vector_model_batch_equals_frames_one_by_one(vectors):
+    boxes = np.stack([triclinic_box(length) for length in (1.1, 1.15, 1.2)])
+    x = torch.tensor(np.stack([water_like(12, b, seed=20 + k) for k, b in enumerate(boxes)]),
+                     requires_grad=True)
+    batch = vectors.energies(x, torch.tensor(boxes))
+    (g_batch,) = torch.autograd.grad(batch.sum(), x)
+    for k in range(3):
+        e, f = energy_forces(vectors, x[k].detach(), boxes[k])
+        assert float(batch[k].detach()) == pytest.approx(e, rel=1e-12)
+        assert np.allclose(-g_batch[k].numpy(), f, rtol=0, atol=1e-10)
+
+
+def test_vector_features_from_the_potential_settings(tmp_path):
+    """``--vector-features`` reaches the model, and its checkpoint rebuilds it."""
+    from openmm_geom.models.potentials import build_potential
+    from openmm_geom.training.checkpoints import load_potential, save_potential
+    from openmm_geom.workflows.config import PotentialSettings, budget
+
+    assert "vector_features" not in budget("quick", "attention").model_options(0)
+    settings = PotentialSettings(features=8, layers=2, heads=2, n_rbf=6, vector_features=3,
+                                 angular_logits=False, dtype="float64")
+    m = build_potential("attention", WATER * 12, **settings.model_options(seed=1))
+    assert m.hyperparameters["vector_features"] == 3 and not m.hyperparameters["angular_logits"]
+    loaded, _ = load_potential(save_potential(m, tmp_path / "m.ckpt"))
+    box = triclinic_box()
+    x = water_like(12, box, seed=3)
+    assert energy_forces(loaded, x, box)[0] == energy_forces(m, x, box)[0]
+    with pytest.raises(ValueError, match="non-negative|>= 0"):
+        PotentialSettings(vector_features=-1)
+    with pytest.raises(ValueError, match="vector_features"):
+        AttentionPotential(WATER, vector_features=-2)
