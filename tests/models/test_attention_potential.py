@@ -74,7 +74,11 @@ def test_translation_and_rotation_invariance_without_box(model):
     assert np.allclose(f2, f0 @ rotation.T, atol=1e-8)
 
 
-def test_permutation_of_identical_atoms(model):
+@pytest.mark.parametrize("fixture", ["model", "vectors"])
+def test_permutation_of_identical_atoms(fixture, request):
+    """With vectors it also checks the edge directions: each pair's two edges point opposite
+    ways whichever atom the pair search lists first."""
+    model = request.getfixturevalue(fixture)
     box = triclinic_box()
     x = water_like(12, box, seed=4)
     e0, f0 = energy_forces(model, x, box)
@@ -87,7 +91,9 @@ def test_permutation_of_identical_atoms(model):
     assert np.allclose(f1, f0[order], atol=1e-9)
 
 
-def test_periodic_images_and_triclinic_wrapping(model):
+@pytest.mark.parametrize("fixture", ["model", "vectors"])
+def test_periodic_images_and_triclinic_wrapping(fixture, request):
+    model = request.getfixturevalue(fixture)
     box = triclinic_box()
     x = water_like(12, box, seed=5)
     e0, f0 = energy_forces(model, x, box)
@@ -97,7 +103,9 @@ def test_periodic_images_and_triclinic_wrapping(model):
     assert np.allclose(f1, f0, atol=1e-8)
 
 
-def test_forces_match_finite_differences(model):
+@pytest.mark.parametrize("fixture", ["model", "vectors"])
+def test_forces_match_finite_differences(fixture, request):
+    model = request.getfixturevalue(fixture)
     box = triclinic_box()
     x = water_like(12, box, seed=6)
     _, forces = energy_forces(model, x, box)
@@ -407,34 +415,6 @@ def test_vector_channels_are_invariant_under_rotation_reflection_translation(ang
         assert np.allclose(f1, f0 @ q.T, atol=1e-8)
 
 
-def test_vector_model_permutation_of_identical_atoms(vectors):
-    """Also checks the edge directions: each pair's two edges point opposite ways whichever
-    atom the pair search lists first."""
-    box = triclinic_box()
-    x = water_like(12, box, seed=4)
-    e0, f0 = energy_forces(vectors, x, box)
-    order = np.arange(36).reshape(12, 3)[np.random.default_rng(0).permutation(12)]
-    order[:, [1, 2]] = order[:, [2, 1]]
-    order = order.reshape(-1)
-    e1, f1 = energy_forces(vectors, x[order], box)
-    assert e1 == pytest.approx(e0, rel=1e-10)
-    assert np.allclose(f1, f0[order], atol=1e-9)
-
-
-def test_vector_forces_match_finite_differences(vectors):
-    box = triclinic_box()
-    x = water_like(12, box, seed=6)
-    _, forces = energy_forces(vectors, x, box)
-    h = 1e-5
-    for atom, axis in [(0, 0), (5, 1), (17, 2), (30, 0)]:
-        plus, minus = x.copy(), x.copy()
-        plus[atom, axis] += h
-        minus[atom, axis] -= h
-        numeric = -(energy_forces(vectors, plus, box)[0]
-                    - energy_forces(vectors, minus, box)[0]) / (2 * h)
-        assert numeric == pytest.approx(forces[atom, axis], rel=1e-5, abs=1e-6)
-
-
 @pytest.mark.parametrize("angular_logits", [True, False])
 def test_vector_channels_continuous_when_a_third_atom_crosses_the_cutoff(angular_logits):
     """Atom 2 leaves the cutoff sphere of atom 0, which keeps its bonded neighbour 1 (at an
@@ -475,16 +455,6 @@ def test_vector_model_scripted_and_saved_equals_eager(tmp_path):
             else:
                 assert float(e.detach()) == pytest.approx(e_eager, rel=rel)
                 assert float((-g - f_eager).abs().max()) <= rel * float(f_eager.abs().max())
-
-
-def test_vector_model_periodic_images_and_triclinic_wrapping(vectors):
-    box = triclinic_box()
-    x = water_like(12, box, seed=5)
-    e0, f0 = energy_forces(vectors, x, box)
-    shifts = np.random.default_rng(1).integers(-2, 3, size=(36, 3))
-    e1, f1 = energy_forces(vectors, x + shifts @ box, box)
-    assert e1 == pytest.approx(e0, rel=1e-10)
-    assert np.allclose(f1, f0, atol=1e-8)
 
 
 def test_vector_model_batch_equals_frames_one_by_one(vectors):
