@@ -13,6 +13,7 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from ..io import save_figure
 from .free_energy import (
@@ -23,7 +24,8 @@ from .free_energy import (
 )
 
 __all__ = ["save_figure", "plot_free_energy_surfaces", "plot_noise_curve", "plot_tica_free_energy",
-           "plot_learning_curves", "plot_classification_curves", "plot_method_comparison"]
+           "plot_learning_curves", "plot_classification_curves", "plot_method_comparison",
+           "plot_pareto", "plot_learning_curve_comparison"]
 
 PathLike = Union[str, Path]
 _CMAP = "nipy_spectral"
@@ -346,5 +348,80 @@ def plot_method_comparison(results: Mapping[str, dict], path: PathLike, dpi: int
     ax.set_xticklabels(methods, rotation=20, fontsize=8)
     ax.set(ylabel="%", ylim=(0, 105), title="independent test set, mean over CV folds")
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+_ARCHITECTURE_STYLE = {"attention": ("C0", "o"), "et": ("C3", "s"), "tensornet": ("C2", "^")}
+
+
+def plot_pareto(models, path: PathLike, dpi: int = 120) -> Path:
+    """Test force MAE against OpenMM steps/s, one panel per box size (rows) and thread count
+    (columns).
+
+    ``models``: entries of ``potential pareto``'s summary, each with ``architecture``,
+    ``size``, ``force_mae`` (mean over seeds), ``force_mae_seeds`` and
+    ``steps_per_second_openmm`` (box target -> thread count -> steps/s).
+    """
+    targets = list(models[0]["steps_per_second_openmm"])
+    threads = list(models[0]["steps_per_second_openmm"][targets[0]])
+    fig = Figure(figsize=(4.2 * len(threads), 3.6 * len(targets)))
+    for row, target in enumerate(targets):
+        for col, t in enumerate(threads):
+            ax = fig.add_subplot(len(targets), len(threads), row * len(threads) + col + 1)
+            for architecture in dict.fromkeys(m["architecture"] for m in models):
+                mine = [m for m in models if m["architecture"] == architecture]
+                color, marker = _ARCHITECTURE_STYLE.get(architecture, ("0.3", "x"))
+                x = [m["steps_per_second_openmm"][target][t] for m in mine]
+                y = [m["force_mae"] for m in mine]
+                low = [m["force_mae"] - min(m["force_mae_seeds"]) for m in mine]
+                high = [max(m["force_mae_seeds"]) - m["force_mae"] for m in mine]
+                ax.errorbar(x, y, yerr=[low, high], color=color, marker=marker, ls="-",
+                            capsize=3, label=architecture)
+                for m, xi, yi in zip(mine, x, y):
+                    ax.annotate(m["size"], (xi, yi), textcoords="offset points", xytext=(4, 4),
+                                fontsize=7, color=color)
+            maes = [m["force_mae"] for m in models]
+            ax.set(xscale="log", yscale="log" if max(maes) > 3 * min(maes) else "linear",
+                   xlabel="OpenMM steps/s (higher is faster)",
+                   ylabel="test force MAE (kJ/mol/nm)",
+                   title=f"~{target} atoms, {t} thread{'s' if t != '1' else ''}")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_formatter(ScalarFormatter())
+                axis.set_minor_formatter(NullFormatter())
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def plot_learning_curve_comparison(curves: Mapping[str, Mapping[str, list]], path: PathLike,
+                                   dpi: int = 120) -> Path:
+    """Validation force MAE against optimiser steps (left) and training wall time (right).
+
+    ``curves``: run name (``<architecture>-<size>-s<seed>``) -> training history with
+    ``validation_force_mae``, ``steps`` and ``training_seconds`` per epoch.
+    """
+    fig = Figure(figsize=(11, 4.2))
+    by_steps, by_time = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    sizes = {"small": ":", "medium": "-", "large": "--"}
+    for name, history in curves.items():
+        if not history.get("steps"):
+            continue
+        parts = name.split("-")
+        color, marker = _ARCHITECTURE_STYLE.get(parts[0], ("0.3", "x"))
+        style = dict(color=color, ls=sizes.get(parts[1] if len(parts) > 1 else "", "-"),
+                     marker=marker, ms=3, lw=1, label=name)
+        by_steps.plot(history["steps"], history["validation_force_mae"], **style)
+        by_time.plot(np.asarray(history["training_seconds"]) / 60,
+                     history["validation_force_mae"], **style)
+    by_steps.set(xlabel="optimiser steps", ylabel="validation force MAE (kJ/mol/nm)",
+                 yscale="log")
+    by_time.set(xlabel="training wall time (min)", yscale="log")
+    for ax in (by_steps, by_time):
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+    by_time.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return save_figure(fig, path, dpi)

@@ -1,5 +1,5 @@
 """``openmm-geom potential``: all-atom ML potentials (train | export | simulate | evaluate |
-reproduce).
+reproduce | pareto).
 
 The settings options are the fields of :class:`~openmm_geom.workflows.config.PotentialSettings`
 (each step gets the fields of its stage); the work is :mod:`openmm_geom.workflows.potential`.
@@ -17,7 +17,8 @@ def _settings(args):
     from ..workflows.config import PotentialSettings, budget
 
     architecture = getattr(args, "model", None) or "attention"
-    base = budget("quick" if args.quick else "production", architecture)
+    base = budget("quick" if args.quick else "production", architecture,
+                  getattr(args, "size", None) or "medium")
     return override(base, **overrides_from(args, PotentialSettings))
 
 
@@ -25,9 +26,19 @@ def run_potential(args) -> int:
     from ..threads import set_threads
     from ..workflows import potential as wf
 
-    settings = _settings(args)
     progress = show_progress(args)
     command = args.potential_command
+    if command == "pareto":
+        from ..workflows.potential_pareto import pareto
+
+        result = pareto(args.data, args.out, models=[_model_size(m) for m in args.models],
+                        seeds=args.seeds, atoms=args.atoms, threads=args.speed_threads,
+                        budget_name="quick" if args.quick else "production",
+                        training_threads=args.threads, speed_seconds=args.speed_seconds,
+                        progress=progress)
+        emit(args, result, _pareto_text(result))
+        return 0
+    settings = _settings(args)
     if command != "reproduce":
         set_threads(args.threads)
     if command == "train":
@@ -48,19 +59,43 @@ def run_potential(args) -> int:
         result = wf.evaluate_checkpoint(args.checkpoint, args.data, args.out)
     else:  # reproduce
         result = wf.reproduce(args.data, args.out, architecture=args.model, seed=args.seed,
-                              settings=settings, threads=args.threads, progress=progress)
+                              settings=settings, threads=args.threads, progress=progress,
+                              size=args.size)
     emit(args, result, summary_text(result))
     return 0
+
+
+def _model_size(text: str) -> tuple:
+    """``attention:small`` -> ("attention", "small")."""
+    architecture, _, size = text.partition(":")
+    if not size:
+        raise ValueError(f"--models takes ARCHITECTURE:SIZE, e.g. attention:small; got {text!r}")
+    return architecture, size
+
+
+def _pareto_text(result: dict) -> str:
+    target = str(result["boxes"][-1]["target"])
+    lines = [f"{'model':<20} {'parameters':>10} {'force MAE':>10}  steps/s at ~{target} atoms "
+             f"(threads {', '.join(map(str, result['threads']))})"]
+    for m in result["models"]:
+        rates = ", ".join(f"{v:.3g}" for v in m["steps_per_second_openmm"][target].values())
+        lines.append(f"{m['architecture'] + ':' + m['size']:<20} {m['parameters']:>10} "
+                     f"{m['force_mae']:>10.1f}  {rates}")
+    goal = result["goal"]
+    if goal is not None:
+        lines.append(f"goal ({goal['criterion']}): {'met by ' + ', '.join(goal['by']) if goal['met'] else 'not met'}")
+    return "\n".join(lines)
 
 
 def add_commands(sub) -> None:
     """Register ``potential`` and its steps."""
     from ..models.names import ARCHITECTURES
     from ..settings import add_options
-    from ..workflows.config import PotentialSettings, budget
+    from ..workflows.config import SIZES, PotentialSettings, budget
+    from ..workflows.potential_pareto import PARETO_GRID
 
     ptp = sub.add_parser("potential", help="all-atom ML potentials: train | export | simulate "
-                                           "| evaluate | reproduce",
+                                           "| evaluate | reproduce | pareto",
                          description="Attention or TorchMD-Net potentials trained on energies "
                                      "and forces, exported for OpenMM, run in NVT and NVE.")
     ptsub = ptp.add_subparsers(dest="potential_command", required=True, metavar="STEP")
@@ -79,6 +114,10 @@ def add_commands(sub) -> None:
     def model_choice(q):
         q.add_argument("--model", default="attention", choices=list(ARCHITECTURES),
                        help="architecture (default: attention)")
+        q.add_argument("--size", default="medium", choices=list(SIZES),
+                       help="model size: the architecture's preset channels and layers "
+                            "(medium: the defaults below; options given change it) "
+                            "(default: medium)")
 
     q = ptsub.add_parser("train", help="energy+force training; test-block errors, plots "
                                        "(resumable)")
@@ -126,3 +165,24 @@ def add_commands(sub) -> None:
     model_choice(q)
     common(q, resumable=True)
     settings(q)
+    q = ptsub.add_parser("pareto", help="accuracy vs OpenMM speed: several architectures and "
+                                        "sizes, two seeds; pareto.png (resumable: the training)")
+    q.add_argument("--data", required=True, metavar="FILE",
+                   help="npz of water or NaCl in water with forces and boxes (required)")
+    q.add_argument("--models", nargs="+", metavar="ARCH:SIZE",
+                   default=[f"{a}:{s}" for a, s in PARETO_GRID],
+                   help="architectures and sizes (default: "
+                        + " ".join(f"{a}:{s}" for a, s in PARETO_GRID) + ")")
+    q.add_argument("--seeds", nargs="+", type=int, default=[0, 1], metavar="N",
+                   help="training seeds (default: 0 1)")
+    q.add_argument("--atoms", nargs="+", type=int, default=[300, 3000], metavar="N",
+                   help="about this many atoms in each speed box, of the data's composition "
+                        "(default: 300 3000)")
+    q.add_argument("--speed-threads", nargs="+", type=int, default=[1, 2], metavar="N",
+                   help="OpenMM CPU threads of the speed runs (default: 1 2)")
+    q.add_argument("--speed-seconds", type=float, default=4.0, metavar="S",
+                   help="timed seconds per model, box and thread count (default: 4)")
+    q.add_argument("--quick", action="store_true",
+                   help="tiny models and training, for smoke tests")
+    add_standard(q, run_potential, out="output directory", resumable=True,
+                 threads="torch threads for training (default: all cores)")

@@ -45,6 +45,7 @@ __all__ = [
     "WATER_FORCEFIELD",
     "default_cutoff_nm",
     "generate_water_reference",
+    "salt_molarity",
     "water_box_edge_nm",
     "water_box_pdb",
 ]
@@ -115,12 +116,39 @@ def _choose_waters(oxygens: np.ndarray, edge: float, n: int,
     return np.flatnonzero(alive)
 
 
+def _ion_sites(centres: np.ndarray, edge: float, count: int,
+               rng: np.random.Generator) -> list:
+    """Indices of ``count`` of the molecule ``centres`` (nm, cubic box ``edge``) to turn into
+    ions, each drawn at random among the sites farthest (periodic distance, within 0.05 nm of
+    the farthest) from those already chosen, so that ions start apart."""
+    chosen: list = []
+    if count == 0:
+        return chosen
+    chosen.append(int(rng.integers(len(centres))))
+    nearest = np.full(len(centres), np.inf)
+    while len(chosen) < count:
+        delta = centres - centres[chosen[-1]]
+        delta -= edge * np.round(delta / edge)
+        nearest = np.minimum(nearest, np.linalg.norm(delta, axis=1))
+        far = np.flatnonzero(nearest >= nearest.max() - 0.05)
+        chosen.append(int(rng.choice(far)))
+    return chosen
+
+
+def salt_molarity(ion_pairs: int, n_molecules: int, density: float = WATER_DENSITY) -> float:
+    """mol/L of salt in the box of :func:`water_box_pdb` (``ion_pairs`` in ``n_molecules``
+    sites)."""
+    volume_l = water_box_edge_nm(n_molecules, density) ** 3 * 1e-24
+    return ion_pairs / (_AVOGADRO * volume_l)
+
+
 def water_box_pdb(
     n_molecules: int,
     out_path: Union[str, os.PathLike],
     *,
     seed: int = 1,
     density: float = WATER_DENSITY,
+    ion_pairs: int = 0,
 ) -> Path:
     """Write a cubic periodic box of exactly ``n_molecules`` TIP3P waters as a PDB.
 
@@ -137,6 +165,13 @@ def water_box_pdb(
         Chooses which surplus waters of OpenMM's pre-equilibrated box are removed.
     density : float
         Mass density in g/cm^3; sets the box edge, see :func:`water_box_edge_nm`.
+    ion_pairs : int
+        Replace ``2 * ion_pairs`` of the waters by ``ion_pairs`` Na+ and ``ion_pairs`` Cl-
+        (residues ``NA`` and ``CL`` of ``amber14/tip3p.xml``, placed at the replaced waters'
+        oxygens, which are chosen at random among those farthest from the ions placed so far).
+        The box keeps the edge of ``n_molecules`` waters, so the salt concentration is
+        ``ion_pairs / (N_A * edge^3)`` (:func:`salt_molarity`); 2 pairs in 64 sites is
+        1.7 mol/L.
 
     Returns
     -------
@@ -150,6 +185,10 @@ def water_box_pdb(
     """
     n = check.count("n_molecules", n_molecules)
     seed = check.count("seed", seed, minimum=0)
+    ion_pairs = check.count("ion_pairs", ion_pairs, minimum=0)
+    if 2 * ion_pairs >= n:
+        raise ValueError(f"ion_pairs ({ion_pairs}) must leave some of the {n} waters: "
+                         f"at most {(n - 1) // 2}")
     edge = water_box_edge_nm(n, density)
     forcefield = app.ForceField(*WATER_FORCEFIELD)
 
@@ -169,22 +208,29 @@ def water_box_pdb(
     scale = edge / fill_edge
     oxygens = [next(a.index for a in r.atoms() if a.element == app.element.oxygen)
                for r in residues]
-    keep = _choose_waters((positions[oxygens] + fill_edge / 2) * scale, edge, n,
-                          np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    centres = (positions[oxygens] + fill_edge / 2) * scale
+    keep = _choose_waters(centres, edge, n, rng)
+    sites = _ion_sites(centres[keep], edge, 2 * ion_pairs, rng)
+    waters = [index for k, index in enumerate(keep) if k not in set(sites)]
 
     topology = app.Topology()
     chain = topology.addChain()
     new_positions = []
-    for number, index in enumerate(keep, start=1):
+    for number, index in enumerate(waters, start=1):
         oxygen = positions[oxygens[index]]
-        centre = (oxygen + fill_edge / 2) * scale
         residue = topology.addResidue("HOH", chain, id=str(number))
         added = {}
         for atom in residues[index].atoms():
             added[atom.name] = topology.addAtom(atom.name, atom.element, residue)
-            new_positions.append(centre + positions[atom.index] - oxygen)
+            new_positions.append(centres[index] + positions[atom.index] - oxygen)
         for hydrogen in ("H1", "H2"):
             topology.addBond(added["O"], added[hydrogen])
+    for k, site in enumerate(sites):  # Na+ first, then Cl-
+        name, element = ("NA", app.element.sodium) if k < ion_pairs else ("CL", app.element.chlorine)
+        residue = topology.addResidue(name, chain, id=str(len(waters) + k + 1))
+        topology.addAtom(name, element, residue)
+        new_positions.append(centres[keep[site]])
     topology.setPeriodicBoxVectors(np.eye(3) * edge * unit.nanometer)
 
     text = io.StringIO()
@@ -208,6 +254,7 @@ def generate_water_reference(
     nonbonded_cutoff_nm: Optional[float] = None,
     rigid_water: bool = False,
     seed: int = 1,
+    ion_pairs: int = 0,
     **options,
 ) -> Path:
     """Build a water box (:func:`water_box_pdb`) and generate flexible-water reference data.
@@ -237,6 +284,9 @@ def generate_water_reference(
         lack the constraint forces (datagen warns).
     seed : int
         Seed of the box construction, the velocities and the integrator.
+    ion_pairs : int
+        Na+/Cl- pairs that replace waters (see :func:`water_box_pdb`): salt water with the
+        ion parameters of ``amber14/tip3p.xml`` (Joung-Cheatham).
     **options
         Passed on to :func:`~openmm_geom.data.datagen.generate_reference` (``n_frames``,
         ``temperature_K``, ``friction_per_ps``, ``threads``, ``progress``, ...).
@@ -260,7 +310,7 @@ def generate_water_reference(
     # rebuilds the identical bytes (the run's settings include the PDB's sha256)
     with tempfile.TemporaryDirectory(prefix="openmm-geom-water-") as tmp:
         pdb = water_box_pdb(n_molecules, Path(tmp) / f"water{n_molecules}.pdb", seed=seed,
-                            density=density)
+                            density=density, ion_pairs=ion_pairs)
         return generate_reference(
             pdb, out, forcefield=forcefield, timestep_fs=timestep_fs,
             save_interval_ps=save_interval_ps, equilibration_ps=equilibration_ps,

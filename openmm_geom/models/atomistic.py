@@ -118,6 +118,9 @@ class AtomisticPotential(torch.nn.Module):
         self.neighbors = NeighborPairs(self.cutoff)
         self.shares_pairs = False
         self.repulsion_epsilon = REPULSION_EPSILON
+        # whether any repulsion_sigma is > 0, kept as a Python flag so that a call does not read
+        # the buffer back to decide (set_repulsion and load_state_dict keep it current)
+        self.has_repulsion = False
 
     # -- bookkeeping (Python only) -------------------------------------------------------------
     @torch.jit.unused
@@ -161,6 +164,11 @@ class AtomisticPotential(torch.nn.Module):
                 raise ValueError(f"repulsion sigma must be >= 0 nm, got {value}")
             values[index[int(a)], index[int(b)]] = values[index[int(b)], index[int(a)]] = value
         self.repulsion_sigma = values.to(self.repulsion_sigma.device)
+        self.has_repulsion = bool((values > 0).any())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.has_repulsion = bool((self.repulsion_sigma > 0).any())
 
     @torch.jit.unused
     def element_counts(self) -> np.ndarray:
@@ -215,18 +223,18 @@ class AtomisticPotential(torch.nn.Module):
             raise ValueError("wrong atom count: the model was built for " + str(self.species.size(0))
                              + " atoms, got " + str(positions.size(1))
                              + " (use for_atoms(atomic_numbers) for another system)")
-        if not bool(torch.isfinite(positions).all()):
-            raise ValueError("positions contain NaN or infinite values")
         if boxes is not None:
             if boxes.dim() != 3 or boxes.size(0) != positions.size(0) or boxes.size(1) != 3 \
                     or boxes.size(2) != 3:
                 raise ValueError("boxes must have shape (B, 3, 3), got " + str(list(boxes.shape)))
         offset = self.energy_offsets.index_select(0, self.species).sum().to(positions.dtype)
         scale = self.energy_scale.to(positions.dtype)
-        repulsion = bool((self.repulsion_sigma > 0).any())
+        repulsion = self.has_repulsion
         pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None
         if self.shares_pairs or repulsion:
-            pairs = self.pairs(positions, boxes)
+            pairs = self.pairs(positions, boxes)  # the pair search refuses NaN/inf positions
+        elif not bool(torch.isfinite(positions).all()):
+            raise ValueError("positions contain NaN or infinite values")
         total = scale * self.interaction_energies(positions, boxes, pairs) + offset
         if pairs is not None and repulsion:
             total = total + self.repulsion_energies(positions.size(0), positions.size(1), pairs)

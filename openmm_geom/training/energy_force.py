@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -272,7 +273,8 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
         optimizer, one_cycle_lambda(total_steps, config.lr_min, config.lr_max, config.lr_final))
     generator = torch.Generator().manual_seed(config.seed)
     history: Dict[str, list] = {"epoch": [], "train_loss": [], "validation_force_mae": [],
-                                "validation_energy_mae_per_atom": [], "learning_rate": []}
+                                "validation_energy_mae_per_atom": [], "learning_rate": [],
+                                "steps": [], "training_seconds": []}
     tracker = EpochTracker(model, optimizer, scheduler, generator, epochs=config.epochs,
                            patience=config.patience, history=history, checkpoint=checkpoint,
                            identity={"settings": settings, "data_hash": data_hash},
@@ -285,7 +287,13 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
         return TrainingResult(tracker.best_epoch, tracker.best_info, tracker.history, statistics,
                               copy.deepcopy(model.state_dict()))
 
+    # learning curves against optimiser steps and wall time (cumulative over a resume)
+    for key in ("steps", "training_seconds"):  # absent from checkpoints of older versions
+        history.setdefault(key, [])
+    steps = history["steps"][-1] if history["steps"] else 0
+    seconds = history["training_seconds"][-1] if history["training_seconds"] else 0.0
     for epoch in range(tracker.start_epoch, config.epochs):
+        started = time.perf_counter()
         model.train()
         offset = int(torch.randint(stride, (1,), generator=generator))
         subset = torch.arange(offset, n_frames, stride)
@@ -302,14 +310,17 @@ def train_potential(model: AtomisticPotential, train, validation, config: Energy
             scheduler.step()
             total += float(loss.detach()) * len(batch)
             count += len(batch)
+            steps += 1
         metrics = evaluate_potential(model, np.asarray(validation.positions, dtype=np.float64).astype(
             x.numpy().dtype), validation.energies, validation.forces, validation.boxes,
             batch_size=2 * config.batch_size)
         metrics = {k: v for k, v in metrics.items() if not k.startswith("predicted")}
+        seconds += time.perf_counter() - started
         if tracker.record(epoch, metrics["force_mae"], metrics, train_loss=total / count,
                           validation_force_mae=metrics["force_mae"],
                           validation_energy_mae_per_atom=metrics["energy_mae_per_atom_centred"],
-                          learning_rate=optimizer.param_groups[0]["lr"],
+                          learning_rate=optimizer.param_groups[0]["lr"], steps=steps,
+                          training_seconds=seconds,
                           postfix={"loss": f"{total / count:.3g}",
                                    "val_fmae": f"{metrics['force_mae']:.1f}"}):
             break

@@ -21,7 +21,8 @@ from ..models.names import ARCHITECTURES, MIXER_NAMES
 from ..settings import check_settings, override, setting
 from ..training.config import EnergyForceConfig, TrainConfig, TrainingSettings, VAMPNetTrainer
 
-__all__ = ["CGSettings", "PRODUCTION", "QUICK", "PotentialSettings", "budget", "VampSettings",
+__all__ = ["CGSettings", "PRODUCTION", "QUICK", "PotentialSettings", "budget", "SIZES",
+           "MODEL_SIZES", "VampSettings",
            "DEFAULT_VAMP_TRAINER", "ReproduceSettings", "QUICK_REPRODUCE", "ExploreSettings",
            "QUICK_EXPLORE", "BiasSettings", "BIAS_METHODS", "GENE_PRODUCTION"]
 
@@ -198,15 +199,38 @@ class PotentialSettings:
         return dict(sizes, cutoff=self.cutoff_nm, dtype=getattr(torch, self.dtype), seed=seed)
 
 
-def budget(name: str, architecture: str) -> PotentialSettings:
-    """Named settings: ``"production"`` (documented reproduction budget) or ``"quick"`` (tests)."""
+#: Model sizes of ``--size``: changes to the production settings per architecture. "medium"
+#: is the production default of each; the attention sizes bracket it in channels and layers,
+#: the TorchMD-Net sizes in hidden channels and interaction layers. Training budget, cutoff and
+#: radial basis are the same at every size.
+SIZES = ("small", "medium", "large")
+MODEL_SIZES = {
+    "attention": {"small": dict(features=32, layers=2, heads=2, vector_features=4),
+                  "medium": {},
+                  "large": dict(features=64, layers=4, heads=4, vector_features=16)},
+    "et": {"small": dict(hidden_channels=16, num_layers=1),
+           "medium": {},
+           "large": dict(hidden_channels=64, num_layers=3)},
+    "tensornet": {"small": dict(hidden_channels=16, num_layers=1),
+                  "medium": {},
+                  "large": dict(hidden_channels=64, num_layers=3)},
+}
+
+
+def budget(name: str, architecture: str, size: str = "medium") -> PotentialSettings:
+    """Named settings: ``"production"`` (documented reproduction budget) or ``"quick"`` (tests),
+    with the model of ``size`` (:data:`SIZES`; the quick budget's tiny model replaces it)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}: one of {', '.join(SIZES)}")
+    production = override(PotentialSettings(architecture=architecture),
+                          **MODEL_SIZES[architecture][size])
     if name == "production":
-        return PotentialSettings(architecture=architecture)
+        return production
     if name == "quick":
-        return override(PotentialSettings(architecture=architecture), features=16, layers=2,
-                        heads=2, hidden_channels=16, num_layers=1, num_rbf=8, epochs=2,
-                        batch_size=4, max_train_frames=16, patience=2, nvt_ps=0.05,
-                        equilibration_ps=0.01, nve_ps=0.05, report_interval=10, rdf_bins=40)
+        return override(production, features=16, layers=2, heads=2, hidden_channels=16,
+                        num_layers=1, num_rbf=8, epochs=2, batch_size=4, max_train_frames=16,
+                        patience=2, nvt_ps=0.05, equilibration_ps=0.01, nve_ps=0.05,
+                        report_interval=10, rdf_bins=40)
     raise ValueError(f"unknown budget {name!r}: 'production' or 'quick'")
 
 

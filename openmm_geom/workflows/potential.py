@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..analysis.liquid import (nve_drift, plot_force_parity, plot_rdfs, radial_d
                                rdf_error)
 from ..data.potential_data import PotentialData, load_potential_data, time_block_split
 from ..export import export_potential
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, write_json
 from ..models.potentials import build_potential
 from ..training.checkpoints import load_potential, save_potential
 from ..training.energy_force import evaluate_potential, train_potential
@@ -35,10 +34,6 @@ from .config import PotentialSettings, budget
 __all__ = ["PotentialSettings", "budget", "train", "export", "read_structure",
            "export_for_structure", "simulate", "simulate_structure", "evaluate",
            "evaluate_checkpoint", "reproduce"]
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def _split(data: PotentialData, settings: PotentialSettings):
@@ -85,8 +80,8 @@ def train(data: PotentialData, out: Path, settings: PotentialSettings, *, seed: 
                "test_frames": len(test_set.energies), "best_epoch": result.best_epoch,
                "epochs_run": len(result.history["epoch"]), "training_seconds": seconds,
                "validation": result.best_validation, "test": _strip(test)}
-    _write_json(out / "training.json", {"history": result.history, "statistics": result.statistics})
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "training.json", {"history": result.history, "statistics": result.statistics})
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -451,15 +446,20 @@ def evaluate(reference: PotentialData, nvt: dict, nve: Optional[dict], out: Path
 
 def reproduce(data_path, out, *, architecture: str = "attention", seed: int = 0,
               settings: Optional[PotentialSettings] = None, threads: Optional[int] = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, size: str = "medium") -> dict:
     """Train, evaluate on the held-out time block, export, and run NVT + NVE in OpenMM.
 
+    ``settings`` default to the production budget of ``architecture`` at ``size``
+    (:data:`~openmm_geom.workflows.config.SIZES`); given settings are used as they are and
+    ``size`` only labels the result.
+
     Returns (and writes to ``out/reproduce.json``) at least ``force_mae``, ``force_rmse``,
-    ``energy_mae_per_atom`` (kJ/mol/nm, kJ/mol), ``nve_drift`` (kJ/mol/ns/atom) and
-    ``rdf_error`` (mean |g_ML - g_ref| of the O-O RDF, for water-containing data).
+    ``energy_mae_per_atom`` (kJ/mol/nm, kJ/mol), ``nve_drift`` (kJ/mol/ns/atom),
+    ``rdf_error`` (mean |g_ML - g_ref| of the O-O RDF, for water-containing data),
+    ``parameters`` and ``steps_per_second_openmm`` (the NVT run's).
     """
     started = time.perf_counter()
-    settings = settings or budget("production", architecture)
+    settings = settings or budget("production", architecture, size)
     if settings.architecture != architecture:
         settings = dataclasses.replace(settings, architecture=architecture)
     check_settings(settings)
@@ -483,7 +483,9 @@ def reproduce(data_path, out, *, architecture: str = "attention", seed: int = 0,
                    box=nvt["box_vectors"][-1], threads=threads, progress=progress)
     analysis = evaluate(data, nvt, nve, out, settings, architecture)
     result = {
-        "architecture": architecture, "seed": seed, "data": str(data_path),
+        "architecture": architecture, "size": size, "seed": seed, "data": str(data_path),
+        "parameters": metrics["parameters"],
+        "steps_per_second_openmm": nvt["steps_per_second"],
         "data_sha256": data.sha256, "atoms": int(len(data.atomic_numbers)),
         "force_mae": metrics["test"]["force_mae"], "force_rmse": metrics["test"]["force_rmse"],
         "energy_mae_per_atom": metrics["test"]["energy_mae_per_atom"],
@@ -499,5 +501,5 @@ def reproduce(data_path, out, *, architecture: str = "attention", seed: int = 0,
                    "nve_ps": settings.nve_ps, "timestep_fs": settings.timestep_fs},
         "settings": dataclasses.asdict(settings), "wall_seconds": time.perf_counter() - started,
     }
-    _write_json(out / "reproduce.json", result)
+    write_json(out / "reproduce.json", result)
     return result

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import openmm
 import openmm.app as app
 import pytest
 
@@ -67,6 +68,38 @@ def test_water_box_has_exactly_n_waters_and_a_box(tmp_path, n):
     assert np.allclose(np.linalg.norm(xyz[:, 1:] - xyz[:, :1], axis=-1), 0.0957, atol=0.002)
     # reproducible bytes (the datagen run's settings include the PDB's hash)
     assert water_box_pdb(n, tmp_path / "again.pdb", seed=2).read_bytes() == path.read_bytes()
+
+
+def test_salt_water_box_replaces_waters_by_separated_ions(tmp_path):
+    from openmm_geom.data.water import salt_molarity
+
+    path = water_box_pdb(64, tmp_path / "salt.pdb", seed=3, ion_pairs=2)
+    pdb = app.PDBFile(str(path))
+    names = [r.name for r in pdb.topology.residues()]
+    assert names == ["HOH"] * 60 + ["NA", "NA", "CL", "CL"]
+    assert pdb.topology.getNumAtoms() == 184 and pdb.topology.getNumBonds() == 120
+    edge = water_box_edge_nm(64)  # the box of 64 sites: 1.73 mol/L
+    assert salt_molarity(2, 64) == pytest.approx(2 / (6.02214076e23 * edge ** 3 * 1e-24))
+    assert 1.7 < salt_molarity(2, 64) < 1.75
+    xyz = np.asarray(pdb.getPositions(asNumpy=True)._value)
+    ions = xyz[-4:]
+    delta = ions[:, None] - ions[None]
+    delta -= edge * np.round(delta / edge)
+    apart = np.linalg.norm(delta, axis=-1)[np.triu_indices(4, 1)]
+    assert apart.min() > 0.5  # the ions start far apart (the box is 1.24 nm)
+    # the amber14 ions are parameterised: the system builds and has charge zero
+    system = app.ForceField("amber14/tip3p.xml").createSystem(
+        pdb.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.6, rigidWater=False)
+    nonbonded = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
+    charges = [nonbonded.getParticleParameters(i)[0]._value for i in range(184)]
+    assert sum(charges) == pytest.approx(0.0, abs=1e-6) and sorted(charges)[0] == -1.0
+    assert water_box_pdb(64, tmp_path / "again.pdb", seed=3, ion_pairs=2).read_bytes() \
+        == path.read_bytes()
+    with pytest.raises(ValueError, match="must leave some of the 8 waters"):
+        water_box_pdb(8, tmp_path / "x.pdb", ion_pairs=4)
+    with pytest.raises(ValueError, match="ion_pairs"):
+        water_box_pdb(8, tmp_path / "x.pdb", ion_pairs=-1)
+    assert not (tmp_path / "x.pdb").exists()
 
 
 def test_default_cutoff_fits_the_box():
@@ -139,6 +172,21 @@ def test_datagen_cli_water_box(tmp_path):
                            "--frames", "1"], capture_output=True, text=True,
                           timeout=HANG_GUARD)
     assert both.returncode != 0 and "either a PDB file or --water-box" in both.stderr
+    assert not (tmp_path / "no.npz").exists()
+
+    salt = tmp_path / "salt.npz"
+    done = subprocess.run(
+        [sys.executable, "-m", "openmm_geom.cli", "datagen", "--water-box", "24", "--ion-pairs",
+         "1", "--out", str(salt), "--frames", "2", "--interval-ps", "0.005",
+         "--equilibration-ps", "0.005", "--nonbonded-cutoff", "0.4", "--threads", "1",
+         "--no-progress", "--json"], capture_output=True, text=True, timeout=HANG_GUARD)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["atoms"] == 3 * 22 + 2
+    assert sorted(set(load_potential_data(salt).atomic_numbers.tolist())) == [1, 8, 11, 17]
+    bad = subprocess.run([sys.executable, "-m", "openmm_geom.cli", "datagen", "x.pdb",
+                          "--ion-pairs", "1", "--out", str(tmp_path / "no.npz"), "--frames", "1"],
+                         capture_output=True, text=True, timeout=HANG_GUARD)
+    assert bad.returncode != 0 and "--ion-pairs needs --water-box" in bad.stderr
     assert not (tmp_path / "no.npz").exists()
 
 

@@ -341,6 +341,27 @@ def test_one_pair_search_per_frame_serves_the_network_and_the_repulsion():
     torch.testing.assert_close(distances, vectors.norm(dim=1), rtol=0, atol=1e-12)
 
 
+def test_the_repulsion_flag_follows_the_weights_and_bad_positions_are_refused():
+    """The repulsion is decided from a flag (no read-back of the buffer per call) that a
+    state-dict load sets like set_repulsion; NaN positions still get one clear error."""
+    m = AttentionPotential([8, 8], cutoff=0.45, features=8, layers=1, heads=2, dtype=torch.float64)
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.12, 0.0, 0.0]], dtype=torch.float64)
+    plain = float(m(x).detach())
+    m.set_repulsion({(8, 8): 0.2})
+    assert m.has_repulsion and float(m(x).detach()) > plain + 1.0
+    fresh = AttentionPotential([8, 8], cutoff=0.45, features=8, layers=1, heads=2,
+                               dtype=torch.float64)
+    assert not fresh.has_repulsion
+    fresh.load_state_dict(m.state_dict())
+    assert fresh.has_repulsion and float(fresh(x).detach()) == float(m(x).detach())
+    m.set_repulsion({})
+    assert not m.has_repulsion and float(m(x).detach()) == plain
+    bad = x.clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        m(bad)
+
+
 # --------------------------------------------------------------- vector (angle-aware) channels
 def vector_model(vector_features=4, angular_logits=True, dtype=torch.float64, atoms=12):
     """Three layers, so that the angular logits (layers 2 onwards) are exercised."""

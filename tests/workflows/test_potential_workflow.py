@@ -41,6 +41,8 @@ def test_reproduce_reports_the_metrics_and_writes_figures(reproduced):
         assert math.isfinite(result[key]), key
     assert result["force_rmse"] >= result["force_mae"] > 0
     assert set(result["rdf"]) == {"O-O", "O-H", "H-H"}
+    assert result["size"] == "medium" and result["parameters"] == result["training"]["parameters"]
+    assert result["steps_per_second_openmm"] == result["openmm"]["nvt_steps_per_second"] > 0
     for name in ("model.pt", "model_openmm.pt", "learning_curves.png", "force_parity.png",
                  "rdf.png", "metrics.json", "nvt.npz", "nve.npz", "reproduce.json"):
         assert (out / name).stat().st_size > 0, name
