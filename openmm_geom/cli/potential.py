@@ -91,8 +91,7 @@ def add_commands(sub) -> None:
     """Register ``potential`` and its steps."""
     from ..models.names import ARCHITECTURES
     from ..settings import add_options
-    from ..workflows.config import SIZES, PotentialSettings, budget
-    from ..workflows.potential_pareto import PARETO_GRID
+    from ..workflows.config import PARETO_GRID, SIZES, PotentialSettings, budget
 
     ptp = sub.add_parser("potential", help="all-atom ML potentials: train | export | simulate "
                                            "| evaluate | reproduce | pareto",

@@ -23,17 +23,12 @@ from .. import arguments as check
 from ..threads import cpu_platform_properties, set_threads
 from ..data.potential_data import load_potential_data
 from ..progress import progress_bar
-from .config import MODEL_SIZES, SIZES, budget
+from .config import MODEL_SIZES, PARETO_GRID, SIZES, budget
 from ..io import write_json
 from .potential import export_for_structure, read_structure, train
 
 __all__ = ["PARETO_GRID", "composition", "speed_boxes", "openmm_steps_per_second", "pareto"]
 
-#: (architecture, size) pairs trained and timed by default: attention and ET at every size,
-#: TensorNet at the medium one.
-PARETO_GRID: Tuple[Tuple[str, str], ...] = (
-    ("attention", "small"), ("attention", "medium"), ("attention", "large"),
-    ("et", "small"), ("et", "medium"), ("et", "large"), ("tensornet", "medium"))
 _ELEMENTS = {1: "H", 8: "O", 11: "Na", 17: "Cl"}
 _TIMESTEP_FS = 0.5
 _TEMPERATURE_K = 300.0

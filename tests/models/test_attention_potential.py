@@ -494,9 +494,13 @@ def test_vector_features_from_the_potential_settings(tmp_path):
     """``--vector-features`` reaches the model, and its checkpoint rebuilds it."""
     from openmm_geom.models.potentials import build_potential
     from openmm_geom.training.checkpoints import load_potential, save_potential
+    from openmm_geom.settings import override
     from openmm_geom.workflows.config import PotentialSettings, budget
 
-    assert "vector_features" not in budget("quick", "attention").model_options(0)
+    assert budget("production", "attention").model_options(0)["vector_features"] == 8
+    assert budget("quick", "attention").model_options(0)["vector_features"] == 4
+    assert "vector_features" not in override(budget("quick", "attention"),
+                                             vector_features=0).model_options(0)
     settings = PotentialSettings(features=8, layers=2, heads=2, n_rbf=6, vector_features=3,
                                  angular_logits=False, dtype="float64")
     m = build_potential("attention", WATER * 12, **settings.model_options(seed=1))
