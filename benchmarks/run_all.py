@@ -3,8 +3,8 @@
 Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py),
 DIR/torchcv.json (bench_torchcv.py), DIR/cg.json (bench_cg.py), DIR/signature.json
 (bench_signature.py), DIR/potential.json (bench_potential.py), DIR/cv.json (bench_cv.py) and
-DIR/compile.json (bench_compile.py), DIR/opes.json (bench_opes.py) and
-DIR/summary.json (headline numbers, pass/fail, machine load), and prints the tables. Exits
+DIR/compile.json (bench_compile.py), DIR/opes.json (bench_opes.py), DIR/memory.json
+(bench_memory.py) and DIR/summary.json (headline numbers, pass/fail, machine load), and prints the tables. Exits
 non-zero if a benchmark fails, including any of its correctness checks.
 
 ``--omp-passive`` also repeats every benchmark (torchmd-net neighbour lists left out) with
@@ -147,6 +147,16 @@ def headline(data: dict) -> list:
                 "goal_throughput_met": block["goal"]["throughput_met"],
                 "goal_force_mae_met": block["goal"]["force_mae_met"]})
         return rows
+    if data["benchmark"] == "memory":
+        return [{"threads": run["threads"], "n_atoms": run["atoms"], "model": r["model"],
+                 "default_ms": round(r["default"]["ms_per_call"], 1),
+                 "retained_ms": round(r["retained"]["ms_per_call"], 1),
+                 "default_faults": round(r["default"]["faults_per_call"]),
+                 "retained_faults": round(r["retained"]["faults_per_call"]),
+                 "default_system_fraction": round(r["default"]["system_fraction"], 3),
+                 "retained_system_fraction": round(r["retained"]["system_fraction"], 3),
+                 "default_over_retained_time": round(r["default_over_retained_time"], 3)}
+                for run in data["runs"] for r in run["rows"]]
     if data["benchmark"] == "opes":
         return [{"threads": r["threads"], "setup": r["setup"],
                  "us_per_step": round(r["us_per_step"], 1),
@@ -170,7 +180,7 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for other processes to leave the CPUs")
     parser.add_argument("--only", help="comma-separated benchmark names (neighbors, bridge, "
-                        "torchcv, cg, signature, potential, cv, compile, opes): run these and update their "
+                        "torchcv, cg, signature, potential, cv, compile, opes, memory): run these and update their "
                         "entries in summary.json")
     args = parser.parse_args(argv)
 
@@ -187,7 +197,8 @@ def main(argv=None) -> int:
             ("bench_potential.py", "potential.json", [], {}),
             ("bench_cv.py", "cv.json", [], {}),
             ("bench_compile.py", "compile.json", [], {}),
-            ("bench_opes.py", "opes.json", [], {})]
+            ("bench_opes.py", "opes.json", [], {}),
+            ("bench_memory.py", "memory.json", [], {})]
     if args.omp_passive:
         passive = {"OMP_WAIT_POLICY": "PASSIVE"}
         jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],

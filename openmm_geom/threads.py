@@ -1,15 +1,21 @@
-"""One place that sets CPU threads for torch (and so vesin and our ops) and OpenMM's CPU platform.
+"""One place that sets CPU threads for torch (and so vesin and our ops) and OpenMM's CPU platform,
+and how the process's freed memory is kept (:func:`retain_freed_memory`).
 
 On CPU, oversubscription costs more than anything else: torch's intra-op pool and OpenMM's
 CPU platform each default to all cores, and running them side by side on 2 cores was measured
 at 5 steps/s instead of 75-105 (blueprint section 4). vesin's pair search and our native ops
 use torch's intra-op thread count.
 """
+import ctypes
+import ctypes.util
 import os
 
 import torch
 
-__all__ = ["set_threads", "cpu_platform_properties", "default_threads"]
+__all__ = ["set_threads", "cpu_platform_properties", "default_threads", "retain_freed_memory"]
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_MAX = -4
 
 
 def default_threads() -> int:
@@ -45,3 +51,32 @@ def set_threads(n: int | None = None) -> int:
 def cpu_platform_properties(n: int | None = None) -> dict:
     """Platform properties for OpenMM's CPU platform with ``n`` threads."""
     return {"Threads": str(default_threads() if n is None else int(n))}
+
+
+def retain_freed_memory() -> bool:
+    """Keep the memory torch frees for the next call instead of returning it to the kernel.
+
+    An ML potential's energy+force call allocates and frees large per-edge tensors (at 3,000
+    atoms of water, gigabytes per call). With glibc's defaults, blocks above a threshold are
+    mapped and unmapped on every call and the heap top is trimmed, so each call faults its
+    pages in again: 20-60% of the CPU time went to the kernel (docs/benchmarks.md).
+    This sets glibc malloc to serve large blocks from the heap (``M_MMAP_MAX = 0``) and never
+    to trim it (``M_TRIM_THRESHOLD`` unlimited), so later calls reuse the pages of earlier
+    ones. The resident memory then stays at its peak until the process ends, which suits a
+    simulation process. Process-wide and not undone; the ``openmm-geom potential`` commands
+    call it.
+
+    Returns
+    -------
+    bool
+        True if glibc accepted both settings; False (nothing changed) without glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # -1 as the threshold is SIZE_MAX once glibc converts it: trimming never happens
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))

@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from .. import arguments as check
-from ..threads import cpu_platform_properties, set_threads
+from ..threads import cpu_platform_properties, retain_freed_memory, set_threads
 from ..data.potential_data import load_potential_data
 from ..progress import progress_bar
 from .config import MODEL_SIZES, PARETO_GRID, SIZES, budget
@@ -207,6 +207,7 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
 
     models, seeds, atoms, threads = _check_grid(models, seeds, atoms, threads)
     speed_seconds = check.number("speed_seconds", speed_seconds)
+    retained = retain_freed_memory()  # every model timed without per-call page faults
     settings = {m: budget(budget_name, *m) for m in models}  # refuses unknown budgets
     data = load_potential_data(data_path)
     # refuse other systems, and boxes too small for a model's cutoff, before writing anything
@@ -274,6 +275,7 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
     result = {"data": str(data_path), "data_sha256": data.sha256, "atoms": len(data.atomic_numbers),
               "composition": composition(data.atomic_numbers), "budget": budget_name,
               "seeds": list(seeds), "threads": list(threads), "boxes": boxes, "models": summary,
+              "retained_freed_memory": retained,
               "runs": runs, "comparison": comparison, "goal": goal,
               "units": {"force_mae": "kJ/mol/nm", "steps_per_second_openmm":
                         f"OpenMM steps/s, LangevinMiddle {_TIMESTEP_FS} fs, CPU platform"},

@@ -1,0 +1,38 @@
+"""The process's CPU resources: freed memory kept for the next call (glibc)."""
+import subprocess
+import sys
+
+import pytest
+
+# Each call allocates and frees 10 blocks of 40 MB (far above glibc's mmap threshold), then
+# prints the minor page faults per call after a warm-up call; the setting is process-wide, so
+# each mode runs in its own process.
+SCRIPT = """
+import resource, sys, torch
+import openmm_geom
+if sys.argv[1] == "retain":
+    assert openmm_geom.retain_freed_memory()
+def call():
+    blocks = [torch.ones(10_000_000) for _ in range(10)]
+    return sum(float(b[-1]) for b in blocks)
+call()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    call()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+"""
+
+
+def faults_per_call(mode: str) -> float:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_retained_memory_is_reused_instead_of_faulted_in_again():
+    pages = 10 * 40e6 / 4096  # what one call touches
+    default, retained = faults_per_call("default"), faults_per_call("retain")
+    assert default > 0.8 * pages  # glibc maps and unmaps every block: each call faults again
+    assert retained < 0.2 * pages  # kept: the next call reuses the pages
