@@ -234,6 +234,10 @@ def rdf_error(r, g_model, g_reference) -> dict:
         minus reference at each curve's first peak, the maximum of g over the first stretch of
         bins where g > 1 (the first solvation shell; the global maximum if g never exceeds 1).
         Also each curve's peak: ``first_peak_{height,position_nm}_{model,reference}``.
+        Contacts: ``closest_nm_{model,reference}``, the centre of each curve's first bin with
+        g > 0 (None if none), and ``unseen_contact_nm``, how much closer than the reference
+        ever came the model's closest pair is (> 0: the model makes contacts the reference
+        never makes; 0 otherwise).
     """
     r = np.asarray(r, dtype=np.float64)
     g_model = np.asarray(g_model, dtype=np.float64)
@@ -250,6 +254,8 @@ def rdf_error(r, g_model, g_reference) -> dict:
     difference = np.abs(g_model - g_reference)
     r_model, h_model = _first_peak(r, g_model)
     r_ref, h_ref = _first_peak(r, g_reference)
+    closest_model, closest_ref = (float(r[np.argmax(g > 0)]) if (g > 0).any() else None
+                                  for g in (g_model, g_reference))
     return {
         "rdf_mae": float(difference.mean()),
         "rdf_max_abs_error": float(difference.max()),
@@ -259,6 +265,10 @@ def rdf_error(r, g_model, g_reference) -> dict:
         "first_peak_height_reference": h_ref,
         "first_peak_position_nm_model": r_model,
         "first_peak_position_nm_reference": r_ref,
+        "closest_nm_model": closest_model,
+        "closest_nm_reference": closest_ref,
+        "unseen_contact_nm": (max(closest_ref - closest_model, 0.0)
+                              if closest_model is not None and closest_ref is not None else 0.0),
     }
 
 

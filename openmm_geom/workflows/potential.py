@@ -33,7 +33,7 @@ from .config import PotentialSettings, budget
 
 __all__ = ["PotentialSettings", "budget", "train", "export", "read_structure",
            "export_for_structure", "simulate", "simulate_structure", "evaluate",
-           "evaluate_checkpoint", "reproduce"]
+           "evaluate_checkpoint", "reproduce", "rdf_goal", "RDF_GOAL"]
 
 
 def _split(data: PotentialData, settings: PotentialSettings):
@@ -436,12 +436,34 @@ def evaluate(reference: PotentialData, nvt: dict, nve: Optional[dict], out: Path
     result = {"rdf": rdfs}
     if "O-O" in rdfs:
         result["rdf_error"] = rdfs["O-O"]["rdf_mae"]
+        result["rdf_goal"] = rdf_goal(rdfs, bin_nm=float(r[1] - r[0]))
     if nve is not None:
         drift = nve_drift(nve["time_ps"], nve["potential_energies"] + nve["kinetic_energies"],
                           n_atoms=len(numbers), kinetic_energies=nve["kinetic_energies"])
         result["nve"] = drift
         result["nve_drift"] = drift["drift_kj_mol_per_ns_per_atom"]
     return result
+
+
+#: A liquid "matches" its reference (issue 18): for every pair type, mean |g_ML - g_ref| at
+#: most 0.05, the first peak within 0.005 nm and 5% of its height, and no pair closer than the
+#: reference's closest by more than one bin.
+RDF_GOAL = {"rdf_mae": 0.05, "peak_position_nm": 0.005, "peak_height_relative": 0.05}
+
+
+def rdf_goal(rdfs: dict, bin_nm: float) -> dict:
+    """Which pair types meet :data:`RDF_GOAL` (``rdfs``: pair -> :func:`rdf_error` result)."""
+    pairs = {}
+    for name, e in rdfs.items():
+        checks = {
+            "rdf_mae": e["rdf_mae"] <= RDF_GOAL["rdf_mae"],
+            "peak_position": abs(e["first_peak_position_error_nm"]) <= RDF_GOAL["peak_position_nm"],
+            "peak_height": abs(e["first_peak_height_error"])
+            <= RDF_GOAL["peak_height_relative"] * e["first_peak_height_reference"],
+            "no_unseen_contact": e["unseen_contact_nm"] <= bin_nm + 1e-9}
+        pairs[name] = dict(checks, met=all(checks.values()))
+    return {"thresholds": dict(RDF_GOAL, unseen_contact_nm=bin_nm), "pairs": pairs,
+            "met": all(p["met"] for p in pairs.values())}
 
 
 def reproduce(data_path, out, *, architecture: str = "attention", seed: int = 0,
@@ -492,6 +514,7 @@ def reproduce(data_path, out, *, architecture: str = "attention", seed: int = 0,
         "units": {"force": "kJ/mol/nm", "energy": "kJ/mol", "nve_drift": "kJ/mol/ns/atom",
                   "rdf_error": "mean |g_ML - g_ref| over the O-O RDF range"},
         "nve_drift": analysis.get("nve_drift"), "rdf_error": analysis.get("rdf_error"),
+        "rdf_goal": analysis.get("rdf_goal"),
         "rdf": analysis.get("rdf"), "nve": analysis.get("nve"),
         "training": {k: metrics[k] for k in ("parameters", "train_frames", "validation_frames",
                                              "test_frames", "best_epoch", "epochs_run",

@@ -409,6 +409,12 @@ def test_rdf_error_definitions():
     assert error["first_peak_position_error_nm"] == pytest.approx(0.02, abs=1e-9)
     assert error["first_peak_height_error"] == pytest.approx(0.5, abs=0.05)
     assert error["first_peak_position_nm_reference"] == pytest.approx(0.275, abs=0.006)
+    assert error["closest_nm_reference"] == error["closest_nm_model"] == pytest.approx(0.255)
+    assert error["unseen_contact_nm"] == 0.0
+    contact = shifted.copy()
+    contact[(r > 0.17) & (r < 0.19)] = 0.5  # close contacts the reference never makes
+    assert rdf_error(r, contact, reference)["unseen_contact_nm"] == pytest.approx(0.08)
+    assert rdf_error(r, reference, contact)["unseen_contact_nm"] == 0.0
     with pytest.raises(ValueError, match="same r_max and bins"):
         rdf_error(r ** 2, reference, reference)
 

@@ -42,6 +42,11 @@ def test_reproduce_reports_the_metrics_and_writes_figures(reproduced):
     assert result["force_rmse"] >= result["force_mae"] > 0
     assert set(result["rdf"]) == {"O-O", "O-H", "H-H"}
     assert result["size"] == "medium" and result["parameters"] == result["training"]["parameters"]
+    goal = result["rdf_goal"]
+    assert set(goal["pairs"]) == {"O-O", "O-H", "H-H"}
+    assert goal["met"] == all(p["met"] for p in goal["pairs"].values())
+    o_o = result["rdf"]["O-O"]
+    assert goal["pairs"]["O-O"]["rdf_mae"] == (o_o["rdf_mae"] <= 0.05)
     assert result["steps_per_second_openmm"] == result["openmm"]["nvt_steps_per_second"] > 0
     for name in ("model.pt", "model_openmm.pt", "learning_curves.png", "force_parity.png",
                  "rdf.png", "metrics.json", "nvt.npz", "nve.npz", "reproduce.json"):
