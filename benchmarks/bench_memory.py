@@ -12,8 +12,9 @@ call, the kernel's share of the CPU time (system / (user + system), from ``getru
 timed calls), peak resident memory of the process. Ratios: default time / retained time
 (> 1: retaining is faster).
 
-Check (exit status 1 if it fails): retained memory has at most as many page faults per call
-as the default, for every model.
+Check (exit status 1 if it fails): glibc accepted the setting, and retained memory has at most
+as many page faults per call as the default for every model (with 5% + 1,000 faults of slack
+for the few pages a call touches for the first time either way).
 
     .venv/bin/python benchmarks/bench_memory.py [--out benchmarks/results/memory.json]
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import cores, environment, thread_counts, write_json  # noqa: E402
+from _common import LoadMonitor, cores, environment, thread_counts, write_json  # noqa: E402
 
 MODELS = ("attention", "et")
 
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
         return 0
 
     waters, rounds, calls = (100, 1, 2) if args.quick else (1000, args.rounds, 4)
+    monitor = LoadMonitor()  # children's CPU time counts as our own
     runs = []
     for threads in thread_counts(args.threads):
         samples = {"default": [], "retained": []}
@@ -132,12 +134,14 @@ def main(argv=None) -> int:
         runs.append({"threads": threads, "atoms": samples["default"][0]["atoms"],
                      "retained_accepted": all(r["retained"] for r in samples["retained"]),
                      "rows": rows})
-    ok = all(r["retained"]["faults_per_call"] <= r["default"]["faults_per_call"]
-             for run in runs for r in run["rows"])
+    ok = all(run["retained_accepted"] for run in runs) and all(
+        r["retained"]["faults_per_call"] <= 1.05 * r["default"]["faults_per_call"] + 1000
+        for run in runs for r in run["rows"])
     write_json(Path(args.out), {"benchmark": "memory", "quick": args.quick, "rounds": rounds,
                                 "calls_per_process": calls, "cores": cores(),
-                                "environment": environment(), "runs": runs,
-                                "check_no_more_faults_when_retained": ok})
+                                "environment": environment(), "load": monitor.result(),
+                                "runs": runs, "check_no_more_faults_when_retained": ok,
+                                "ok": ok})
     for run in runs:
         for r in run["rows"]:
             print(f"{run['threads']} thread(s), {run['atoms']} atoms, {r['model']:<10} "

@@ -134,6 +134,8 @@ class PotentialSettings:
                                    check="non-negative")
     angular_logits: bool = setting(True, help="attention with vector channels: attention "
                                    "logits also see directions", stage="train")
+    vector_scale: float = setting(0.125, help="attention with vector channels: factor of the "
+                                  "summed vector messages", stage="train", check="positive")
     # TorchMD-Net models: ET with 32 channels and 2 layers has 41k parameters, comparable to
     # the attention model's 64k (52k without vector channels)
     hidden_channels: int = setting(32, help="TorchMD-Net: hidden channels", stage="train",
@@ -194,7 +196,7 @@ class PotentialSettings:
                          n_rbf=self.n_rbf)
             if self.vector_features > 0:
                 sizes.update(vector_features=self.vector_features,
-                             angular_logits=self.angular_logits)
+                             angular_logits=self.angular_logits, vector_scale=self.vector_scale)
         else:
             sizes = dict(hidden_channels=self.hidden_channels, num_layers=self.num_layers,
                          num_rbf=self.num_rbf)

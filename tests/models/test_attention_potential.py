@@ -502,9 +502,10 @@ def test_vector_features_from_the_potential_settings(tmp_path):
     assert "vector_features" not in override(budget("quick", "attention"),
                                              vector_features=0).model_options(0)
     settings = PotentialSettings(features=8, layers=2, heads=2, n_rbf=6, vector_features=3,
-                                 angular_logits=False, dtype="float64")
+                                 angular_logits=False, vector_scale=0.5, dtype="float64")
     m = build_potential("attention", WATER * 12, **settings.model_options(seed=1))
     assert m.hyperparameters["vector_features"] == 3 and not m.hyperparameters["angular_logits"]
+    assert m.hyperparameters["vector_scale"] == 0.5
     loaded, _ = load_potential(save_potential(m, tmp_path / "m.ckpt"))
     box = triclinic_box()
     x = water_like(12, box, seed=3)
