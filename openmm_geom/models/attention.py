@@ -69,8 +69,11 @@ class _AttentionLayer(torch.nn.Module):
     """One attention layer on scalar channels; ``vector_features`` widens the value, filter
     and output projections for :class:`_AngularAttentionLayer` (0: today's layer exactly)."""
 
-    def __init__(self, features: int, heads: int, n_rbf: int, vector_features: int = 0):
+    def __init__(self, features: int, heads: int, n_rbf: int, vector_features: int = 0,
+                 summed_messages: bool = False):
         super().__init__()
+        self.summed_messages = summed_messages
+        self.sum_scale = VECTOR_SCALE
         self.heads = heads
         self.head_dim = features // heads
         self.features = features
@@ -85,7 +88,8 @@ class _AttentionLayer(torch.nn.Module):
         # of the vector message (vector_features each)
         self.value = torch.nn.Linear(features, features + 2 * vector_features, bias=False)
         self.filter = torch.nn.Linear(n_rbf, features + 2 * vector_features, bias=True)
-        self.output = torch.nn.Linear(features + vector_features, features, bias=True)
+        self.output = torch.nn.Linear(features * (2 if summed_messages else 1) + vector_features,
+                                      features, bias=True)
         self.norm = torch.nn.LayerNorm(features)
 
     def attention_weights(self, h: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
@@ -118,10 +122,24 @@ class _AttentionLayer(torch.nn.Module):
         """New scalar channels ``h`` (N, F); ``v`` is returned untouched and ``unit`` unused."""
         n, e = h.size(0), receivers.size(0)
         alpha = self.attention_weights(h, receivers, senders, basis, envelope, None)
-        messages = (self.value(h).index_select(0, senders) * self.filter(basis)).view(e, self.heads, self.head_dim)
-        aggregated = torch.zeros(n, self.heads, self.head_dim, dtype=h.dtype, device=h.device).index_add(
-            0, receivers, alpha.unsqueeze(2) * messages)
-        return self.norm(h + F.silu(self.output(aggregated.view(n, -1)))), v
+        values = self.value(h).index_select(0, senders) * self.filter(basis)
+        aggregated = self.aggregate(values, alpha, receivers, envelope, n)
+        return self.norm(h + F.silu(self.output(aggregated))), v
+
+    def aggregate(self, scalar: torch.Tensor, alpha: torch.Tensor, receivers: torch.Tensor,
+                  envelope: torch.Tensor, n: int) -> torch.Tensor:
+        """(N, F) softmax-weighted messages ``scalar`` (E, F) per receiver; with
+        ``summed_messages`` also (N, F) their envelope-weighted sum, scaled by
+        :data:`VECTOR_SCALE` (it keeps the neighbour count the softmax divides out)."""
+        e = scalar.size(0)
+        averaged = torch.zeros(n, self.heads, self.head_dim, dtype=scalar.dtype,
+                               device=scalar.device).index_add(
+            0, receivers, alpha.unsqueeze(2) * scalar.reshape(e, self.heads, self.head_dim))
+        if not self.summed_messages:
+            return averaged.view(n, -1)
+        summed = torch.zeros(n, self.features, dtype=scalar.dtype, device=scalar.device).index_add(
+            0, receivers, (self.sum_scale * envelope).unsqueeze(1) * scalar)
+        return torch.cat([averaged.view(n, -1), summed], dim=1)
 
 
 class _AngularAttentionLayer(_AttentionLayer):
@@ -138,8 +156,9 @@ class _AngularAttentionLayer(_AttentionLayer):
     """
 
     def __init__(self, features: int, heads: int, n_rbf: int, vector_features: int,
-                 angular_logits: bool, vector_scale: float, first: bool = False):
-        super().__init__(features, heads, n_rbf, vector_features)
+                 angular_logits: bool, vector_scale: float, first: bool = False,
+                 summed_messages: bool = False):
+        super().__init__(features, heads, n_rbf, vector_features, summed_messages)
         self.vector_scale = vector_scale
         self.reads_vectors = not first
         angular_logits = angular_logits and not first
@@ -166,8 +185,7 @@ class _AngularAttentionLayer(_AttentionLayer):
         alpha = self.attention_weights(h, receivers, senders, basis, envelope, angular)
         values = self.value(h).index_select(0, senders) * self.filter(basis)  # (E, F + 2 Fv)
         scalar, a, b = torch.split(values, [self.features, fv, fv], dim=1)
-        aggregated = torch.zeros(n, self.heads, self.head_dim, dtype=h.dtype, device=h.device).index_add(
-            0, receivers, alpha.unsqueeze(2) * scalar.reshape(e, self.heads, self.head_dim))
+        aggregated = self.aggregate(scalar, alpha, receivers, envelope, n)
         # The vector message is an envelope-weighted sum: it keeps the neighbour count and
         # fades out with vanishing first and second derivatives at the cutoff.
         weight = (self.vector_scale * envelope).unsqueeze(1)
@@ -177,7 +195,7 @@ class _AngularAttentionLayer(_AttentionLayer):
         v = v + torch.zeros(n, 3, fv, dtype=h.dtype, device=h.device).index_add(0, receivers, messages)
         first, second, update = torch.split(self.vector_mix(v), [fv, fv, fv], dim=2)
         dots = (first * second).sum(1)  # (N, Fv)
-        h = self.norm(h + F.silu(self.output(torch.cat([aggregated.view(n, -1), dots], dim=1))))
+        h = self.norm(h + F.silu(self.output(torch.cat([aggregated, dots], dim=1))))
         return h, v + update * torch.sigmoid(self.gate(h)).unsqueeze(1)
 
 
@@ -214,13 +232,18 @@ class AttentionPotential(AtomisticPotential):
         Fixed factor of the summed vector messages (default 0.125, about 1/sqrt(52), the
         mean neighbour count of liquid water within 0.5 nm). A constant, not a normalisation
         by the neighbour count, so that energies stay continuous at the cutoff.
+    summed_messages : bool
+        Also feed each layer's update the envelope-weighted *sum* of the scalar messages
+        (times 0.125) beside their softmax average (default False). The softmax divides out
+        how many neighbours an atom has; the sum keeps that density signal, as ET's
+        unnormalised attention does.
     """
 
     def __init__(self, atomic_numbers: Sequence[int], cutoff: float = 0.5, features: int = 48,
                  layers: int = 4, heads: int = 4, n_rbf: int = 32,
                  elements: Optional[Sequence[int]] = None, dtype: torch.dtype = torch.float32,
                  seed: int = 0, vector_features: int = 0, angular_logits: bool = True,
-                 vector_scale: float = VECTOR_SCALE):
+                 vector_scale: float = VECTOR_SCALE, summed_messages: bool = False):
         super().__init__(atomic_numbers, elements, cutoff)
         if features % heads != 0:
             raise ValueError(f"features ({features}) must be divisible by heads ({heads})")
@@ -239,6 +262,8 @@ class AttentionPotential(AtomisticPotential):
             "layers": int(layers), "heads": int(heads), "n_rbf": int(n_rbf),
             "elements": list(self.elements), "dtype": str(dtype).replace("torch.", ""),
         }
+        if summed_messages:  # absent: softmax messages only (files from before the option)
+            self.hyperparameters["summed_messages"] = True
         if vector_features > 0:  # absent: scalar channels only (files from before vectors)
             self.hyperparameters.update(vector_features=vector_features,
                                         angular_logits=bool(angular_logits),
@@ -247,12 +272,14 @@ class AttentionPotential(AtomisticPotential):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.embedding = torch.nn.Embedding(len(self.elements), features)
+            summed = bool(summed_messages)
             if vector_features == 0:
-                stack = [_AttentionLayer(features, heads, n_rbf) for _ in range(layers)]
+                stack = [_AttentionLayer(features, heads, n_rbf, 0, summed) for _ in range(layers)]
             else:
                 # the vectors are zero when the first layer reads them: no angular logits there
                 stack = [_AngularAttentionLayer(features, heads, n_rbf, vector_features,
-                                                bool(angular_logits), float(vector_scale), k == 0)
+                                                bool(angular_logits), float(vector_scale), k == 0,
+                                                summed)
                          for k in range(layers)]
             self.layers = torch.nn.ModuleList(stack)
             widths = [features, max(features // 2, 1), max(features // 4, 1), max(features // 4, 1)]
@@ -279,7 +306,8 @@ class AttentionPotential(AtomisticPotential):
                    heads=hp["heads"], n_rbf=hp["n_rbf"], elements=hp["elements"],
                    dtype=getattr(torch, hp["dtype"]), vector_features=hp.get("vector_features", 0),
                    angular_logits=hp.get("angular_logits", True),
-                   vector_scale=hp.get("vector_scale", VECTOR_SCALE))
+                   vector_scale=hp.get("vector_scale", VECTOR_SCALE),
+                   summed_messages=hp.get("summed_messages", False))
 
     def interaction_energies(self, positions: torch.Tensor, boxes: Optional[torch.Tensor],
                              pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,

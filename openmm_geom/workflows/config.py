@@ -136,6 +136,9 @@ class PotentialSettings:
                                    "logits also see directions", stage="train")
     vector_scale: float = setting(0.125, help="attention with vector channels: factor of the "
                                   "summed vector messages", stage="train", check="positive")
+    summed_messages: bool = setting(False, help="attention: also sum the scalar messages "
+                                    "(keeps the neighbour count the softmax divides out)",
+                                    stage="train")
     # TorchMD-Net models: ET with 32 channels and 2 layers has 41k parameters, comparable to
     # the attention model's 64k (52k without vector channels)
     hidden_channels: int = setting(32, help="TorchMD-Net: hidden channels", stage="train",
@@ -194,6 +197,8 @@ class PotentialSettings:
         if self.architecture == "attention":
             sizes = dict(features=self.features, layers=self.layers, heads=self.heads,
                          n_rbf=self.n_rbf)
+            if self.summed_messages:
+                sizes["summed_messages"] = True
             if self.vector_features > 0:
                 sizes.update(vector_features=self.vector_features,
                              angular_logits=self.angular_logits, vector_scale=self.vector_scale)

@@ -74,7 +74,7 @@ def test_translation_and_rotation_invariance_without_box(model):
     assert np.allclose(f2, f0 @ rotation.T, atol=1e-8)
 
 
-@pytest.mark.parametrize("fixture", ["model", "vectors"])
+@pytest.mark.parametrize("fixture", ["model", "vectors", "summed"])
 def test_permutation_of_identical_atoms(fixture, request):
     """With vectors it also checks the edge directions: each pair's two edges point opposite
     ways whichever atom the pair search lists first."""
@@ -91,7 +91,7 @@ def test_permutation_of_identical_atoms(fixture, request):
     assert np.allclose(f1, f0[order], atol=1e-9)
 
 
-@pytest.mark.parametrize("fixture", ["model", "vectors"])
+@pytest.mark.parametrize("fixture", ["model", "vectors", "summed"])
 def test_periodic_images_and_triclinic_wrapping(fixture, request):
     model = request.getfixturevalue(fixture)
     box = triclinic_box()
@@ -103,7 +103,7 @@ def test_periodic_images_and_triclinic_wrapping(fixture, request):
     assert np.allclose(f1, f0, atol=1e-8)
 
 
-@pytest.mark.parametrize("fixture", ["model", "vectors"])
+@pytest.mark.parametrize("fixture", ["model", "vectors", "summed"])
 def test_forces_match_finite_differences(fixture, request):
     model = request.getfixturevalue(fixture)
     box = triclinic_box()
@@ -175,7 +175,7 @@ def water_topology(n, box):
     return topology
 
 
-@pytest.mark.parametrize("fixture", ["model", "vectors"])
+@pytest.mark.parametrize("fixture", ["model", "vectors", "summed"])
 def test_exported_model_in_openmm_matches_eager_with_triclinic_box(fixture, request, tmp_path):
     model = request.getfixturevalue(fixture)
     box = triclinic_box()
@@ -363,11 +363,12 @@ def test_the_repulsion_flag_follows_the_weights_and_bad_positions_are_refused():
 
 
 # --------------------------------------------------------------- vector (angle-aware) channels
-def vector_model(vector_features=4, angular_logits=True, dtype=torch.float64, atoms=12):
+def vector_model(vector_features=4, angular_logits=True, dtype=torch.float64, atoms=12,
+                 summed_messages=False):
     """Three layers, so that the angular logits (layers 2 onwards) are exercised."""
     m = AttentionPotential(WATER * atoms, cutoff=0.45, features=16, layers=3, heads=2, n_rbf=8,
                            dtype=dtype, seed=3, vector_features=vector_features,
-                           angular_logits=angular_logits)
+                           angular_logits=angular_logits, summed_messages=summed_messages)
     m.set_energy_offsets({8: -3.0, 1: -1.0})
     return m
 
@@ -375,6 +376,12 @@ def vector_model(vector_features=4, angular_logits=True, dtype=torch.float64, at
 @pytest.fixture(scope="module")
 def vectors():
     return vector_model()
+
+
+@pytest.fixture(scope="module")
+def summed():
+    """Vector channels and summed scalar messages beside the softmax average."""
+    return vector_model(summed_messages=True)
 
 
 #: The fixture ``model``'s energy of ``water_like(12, triclinic_box(), seed=12)`` computed by the
@@ -423,9 +430,11 @@ def test_vector_channels_change_the_energy(vectors):
     assert abs(energy_forces(silent, x)[0] - e0) > 1e-4  # 1.3e-3 kJ/mol untrained
 
 
-@pytest.mark.parametrize("angular_logits", [True, False])
-def test_vector_channels_are_invariant_under_rotation_reflection_translation(angular_logits):
-    m = vector_model(angular_logits=angular_logits)
+@pytest.mark.parametrize("angular_logits,summed_messages", [(True, False), (False, False),
+                                                             (True, True)])
+def test_vector_channels_are_invariant_under_rotation_reflection_translation(angular_logits,
+                                                                              summed_messages):
+    m = vector_model(angular_logits=angular_logits, summed_messages=summed_messages)
     x = water_like(12, np.eye(3) * 1.2, seed=1)
     e0, f0 = energy_forces(m, x)
     rotation = random_rotation(3)
@@ -436,8 +445,10 @@ def test_vector_channels_are_invariant_under_rotation_reflection_translation(ang
         assert np.allclose(f1, f0 @ q.T, atol=1e-8)
 
 
-@pytest.mark.parametrize("angular_logits", [True, False])
-def test_vector_channels_continuous_when_a_third_atom_crosses_the_cutoff(angular_logits):
+@pytest.mark.parametrize("angular_logits,summed_messages", [(True, False), (False, False),
+                                                             (True, True)])
+def test_vector_channels_continuous_when_a_third_atom_crosses_the_cutoff(angular_logits,
+                                                                          summed_messages):
     """Atom 2 leaves the cutoff sphere of atom 0, which keeps its bonded neighbour 1 (at an
     angle, so that the vector messages and the angular logits carry it): energy and forces
     change continuously, atom 2's force fades to zero inside and is exactly zero outside."""
@@ -445,7 +456,7 @@ def test_vector_channels_continuous_when_a_third_atom_crosses_the_cutoff(angular
     # 16 features: with 8 the readout's last layer norm has 2 channels and is nearly constant
     m = AttentionPotential([8, 1, 1], cutoff=cutoff, features=16, layers=3, heads=2, n_rbf=6,
                            dtype=torch.float64, seed=1, vector_features=4,
-                           angular_logits=angular_logits)
+                           angular_logits=angular_logits, summed_messages=summed_messages)
     direction = np.array([-0.6, 0.8, 0.0])  # farther than r from atom 1 at (0.096, 0, 0)
     def configuration(r):
         return np.array([[0.0, 0.0, 0.0], [0.096, 0.0, 0.0], r * direction])
@@ -505,7 +516,13 @@ def test_vector_features_from_the_potential_settings(tmp_path):
                                  angular_logits=False, vector_scale=0.5, dtype="float64")
     m = build_potential("attention", WATER * 12, **settings.model_options(seed=1))
     assert m.hyperparameters["vector_features"] == 3 and not m.hyperparameters["angular_logits"]
-    assert m.hyperparameters["vector_scale"] == 0.5
+    assert m.hyperparameters["vector_scale"] == 0.5 and "summed_messages" not in m.hyperparameters
+    summed = build_potential("attention", WATER * 12, **override(
+        settings, summed_messages=True).model_options(seed=1))
+    assert summed.hyperparameters["summed_messages"] is True
+    assert summed.layers[0].output.in_features == 2 * 8 + 3  # average, sum, vector dots
+    rebuilt, _ = load_potential(save_potential(summed, tmp_path / "s.ckpt"))
+    assert rebuilt.hyperparameters["summed_messages"] is True
     loaded, _ = load_potential(save_potential(m, tmp_path / "m.ckpt"))
     box = triclinic_box()
     x = water_like(12, box, seed=3)
