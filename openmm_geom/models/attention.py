@@ -120,7 +120,7 @@ class _AttentionLayer(torch.nn.Module):
                 senders: torch.Tensor, basis: torch.Tensor, envelope: torch.Tensor,
                 unit: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """New scalar channels ``h`` (N, F); ``v`` is returned untouched and ``unit`` unused."""
-        n, e = h.size(0), receivers.size(0)
+        n = h.size(0)
         alpha = self.attention_weights(h, receivers, senders, basis, envelope, None)
         values = self.value(h).index_select(0, senders) * self.filter(basis)
         aggregated = self.aggregate(values, alpha, receivers, envelope, n)
@@ -174,7 +174,7 @@ class _AngularAttentionLayer(_AttentionLayer):
                 senders: torch.Tensor, basis: torch.Tensor, envelope: torch.Tensor,
                 unit: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """New ``(h, v)``; ``unit`` (E, 3) points from each edge's receiver to its sender."""
-        n, e, fv = h.size(0), receivers.size(0), self.vector_features
+        n, fv = h.size(0), self.vector_features
         v_senders = v.index_select(0, senders) if self.reads_vectors else v  # (E, 3, Fv)
         angular: Optional[torch.Tensor] = None
         if self.angle_receiver is not None and self.angle_sender is not None:

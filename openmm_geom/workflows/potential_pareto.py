@@ -12,6 +12,7 @@ optimiser steps and training wall time; ``pareto.json`` holds every number.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import statistics
 import time
 from pathlib import Path
@@ -146,6 +147,19 @@ def openmm_steps_per_second(exported, topology, positions, box, *, threads: int,
             "steps_per_block": steps, "threads": threads}
 
 
+def _time_model(model_path: str, pdb: str, exported: str, threads: Sequence[int],
+                seconds: float) -> dict:
+    """Export ``model_path`` for the box ``pdb`` and time it at each thread count (run in a
+    fresh process by :func:`pareto`)."""
+    retain_freed_memory()  # no per-call page faults (the potential commands' setting)
+    topology, positions, box = read_structure(pdb)
+    positions = _relaxed(topology, positions, box)
+    export_for_structure(model_path, pdb, exported)
+    return {str(t): openmm_steps_per_second(exported, topology, positions, box, threads=t,
+                                            seconds=seconds)["steps_per_second"]
+            for t in threads}
+
+
 def _run_name(architecture: str, size: str, seed: int) -> str:
     return f"{architecture}-{size}-s{seed}"
 
@@ -207,7 +221,6 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
 
     models, seeds, atoms, threads = _check_grid(models, seeds, atoms, threads)
     speed_seconds = check.number("speed_seconds", speed_seconds)
-    retained = retain_freed_memory()  # every model timed without per-call page faults
     settings = {m: budget(budget_name, *m) for m in models}  # refuses unknown budgets
     data = load_potential_data(data_path)
     # refuse other systems, and boxes too small for a model's cutoff, before writing anything
@@ -245,6 +258,7 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
 
     speed_bar = progress_bar(len(models) * len(boxes) * len(threads), "OpenMM speed",
                              enabled=progress, unit="run")
+    spawn = multiprocessing.get_context("spawn")
     summary = []
     for (architecture, size) in models:
         mine = [r for r in runs if r["architecture"] == architecture and r["size"] == size]
@@ -256,18 +270,15 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
                  "steps_per_second_openmm": {}}
         model_path = out / "runs" / _run_name(architecture, size, seeds[0]) / "model.pt"
         for box in boxes:
-            topology, positions, box_vectors = read_structure(box["pdb"])
-            positions = _relaxed(topology, positions, box_vectors)
             exported = out / "exported" / f"{architecture}-{size}-{box['target']}.pt"
             exported.parent.mkdir(exist_ok=True)
-            export_for_structure(model_path, box["pdb"], exported)
-            rates = {}
-            for t in threads:
-                rates[str(t)] = openmm_steps_per_second(
-                    exported, topology, positions, box_vectors, threads=t,
-                    seconds=speed_seconds)["steps_per_second"]
-                speed_bar.update(1)
-            entry["steps_per_second_openmm"][str(box["target"])] = rates
+            # a fresh process per model and box: no allocator history from the models before,
+            # freed memory retained within it, all of it returned when it ends
+            with spawn.Pool(1) as pool:
+                entry["steps_per_second_openmm"][str(box["target"])] = pool.apply(
+                    _time_model, (str(model_path), box["pdb"], str(exported), threads,
+                                  speed_seconds))
+            speed_bar.update(len(threads))
         summary.append(entry)
     speed_bar.close()
 
@@ -275,7 +286,7 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
     result = {"data": str(data_path), "data_sha256": data.sha256, "atoms": len(data.atomic_numbers),
               "composition": composition(data.atomic_numbers), "budget": budget_name,
               "seeds": list(seeds), "threads": list(threads), "boxes": boxes, "models": summary,
-              "retained_freed_memory": retained,
+              "speed_runs": "each model and box in a fresh process with retain_freed_memory()",
               "runs": runs, "comparison": comparison, "goal": goal,
               "units": {"force_mae": "kJ/mol/nm", "steps_per_second_openmm":
                         f"OpenMM steps/s, LangevinMiddle {_TIMESTEP_FS} fs, CPU platform"},
