@@ -81,7 +81,8 @@ def test_pareto_trains_times_and_plots_every_model(salt_data, tmp_path):
         frames = json.loads((out / "runs" / r["name"] / "metrics.json").read_text())["train_frames"]
         stride = -(-frames // 16)
         assert r["optimizer_steps"] == 2 * -(-len(range(0, frames, stride)) // 4)
-        assert r["training_seconds"] > 0 and (out / "runs" / r["name"] / "model.pt").exists()
+        wall = r["training_seconds"]  # recorded for the learning curves, not judged
+        assert wall > 0 and (out / "runs" / r["name"] / "model.pt").exists()
     (row,) = result["comparison"]
     attention, et = result["models"]
     assert row["force_mae_ratio"] == pytest.approx(attention["force_mae"] / et["force_mae"])
