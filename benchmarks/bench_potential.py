@@ -7,8 +7,8 @@ directory), i.e. ~100 atoms/nm^3 and ~52 neighbours per atom within the 0.5 nm c
 Models, untrained (random weights, fixed seed 0: speed does not depend on the weights), float32,
 at the project's production sizes (``PotentialSettings``, parameter counts recorded):
 
-* ``attention``: ``AttentionPotential`` (features 48, 4 layers, 4 heads, 32 RBFs), ~52k
-  parameters, pairs from ``openmm_geom.ops.NeighborPairs`` (vesin cell lists, O(N));
+* ``attention``: ``AttentionPotential`` (features 48, 4 layers, 4 heads, 32 RBFs, 8 vector
+  channels since issue 18; the recorded results predate them: 52k parameters, now 64k), pairs from ``openmm_geom.ops.NeighborPairs`` (vesin cell lists, O(N));
 * ``et-vesin`` / ``tensornet-vesin``: torchmd-net 2.6.2's ET (~41k parameters) and TensorNet
   (~52k) with 32 channels, 2 layers, 32 RBFs (``TorchMDNetPotential``), fed the same vesin pairs;
 * ``et-torchmdnet`` / ``tensornet-torchmdnet``: the same networks (same weights) with
