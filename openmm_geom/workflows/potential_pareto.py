@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import arguments as check
 from ..threads import cpu_platform_properties, retain_freed_memory, set_threads
-from ..data.potential_data import load_potential_data
+from ..data.potential_data import load_potential_data, time_block_split
 from ..progress import progress_bar
 from .config import MODEL_SIZES, PARETO_GRID, SIZES, budget
 from ..io import write_json
@@ -230,6 +230,9 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
             raise ValueError(f"the speed box of ~{box['target']} atoms is {box['edge_nm']:.3f} nm "
                              f"wide, less than twice the cutoff ({cutoff} nm): ask for more "
                              "atoms (--atoms)")
+    for s in settings.values():  # too few frames for the split: refused here, not in train
+        time_block_split(len(data.energies), validation_fraction=s.validation_fraction,
+                         test_fraction=s.test_fraction, gap=s.gap_frames)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

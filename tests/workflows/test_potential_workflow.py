@@ -215,4 +215,10 @@ def test_pareto_refuses_bad_input_before_writing(salt_data, tmp_path):
     done = run_cli("potential", "pareto", "--data", salt_data, "--out", out, "--quick",
                    "--models", "attention", expect=2)
     assert "ARCHITECTURE:SIZE" in done.stderr
+    few = tmp_path / "few.npz"
+    arrays = dict(np.load(salt_data))
+    np.savez(few, **{k: (v[:4] if k in ("positions", "forces", "potential_energies",
+                                        "box_vectors") else v) for k, v in arrays.items()})
+    done = run_cli("potential", "pareto", "--data", few, "--out", out, "--quick", expect=2)
+    assert "frames" in done.stderr
     assert not out.exists()
