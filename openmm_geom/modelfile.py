@@ -431,6 +431,10 @@ class ExportedModel:
         except Exception as error:  # torch raises bare RuntimeErrors with C++ traces
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise ModelFileError(f"{path} could not be loaded as TorchScript: {first}") from error
+        # files exported before parameters were frozen: forces need no parameter gradients
+        for parameter in module.parameters():
+            if parameter.is_leaf:
+                parameter.requires_grad_(False)
         text = getattr(module, METADATA_ATTRIBUTE, None)
         if not isinstance(text, str):
             raise ModelFileError(f"{path}: this module carries no openmm-geom metadata; "

@@ -65,6 +65,16 @@ RBF_GAMMA_TIMES_CUTOFF = 2.5  # decay of the exp(-gamma r) radial coordinate, ti
 VECTOR_SCALE = 0.125  # factor of the summed vector messages, about 1/sqrt(neighbours in water)
 
 
+def both_directions(per_pair: torch.Tensor) -> torch.Tensor:
+    """(2P, ...) a per-pair quantity for both directed edges of each pair (the edge order of
+    :meth:`AttentionPotential.interaction_energies`: every pair ``i -> j``, then ``j -> i``).
+
+    Radial filters depend on the distance only, so they are computed once per pair: half
+    the work of computing them per directed edge, same values.
+    """
+    return torch.cat([per_pair, per_pair])
+
+
 class _AttentionLayer(torch.nn.Module):
     """One attention layer on scalar channels; ``vector_features`` widens the value, filter
     and output projections for :class:`_AngularAttentionLayer` (0: today's layer exactly)."""
@@ -95,11 +105,12 @@ class _AttentionLayer(torch.nn.Module):
     def attention_weights(self, h: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor,
                           basis: torch.Tensor, envelope: torch.Tensor,
                           angular: Optional[torch.Tensor]) -> torch.Tensor:
-        """(E, H) envelope-weighted softmax weights with the sink; ``angular`` (E, F) is added
-        to the lifted edge features before the swish."""
+        """(E, H) envelope-weighted softmax weights with the sink; ``basis`` is per pair
+        (P = E/2, n_rbf), ``envelope`` per edge (E,); ``angular`` (E, F) is added to the
+        lifted edge features before the swish."""
         n, e = h.size(0), receivers.size(0)
         lifted = (self.receiver(h).index_select(0, receivers) + self.sender(h).index_select(0, senders)
-                  + self.edge(basis))
+                  + both_directions(self.edge(basis)))
         if angular is not None:
             lifted = lifted + angular
         raw = (F.silu(lifted).view(e, self.heads, self.head_dim) * self.attention).sum(-1)  # (E, H)
@@ -122,7 +133,7 @@ class _AttentionLayer(torch.nn.Module):
         """New scalar channels ``h`` (N, F); ``v`` is returned untouched and ``unit`` unused."""
         n = h.size(0)
         alpha = self.attention_weights(h, receivers, senders, basis, envelope, None)
-        values = self.value(h).index_select(0, senders) * self.filter(basis)
+        values = self.value(h).index_select(0, senders) * both_directions(self.filter(basis))
         aggregated = self.aggregate(values, alpha, receivers, envelope, n)
         return self.norm(h + F.silu(self.output(aggregated))), v
 
@@ -183,7 +194,7 @@ class _AngularAttentionLayer(_AttentionLayer):
             along_sender = (v_senders * unit.unsqueeze(2)).sum(1)
             angular = self.angle_receiver(along_receiver) - self.angle_sender(along_sender)
         alpha = self.attention_weights(h, receivers, senders, basis, envelope, angular)
-        values = self.value(h).index_select(0, senders) * self.filter(basis)  # (E, F + 2 Fv)
+        values = self.value(h).index_select(0, senders) * both_directions(self.filter(basis))
         scalar, a, b = torch.split(values, [self.features, fv, fv], dim=1)
         aggregated = self.aggregate(scalar, alpha, receivers, envelope, n)
         # The vector message is an envelope-weighted sum: it keeps the neighbour count and
@@ -319,20 +330,21 @@ class AttentionPotential(AtomisticPotential):
             pairs = self.pairs(positions, boxes)
         i, j, r = pairs[0], pairs[1], pairs[3].to(dtype)
         # Each pair is two directed edges: sender and receiver projections differ (W_s != W_r).
-        receivers, senders, r = torch.cat([i, j]), torch.cat([j, i]), torch.cat([r, r])
+        # Radial terms (basis, envelope) stay per pair, the layers expand them.
+        receivers, senders = torch.cat([i, j]), torch.cat([j, i])
         h = self.embedding(self.species).repeat(frames, 1)
         # Vector channels start at zero; unit vectors point from receiver to sender (the pair
         # vectors are r_j - r_i). Without vectors both stay empty and unused.
         v = torch.zeros(h.size(0), 3, self.vector_features, dtype=h.dtype, device=h.device)
         unit = torch.zeros(0, 3, dtype=h.dtype, device=h.device)
         if self.vector_features > 0:
-            d = pairs[2].to(dtype)
-            unit = torch.cat([d, -d]) / r.unsqueeze(1)
-        envelope = smooth_envelope(r, self.cutoff)
+            d = pairs[2].to(dtype) / r.unsqueeze(1)
+            unit = torch.cat([d, -d])
         # The envelope enters through the attention weights, which carry every scalar message,
         # and multiplies every vector message.
+        envelope = both_directions(smooth_envelope(r, self.cutoff))
         u = torch.exp(-self.rbf_gamma * r).unsqueeze(1)
-        basis = torch.exp(-((u - self.rbf_centers) / self.rbf_width) ** 2)
+        basis = torch.exp(-((u - self.rbf_centers) / self.rbf_width) ** 2)  # (P, n_rbf)
         for layer in self.layers:
             h, v = layer(h, v, receivers, senders, basis, envelope, unit)
         atomic = self.readout(h).view(frames, n_atoms)

@@ -182,6 +182,10 @@ def test_exported_model_in_openmm_matches_eager_with_triclinic_box(fixture, requ
     x = water_like(12, box, seed=8)
     path = tmp_path / "attention.pt"
     export_potential(model, path, positions=x, box=box, masses=[15.999, 1.008, 1.008] * 12)
+    # the file's parameters need no gradient (openmm-torch's backward() would compute them
+    # every step); the trained model keeps its own
+    assert not any(p.requires_grad for p in torch.jit.load(str(path)).parameters())
+    assert all(p.requires_grad for p in model.parameters())
     system = create_system(path, water_topology(12, box))
     assert system.usesPeriodicBoundaryConditions()
     for platform in ("Reference", "CPU"):

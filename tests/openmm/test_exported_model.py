@@ -135,6 +135,41 @@ def test_exported_model_holds_the_file(argon):
         ExportedModel.load(torch.jit.script(model))
 
 
+class _Scaled(torch.nn.Module):
+    """A potential with a trainable parameter: 0.5 k |x|^2 (nm, kJ/mol)."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.k * (positions ** 2).sum()
+
+
+def test_parameters_need_no_gradient_in_new_and_old_files(tmp_path):
+    """openmm-torch takes forces from energy.backward(), which would also compute every
+    parameter's gradient each step: exported files freeze them, and files written before
+    that are frozen when loaded."""
+    from openmm_geom.contract import boundary_for, describe
+    from openmm_geom.modelfile import save_model
+
+    model, x = _Scaled(), np.arange(6.0).reshape(2, 3) / 10
+    exported = export_model(model, tmp_path / "new.pt", length_unit="nm", energy_unit="kJ/mol",
+                            periodic=False, example_positions=x)
+    assert not any(p.requires_grad for p in torch.jit.load(exported.source).parameters())
+    assert model.k.requires_grad  # the caller's model is not touched
+    # an old file: scripted without freezing
+    metadata = describe(model, kind="potential", length_unit="nm", energy_unit="kJ/mol",
+                        periodic=False, example_positions=x)
+    old = save_model(torch.jit.script(boundary_for(model, metadata)), tmp_path / "old.pt")
+    assert all(p.requires_grad for p in torch.jit.load(old.source).parameters())
+    loaded = ExportedModel.load(tmp_path / "old.pt")
+    assert not any(p.requires_grad for p in loaded.module.parameters())
+    positions = torch.tensor(x).requires_grad_(True)
+    (gradient,) = torch.autograd.grad(loaded(positions), positions)
+    assert torch.allclose(gradient, 2.0 * positions)  # forces still flow
+
+
 # --- create_system --------------------------------------------------------------------------
 
 def test_create_system_for_a_potential_gives_the_models_numbers(argon):
