@@ -30,9 +30,19 @@ coordinates (the coefficient of each Lyndon word in log S, Lyndon words sorted b
 then lexicographically): pysiglib's ``method=1`` and signatory's default ``"words"`` mode,
 which carry the same information as the signature in ``logsignature_channels`` numbers.
 
+Native kernel (the default, ``native=True``): on CPU the signature is computed by
+``torch.ops.openmm_geom.signature_native`` (``cpp/ops/signature.cpp``): the same Chen/Horner
+recursion one step at a time in one contiguous buffer per path, paths spread over threads,
+and a backward pass that rebuilds the running signature from the end with the inverse
+segment exponentials, so no per-step tensor is stored: memory is O(batch x signature size)
+at any length. Double backward (``create_graph=True``) is refused by the kernel with a clear
+error; ``native=False`` runs the pure-torch recursion below, which supports it and is the
+reference the kernel is tested against.
+
 Memory: the output has ``signature_channels(C, N)`` numbers per path; with autograd the
-backward pass keeps ``~3 * length * sum_{k<N} C^k`` numbers per path. Both are checked
-against ``max_bytes`` before any work, with an error that states the size needed.
+pure-torch backward pass keeps ``~3 * length * sum_{k<N} C^k`` numbers per path (the kernel:
+the path's gradient and two signature-sized buffers). Both are checked against ``max_bytes``
+before any work, with an error that states the size needed.
 """
 from __future__ import annotations
 
@@ -122,10 +132,14 @@ def _check_depth_channels(channels: int, depth: int) -> None:
 
 
 def signature_memory_bytes(batch: int, length: int, channels: int, depth: int,
-                           itemsize: int = 4, requires_grad: bool = False) -> int:
+                           itemsize: int = 4, requires_grad: bool = False,
+                           native: bool = False) -> int:
     """Bytes one signature call needs: output plus working tensors.
 
-    Without autograd the working set is one block of time steps. With autograd, plain
+    ``native=True`` (the kernel): the output, and with autograd the path's gradient and two
+    more signature-sized buffers (the running signature and its gradient), whatever the
+    length. ``native=False`` (pure torch): without autograd the working set is one block of
+    time steps. With autograd, plain
     recording keeps every step's levels for the backward pass; when that would exceed
     :data:`CHECKPOINT_BYTES` the op recomputes each block during the backward pass instead
     (activation checkpointing) and keeps only the levels at block boundaries, and this
@@ -133,6 +147,10 @@ def signature_memory_bytes(batch: int, length: int, channels: int, depth: int,
     """
     _check_depth_channels(channels, depth)
     output = batch * signature_channels(channels, depth)
+    if native:
+        if not requires_grad:
+            return output * itemsize
+        return (4 * output + 2 * batch * length * channels) * itemsize
     steps = max(length - 1, 1)
     block = _block_length(batch, channels, depth, steps)
     per_step = _per_step_elements(channels, depth)
@@ -180,7 +198,7 @@ def _checkpointed_bytes(batch: int, steps: int, channels: int, depth: int, items
             + batch * segment * _per_step_elements(channels, depth)) * itemsize
 
 
-def _check_path(path: torch.Tensor, depth: int, max_bytes: int) -> None:
+def _check_path(path: torch.Tensor, depth: int, max_bytes: int, native: bool = False) -> None:
     if path.dim() != 3:
         raise ValueError("path must have shape (batch, length, channels), got "
                          + str(list(path.shape)))
@@ -190,7 +208,10 @@ def _check_path(path: torch.Tensor, depth: int, max_bytes: int) -> None:
     # One reduction instead of an elementwise test: any NaN/inf makes the sum non-finite.
     if not bool(torch.isfinite(path.sum())):
         raise ValueError("path contains NaN or infinite values")
-    if torch.jit.is_scripting() and path.requires_grad:
+    if native:
+        needed = signature_memory_bytes(path.size(0), path.size(1), path.size(2), depth,
+                                        path.element_size(), path.requires_grad, True)
+    elif torch.jit.is_scripting() and path.requires_grad:
         # TorchScript runs without checkpointing: every step's levels are recorded.
         needed = _recorded_bytes(path.size(0), path.size(1), path.size(2), depth,
                                  path.element_size())
@@ -313,12 +334,25 @@ def _zero_levels(batch: int, channels: int, depth: int, like: torch.Tensor) -> L
     return levels
 
 
-def signature_levels(path: torch.Tensor, depth: int,
-                     max_bytes: int = DEFAULT_MAX_BYTES) -> List[torch.Tensor]:
-    """Signature of each path as a list of levels ``[(B, C), (B, C^2), ..., (B, C^depth)]``."""
+def _uses_kernel(path: torch.Tensor, native: bool) -> bool:
+    # the kernel is CPU-only and computes in float32 or float64
+    return native and path.device.type == "cpu" and (path.dtype == torch.float32
+                                                     or path.dtype == torch.float64)
+
+
+def signature_levels(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES,
+                     native: bool = True) -> List[torch.Tensor]:
+    """Signature of each path as a list of levels ``[(B, C), (B, C^2), ..., (B, C^depth)]``.
+
+    ``native``: the compiled kernel (default) or the pure-torch reference (see the module).
+    """
     _check_depth_channels(path.size(-1), depth)
-    _check_path(path, depth, max_bytes)
+    kernel = _uses_kernel(path, native)
+    _check_path(path, depth, max_bytes, kernel)
     batch, length, channels = path.size(0), path.size(1), path.size(2)
+    if kernel:
+        return _split_levels(torch.ops.openmm_geom.signature_native(path, depth, None),
+                             channels, depth)
     block = _block_length(batch, channels, depth, length - 1)
     levels = _zero_levels(batch, channels, depth, path)
     if not torch.jit.is_scripting():
@@ -355,7 +389,8 @@ def _extend_checkpointed(levels: List[torch.Tensor], points: torch.Tensor, depth
     return levels
 
 
-def signature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+def signature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES,
+              native: bool = True) -> torch.Tensor:
     """Truncated signature of piecewise-linear paths.
 
     Parameters
@@ -367,6 +402,9 @@ def signature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES
         Truncation level N >= 1.
     max_bytes : int
         Refuse (with the size needed) calls that would need more memory than this.
+    native : bool
+        Use the compiled CPU kernel (default); ``False`` runs the pure-torch reference,
+        which also supports double backward (``create_graph=True``).
 
     Returns
     -------
@@ -376,7 +414,9 @@ def signature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES
 
     Notes
     -----
-    Memory (:func:`signature_memory_bytes`): without autograd, the output and one block of
+    Memory (:func:`signature_memory_bytes`). The kernel: the output, and with autograd the
+    path's gradient and two signature-sized buffers, at any length. Pure torch: without
+    autograd, the output and one block of
     time steps. With autograd, paths whose recorded steps would exceed
     :data:`CHECKPOINT_BYTES` are differentiated segment by segment with activation
     checkpointing (eager mode; TorchScript records every step). On Linux, glibc's dynamic
@@ -389,8 +429,9 @@ def signature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES
     without it; 0.5 GB and 8.2 s with it; 0.33 GB estimated.
     """
     if path.dim() == 2:
-        return torch.cat(signature_levels(path.unsqueeze(0), depth, max_bytes), dim=-1).squeeze(0)
-    return torch.cat(signature_levels(path, depth, max_bytes), dim=-1)
+        return torch.cat(signature_levels(path.unsqueeze(0), depth, max_bytes, native),
+                         dim=-1).squeeze(0)
+    return torch.cat(signature_levels(path, depth, max_bytes, native), dim=-1)
 
 
 def _split_levels(flat: torch.Tensor, channels: int, depth: int) -> List[torch.Tensor]:
@@ -452,7 +493,8 @@ def levels_to_logsignature(levels: List[torch.Tensor], channels: int, depth: int
     return torch.cat(parts, dim=-1)
 
 
-def logsignature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+def logsignature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES,
+                 native: bool = True) -> torch.Tensor:
     """Log-signature of piecewise-linear paths in Lyndon-word coordinates.
 
     Parameters
@@ -463,6 +505,9 @@ def logsignature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BY
         Truncation level N >= 1.
     max_bytes : int
         Memory refusal threshold, see :func:`signature`.
+    native : bool
+        Compiled kernel (default) or pure-torch reference, see :func:`signature`. The log
+        map itself (once per path) is torch operations either way.
 
     Returns
     -------
@@ -473,7 +518,7 @@ def logsignature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BY
     single = path.dim() == 2
     if single:
         path = path.unsqueeze(0)
-    levels = signature_levels(path, depth, max_bytes)
+    levels = signature_levels(path, depth, max_bytes, native)
     result = levels_to_logsignature(levels, path.size(-1), depth)
     if single:
         result = result.squeeze(0)
@@ -530,21 +575,21 @@ def _windows(path: torch.Tensor, window: int, stride: int) -> Tuple[torch.Tensor
 
 
 def windowed_signature(path: torch.Tensor, depth: int, window: int, stride: int,
-                       max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+                       max_bytes: int = DEFAULT_MAX_BYTES, native: bool = True) -> torch.Tensor:
     """Signatures of the windows ``path[:, i*stride : i*stride+window]``: (B, n_windows, D).
 
     With ``stride = window - 1`` consecutive windows share their boundary point, so no
     increment is lost and Chen's identity recovers the whole path's signature.
     """
     flat, count = _windows(path, window, stride)
-    return signature(flat, depth, max_bytes).reshape(path.size(0), count, -1)
+    return signature(flat, depth, max_bytes, native).reshape(path.size(0), count, -1)
 
 
 def windowed_logsignature(path: torch.Tensor, depth: int, window: int, stride: int,
-                          max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+                          max_bytes: int = DEFAULT_MAX_BYTES, native: bool = True) -> torch.Tensor:
     """Log-signatures of windows, as :func:`windowed_signature`: (B, n_windows, D_log)."""
     flat, count = _windows(path, window, stride)
-    return logsignature(flat, depth, max_bytes).reshape(path.size(0), count, -1)
+    return logsignature(flat, depth, max_bytes, native).reshape(path.size(0), count, -1)
 
 
 # --- streaming ----------------------------------------------------------------------------
@@ -565,12 +610,15 @@ class SignatureStream(torch.nn.Module):
         Number of independent streams.
     dtype : torch.dtype
         Precision of the stored signature (float64 keeps long streams accurate).
+    native : bool
+        Extend with the compiled kernel (default) or the pure-torch recursion.
     """
 
     def __init__(self, channels: int, depth: int, batch: int = 1,
-                 dtype: torch.dtype = torch.float64):
+                 dtype: torch.dtype = torch.float64, native: bool = True):
         super().__init__()
         _check_depth_channels(channels, depth)
+        self.native = native
         self.channels = channels
         self.depth = depth
         self.batch = batch
@@ -606,10 +654,14 @@ class SignatureStream(torch.nn.Module):
         if points.size(1) == 0:
             return
         joined = torch.cat([self.last_point.unsqueeze(1), points], dim=1)
-        levels = _split_levels(self.flat, self.channels, self.depth)
-        block = _block_length(self.batch, self.channels, self.depth, joined.size(1) - 1)
-        extended = _extend(levels, joined, self.depth, block)
-        self.flat.copy_(torch.cat(extended, dim=-1))
+        if _uses_kernel(joined, self.native):
+            # Chen's identity in the kernel: the stored signature times the new segment's
+            self.flat.copy_(torch.ops.openmm_geom.signature_native(joined, self.depth, self.flat))
+        else:
+            levels = _split_levels(self.flat, self.channels, self.depth)
+            block = _block_length(self.batch, self.channels, self.depth, joined.size(1) - 1)
+            extended = _extend(levels, joined, self.depth, block)
+            self.flat.copy_(torch.cat(extended, dim=-1))
         self.last_point.copy_(points[:, -1])
         self.points_seen += points.size(1)
 

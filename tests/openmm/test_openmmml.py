@@ -331,7 +331,12 @@ def test_a_potential_trained_here_on_vacuum_data_in_water(pdb, solvated, tmp_pat
     """The issue's scenario through the CLI: vacuum amber14 data of capped alanine, a small
     float64 attention potential trained on it, exported for the PDB, then ML/MM in TIP3P.
     About 3 minutes on 2 cores (1,000 frames, 8 epochs: force MAE ~250 kJ/mol/nm, enough to
-    hold the molecule together for 1 ps)."""
+    hold the molecule together for 1 ps).
+
+    Distance-only (``--vector-features 0``), set after the default became 8 vector channels:
+    at this budget the vector model fits as well (test force MAE 255 against 260 kJ/mol/nm)
+    but pulled a bond to 0.72-0.88 nm within the picosecond in water (two runs), so this
+    test, whose subject is the openmm-ml route, pins the model that holds together."""
     import subprocess
     import sys
 
@@ -345,7 +350,7 @@ def test_a_potential_trained_here_on_vacuum_data_in_water(pdb, solvated, tmp_pat
     cli("datagen", pdb_file, "--frames", 1000, "--interval-ps", 0.1, "--equilibration-ps", 5,
         "--seed", 1, "--out", "ala_vac.npz")
     cli("potential", "train", "--data", "ala_vac.npz", "--model", "attention", "--dtype",
-        "float64", "--features", 32, "--layers", 2, "--epochs", 8, "--out", "att")
+        "float64", "--features", 32, "--layers", 2, "--vector-features", 0, "--epochs", 8, "--out", "att")
     cli("potential", "export", "--checkpoint", "att/model.pt", "--pdb", pdb_file,
         "--out", "ala.pt")
     model_path = tmp_path / "ala.pt"

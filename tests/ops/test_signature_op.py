@@ -67,23 +67,26 @@ def test_float32_agrees_with_float64():
 
 
 def test_long_paths_cross_block_boundaries(monkeypatch):
-    """The time axis is processed in blocks; tiny blocks must give the same numbers."""
+    """The pure-torch path processes time in blocks; tiny blocks must give the kernel's
+    numbers."""
     path = _random_walk(2, 257, 3, seed=4)
     whole = sig.signature(path, 4)
     monkeypatch.setattr(sig, "_block_elements", lambda: 37)
     assert sig._block_length(2, 3, 4, 256) < 10
-    assert torch.allclose(sig.signature(path, 4), whole, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(sig.signature(path, 4, native=False), whole, rtol=1e-12, atol=1e-12)
 
 
 def test_checkpointed_backward_equals_recorded_backward(monkeypatch):
-    """Long differentiable paths recompute blocks in backward: same gradients, less memory."""
+    """Pure torch: long differentiable paths recompute blocks in backward: same gradients,
+    less memory."""
     path = _random_walk(3, 300, 3, seed=5)
     weights = torch.randn(sig.signature_channels(3, 4), dtype=torch.float64,
                           generator=torch.Generator().manual_seed(6))
 
     def gradient():
         leaf = path.clone().requires_grad_()
-        (sig.logsignature(leaf, 4) @ weights[:sig.logsignature_channels(3, 4)]).sum().backward()
+        (sig.logsignature(leaf, 4, native=False)
+         @ weights[:sig.logsignature_channels(3, 4)]).sum().backward()
         return leaf.grad
 
     recorded = gradient()
@@ -105,6 +108,9 @@ def test_long_differentiable_paths_fit_the_default_budget():
     assert sig._recorded_bytes(256, 10000, 8, 4, 8) > sig.DEFAULT_MAX_BYTES
     assert sig.signature_memory_bytes(256, 10000, 8, 4, 8, requires_grad=True) \
         < sig.DEFAULT_MAX_BYTES / 4
+    # the kernel stores nothing per step: output, path gradient, two signature buffers
+    native = sig.signature_memory_bytes(256, 10000, 8, 4, 8, requires_grad=True, native=True)
+    assert native == (4 * 256 * 4680 + 2 * 256 * 10000 * 8) * 8 < 2 ** 30
 
 
 @pytest.mark.parametrize("function", [sig.signature, sig.logsignature])
@@ -257,6 +263,104 @@ def test_memory_refusal_states_the_size_needed():
     with pytest.raises(ValueError, match=r"would need [0-9.]+ GiB \(limit 8.0 GiB\)"):
         sig.signature(path, 4)
     with pytest.raises(ValueError, match="would need"):
-        sig.logsignature(torch.zeros(1, 10, 4), 3, max_bytes=1000)
+        sig.logsignature(torch.zeros(1, 10, 4), 3, max_bytes=300)
     # A request that fits runs.
     assert sig.signature(torch.zeros(1, 3, 100), 2).shape == (1, 100 + 100 ** 2)
+
+
+# --- the native kernel against the pure-torch reference ------------------------------------
+
+KERNEL_CASES = [(c, n) for c in (1, 2, 3, 4, 5, 8, 16) for n in (1, 2, 3, 4)
+                if sig.signature_channels(c, n) <= 70000]
+
+
+@pytest.mark.parametrize("channels,depth", KERNEL_CASES)
+def test_kernel_equals_reference_values_and_gradients(channels, depth):
+    """Every channel count with its own compiled loops (2, 4, 8, 16) and the generic ones;
+    lengths across the kernel's 32-step blocks of the top level."""
+    length = 8 if channels == 16 and depth == 4 else 75
+    path = _random_walk(3, length, channels, seed=100 + 10 * channels + depth)
+    weights = torch.randn(3, sig.signature_channels(channels, depth), dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(channels + depth))
+    results = []
+    for native in (True, False):
+        leaf = path.clone().requires_grad_()
+        value = sig.signature(leaf, depth, native=native)
+        (value * weights).sum().backward()
+        results.append((value.detach(), leaf.grad))
+    (value_k, grad_k), (value_r, grad_r) = results
+    assert _relative_error(value_k, value_r) < 1e-10
+    assert _relative_error(grad_k, grad_r) < 1e-10
+
+
+def test_kernel_float32_close_to_float64():
+    path = _random_walk(4, 500, 8, seed=21)
+    exact = sig.signature(path, 4)
+    single = sig.signature(path.float(), 4)
+    assert single.dtype == torch.float32 and _relative_error(single.double(), exact) < 1e-4
+    leaf = path.float().requires_grad_()
+    sig.signature(leaf, 3).sum().backward()
+    reference = path.clone().requires_grad_()
+    sig.signature(reference, 3).sum().backward()
+    assert _relative_error(leaf.grad.double(), reference.grad) < 1e-4
+
+
+def test_kernel_gradcheck_with_and_without_initial_signature():
+    path = _random_walk(2, 7, 3, seed=22).requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: sig.signature(p, 3), (path,))
+    initial = sig.signature(_random_walk(2, 5, 3, seed=23), 3).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda p, i: torch.ops.openmm_geom.signature_native(p, 3, i), (path, initial))
+
+
+def test_kernel_long_path_gradient_equals_reference():
+    """The backward pass rebuilds the signature from the end with inverse exponentials: after
+    10,000 steps the gradient still matches the reference."""
+    path = _random_walk(2, 10000, 4, seed=24)
+    results = []
+    for native in (True, False):
+        leaf = path.clone().requires_grad_()
+        value = sig.logsignature(leaf, 4, native=native)
+        value.sum().backward()
+        results.append((value.detach(), leaf.grad))
+    assert _relative_error(results[0][0], results[1][0]) < 1e-10
+    assert _relative_error(results[0][1], results[1][1]) < 1e-8
+
+
+def test_kernel_streaming_equals_batch_and_reference_stream():
+    path = _random_walk(3, 101, 8, seed=25)
+    native, reference = sig.SignatureStream(8, 3, batch=3), sig.SignatureStream(8, 3, batch=3,
+                                                                                 native=False)
+    for chunk in torch.split(path, 17, dim=1):
+        native.update(chunk)
+        reference.update(chunk)
+    assert _relative_error(native.signature(), sig.signature(path, 3)) < 1e-12
+    assert _relative_error(native.signature(), reference.signature()) < 1e-12
+
+
+def test_kernel_threads_split_the_batch_not_the_result():
+    path = _random_walk(9, 60, 4, seed=26)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = sig.signature(path, 4)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(two, sig.signature(path, 4))
+
+
+def test_kernel_refuses_double_backward_clearly():
+    path = _random_walk(2, 10, 3, seed=27).requires_grad_()
+    (first,) = torch.autograd.grad(sig.signature(path, 3, native=False).sum(), path,
+                                   create_graph=True)
+    assert first.requires_grad  # the reference supports it
+    with pytest.raises(RuntimeError, match="double backward.*native=False"):
+        torch.autograd.grad(sig.signature(path, 3).sum(), path, create_graph=True)
+
+
+def test_scripted_functions_use_the_kernel_and_the_reference():
+    path = _random_walk(2, 20, 3, seed=28)
+    scripted = torch.jit.script(sig.signature)
+    assert torch.equal(scripted(path, 3, sig.DEFAULT_MAX_BYTES, True), sig.signature(path, 3))
+    assert torch.equal(scripted(path, 3, sig.DEFAULT_MAX_BYTES, False),
+                       sig.signature(path, 3, native=False))
