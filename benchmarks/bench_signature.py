@@ -1,18 +1,24 @@
-"""Path-signature benchmark: our pure-torch op vs pysiglib 4.0, and the reporter's cost in OpenMM.
+"""Path-signature benchmark: our op (native kernel) vs pysiglib 4.0, memory, and the reporter's
+cost in OpenMM.
 
-(1) Paths per second of ``openmm_geom.ops.signature.signature`` / ``logsignature`` and of
-    pysiglib's ``sig`` / ``log_sig`` (Lyndon-word coordinates, ``method=1``, the same basis as
-    ours), forward and forward + backward (a random linear functional of the output,
-    ``.backward()``; pysiglib through its ``torch_api`` autograd functions), on the same random
-    walks: batch 256, float64, length 1,000 and 10,000, channels 8 and 16, depth 2-4.
-    torch runs with ``torch.set_num_threads(T)``, pysiglib with ``n_jobs=T``. Each timing is
+(1) Paths per second of ``openmm_geom.ops.signature.signature`` / ``logsignature`` (the
+    native kernel, their default) and of pysiglib's ``sig`` / ``log_sig`` (Lyndon-word
+    coordinates, ``method=1``, the same basis as ours), forward and forward + backward (a
+    random linear functional of the output, ``.backward()``; pysiglib through its
+    ``torch_api`` autograd functions), on the same random walks: batch 256, float64, length
+    1,000 and 10,000, channels 8 and 16, depth 2-4, at each thread count (default 1 and the
+    core count). torch runs with ``torch.set_num_threads(T)``, pysiglib with ``n_jobs=T``.
+    Goal per row (the native-kernel issue): forward <= 1.0x and forward + backward <= 1.2x
+    pysiglib's time. Each timing is
     the median of a few interleaved calls (ours, pysiglib, ours, ...) after a warm-up; calls
     longer than a few seconds are timed once. Before timing, every configuration's outputs
     (and gradients) are compared (relative 1e-8); a mismatch fails the script.
     A configuration whose predicted call time (the 1,000-step time x 10) exceeds
     ``--max-call-seconds`` is not run at 10,000 steps and is recorded as skipped with the
     prediction; a configuration our op refuses for memory is recorded with its message.
-(2) Reporter overhead: capped alanine (amber14, vacuum, 1 fs Langevin, OpenMM CPU platform)
+(2) Memory: peak resident memory added by one forward + backward of 256 paths x 10,000
+    points x 8 channels at depth 4 (float64), in a fresh process, against the goal of 1 GB.
+(3) Reporter overhead: capped alanine (amber14, vacuum, 1 fs Langevin, OpenMM CPU platform)
     stepped with no reporter, with ``SignatureReporter`` (backbone N/CA/C, depth 2, a point
     every 10 steps, 50-point windows) and with the same reporter sampling every step (the worst
     case), in turn; ns/day and the slow-down ratio.
@@ -35,6 +41,7 @@ from _common import (LoadMonitor, environment, fmt, measure_clean, timed_interle
                      write_json)
 
 BATCH = 256
+FORWARD_GOAL, BACKWARD_GOAL, MEMORY_GOAL_BYTES = 1.0, 1.2, 2 ** 30
 FULL_SHAPES = {"lengths": (1000, 10000), "channels": (8, 16), "depths": (2, 3, 4)}
 QUICK_SHAPES = {"lengths": (50, 200), "channels": (4,), "depths": (2, 3)}
 QUICK_BATCH = 16
@@ -131,10 +138,12 @@ def measure_config(kind: str, length: int, channels: int, depth: int, batch: int
         backward_ours_over_pysiglib=b_ours / b_theirs,
         repeats=repeats, output_channels=int(out_ours.shape[-1]),
         estimated_bytes_forward=ours_module.signature_memory_bytes(batch, length, channels, depth,
-                                                                   8),
+                                                                   8, native=True),
         estimated_bytes_backward=ours_module.signature_memory_bytes(batch, length, channels,
-                                                                    depth, 8, True),
+                                                                    depth, 8, True, native=True),
         other_load=max(forward_load, backward_load))
+    row["goal_met"] = (row["forward_ours_over_pysiglib"] <= FORWARD_GOAL
+                       and row["backward_ours_over_pysiglib"] <= BACKWARD_GOAL)
     return row, checks
 
 
@@ -223,19 +232,55 @@ def bench_reporter(steps: int, repeats: int, threads: int) -> dict:
         rows.append({"setting": label, "seconds": seconds, "ns_per_day": per_day / seconds,
                      "slowdown": seconds / bare})
     return {"system": "capped alanine, amber14, vacuum, 22 atoms, 1 fs, CPU platform",
+            "goal": "slowdown < 1.05 with a point every 10 steps",
+            "goal_met": rows[1]["slowdown"] < 1.05,
             "path": f"backbone N/CA/C coordinates ({3 * len(backbone)} channels)", "depth": 2,
             "window": 50,
             "steps": steps, "repeats": repeats, "threads": threads, "rows": rows,
             "other_load": load}
 
 
-def table(rows: list, reporter: dict) -> str:
+def _peak_memory(batch: int, length: int, channels: int, depth: int, queue) -> None:
+    """In a fresh process: the peak RSS one forward + backward adds to the process."""
+    import resource
+
+    from openmm_geom.ops import signature as ours
+
+    torch.set_num_threads(1)
+    path = random_walk(batch, length, channels).requires_grad_()
+    ours.signature(random_walk(2, 10, channels), depth)  # load everything once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ours.signature(path, depth).sum().backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    queue.put({"peak_added_bytes": after - before,
+               "estimated_bytes": ours.signature_memory_bytes(batch, length, channels, depth, 8,
+                                                              True, native=True),
+               "path_bytes": path.numel() * 8})
+
+
+def bench_memory(quick: bool) -> dict:
+    import multiprocessing
+
+    batch, length, channels, depth = (16, 500, 4, 3) if quick else (256, 10000, 8, 4)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_peak_memory, args=(batch, length, channels, depth, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return {"batch": batch, "length": length, "channels": channels, "depth": depth,
+            "dtype": "float64", **result, "goal_bytes": MEMORY_GOAL_BYTES,
+            "goal_met": result["peak_added_bytes"] < MEMORY_GOAL_BYTES}
+
+
+def table(rows: list, reporter: dict, memory: dict) -> str:
     lines = [f"signature ops, float64, batch {rows[0]['batch'] if rows else '-'}; paths/s "
              "(higher is better); ratio = our time / pysiglib time (< 1: we are faster)",
-             f"{'kind':<13}{'L':>6}{'C':>4}{'N':>3} {'ours fwd':>10} {'siglib fwd':>11} "
+             f"goal: forward ratio <= {FORWARD_GOAL}, forward+backward ratio <= {BACKWARD_GOAL}",
+             f"{'kind':<13}{'T':>2}{'L':>6}{'C':>4}{'N':>3} {'ours fwd':>10} {'siglib fwd':>11} "
              f"{'ratio':>6} {'ours f+b':>10} {'siglib f+b':>11} {'ratio':>6}"]
     for r in rows:
-        head = f"{r['kind']:<13}{r['length']:>6}{r['channels']:>4}{r['depth']:>3} "
+        head = f"{r['kind']:<13}{r['threads']:>2}{r['length']:>6}{r['channels']:>4}{r['depth']:>3} "
         if r["skipped"]:
             lines.append(head + r["skipped"])
             continue
@@ -245,7 +290,12 @@ def table(rows: list, reporter: dict) -> str:
                      f"{fmt(r['ours_backward_paths_per_s'], '.1f'):>10} "
                      f"{fmt(r['pysiglib_backward_paths_per_s'], '.1f'):>11} "
                      f"{fmt(r['backward_ours_over_pysiglib']):>6}"
+                     + ("" if r["goal_met"] else "  goal not met")
                      + (f"  (other load {r['other_load']:.0%})" if r["other_load"] > 0.1 else ""))
+    lines += ["", f"memory: {memory['batch']} x {memory['length']} x {memory['channels']} at depth "
+                  f"{memory['depth']}, forward + backward: peak +{memory['peak_added_bytes'] / 2 ** 20:.0f}"
+                  f" MiB (estimate {memory['estimated_bytes'] / 2 ** 20:.0f} MiB, goal < "
+                  f"{memory['goal_bytes'] / 2 ** 20:.0f} MiB)"]
     lines += ["", f"reporter overhead: {reporter['system']}, {reporter['steps']} steps, "
                   f"{reporter['threads']} thread(s)"]
     for r in reporter["rows"]:
@@ -255,11 +305,11 @@ def table(rows: list, reporter: dict) -> str:
 
 def main(argv=None) -> int:
     options = _common.parser(__doc__, "signature.json", "small shapes, a few seconds")
-    options.add_argument("--max-call-seconds", type=float, default=60.0,
+    options.add_argument("--max-call-seconds", type=float, default=400.0,
                          help="skip 10,000-step configurations predicted to take longer per call")
     options.add_argument("--lengths", help="comma-separated path lengths (default 1000,10000)")
     args = _common.parse(options, argv)
-    threads = int(args.threads.split(",")[-1]) if args.threads else _common.cores()
+    thread_list = _common.thread_counts(args.threads)
     shapes, batch = (QUICK_SHAPES, QUICK_BATCH) if args.quick else (FULL_SHAPES, BATCH)
     if args.lengths:
         shapes = dict(shapes, lengths=tuple(int(n) for n in args.lengths.split(",")))
@@ -269,25 +319,39 @@ def main(argv=None) -> int:
         env["pysiglib"] = metadata.version("pysiglib")
     except Exception:  # noqa: BLE001 - recorded, then the import below fails loudly
         env["pysiglib"] = None
-    rows, checks = bench_ops(shapes, batch, threads, args.quick, args.max_call_seconds)
-    reporter = bench_reporter(500 if args.quick else 20000, 1 if args.quick else 3, threads)
+    rows, checks = [], []
+    for threads in thread_list:
+        more_rows, more_checks = bench_ops(shapes, batch, threads, args.quick,
+                                           args.max_call_seconds)
+        rows, checks = rows + more_rows, checks + more_checks
+    memory = bench_memory(args.quick)
+    reporter = bench_reporter(500 if args.quick else 20000, 1 if args.quick else 3, 1)
     ok = bool(checks) and all(c["ok"] for c in checks)
     measured = [r for r in rows if not r["skipped"]]
+    goal = {"rows_met": sum(bool(r.get("goal_met")) for r in measured), "rows": len(measured),
+            "worst_forward_ratio": max((r["forward_ours_over_pysiglib"] for r in measured),
+                                       default=None),
+            "worst_backward_ratio": max((r["backward_ours_over_pysiglib"] for r in measured),
+                                        default=None),
+            "memory_met": memory["goal_met"], "reporter_met": reporter["goal_met"]}
     write_json(args.out, {
         "benchmark": "signature",
         "quick": args.quick,
-        "config": {"batch": batch, "dtype": "float64", "shapes": shapes, "threads": threads,
+        "config": {"batch": batch, "dtype": "float64", "shapes": shapes, "threads": thread_list,
                    "pysiglib_log_sig_method": 1, "agreement_tolerance": AGREEMENT,
                    "max_call_seconds": args.max_call_seconds, "seed": SEED,
                    "timing": "median of interleaved calls after warm-up; one call if > 3 s"},
         "environment": env,
         "load": monitor.result(),
         "rows": rows,
+        "memory": memory,
         "reporter": reporter,
+        "goal": goal,
         "checks": checks,
         "ok": ok,
     })
-    return _common.report(table(rows, reporter), measured + [reporter], checks, ok, args.out)
+    return _common.report(table(rows, reporter, memory), measured + [reporter], checks, ok,
+                          args.out)
 
 
 if __name__ == "__main__":

@@ -110,13 +110,19 @@ def headline(data: dict) -> list:
     if data["benchmark"] == "signature":
         rows = [{"kind": r["kind"], "length": r["length"], "channels": r["channels"],
                  "depth": r["depth"], "skipped": r["skipped"]} if r["skipped"] else
-                {"kind": r["kind"], "length": r["length"], "channels": r["channels"],
-                 "depth": r["depth"],
+                {"kind": r["kind"], "threads": r.get("threads"), "length": r["length"],
+                 "channels": r["channels"], "depth": r["depth"],
                  "forward_ours_over_pysiglib": round(r["forward_ours_over_pysiglib"], 3),
-                 "backward_ours_over_pysiglib": round(r["backward_ours_over_pysiglib"], 3)}
+                 "backward_ours_over_pysiglib": round(r["backward_ours_over_pysiglib"], 3),
+                 "goal_met": r.get("goal_met")}
                 for r in data["rows"]]
-        return rows + [{"reporter": r["setting"], "ns_per_day": round(r["ns_per_day"], 1),
-                        "slowdown": round(r["slowdown"], 3)} for r in data["reporter"]["rows"]]
+        memory = data.get("memory")
+        extra = [] if memory is None else [
+            {"memory_peak_added_MiB": round(memory["peak_added_bytes"] / 2 ** 20, 1),
+             "goal_met": memory["goal_met"]}]
+        return rows + extra + [{"reporter": r["setting"], "ns_per_day": round(r["ns_per_day"], 1),
+                                "slowdown": round(r["slowdown"], 3)}
+                               for r in data["reporter"]["rows"]]
     if data["benchmark"] == "compile":  # eager vs torch.compile, ratios (bench_compile.py)
         keys = ("threads", "cg_static_speedup", "cg_dynamic_speedup", "cg_static_compile_cold_s",
                 "cg_static_compile_cached_s", "cg_static_break_even_steps_cached", "pf_speedup",

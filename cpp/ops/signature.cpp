@@ -38,8 +38,11 @@ struct Levels {
     int64_t channels, depth, size;
     std::vector<int64_t> offset;  // offset[k]: start of level k (k = 1..depth); offset[depth + 1] = size
     std::vector<int64_t> width;   // width[k] = channels^k
-    Levels(int64_t c, int64_t n) : channels(c), depth(n), offset(n + 2, 0), width(n + 1, 1) {
+    std::vector<double> reciprocal;  // reciprocal[k] = 1/k: no division in a step's loops
+    Levels(int64_t c, int64_t n)
+            : channels(c), depth(n), offset(n + 2, 0), width(n + 1, 1), reciprocal(n + 1, 0.0) {
         for (int64_t k = 1; k <= n; k++) {
+            reciprocal[k] = 1.0 / double(k);
             width[k] = width[k - 1] * c;
             offset[k + 1] = offset[k] + width[k];
         }
@@ -177,12 +180,12 @@ static inline __attribute__((always_inline)) void chen_step(T* S, const T* d, co
             for (int64_t c = 0; c < C; c++) top[c] += d[c];
             continue;
         }
-        const T inverse_m = T(1) / T(m);
+        const T inverse_m = T(L.reciprocal[m]);
         for (int64_t c = 0; c < C; c++) a[c] = d[c] * inverse_m;
         int64_t len = C;
         for (int64_t k = 1; k < m; k++) {
             const T* s = S + L.offset[k];
-            const T scale = T(1) / T(m - k);
+            const T scale = T(L.reciprocal[m - k]);
             if (k == m - 1) {  // the last product lands on level m itself
                 horner_product<T, CC>(top, a, s, d, scale, len, C, true);
             } else {
@@ -209,19 +212,19 @@ static inline __attribute__((always_inline)) void chen_step_backward(
             continue;
         }
         // recompute the Horner partial sums B_k = A_k + S^k, A_1 = d/m, A_(k+1) = B_k ⊗ d/(m-k)
-        const T inverse_m = T(1) / T(m);
+        const T inverse_m = T(L.reciprocal[m]);
         T* b1 = B + L.offset[1];
         const T* s1 = S + L.offset[1];
         for (int64_t c = 0; c < C; c++) b1[c] = d[c] * inverse_m + s1[c];
         for (int64_t k = 1; k + 1 < m; k++) {
-            const T scale = T(1) / T(m - k);
+            const T scale = T(L.reciprocal[m - k]);
             horner_partial<T, CC>(B + L.offset[k + 1], B + L.offset[k], S + L.offset[k + 1], d, scale,
                                   L.width[k], C);
         }
         // reverse: dA_m = g; for k = m-1..1: A_(k+1) = B_k ⊗ d scale
         const T* upper = g;  // dA_(k+1), width C^(k+1)
         for (int64_t k = m - 1; k >= 1; k--) {
-            const T scale = T(1) / T(m - k);
+            const T scale = T(L.reciprocal[m - k]);
             const T* bk = B + L.offset[k];
             T* lower = (upper == dA) ? dB : dA;  // dB_k, width C^k
             for (int64_t c = 0; c < C; c++) acc[c] = 0;
@@ -306,11 +309,11 @@ static inline __attribute__((always_inline)) void forward_path(const T* x, int64
             continue;
         }
         // v_j for the top level, from the levels below as they are before this step
-        const T inverse_n = T(1) / T(N);
+        const T inverse_n = T(L.reciprocal[N]);
         for (int64_t c = 0; c < C; c++) a[c] = d[c] * inverse_n;
         int64_t len = C;
         for (int64_t k = 1; k + 1 < N; k++) {
-            horner_product<T, CC>(b, a, S + L.offset[k], d, T(1) / T(N - k), len, C, false);
+            horner_product<T, CC>(b, a, S + L.offset[k], d, T(L.reciprocal[N - k]), len, C, false);
             std::swap(a, b);
             len *= C;
         }
@@ -365,6 +368,7 @@ static inline __attribute__((always_inline)) void backward_path(const T* x, int6
 #define SIGNATURE_DISPATCH_CHANNELS(FUNCTION, T, ...)            \
     switch (L.channels) {                                          \
         case 2: FUNCTION<T, 2>(__VA_ARGS__); break;               \
+        case 3: FUNCTION<T, 3>(__VA_ARGS__); break;               \
         case 4: FUNCTION<T, 4>(__VA_ARGS__); break;               \
         case 8: FUNCTION<T, 8>(__VA_ARGS__); break;               \
         case 16: FUNCTION<T, 16>(__VA_ARGS__); break;             \
