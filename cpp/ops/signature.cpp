@@ -26,6 +26,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <vector>
 
 using torch::Tensor;
@@ -486,8 +488,37 @@ Tensor signature_native(const Tensor& path, int64_t depth, const c10::optional<T
     return Signature::apply(path, depth, initial.has_value() ? *initial : torch::empty({0}, path.options()));
 }
 
+// Flat indices (within level ``length``) of the Lyndon words over ``channels`` letters, in
+// lexicographic order: words strictly smaller than each of their proper rotations. Computed
+// once per (channels, length) and kept for the process (log-signatures project on them at
+// every call).
+Tensor lyndon_words(int64_t channels, int64_t length) {
+    TORCH_CHECK(channels >= 1 && length >= 1, "lyndon_words: channels and length must be >= 1");
+    static std::mutex lock;
+    static std::map<std::pair<int64_t, int64_t>, Tensor> cache;
+    std::lock_guard<std::mutex> guard(lock);
+    auto found = cache.find({channels, length});
+    if (found != cache.end()) return found->second;
+    const Levels L(channels, length);
+    const int64_t size = L.width[length];
+    std::vector<int64_t> words;
+    for (int64_t w = 0; w < size; w++) {
+        bool lyndon = true;
+        for (int64_t r = 1; r < length && lyndon; r++) {
+            const int64_t high = L.width[length - r];
+            const int64_t rotated = (w % high) * L.width[r] + w / high;
+            lyndon = w < rotated;
+        }
+        if (lyndon) words.push_back(w);
+    }
+    Tensor result = torch::tensor(words, torch::kInt64);
+    cache.emplace(std::make_pair(channels, length), result);
+    return result;
+}
+
 } // namespace
 
 TORCH_LIBRARY_FRAGMENT(openmm_geom, m) {
     m.def("signature_native(Tensor path, int depth, Tensor? initial=None) -> Tensor", signature_native);
+    m.def("lyndon_words(int channels, int length) -> Tensor", lyndon_words);
 }

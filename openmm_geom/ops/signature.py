@@ -488,8 +488,9 @@ def levels_to_logsignature(levels: List[torch.Tensor], channels: int, depth: int
         log_levels = summed
     parts: List[torch.Tensor] = []
     for k in range(1, depth + 1):
-        parts.append(log_levels[k - 1].index_select(-1, lyndon_word_indices(
-            channels, k, log_levels[k - 1].device)))
+        # the kernel library's copy, computed once per (channels, k) for the process
+        words = torch.ops.openmm_geom.lyndon_words(channels, k).to(log_levels[k - 1].device)
+        parts.append(log_levels[k - 1].index_select(-1, words))
     return torch.cat(parts, dim=-1)
 
 

@@ -364,3 +364,10 @@ def test_scripted_functions_use_the_kernel_and_the_reference():
     assert torch.equal(scripted(path, 3, sig.DEFAULT_MAX_BYTES, True), sig.signature(path, 3))
     assert torch.equal(scripted(path, 3, sig.DEFAULT_MAX_BYTES, False),
                        sig.signature(path, 3, native=False))
+
+
+def test_native_lyndon_words_equal_the_python_ones_and_are_computed_once():
+    for channels, length in ((1, 1), (2, 5), (3, 4), (8, 3), (16, 2)):
+        native = torch.ops.openmm_geom.lyndon_words(channels, length)
+        assert torch.equal(native, sig.lyndon_word_indices(channels, length))
+        assert torch.ops.openmm_geom.lyndon_words(channels, length).data_ptr() == native.data_ptr()
