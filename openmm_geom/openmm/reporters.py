@@ -216,6 +216,11 @@ class SignatureReporter(CsvReporterFile):
         self._stream_class = SignatureStream
         self._stream = None if n_points is None else SignatureStream(3 * n_points, self._depth)
         self._separator, self._append = separator, append
+        # Samples wait in a NumPy buffer and reach the stream in one call per window or
+        # report: one kernel call instead of a handful of torch calls per sample.
+        self._capacity = window if window is not None else report // self._sample + 1
+        self._buffer: Optional[np.ndarray] = None
+        self._buffered = 0
         self._open_output(file, append)
         self._header_written = append
         self.rows = 0
@@ -255,18 +260,34 @@ class SignatureReporter(CsvReporterFile):
         self._out.flush()
         self.rows += 1
 
+    def _flush(self) -> None:
+        """Extend the stream by the buffered samples (Chen's identity, one call)."""
+        if self._buffered:
+            self._stream.update(torch.from_numpy(self._buffer[:self._buffered]))
+            self._buffered = 0
+
     def report(self, simulation, state):
         point = self._point(simulation, state)
         if self._stream is None:
             self._stream = self._stream_class(point.size, self._depth)
-        self._stream.update(torch.from_numpy(point))
+        if self._buffer is None:
+            self._buffer = np.empty((self._capacity, point.size), dtype=np.float64)
+        if self._buffered == self._capacity:
+            self._flush()
+        self._buffer[self._buffered] = point
+        self._buffered += 1
         if self._window is not None:
-            if self._stream.points_seen == self._window:
+            if self._buffered == self._window:  # the window's signature, from a fresh stream
+                self._stream.reset()
+                self._flush()
                 self._write(simulation, state)
                 self._stream.reset()
-                self._stream.update(torch.from_numpy(point))   # windows share this point
-        elif simulation.currentStep % self._report == 0 and self._stream.points_seen >= 2:
-            self._write(simulation, state)
+                self._buffer[0] = point  # windows share this point
+                self._buffered = 1
+        elif simulation.currentStep % self._report == 0:
+            self._flush()
+            if self._stream.points_seen >= 2:
+                self._write(simulation, state)
 
 
 class EnsembleSpreadReporter(CsvReporterFile):
