@@ -35,8 +35,8 @@ import sys as _sys
 
 from .version import __version__
 
-__all__ = ["__version__", "set_threads", "retain_freed_memory", "native_build_info",
-           "plugin_error"]
+__all__ = ["__version__", "set_threads", "retain_freed_memory", "release_freed_memory",
+           "native_build_info", "plugin_error"]
 
 
 def _started_as_command_line() -> bool:
@@ -54,11 +54,11 @@ if _started_as_command_line():
             from . import native
 
             return getattr(native, name)
-        if name in ("set_threads", "retain_freed_memory"):
+        if name in ("set_threads", "retain_freed_memory", "release_freed_memory"):
             from . import threads
 
             return getattr(threads, name)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 else:
     from .native import native_build_info, plugin_error
-    from .threads import retain_freed_memory, set_threads
+    from .threads import release_freed_memory, retain_freed_memory, set_threads

@@ -1,5 +1,6 @@
 """One place that sets CPU threads for torch (and so vesin and our ops) and OpenMM's CPU platform,
-and how the process's freed memory is kept (:func:`retain_freed_memory`).
+and how the process's freed memory is kept (:func:`retain_freed_memory`) or given back
+(:func:`release_freed_memory`).
 
 On CPU, oversubscription costs more than anything else: torch's intra-op pool and OpenMM's
 CPU platform each default to all cores, and running them side by side on 2 cores was measured
@@ -12,7 +13,8 @@ import os
 
 import torch
 
-__all__ = ["set_threads", "cpu_platform_properties", "default_threads", "retain_freed_memory"]
+__all__ = ["set_threads", "cpu_platform_properties", "default_threads", "retain_freed_memory",
+           "release_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -80,3 +82,23 @@ def retain_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # -1 as the threshold is SIZE_MAX once glibc converts it: trimming never happens
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+
+
+def release_freed_memory() -> bool:
+    """Give the memory freed so far back to the kernel (glibc ``malloc_trim(0)``).
+
+    For a process that keeps freed memory (:func:`retain_freed_memory`) and is done with its
+    heavy phase, e.g. before it starts child processes that need the memory.
+
+    Returns
+    -------
+    bool
+        True if glibc released something; False otherwise (or without glibc).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))

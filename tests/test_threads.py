@@ -36,3 +36,28 @@ def test_retained_memory_is_reused_instead_of_faulted_in_again():
     default, retained = faults_per_call("default"), faults_per_call("retain")
     assert default > 0.8 * pages  # glibc maps and unmaps every block: each call faults again
     assert retained < 0.2 * pages  # kept: the next call reuses the pages
+
+
+RELEASE_SCRIPT = """
+import sys, torch
+import openmm_geom
+assert openmm_geom.retain_freed_memory()
+from openmm_geom.threads import release_freed_memory
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+blocks = [torch.ones(10_000_000) for _ in range(10)]  # 400 MB
+del blocks
+kept = rss()
+released = release_freed_memory()
+print(kept, rss(), released)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc_trim")
+def test_released_memory_goes_back_to_the_kernel():
+    done = subprocess.run([sys.executable, "-c", RELEASE_SCRIPT], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, after, released = done.stdout.split()[-3:]
+    assert released == "True"
+    assert int(kept) - int(after) > 300e6  # most of the 400 MB kept by retain_freed_memory

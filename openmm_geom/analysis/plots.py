@@ -361,7 +361,8 @@ def plot_pareto(models, path: PathLike, dpi: int = 120) -> Path:
 
     ``models``: entries of ``potential pareto``'s summary, each with ``architecture``,
     ``size``, ``force_mae`` (mean over seeds), ``force_mae_seeds`` and
-    ``steps_per_second_openmm`` (box target -> thread count -> steps/s).
+    ``steps_per_second_openmm`` (box target -> thread count -> steps/s, None if the timing
+    failed).
     """
     targets = list(models[0]["steps_per_second_openmm"])
     threads = list(models[0]["steps_per_second_openmm"][targets[0]])
@@ -370,7 +371,11 @@ def plot_pareto(models, path: PathLike, dpi: int = 120) -> Path:
         for col, t in enumerate(threads):
             ax = fig.add_subplot(len(targets), len(threads), row * len(threads) + col + 1)
             for architecture in dict.fromkeys(m["architecture"] for m in models):
-                mine = [m for m in models if m["architecture"] == architecture]
+                # a model whose timing failed (e.g. out of memory) has no point in that panel
+                mine = [m for m in models if m["architecture"] == architecture
+                        and m["steps_per_second_openmm"][target][t] is not None]
+                if not mine:
+                    continue
                 color, marker = _ARCHITECTURE_STYLE.get(architecture, ("0.3", "x"))
                 x = [m["steps_per_second_openmm"][target][t] for m in mine]
                 y = [m["force_mae"] for m in mine]

@@ -4,15 +4,18 @@ architecture at several sizes and seeds, on one data file.
 Every model of the grid is trained with :func:`~openmm_geom.workflows.potential.train` (same
 data, same split, same training budget; resumable, one directory per model and seed under
 ``out/runs/``), then exported for boxes of the data's composition at about 300 and 3,000 atoms
-and timed in OpenMM (CPU platform, one and two threads), all in one process, one model after the
-other. ``pareto.png`` plots the test force MAE (mean over seeds, bars: min to max) against
+and timed in OpenMM (CPU platform, one and two threads), each model, box and thread count in a
+fresh process (a process that dies, e.g. out of memory, is recorded as such and the others go
+on). ``pareto.png`` plots the test force MAE (mean over seeds, bars: min to max) against
 OpenMM steps per second; ``learning_curves.png`` plots the validation force MAE against
 optimiser steps and training wall time; ``pareto.json`` holds every number.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import multiprocessing
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -21,14 +24,16 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from .. import arguments as check
-from ..threads import cpu_platform_properties, retain_freed_memory, set_threads
+from ..threads import (cpu_platform_properties, release_freed_memory, retain_freed_memory,
+                       set_threads)
 from ..data.potential_data import load_potential_data, time_block_split
 from ..progress import progress_bar
 from .config import MODEL_SIZES, PARETO_GRID, SIZES, budget
 from ..io import write_json
 from .potential import export_for_structure, read_structure, train
 
-__all__ = ["PARETO_GRID", "composition", "speed_boxes", "openmm_steps_per_second", "pareto"]
+__all__ = ["PARETO_GRID", "composition", "speed_boxes", "openmm_steps_per_second",
+           "in_fresh_process", "pareto"]
 
 _ELEMENTS = {1: "H", 8: "O", 11: "Na", 17: "Cl"}
 _TIMESTEP_FS = 0.5
@@ -147,17 +152,33 @@ def openmm_steps_per_second(exported, topology, positions, box, *, threads: int,
             "steps_per_block": steps, "threads": threads}
 
 
-def _time_model(model_path: str, pdb: str, exported: str, threads: Sequence[int],
-                seconds: float) -> dict:
-    """Export ``model_path`` for the box ``pdb`` and time it at each thread count (run in a
-    fresh process by :func:`pareto`)."""
+def _time_model(model_path: str, pdb: str, exported: str, threads: int, seconds: float) -> dict:
+    """Export ``model_path`` for the box ``pdb`` (unless done) and time it with ``threads``
+    threads; run in a fresh process by :func:`pareto`. Returns steps/s and the peak RSS."""
     retain_freed_memory()  # no per-call page faults (the potential commands' setting)
     topology, positions, box = read_structure(pdb)
     positions = _relaxed(topology, positions, box)
-    export_for_structure(model_path, pdb, exported)
-    return {str(t): openmm_steps_per_second(exported, topology, positions, box, threads=t,
-                                            seconds=seconds)["steps_per_second"]
-            for t in threads}
+    if not Path(exported).is_file():
+        export_for_structure(model_path, pdb, exported)
+    rate = openmm_steps_per_second(exported, topology, positions, box, threads=threads,
+                                   seconds=seconds)["steps_per_second"]
+    return {"steps_per_second": rate,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def in_fresh_process(function, *arguments) -> dict:
+    """``function(*arguments)`` (a dict) in a spawned process: no allocator history from the
+    models timed before. If the process dies (the kernel's out-of-memory killer, a crash),
+    ``{"steps_per_second": None, "peak_rss_bytes": None, "failed": reason}`` is returned
+    instead of waiting for it forever; an exception it raises is raised here."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        try:
+            return pool.submit(function, *arguments).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            return {"steps_per_second": None, "peak_rss_bytes": None,
+                    "failed": "the timing process died (killed by the kernel, most likely out "
+                              "of memory)"}
 
 
 def _run_name(architecture: str, size: str, seed: int) -> str:
@@ -261,7 +282,7 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
 
     speed_bar = progress_bar(len(models) * len(boxes) * len(threads), "OpenMM speed",
                              enabled=progress, unit="run")
-    spawn = multiprocessing.get_context("spawn")
+    release_freed_memory()  # what training and evaluation kept: the timing processes need it
     summary = []
     for (architecture, size) in models:
         mine = [r for r in runs if r["architecture"] == architecture and r["size"] == size]
@@ -270,18 +291,23 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
                  "force_mae": float(np.mean(maes)), "force_mae_seeds": maes,
                  "model_options": {k: v for k, v in settings[architecture, size].model_options(
                      0).items() if k not in ("dtype", "seed")},
-                 "steps_per_second_openmm": {}}
+                 "steps_per_second_openmm": {}, "peak_rss_bytes": {}, "failed": {}}
         model_path = out / "runs" / _run_name(architecture, size, seeds[0]) / "model.pt"
         for box in boxes:
             exported = out / "exported" / f"{architecture}-{size}-{box['target']}.pt"
             exported.parent.mkdir(exist_ok=True)
-            # a fresh process per model and box: no allocator history from the models before,
-            # freed memory retained within it, all of it returned when it ends
-            with spawn.Pool(1) as pool:
-                entry["steps_per_second_openmm"][str(box["target"])] = pool.apply(
-                    _time_model, (str(model_path), box["pdb"], str(exported), threads,
-                                  speed_seconds))
-            speed_bar.update(len(threads))
+            target = str(box["target"])
+            entry["steps_per_second_openmm"][target], entry["peak_rss_bytes"][target] = {}, {}
+            for t in threads:
+                # a fresh process per model, box and thread count: freed memory retained
+                # within it (fast), all of it returned when it ends
+                timing = in_fresh_process(_time_model, str(model_path), box["pdb"],
+                                          str(exported), t, speed_seconds)
+                entry["steps_per_second_openmm"][target][str(t)] = timing["steps_per_second"]
+                entry["peak_rss_bytes"][target][str(t)] = timing["peak_rss_bytes"]
+                if "failed" in timing:
+                    entry["failed"][f"{target} atoms, {t} threads"] = timing["failed"]
+                speed_bar.update(1)
         summary.append(entry)
     speed_bar.close()
 
@@ -289,7 +315,8 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
     result = {"data": str(data_path), "data_sha256": data.sha256, "atoms": len(data.atomic_numbers),
               "composition": composition(data.atomic_numbers), "budget": budget_name,
               "seeds": list(seeds), "threads": list(threads), "boxes": boxes, "models": summary,
-              "speed_runs": "each model and box in a fresh process with retain_freed_memory()",
+              "speed_runs": "each model, box and thread count in a fresh process with "
+                            "retain_freed_memory()",
               "runs": runs, "comparison": comparison, "goal": goal,
               "units": {"force_mae": "kJ/mol/nm", "steps_per_second_openmm":
                         f"OpenMM steps/s, LangevinMiddle {_TIMESTEP_FS} fs, CPU platform"},
@@ -309,17 +336,21 @@ def _history(run_dir: Path) -> dict:
 def _compare(summary: list, target: int, threads: Sequence[int]) -> tuple:
     """Each attention model against each ET model at the box ``target``: MAE ratio and speed
     ratio (per thread count); the goal against the medium ET."""
+    def ratio(x, y):
+        return None if x is None or y is None else x / y
+
     rows = []
     for a in (m for m in summary if m["architecture"] == "attention"):
         for e in (m for m in summary if m["architecture"] == "et"):
-            speed = {t: a["steps_per_second_openmm"][str(target)][str(t)]
-                     / e["steps_per_second_openmm"][str(target)][str(t)] for t in map(str, threads)}
+            speed = {t: ratio(a["steps_per_second_openmm"][str(target)][str(t)],
+                              e["steps_per_second_openmm"][str(target)][str(t)])
+                     for t in map(str, threads)}
             rows.append({"attention": a["size"], "et": e["size"],
                          "force_mae_ratio": a["force_mae"] / e["force_mae"],
                          "speed_ratio": speed})
     reference = [r for r in rows if r["et"] == "medium"]
     met = [r for r in reference if r["force_mae_ratio"] <= 1.1
-           and min(r["speed_ratio"].values()) >= 2.0]
+           and None not in r["speed_ratio"].values() and min(r["speed_ratio"].values()) >= 2.0]
     goal = {"criterion": "attention force MAE <= 1.1 x ET (medium) and OpenMM speed >= 2 x at "
                          f"{target} atoms, every thread count",
             "met": bool(met), "by": [r["attention"] for r in met]} if reference else None

@@ -3,6 +3,7 @@ with OpenMM: reproduce, export, simulate, evaluate, the model sizes and pareto."
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 from openmm_geom.data.water import generate_water_reference, water_box_pdb
 from openmm_geom.models.potentials import build_potential
 from openmm_geom.workflows.config import MODEL_SIZES, SIZES, budget
-from openmm_geom.workflows.potential_pareto import composition, speed_boxes
+from openmm_geom.workflows.potential_pareto import composition, in_fresh_process, speed_boxes
 
 CLI = [sys.executable, "-m", "openmm_geom.cli"]
 
@@ -186,6 +187,7 @@ def test_pareto_trains_times_and_plots_every_model(salt_data, tmp_path):
         assert m["force_mae_seeds"] == mine and m["force_mae"] == pytest.approx(np.mean(mine))
         rates = m["steps_per_second_openmm"]["110"]
         assert set(rates) == {"1", "2"} and min(rates.values()) > 0
+        assert min(m["peak_rss_bytes"]["110"].values()) > 0 and m["failed"] == {}
     for r in result["runs"]:
         # quick budget: 2 epochs over at most 16 training frames (a stride), batches of 4
         frames = json.loads((out / "runs" / r["name"] / "metrics.json").read_text())["train_frames"]
@@ -222,3 +224,20 @@ def test_pareto_refuses_bad_input_before_writing(salt_data, tmp_path):
     done = run_cli("potential", "pareto", "--data", few, "--out", out, "--quick", expect=2)
     assert "frames" in done.stderr
     assert not out.exists()
+
+
+def _killed_by_the_kernel() -> dict:
+    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does
+
+
+def _refuses() -> dict:
+    raise ValueError("a clear error from the timing process")
+
+
+def test_a_timing_process_that_dies_is_recorded_not_waited_for():
+    """The first full pareto run hung: the out-of-memory killer took a timing process of a
+    multiprocessing Pool, which replaced it and waited for its result forever."""
+    result = in_fresh_process(_killed_by_the_kernel)
+    assert result["steps_per_second"] is None and "died" in result["failed"]
+    with pytest.raises(ValueError, match="clear error"):
+        in_fresh_process(_refuses)
