@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from ..io import save_figure
 from .free_energy import (
@@ -392,6 +392,8 @@ def plot_pareto(models, path: PathLike, dpi: int = 120) -> Path:
                    ylabel="test force MAE (kJ/mol/nm)",
                    title=f"~{target} atoms, {t} thread{'s' if t != '1' else ''}")
             for axis in (ax.xaxis, ax.yaxis):
+                # labels at 1, 2, 3, 5 x 10^k: a range within one decade still gets some
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
                 axis.set_major_formatter(ScalarFormatter())
                 axis.set_minor_formatter(NullFormatter())
             ax.grid(True, which="both", alpha=0.3)
@@ -424,6 +426,7 @@ def plot_learning_curve_comparison(curves: Mapping[str, Mapping[str, list]], pat
                  yscale="log")
     by_time.set(xlabel="training wall time (min)", yscale="log")
     for ax in (by_steps, by_time):
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
