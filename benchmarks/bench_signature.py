@@ -240,18 +240,26 @@ def bench_reporter(steps: int, repeats: int, threads: int) -> dict:
             "other_load": load}
 
 
-def _peak_memory(batch: int, length: int, channels: int, depth: int, queue) -> None:
-    """In a fresh process: the peak RSS one forward + backward adds to the process."""
-    import resource
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
 
+
+def _peak_memory(batch: int, length: int, channels: int, depth: int, queue) -> None:
+    """In a fresh process: the peak RSS one forward + backward adds to the process (the path
+    itself is allocated before)."""
     from openmm_geom.ops import signature as ours
 
     torch.set_num_threads(1)
     path = random_walk(batch, length, channels).requires_grad_()
     ours.signature(random_walk(2, 10, channels), depth)  # load everything once
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # the peak from here on: reset the kernel's high-water mark (VmHWM; not getrusage, whose
+    # ru_maxrss Linux carries over from the parent into a spawned child)
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    before = _status_bytes("VmRSS:")
     ours.signature(path, depth).sum().backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    after = _status_bytes("VmHWM:")
     queue.put({"peak_added_bytes": after - before,
                "estimated_bytes": ours.signature_memory_bytes(batch, length, channels, depth, 8,
                                                               True, native=True),

@@ -25,6 +25,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -437,11 +439,22 @@ public:
             const scalar_t* xp = x.data_ptr<scalar_t>();
             scalar_t* op = out.data_ptr<scalar_t>();
             const int64_t scratch = 2 * L.width[depth - 1] + L.width[depth - 1] * TOP_BLOCK + TOP_BLOCK * C;
+            std::atomic<bool> finite(true);
             at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
                 std::vector<scalar_t> work(scratch);
-                for (int64_t p = begin; p < end; p++)
-                    forward_path_any(xp + p * length * C, length, L, op + p * L.size, work.data());
+                for (int64_t p = begin; p < end; p++) {
+                    // a path's values are checked as they come into cache for its sweep
+                    const scalar_t* path_p = xp + p * length * C;
+                    bool ok = true;
+                    for (int64_t i = 0; i < length * C; i++) ok &= std::isfinite(path_p[i]);
+                    if (!ok) {
+                        finite = false;
+                        continue;
+                    }
+                    forward_path_any(path_p, length, L, op + p * L.size, work.data());
+                }
             });
+            TORCH_CHECK_VALUE(finite, "path contains NaN or infinite values");
         });
         ctx->saved_data["depth"] = depth;
         ctx->saved_data["has_initial"] = has_initial;

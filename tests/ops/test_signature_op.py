@@ -240,10 +240,16 @@ def test_scripted_functions_equal_eager():
 
 def test_bad_inputs_give_clear_errors():
     good = _random_walk(1, 5, 2, seed=15)
-    with pytest.raises(ValueError, match="NaN"):
-        sig.signature(torch.tensor([[[0.0, 1.0], [float("nan"), 1.0]]]), 2)
-    with pytest.raises(ValueError, match="infinite"):
-        sig.logsignature(torch.tensor([[[0.0, 1.0], [float("inf"), 1.0]]]), 2)
+    for native in (True, False):
+        with pytest.raises(ValueError, match="NaN"):
+            sig.signature(torch.tensor([[[0.0, 1.0], [float("nan"), 1.0]]]), 2, native=native)
+        with pytest.raises(ValueError, match="infinite"):
+            sig.logsignature(torch.tensor([[[0.0, 1.0], [float("inf"), 1.0]]]), 2,
+                             native=native)
+        bad = _random_walk(3, 40, 2, seed=16)
+        bad[2, 17, 1] = float("nan")  # one value in the last path of a batch
+        with pytest.raises(ValueError, match="NaN"):
+            sig.signature(bad, 3, native=native)
     with pytest.raises(ValueError, match="at least 2 points"):
         sig.signature(good[:, :1], 2)
     with pytest.raises(ValueError, match="depth must be >= 1"):
