@@ -151,13 +151,15 @@ def openmm_steps_per_second(exported, topology, positions, box, *, threads: int,
             "steps_per_block": steps, "threads": threads}
 
 
-def _time_model(model_path: str, pdb: str, exported: str, threads: int, seconds: float) -> dict:
-    """Export ``model_path`` for the box ``pdb`` (unless done) and time it with ``threads``
-    threads; run in a fresh process by :func:`pareto`. Returns steps/s and the peak RSS."""
+def _time_model(model_path: str, pdb: str, exported: str, threads: int, seconds: float,
+                export: bool) -> dict:
+    """With ``export``, export ``model_path`` for the box ``pdb`` to ``exported`` (a file left
+    by an earlier run may hold another model); time it with ``threads`` threads. Run in a
+    fresh process by :func:`pareto`. Returns steps/s and the peak RSS."""
     retain_freed_memory()  # no per-call page faults (the potential commands' setting)
     topology, positions, box = read_structure(pdb)
     positions = _relaxed(topology, positions, box)
-    if not Path(exported).is_file():
+    if export:
         export_for_structure(model_path, pdb, exported)
     rate = openmm_steps_per_second(exported, topology, positions, box, threads=threads,
                                    seconds=seconds)["steps_per_second"]
@@ -313,7 +315,7 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
                 # a fresh process per model, box and thread count: freed memory retained
                 # within it (fast), all of it returned when it ends
                 timing = in_fresh_process(_time_model, str(model_path), box["pdb"],
-                                          str(exported), t, speed_seconds)
+                                          str(exported), t, speed_seconds, t == threads[0])
                 entry["steps_per_second_openmm"][target][str(t)] = timing["steps_per_second"]
                 entry["peak_rss_bytes"][target][str(t)] = timing["peak_rss_bytes"]
                 if "failed" in timing:
