@@ -54,6 +54,14 @@ struct Levels {
     }
 };
 
+// Paths per thread chunk: a chunk should carry at least ~2^18 multiply-adds (roughly
+// length x signature size per path), so that small calls do not pay for waking a second
+// thread (tens of microseconds idle, a scheduler time slice on a loaded machine).
+inline int64_t paths_per_chunk(int64_t work_per_path) {
+    constexpr int64_t chunk_work = int64_t(1) << 18;
+    return std::max<int64_t>(1, chunk_work / std::max<int64_t>(1, work_per_path));
+}
+
 // Inner loops. A row of C channels (C a power of two up to 16, known at compile time) is
 // one GCC vector: each loop then works row by row with whole-row multiply-adds, which the
 // compiler maps to AVX-512, AVX2 or SSE registers in the respective clone. (Left to itself,
@@ -296,9 +304,65 @@ static inline __attribute__((always_inline)) void add_top_block(T* __restrict__ 
     }
 }
 
+// Depth 2 in one pass: with m_j = S^1 + x_j - x_0 + d_j/2 (the running level 1 at the
+// segment's midpoint), level 2 gains m_j ⊗ d_j at step j and level 1 gains d_j. The C x C
+// accumulator stays in registers (rows in groups of at most 16 vector registers; a group
+// takes one pass over the path, which is in cache after the first), and the finiteness check
+// rides along (x - x is 0 for finite x, NaN otherwise). Returns false for a non-finite path.
+template <typename T, int CC>
+static inline __attribute__((always_inline)) bool depth2_path(const T* x, int64_t length, T* S) {
+    using R = Row<T, CC>;
+    typedef typename R::type V;
+    constexpr int G = (16 / R::P) < CC ? (16 / R::P) : CC;  // rows per pass
+    T* top = S + CC;
+    V base[R::P], check[R::P];
+    alignas(64) T m[CC];
+    for (int q = 0; q < R::P; q++) {
+        check[q] = R::load(x + q * R::K) - R::load(x + q * R::K);
+        base[q] = R::load(S + q * R::K) - R::load(x + q * R::K);  // S^1 - x_0
+    }
+    for (int r0 = 0; r0 < CC; r0 += G) {
+        V o[G][R::P];
+        for (int g = 0; g < G; g++)
+            for (int q = 0; q < R::P; q++) o[g][q] = R::load(top + (r0 + g) * CC + q * R::K);
+        for (int64_t j = 0; j + 1 < length; j++) {
+            V d[R::P];
+            for (int q = 0; q < R::P; q++) {
+                const V a = R::load(x + j * CC + q * R::K), b = R::load(x + (j + 1) * CC + q * R::K);
+                d[q] = b - a;
+                R::store(m + q * R::K, base[q] + (a + b) * T(0.5));
+                if (r0 == 0) check[q] += b - b;
+            }
+            for (int g = 0; g < G; g++) {
+                const T mg = m[r0 + g];
+                for (int q = 0; q < R::P; q++) o[g][q] += d[q] * mg;
+            }
+        }
+        for (int g = 0; g < G; g++)
+            for (int q = 0; q < R::P; q++) R::store(top + (r0 + g) * CC + q * R::K, o[g][q]);
+    }
+    bool finite = true;
+    for (int q = 0; q < R::P; q++)
+        for (int c = 0; c < R::K; c++) finite &= check[q][c] == T(0);
+    if (finite)
+        for (int c = 0; c < CC; c++) S[c] += x[(length - 1) * CC + c] - x[c];
+    return finite;
+}
+
 template <typename T, int CC>
 static inline __attribute__((always_inline)) void forward_path(const T* x, int64_t length, const Levels& L,
-                                                               T* S, T* scratch) {
+                                                               T* S, T* scratch, bool* finite) {
+    if constexpr (Row<T, CC>::vector) {
+        if (L.depth == 2) {
+            *finite = depth2_path<T, CC>(x, length, S);
+            return;
+        }
+    }
+    // a path's values are checked as they come into cache for its sweep
+    bool ok = true;
+    for (int64_t i = 0; i < length * L.channels; i++) ok &= std::isfinite(x[i]);
+    *finite = ok;
+    if (!ok) return;
     const int64_t C = CC > 0 ? CC : L.channels, N = L.depth, rows = L.width[N - 1];
     T* a = scratch;
     T* b = a + L.width[N - 1];
@@ -379,11 +443,13 @@ static inline __attribute__((always_inline)) void backward_path(const T* x, int6
         default: FUNCTION<T, 0>(__VA_ARGS__);                     \
     }
 
-SIGNATURE_CLONES void forward_path_f64(const double* x, int64_t n, const Levels& L, double* S, double* s) {
-    SIGNATURE_DISPATCH_CHANNELS(forward_path, double, x, n, L, S, s)
+SIGNATURE_CLONES void forward_path_f64(const double* x, int64_t n, const Levels& L, double* S, double* s,
+                                       bool* finite) {
+    SIGNATURE_DISPATCH_CHANNELS(forward_path, double, x, n, L, S, s, finite)
 }
-SIGNATURE_CLONES void forward_path_f32(const float* x, int64_t n, const Levels& L, float* S, float* s) {
-    SIGNATURE_DISPATCH_CHANNELS(forward_path, float, x, n, L, S, s)
+SIGNATURE_CLONES void forward_path_f32(const float* x, int64_t n, const Levels& L, float* S, float* s,
+                                       bool* finite) {
+    SIGNATURE_DISPATCH_CHANNELS(forward_path, float, x, n, L, S, s, finite)
 }
 SIGNATURE_CLONES void backward_path_f64(const double* x, int64_t n, const Levels& L, double* S, double* G,
                                         double* gx, double* s) {
@@ -394,11 +460,15 @@ SIGNATURE_CLONES void backward_path_f32(const float* x, int64_t n, const Levels&
     SIGNATURE_DISPATCH_CHANNELS(backward_path, float, x, n, L, S, G, gx, s)
 }
 
-inline void forward_path_any(const double* x, int64_t n, const Levels& L, double* S, double* s) {
-    forward_path_f64(x, n, L, S, s);
+inline bool forward_path_any(const double* x, int64_t n, const Levels& L, double* S, double* s) {
+    bool finite = true;
+    forward_path_f64(x, n, L, S, s, &finite);
+    return finite;
 }
-inline void forward_path_any(const float* x, int64_t n, const Levels& L, float* S, float* s) {
-    forward_path_f32(x, n, L, S, s);
+inline bool forward_path_any(const float* x, int64_t n, const Levels& L, float* S, float* s) {
+    bool finite = true;
+    forward_path_f32(x, n, L, S, s, &finite);
+    return finite;
 }
 inline void backward_path_any(const double* x, int64_t n, const Levels& L, double* S, double* G, double* gx,
                               double* s) {
@@ -440,19 +510,11 @@ public:
             scalar_t* op = out.data_ptr<scalar_t>();
             const int64_t scratch = 2 * L.width[depth - 1] + L.width[depth - 1] * TOP_BLOCK + TOP_BLOCK * C;
             std::atomic<bool> finite(true);
-            at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+            at::parallel_for(0, batch, paths_per_chunk(length * L.size), [&](int64_t begin, int64_t end) {
                 std::vector<scalar_t> work(scratch);
-                for (int64_t p = begin; p < end; p++) {
-                    // a path's values are checked as they come into cache for its sweep
-                    const scalar_t* path_p = xp + p * length * C;
-                    bool ok = true;
-                    for (int64_t i = 0; i < length * C; i++) ok &= std::isfinite(path_p[i]);
-                    if (!ok) {
+                for (int64_t p = begin; p < end; p++)
+                    if (!forward_path_any(xp + p * length * C, length, L, op + p * L.size, work.data()))
                         finite = false;
-                        continue;
-                    }
-                    forward_path_any(path_p, length, L, op + p * L.size, work.data());
-                }
             });
             TORCH_CHECK_VALUE(finite, "path contains NaN or infinite values");
         });
@@ -482,7 +544,7 @@ public:
             scalar_t* gp = G.data_ptr<scalar_t>();
             scalar_t* gxp = grad_x.data_ptr<scalar_t>();
             const int64_t scratch = 4 * C + 2 * L.width[depth - 1] + 2 * L.size;
-            at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+            at::parallel_for(0, batch, paths_per_chunk(length * L.size), [&](int64_t begin, int64_t end) {
                 std::vector<scalar_t> work(scratch);
                 for (int64_t p = begin; p < end; p++) {
                     scalar_t* g = gp + p * L.size;
@@ -529,9 +591,202 @@ Tensor lyndon_words(int64_t channels, int64_t length) {
     return result;
 }
 
+
+// ---- log map: signature -> log-signature in Lyndon-word coordinates ----------------------
+//
+//   signature_log_native(signature[B,D], channels C, depth N) -> logsignature[B,M]
+//
+// log(1 + X) = sum_{n=1..N} c_n X^n with c_n = (-1)^(n+1)/n, by Horner's scheme
+//     B(N) = c_N,   B(n) = c_n + X ⊗ B(n+1)  (n = N-1..1; B(n) needs levels 0..N-n),
+//     log = X ⊗ B(1).
+// Only the Lyndon-word entries of log are wanted, and each is a short sum
+//     log_k[w] = sum_{i=1..k} X_i[w / C^(k-i)] B(1)_(k-i)[w % C^(k-i)]   (B(1)_0 = 1),
+// so the top level is never formed: the cost is that of B(1) up to level N-1, O(N C^(N-1))
+// per path, instead of N-1 full truncated products (O(N^2 C^N)) in torch. The backward pass
+// recomputes the B(n) of a path and carries the gradient through the same sums in reverse.
+
+// Horner intermediates of one path: B(n) for n = 1..N, each with levels 0..N-n, stored in
+// `B` at n * stride (level 0 at index 0, level k >= 1 at 1 + offset[k]).
+struct LogPlan {
+    Levels L;
+    int64_t stride;                          // 1 + offset[N]: levels 0..N-1 with a scalar term
+    std::vector<std::vector<int64_t>> words; // words[k]: Lyndon words of length k (flat indices)
+    int64_t size;                            // number of Lyndon words up to length N
+    LogPlan(int64_t c, int64_t n) : L(c, n), stride(1 + L.offset[n]), words(n + 1), size(0) {
+        for (int64_t k = 1; k <= n; k++) {
+            const Tensor w = lyndon_words(c, k);
+            const int64_t* wp = w.data_ptr<int64_t>();
+            words[k].assign(wp, wp + w.numel());
+            size += w.numel();
+        }
+    }
+    static double coefficient(int64_t n) { return (n % 2 == 1 ? 1.0 : -1.0) / double(n); }
+};
+
+template <typename T>
+inline const T* level_of(const T* B, const Levels& L, int64_t k) { return k == 0 ? B : B + 1 + L.offset[k]; }
+template <typename T>
+inline T* level_of(T* B, const Levels& L, int64_t k) { return k == 0 ? B : B + 1 + L.offset[k]; }
+
+// B(n) for n = N..1 from the signature levels X (flat, no scalar term).
+template <typename T>
+void log_horner(const T* X, const LogPlan& P, T* B) {
+    const Levels& L = P.L;
+    const int64_t N = L.depth;
+    std::fill(B, B + (N + 1) * P.stride, T(0));
+    B[N * P.stride] = T(LogPlan::coefficient(N));
+    for (int64_t n = N - 1; n >= 1; n--) {
+        T* out = B + n * P.stride;
+        const T* inner = B + (n + 1) * P.stride;
+        out[0] = T(LogPlan::coefficient(n));
+        for (int64_t k = 1; k <= N - n; k++) {
+            T* o = level_of(out, L, k);
+            for (int64_t i = 1; i <= k; i++) {
+                const int64_t j = k - i, wj = L.width[j];
+                const T* x = X + L.offset[i];
+                const T* b = level_of(inner, L, j);
+                for (int64_t u = 0; u < L.width[i]; u++) {
+                    const T xu = x[u];
+                    T* row = o + u * wj;
+                    for (int64_t v = 0; v < wj; v++) row[v] += xu * b[v];
+                }
+            }
+        }
+    }
+}
+
+template <typename T>
+void log_forward_path(const T* X, const LogPlan& P, T* B, T* out) {
+    const Levels& L = P.L;
+    log_horner(X, P, B);
+    const T* B1 = B + P.stride;
+    for (int64_t k = 1; k <= L.depth; k++) {
+        for (int64_t w : P.words[k]) {
+            T total = 0;
+            for (int64_t i = 1; i <= k; i++) {
+                const int64_t j = k - i;
+                total += X[L.offset[i] + w / L.width[j]] * level_of(B1, L, j)[w % L.width[j]];
+            }
+            *out++ = total;
+        }
+    }
+}
+
+// gX (+)= d(sum g * log)/dX for one path; gB is scratch of the size of B.
+template <typename T>
+void log_backward_path(const T* X, const T* g, const LogPlan& P, T* B, T* gB, T* gX) {
+    const Levels& L = P.L;
+    const int64_t N = L.depth;
+    log_horner(X, P, B);
+    std::fill(gB, gB + (N + 1) * P.stride, T(0));
+    T* gB1 = gB + P.stride;
+    const T* B1 = B + P.stride;
+    for (int64_t k = 1; k <= N; k++) {
+        for (int64_t w : P.words[k]) {
+            const T gw = *g++;
+            for (int64_t i = 1; i <= k; i++) {
+                const int64_t j = k - i, u = w / L.width[j], v = w % L.width[j];
+                gX[L.offset[i] + u] += gw * level_of(B1, L, j)[v];
+                if (j > 0) level_of(gB1, L, j)[v] += gw * X[L.offset[i] + u];
+            }
+        }
+    }
+    // B(n) = c_n + X ⊗ B(n+1): from B(1) inwards
+    for (int64_t n = 1; n <= N - 1; n++) {
+        const T* gout = gB + n * P.stride;
+        const T* inner = B + (n + 1) * P.stride;
+        T* ginner = gB + (n + 1) * P.stride;
+        for (int64_t k = 1; k <= N - n; k++) {
+            const T* go = level_of(gout, L, k);
+            for (int64_t i = 1; i <= k; i++) {
+                const int64_t j = k - i, wj = L.width[j];
+                const T* x = X + L.offset[i];
+                T* gx = gX + L.offset[i];
+                const T* b = level_of(inner, L, j);
+                T* gb = level_of(ginner, L, j);
+                for (int64_t u = 0; u < L.width[i]; u++) {
+                    const T* row = go + u * wj;
+                    T acc = 0;
+                    for (int64_t v = 0; v < wj; v++) acc += row[v] * b[v];
+                    gx[u] += acc;
+                    if (j > 0) {
+                        const T xu = x[u];
+                        for (int64_t v = 0; v < wj; v++) gb[v] += xu * row[v];
+                    }
+                }
+            }
+        }
+    }
+}
+
+void check_log_inputs(const Tensor& signature, int64_t channels, int64_t depth) {
+    TORCH_CHECK(channels >= 1 && depth >= 1, "signature_log_native: channels and depth must be >= 1");
+    TORCH_CHECK(signature.scalar_type() == torch::kFloat64 || signature.scalar_type() == torch::kFloat32,
+                "signature_log_native: signature must be float32 or float64");
+    TORCH_CHECK(signature.device().is_cpu(), "signature_log_native: CPU tensors only");
+    const Levels L(channels, depth);
+    TORCH_CHECK(signature.dim() == 2 && signature.size(1) == L.size,
+                "signature_log_native: signature must be (batch, ", L.size, ") for ", channels,
+                " channels at depth ", depth, ", got ", signature.sizes());
+}
+
+class LogSignature : public torch::autograd::Function<LogSignature> {
+public:
+    static Tensor forward(AutogradContext* ctx, const Tensor& signature, int64_t channels, int64_t depth) {
+        check_log_inputs(signature, channels, depth);
+        const Tensor X = signature.detach().contiguous();
+        const LogPlan P(channels, depth);
+        const int64_t batch = X.size(0);
+        Tensor out = torch::empty({batch, P.size}, X.options());
+        AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "signature_log_native", [&] {
+            const scalar_t* xp = X.data_ptr<scalar_t>();
+            scalar_t* op = out.data_ptr<scalar_t>();
+            at::parallel_for(0, batch, paths_per_chunk(P.stride * depth + P.size * depth), [&](int64_t begin, int64_t end) {
+                std::vector<scalar_t> B((depth + 1) * P.stride);
+                for (int64_t p = begin; p < end; p++)
+                    log_forward_path(xp + p * P.L.size, P, B.data(), op + p * P.size);
+            });
+        });
+        ctx->saved_data["channels"] = channels;
+        ctx->saved_data["depth"] = depth;
+        ctx->save_for_backward({X});
+        return out;
+    }
+
+    static variable_list backward(AutogradContext* ctx, variable_list grads) {
+        TORCH_CHECK(!torch::GradMode::is_enabled(),
+                    "signature_log_native: double backward (create_graph=True) is not supported by the "
+                    "native kernel; compute the log-signature with native=False for higher derivatives");
+        const Tensor X = ctx->get_saved_variables()[0];
+        const int64_t channels = ctx->saved_data["channels"].toInt(), depth = ctx->saved_data["depth"].toInt();
+        const LogPlan P(channels, depth);
+        const int64_t batch = X.size(0);
+        Tensor grad = torch::zeros_like(X);
+        if (!grads[0].defined()) return {grad, Tensor(), Tensor()};
+        const Tensor g = grads[0].to(X.scalar_type()).contiguous();
+        AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "signature_log_native_backward", [&] {
+            const scalar_t* xp = X.data_ptr<scalar_t>();
+            const scalar_t* gp = g.data_ptr<scalar_t>();
+            scalar_t* grad_p = grad.data_ptr<scalar_t>();
+            at::parallel_for(0, batch, paths_per_chunk(P.stride * depth + P.size * depth), [&](int64_t begin, int64_t end) {
+                std::vector<scalar_t> B((depth + 1) * P.stride), gB((depth + 1) * P.stride);
+                for (int64_t p = begin; p < end; p++)
+                    log_backward_path(xp + p * P.L.size, gp + p * P.size, P, B.data(), gB.data(),
+                                      grad_p + p * P.L.size);
+            });
+        });
+        return {grad, Tensor(), Tensor()};
+    }
+};
+
+Tensor signature_log_native(const Tensor& signature, int64_t channels, int64_t depth) {
+    return LogSignature::apply(signature, channels, depth);
+}
+
 } // namespace
 
 TORCH_LIBRARY_FRAGMENT(openmm_geom, m) {
     m.def("signature_native(Tensor path, int depth, Tensor? initial=None) -> Tensor", signature_native);
     m.def("lyndon_words(int channels, int length) -> Tensor", lyndon_words);
+    m.def("signature_log_native(Tensor signature, int channels, int depth) -> Tensor", signature_log_native);
 }

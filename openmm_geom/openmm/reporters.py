@@ -221,6 +221,7 @@ class SignatureReporter(CsvReporterFile):
         self._capacity = window if window is not None else report // self._sample + 1
         self._buffer: Optional[np.ndarray] = None
         self._buffered = 0
+        self._checked_particles = -1
         self._open_output(file, append)
         self._header_written = append
         self.rows = 0
@@ -233,14 +234,16 @@ class SignatureReporter(CsvReporterFile):
         positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
                                dtype=np.float64)
         n = positions.shape[0]
-        if self._atoms is not None:
-            if self._atoms.min() < 0 or self._atoms.max() >= n:
+        if n != self._checked_particles:  # the selection is checked once per system size
+            if self._atoms is not None and (self._atoms.min() < 0 or self._atoms.max() >= n):
                 raise IndexError(f"atoms out of range for a system of {n} particles")
-            positions = positions[self._atoms]
-        elif self._mapping is not None:
-            if self._mapping.shape[1] != n:
+            if self._mapping is not None and self._mapping.shape[1] != n:
                 raise ValueError(f"mapping has {self._mapping.shape[1]} columns for a system of "
                                  f"{n} particles")
+            self._checked_particles = n
+        if self._atoms is not None:
+            positions = positions[self._atoms]
+        elif self._mapping is not None:
             positions = self._mapping @ positions
         if not np.isfinite(positions).all():
             raise ValueError(f"non-finite coordinates at step {simulation.currentStep}: the "

@@ -347,13 +347,16 @@ def signature_levels(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MA
 
     ``native``: the compiled kernel (default) or the pure-torch reference (see the module).
     """
+    if _uses_kernel(path, native):
+        return _split_levels(_signature_flat(path, depth, max_bytes, native), path.size(-1),
+                             depth)
+    return _reference_levels(path, depth, max_bytes)
+
+
+def _reference_levels(path: torch.Tensor, depth: int, max_bytes: int) -> List[torch.Tensor]:
     _check_depth_channels(path.size(-1), depth)
-    kernel = _uses_kernel(path, native)
-    _check_path(path, depth, max_bytes, kernel)
+    _check_path(path, depth, max_bytes, False)
     batch, length, channels = path.size(0), path.size(1), path.size(2)
-    if kernel:
-        return _split_levels(torch.ops.openmm_geom.signature_native(path, depth, None),
-                             channels, depth)
     block = _block_length(batch, channels, depth, length - 1)
     levels = _zero_levels(batch, channels, depth, path)
     if not torch.jit.is_scripting():
@@ -430,9 +433,17 @@ def signature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES
     without it; 0.5 GB and 8.2 s with it; 0.33 GB estimated.
     """
     if path.dim() == 2:
-        return torch.cat(signature_levels(path.unsqueeze(0), depth, max_bytes, native),
-                         dim=-1).squeeze(0)
-    return torch.cat(signature_levels(path, depth, max_bytes, native), dim=-1)
+        return _signature_flat(path.unsqueeze(0), depth, max_bytes, native).squeeze(0)
+    return _signature_flat(path, depth, max_bytes, native)
+
+
+def _signature_flat(path: torch.Tensor, depth: int, max_bytes: int, native: bool) -> torch.Tensor:
+    """(B, signature_channels): the kernel's output as it is, or the reference's levels joined."""
+    if not _uses_kernel(path, native):
+        return torch.cat(_reference_levels(path, depth, max_bytes), dim=-1)
+    _check_depth_channels(path.size(-1), depth)
+    _check_path(path, depth, max_bytes, True)
+    return torch.ops.openmm_geom.signature_native(path, depth, None)
 
 
 def _split_levels(flat: torch.Tensor, channels: int, depth: int) -> List[torch.Tensor]:
@@ -495,6 +506,12 @@ def levels_to_logsignature(levels: List[torch.Tensor], channels: int, depth: int
     return torch.cat(parts, dim=-1)
 
 
+def _log_map(flat: torch.Tensor, channels: int, depth: int, kernel: bool) -> torch.Tensor:
+    if kernel:
+        return torch.ops.openmm_geom.signature_log_native(flat, channels, depth)
+    return levels_to_logsignature(_split_levels(flat, channels, depth), channels, depth)
+
+
 def logsignature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BYTES,
                  native: bool = True) -> torch.Tensor:
     """Log-signature of piecewise-linear paths in Lyndon-word coordinates.
@@ -508,8 +525,8 @@ def logsignature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BY
     max_bytes : int
         Memory refusal threshold, see :func:`signature`.
     native : bool
-        Compiled kernel (default) or pure-torch reference, see :func:`signature`. The log
-        map itself (once per path) is torch operations either way.
+        Compiled kernels (default) or pure-torch reference, see :func:`signature`. The
+        kernel's log map (``signature_log_native``) computes only the Lyndon-word entries.
 
     Returns
     -------
@@ -520,8 +537,8 @@ def logsignature(path: torch.Tensor, depth: int, max_bytes: int = DEFAULT_MAX_BY
     single = path.dim() == 2
     if single:
         path = path.unsqueeze(0)
-    levels = signature_levels(path, depth, max_bytes, native)
-    result = levels_to_logsignature(levels, path.size(-1), depth)
+    result = _log_map(_signature_flat(path, depth, max_bytes, native), path.size(-1), depth,
+                      _uses_kernel(path, native))
     if single:
         result = result.squeeze(0)
     return result
@@ -680,5 +697,4 @@ class SignatureStream(torch.nn.Module):
     @torch.jit.export
     def logsignature(self) -> torch.Tensor:
         """Current log-signature in Lyndon-word coordinates (batch, logsignature_channels)."""
-        return levels_to_logsignature(_split_levels(self.flat, self.channels, self.depth),
-                                      self.channels, self.depth)
+        return _log_map(self.flat, self.channels, self.depth, _uses_kernel(self.flat, self.native))

@@ -1,6 +1,8 @@
 """Signature / log-signature op against pysiglib 4.0 (the oracle), gradients, streaming, symmetries."""
 import itertools
 import math
+import os
+import sys
 
 import pysiglib
 import pysiglib.torch_api as siglib_torch
@@ -333,19 +335,36 @@ def test_kernel_long_path_gradient_equals_reference():
     assert _relative_error(results[0][1], results[1][1]) < 1e-8
 
 
-def test_kernel_streaming_equals_batch_and_reference_stream():
-    path = _random_walk(3, 101, 8, seed=25)
-    native, reference = sig.SignatureStream(8, 3, batch=3), sig.SignatureStream(8, 3, batch=3,
-                                                                                 native=False)
+@pytest.mark.parametrize("channels,depth", [(8, 3), (8, 2), (16, 2), (3, 2)])
+def test_kernel_streaming_equals_batch_and_reference_stream(channels, depth):
+    """Chunks extend a stored signature (the kernel's ``initial``); depth 2 has its own
+    one-pass loop."""
+    path = _random_walk(3, 101, channels, seed=25)
+    native = sig.SignatureStream(channels, depth, batch=3)
+    reference = sig.SignatureStream(channels, depth, batch=3, native=False)
     for chunk in torch.split(path, 17, dim=1):
         native.update(chunk)
         reference.update(chunk)
-    assert _relative_error(native.signature(), sig.signature(path, 3)) < 1e-12
+    assert _relative_error(native.signature(), sig.signature(path, depth)) < 1e-12
     assert _relative_error(native.signature(), reference.signature()) < 1e-12
+    assert _relative_error(native.logsignature(), reference.logsignature()) < 1e-12
+
+
+@pytest.mark.parametrize("channels", [2, 3, 8, 16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernel_finds_a_non_finite_value_anywhere(channels, dtype):
+    """The kernel checks values during its sweep (depth 2: in the same pass as the sums)."""
+    for depth in (2, 3):
+        for step in (0, 20, 39):
+            for value in (float("nan"), float("inf"), -float("inf")):
+                bad = _random_walk(3, 40, channels, seed=17).to(dtype)
+                bad[1, step, channels - 1] = value
+                with pytest.raises(ValueError, match="NaN or infinite"):
+                    sig.signature(bad, depth)
 
 
 def test_kernel_threads_split_the_batch_not_the_result():
-    path = _random_walk(9, 60, 4, seed=26)
+    path = _random_walk(9, 1000, 4, seed=26)  # large enough per path to be split (grain)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -353,6 +372,41 @@ def test_kernel_threads_split_the_batch_not_the_result():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(two, sig.signature(path, 4))
+
+
+def _busy_threads() -> dict:
+    ticks = {}
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/stat") as handle:
+            ticks[task] = int(handle.read().rsplit(")", 1)[1].split()[11])  # utime
+    return ticks
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kernel_runs_on_torchs_openmp_threads():
+    """at::parallel_for only parallelises code compiled with OpenMP; the library must use
+    torch's own runtime (one libgomp in the process), so torch.set_num_threads governs it."""
+    from openmm_geom.ops import load_ops_library
+
+    library = str(load_ops_library())
+    with open("/proc/self/maps") as handle:
+        mapped = [line.split()[-1] for line in handle]
+    runtimes = {name for name in mapped if "libgomp" in name}
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    assert library in mapped and len(runtimes) == 1
+    assert os.path.dirname(runtimes.pop()) == torch_lib
+    path = _random_walk(64, 2000, 8, seed=29)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        start = _busy_threads()
+        for _ in range(8):
+            sig.signature(path, 4)
+        end = _busy_threads()
+    finally:
+        torch.set_num_threads(before)
+    worked = sorted(end[t] - start.get(t, 0) for t in end)
+    assert worked[-2] >= 5, worked  # a second thread did a share of the sweeps
 
 
 def test_kernel_refuses_double_backward_clearly():
@@ -377,3 +431,50 @@ def test_native_lyndon_words_equal_the_python_ones_and_are_computed_once():
         native = torch.ops.openmm_geom.lyndon_words(channels, length)
         assert torch.equal(native, sig.lyndon_word_indices(channels, length))
         assert torch.ops.openmm_geom.lyndon_words(channels, length).data_ptr() == native.data_ptr()
+
+
+# --- the native log map against the torch one ---------------------------------------------
+
+LOG_CASES = [(c, n) for c in (1, 2, 3, 5, 8, 16) for n in (1, 2, 3, 4, 5)
+             if sig.signature_channels(c, n) <= 70000]
+
+
+@pytest.mark.parametrize("channels,depth", LOG_CASES)
+def test_native_log_map_equals_the_torch_log_map(channels, depth):
+    """``signature_log_native`` forms only the Lyndon entries by Horner's scheme; the torch
+    reference forms every entry of log(S) by truncated powers. Values and gradients agree."""
+    flat = sig.signature(_random_walk(4, 12, channels, seed=200 + channels + depth), depth)
+    weights = torch.randn(4, sig.logsignature_channels(channels, depth), dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(7 * channels + depth))
+    results = []
+    for native in (True, False):
+        leaf = flat.clone().requires_grad_()
+        if native:
+            value = torch.ops.openmm_geom.signature_log_native(leaf, channels, depth)
+        else:
+            levels = list(torch.split(leaf, [channels ** k for k in range(1, depth + 1)], -1))
+            value = sig.levels_to_logsignature(levels, channels, depth)
+        (value * weights).sum().backward()
+        results.append((value.detach(), leaf.grad))
+    (value_k, grad_k), (value_r, grad_r) = results
+    assert value_k.shape == value_r.shape
+    assert _relative_error(value_k, value_r) < 1e-12
+    assert _relative_error(grad_k, grad_r) < 1e-12
+
+
+def test_native_log_map_gradcheck_float32_and_errors():
+    flat = sig.signature(_random_walk(2, 6, 3, seed=31), 4).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda s: torch.ops.openmm_geom.signature_log_native(s, 3, 4), (flat,))
+    single = torch.ops.openmm_geom.signature_log_native(flat.detach().float(), 3, 4)
+    assert single.dtype == torch.float32
+    assert _relative_error(single.double(), sig.logsignature(_random_walk(2, 6, 3, seed=31), 4)) < 1e-5
+    with pytest.raises(RuntimeError, match=r"must be \(batch, 39\)"):
+        torch.ops.openmm_geom.signature_log_native(flat.detach()[:, :-1], 3, 3)
+    path = _random_walk(2, 10, 3, seed=32).requires_grad_()
+    with pytest.raises(RuntimeError, match="double backward.*native=False"):
+        torch.autograd.grad(torch.ops.openmm_geom.signature_log_native(
+            sig.signature(path, 3, native=False), 3, 3).sum(), path, create_graph=True)
+    (first,) = torch.autograd.grad(sig.logsignature(path, 3, native=False).sum(), path,
+                                   create_graph=True)
+    assert first.requires_grad
