@@ -242,15 +242,11 @@ def bench_reporter(steps: int, repeats: int, threads: int) -> dict:
             "other_load": load}
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
-
-
 def _peak_memory(batch: int, length: int, channels: int, depth: int, queue) -> None:
     """In a fresh process: the peak RSS one forward + backward adds to the process (the path
     itself is allocated before)."""
     from openmm_geom.ops import signature as ours
+    from openmm_geom.threads import memory_status_bytes
 
     torch.set_num_threads(1)
     path = random_walk(batch, length, channels).requires_grad_()
@@ -259,9 +255,9 @@ def _peak_memory(batch: int, length: int, channels: int, depth: int, queue) -> N
     # ru_maxrss Linux carries over from the parent into a spawned child)
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")
-    before = _status_bytes("VmRSS:")
+    before = memory_status_bytes("VmRSS")
     ours.signature(path, depth).sum().backward()
-    after = _status_bytes("VmHWM:")
+    after = memory_status_bytes("VmHWM")
     queue.put({"peak_added_bytes": after - before,
                "estimated_bytes": ours.signature_memory_bytes(batch, length, channels, depth, 8,
                                                               True, native=True),

@@ -14,7 +14,7 @@ import os
 import torch
 
 __all__ = ["set_threads", "cpu_platform_properties", "default_threads", "retain_freed_memory",
-           "release_freed_memory"]
+           "release_freed_memory", "memory_status_bytes"]
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -55,6 +55,14 @@ def cpu_platform_properties(n: int | None = None) -> dict:
     return {"Threads": str(default_threads() if n is None else int(n))}
 
 
+def _libc_function(name: str):
+    """A glibc function by name, or None where the C library has no such function."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def retain_freed_memory() -> bool:
     """Keep the memory torch frees for the next call instead of returning it to the kernel.
 
@@ -73,11 +81,8 @@ def retain_freed_memory() -> bool:
     bool
         True if glibc accepted both settings; False (nothing changed) without glibc.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:  # not glibc (musl, macOS): nothing to set
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # -1 as the threshold is SIZE_MAX once glibc converts it: trimming never happens
@@ -95,10 +100,25 @@ def release_freed_memory() -> bool:
     bool
         True if glibc released something; False otherwise (or without glibc).
     """
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    trim = _libc_function("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))
+
+
+def memory_status_bytes(field: str = "VmHWM") -> int | None:
+    """A memory field of this process from ``/proc/self/status`` in bytes (Linux), or None.
+
+    ``VmHWM`` (default) is the peak resident memory, ``VmRSS`` the current one. For peaks,
+    prefer this to ``getrusage``: Linux carries ``ru_maxrss`` over from a parent into a
+    spawned child.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

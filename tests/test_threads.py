@@ -61,3 +61,23 @@ def test_released_memory_goes_back_to_the_kernel():
     kept, after, released = done.stdout.split()[-3:]
     assert released == "True"
     assert int(kept) - int(after) > 300e6  # most of the 400 MB kept by retain_freed_memory
+
+
+PEAK_SCRIPT = """
+import torch
+from openmm_geom.threads import memory_status_bytes
+before = memory_status_bytes("VmHWM")
+block = torch.ones(50_000_000)  # 200 MB, touched
+del block
+print(before, memory_status_bytes("VmHWM"), memory_status_bytes("VmRSS"))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status")
+def test_memory_status_reports_the_peak_and_the_current_resident_memory():
+    done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, peak, current = (int(v) for v in done.stdout.split()[-3:])
+    assert peak - before > 180e6  # the 200 MB block raised the high-water mark
+    assert current < peak - 150e6  # and was given back (above glibc's mmap threshold)

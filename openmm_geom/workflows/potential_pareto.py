@@ -23,8 +23,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from .. import arguments as check
-from ..threads import (cpu_platform_properties, release_freed_memory, retain_freed_memory,
-                       set_threads)
+from ..threads import (cpu_platform_properties, memory_status_bytes, release_freed_memory,
+                       retain_freed_memory, set_threads)
 from ..data.potential_data import load_potential_data, time_block_split
 from ..progress import progress_bar
 from .config import MODEL_SIZES, PARETO_GRID, SIZES, budget
@@ -163,35 +163,21 @@ def _time_model(model_path: str, pdb: str, exported: str, threads: int, seconds:
         export_for_structure(model_path, pdb, exported)
     rate = openmm_steps_per_second(exported, topology, positions, box, threads=threads,
                                    seconds=seconds)["steps_per_second"]
-    return {"steps_per_second": rate, "peak_rss_bytes": _peak_rss_bytes()}
-
-
-def _peak_rss_bytes() -> Optional[int]:
-    """This process's peak resident memory (VmHWM). Not ``getrusage``: Linux carries its
-    ``ru_maxrss`` over from the parent into a spawned child."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return {"steps_per_second": rate, "peak_rss_bytes": memory_status_bytes("VmHWM")}
 
 
 def in_fresh_process(function, *arguments) -> dict:
     """``function(*arguments)`` (a dict) in a spawned process: no allocator history from the
     models timed before. If the process dies (the kernel's out-of-memory killer, a crash),
-    ``{"steps_per_second": None, "peak_rss_bytes": None, "failed": reason}`` is returned
+    ``{"failed": reason}`` is returned
     instead of waiting for it forever; an exception it raises is raised here."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         try:
             return pool.submit(function, *arguments).result()
         except concurrent.futures.process.BrokenProcessPool:
-            return {"steps_per_second": None, "peak_rss_bytes": None,
-                    "failed": "the timing process died (killed by the kernel, most likely out "
-                              "of memory)"}
+            return {"failed": "the process died (killed by the kernel, most likely out of "
+                              "memory)"}
 
 
 def _run_name(architecture: str, size: str, seed: int) -> str:
@@ -316,8 +302,8 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
                 # within it (fast), all of it returned when it ends
                 timing = in_fresh_process(_time_model, str(model_path), box["pdb"],
                                           str(exported), t, speed_seconds, t == threads[0])
-                entry["steps_per_second_openmm"][target][str(t)] = timing["steps_per_second"]
-                entry["peak_rss_bytes"][target][str(t)] = timing["peak_rss_bytes"]
+                entry["steps_per_second_openmm"][target][str(t)] = timing.get("steps_per_second")
+                entry["peak_rss_bytes"][target][str(t)] = timing.get("peak_rss_bytes")
                 if "failed" in timing:
                     entry["failed"][f"{target} atoms, {t} threads"] = timing["failed"]
                 speed_bar.update(1)

@@ -238,6 +238,6 @@ def test_a_timing_process_that_dies_is_recorded_not_waited_for():
     """The first full pareto run hung: the out-of-memory killer took a timing process of a
     multiprocessing Pool, which replaced it and waited for its result forever."""
     result = in_fresh_process(_killed_by_the_kernel)
-    assert result["steps_per_second"] is None and "died" in result["failed"]
+    assert list(result) == ["failed"] and "died" in result["failed"]
     with pytest.raises(ValueError, match="clear error"):
         in_fresh_process(_refuses)
