@@ -151,14 +151,14 @@ def openmm_steps_per_second(exported, topology, positions, box, *, threads: int,
             "steps_per_block": steps, "threads": threads}
 
 
-def _time_model(model_path: str, pdb: str, exported: str, threads: int, seconds: float,
-                export: bool) -> dict:
+def _time_model(model_path: str, pdb: str, positions: np.ndarray, exported: str, threads: int,
+                seconds: float, export: bool) -> dict:
     """With ``export``, export ``model_path`` for the box ``pdb`` to ``exported`` (a file left
-    by an earlier run may hold another model); time it with ``threads`` threads. Run in a
-    fresh process by :func:`pareto`. Returns steps/s and the peak RSS."""
+    by an earlier run may hold another model); time it with ``threads`` threads from
+    ``positions`` (the relaxed box, nm). Run in a fresh process by :func:`pareto`. Returns
+    steps/s and the peak RSS."""
     retain_freed_memory()  # no per-call page faults (the potential commands' setting)
-    topology, positions, box = read_structure(pdb)
-    positions = _relaxed(topology, positions, box)
+    topology, _, box = read_structure(pdb)
     if export:
         export_for_structure(model_path, pdb, exported)
     rate = openmm_steps_per_second(exported, topology, positions, box, threads=threads,
@@ -257,6 +257,8 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     boxes = speed_boxes(data.atomic_numbers, out / "boxes", atoms)
+    # every model starts from the same box, minimised once here
+    relaxed = {box["target"]: _relaxed(*read_structure(box["pdb"])) for box in boxes}
 
     runs, curves = [], {}
     bar = progress_bar(len(models) * len(seeds), "training", enabled=progress, unit="model")
@@ -301,7 +303,8 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
                 # a fresh process per model, box and thread count: freed memory retained
                 # within it (fast), all of it returned when it ends
                 timing = in_fresh_process(_time_model, str(model_path), box["pdb"],
-                                          str(exported), t, speed_seconds, t == threads[0])
+                                          relaxed[box["target"]], str(exported), t,
+                                          speed_seconds, t == threads[0])
                 entry["steps_per_second_openmm"][target][str(t)] = timing.get("steps_per_second")
                 entry["peak_rss_bytes"][target][str(t)] = timing.get("peak_rss_bytes")
                 if "failed" in timing:
