@@ -6,6 +6,7 @@ enforces it):
 ==========================  ======================================================================
 ``errors, units, io``       one error hierarchy; unit conversions; atomic writes, hashing,
                             versioned file formats, figures
+``parallel``                independent tasks in this process or on a Dask cluster (``--cluster``)
 ``ops``                     neighbour pairs (vesin-torch), pair geometry, path signatures
 ``data``                    reference runs (positions + forces), trajectories, mappings, datasets
 ``models``                  plain scriptable torch modules (no file formats)

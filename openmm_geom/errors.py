@@ -24,6 +24,9 @@ class                          builtin                     raised for
                                ``ValueError``
 :class:`OutOfDistributionError` ``RuntimeError``           an ensemble's forces disagree and
                                                            the run was asked to stop
+:class:`ClusterError`          ``RuntimeError``            a Dask cluster that cannot be
+                                                           started or reached, or the
+                                                           ``distributed`` extra missing
 =============================  ==========================  ==================================
 """
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "CheckpointMismatchError",
     "OutOfDistributionError",
     "OutOfDistributionWarning",
+    "ClusterError",
 ]
 
 
@@ -107,3 +111,14 @@ class OutOfDistributionError(OpenMMGeomError, RuntimeError):
 
 class OutOfDistributionWarning(UserWarning):
     """An ensemble's forces disagree beyond the threshold (the run goes on)."""
+
+
+class ClusterError(OpenMMGeomError, RuntimeError):
+    """A Dask cluster that cannot be started or reached, or the ``distributed`` extra missing.
+
+    ``hint`` (optional) says what to try; the command line prints it under the error.
+    """
+
+    def __init__(self, message: str, *, hint: Optional[str] = None):
+        super().__init__(message)
+        self.hint = hint

@@ -20,6 +20,7 @@ ROOT = Path(openmm_geom.__file__).parent
 LAYERS = [
     {"errors", "units", "arguments", "version", "settings"},
     {"io", "threads", "progress"},
+    {"parallel"},
     {"ops"},
     {"data"},
     {"models"},

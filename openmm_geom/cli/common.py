@@ -102,6 +102,23 @@ def add_standard(parser: argparse.ArgumentParser, handler, *, out: str = None,
     parser.set_defaults(func=handler, resumable=resumable)
 
 
+def add_cluster(parser: argparse.ArgumentParser) -> None:
+    """``--cluster`` and ``--cluster-file``: run the command's independent tasks on Dask
+    (:mod:`openmm_geom.parallel`); neither means in this process, one after the other."""
+    parser.add_argument("--cluster", default=None, metavar="SPEC",
+                        help="run the independent tasks on Dask: local:N (N worker processes "
+                             "here, --threads threads each) or tcp://HOST:PORT (a running "
+                             "scheduler); needs the `distributed` extra (default: in this "
+                             "process)")
+    parser.add_argument("--cluster-file", default=None, metavar="JSON",
+                        help="the scheduler file of a running Dask scheduler (`dask scheduler "
+                             "--scheduler-file`, dask-jobqueue) instead of --cluster "
+                             "(default: none)")
+    parser.add_argument("--cluster-timeout", type=float, default=20.0, metavar="SECONDS",
+                        help="give up on a scheduler (or local workers) that does not answer "
+                             "within this time, before any output is written (default: 20)")
+
+
 def show_progress(args) -> bool:
     """Whether this command draws progress bars (``--progress``/``--no-progress``, else only
     on a terminal; :func:`openmm_geom.progress.show_progress` decides)."""

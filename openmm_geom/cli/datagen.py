@@ -1,7 +1,7 @@
 """``openmm-geom datagen``: an all-atom OpenMM run that saves positions and forces."""
 from __future__ import annotations
 
-from .common import add_standard, emit, show_progress
+from .common import add_cluster, add_standard, emit, show_progress
 
 __all__ = ["add_commands"]
 
@@ -31,6 +31,11 @@ def run_datagen(args) -> int:
         options["forcefield"] = tuple(args.forcefield)
     if args.nonbonded_cutoff is not None:
         options["nonbonded_cutoff_nm"] = args.nonbonded_cutoff
+    if args.trajectories is not None:
+        return _run_ensemble(args, options, water)
+    if args.cluster is not None or args.cluster_file is not None:
+        raise ValueError("--cluster and --cluster-file need --trajectories N (independent "
+                         "runs to spread over the workers)")
     if water:
         from ..data.water import generate_water_reference
 
@@ -48,6 +53,36 @@ def run_datagen(args) -> int:
                "nonbonded_cutoff_nm": generation.get("nonbonded_cutoff_nm"),
                "timestep_fs": data.get("timestep_fs")}
     emit(args, summary, f"wrote {path}: {summary['frames']} frames of {summary['atoms']} atoms")
+    return 0
+
+
+def _run_ensemble(args, options: dict, water: bool) -> int:
+    from ..data.datagen import generate_ensemble
+    from ..parallel import TaskRunner, parse_cluster
+
+    spec = parse_cluster(args.cluster, args.cluster_file, args.threads)
+    progress = options.pop("progress")
+    options.pop("threads")
+    if water:
+        options.update(density=args.water_density, ion_pairs=args.ion_pairs)
+        source = args.water_box
+    else:
+        options["rigid_water"] = not args.flexible_water
+        source = args.pdb
+    runner = TaskRunner(spec, threads=args.threads or 1, timeout=args.cluster_timeout,
+                        announce=True)
+    manifest = generate_ensemble(source, args.out, args.trajectories, water=water,
+                                 runner=runner, progress=progress, threads=args.threads or 1,
+                                 **options)
+    import json
+
+    data = json.loads(manifest.read_text())
+    summary = {"out": str(args.out), "manifest": str(manifest),
+               "trajectories": len(data["trajectories"]),
+               "frames": sum(m["frames"] for m in data["trajectories"]),
+               "ran_on": data["ran_on"], "files": data["trajectories"]}
+    emit(args, summary, f"wrote {summary['trajectories']} trajectories "
+                        f"({summary['frames']} frames) into {args.out} ({data['ran_on']})")
     return 0
 
 
@@ -99,6 +134,12 @@ def add_commands(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
                    help="frames per checkpointed chunk: at most this many are lost when a run "
                         "is interrupted (default: 1000)")
-    p.add_argument("--out", required=True, metavar="FILE.npz", help="output file (required)")
+    p.add_argument("--trajectories", type=int, default=None, metavar="N",
+                   help="N independent runs with seeds SEED, SEED+1, ...: --out is then a "
+                        "directory of trajectory-KKK.npz files and a manifest.json "
+                        "(default: one run, --out is the file)")
+    p.add_argument("--out", required=True, metavar="FILE.npz",
+                   help="output file, or directory with --trajectories (required)")
+    add_cluster(p)
     add_standard(p, run_datagen, seed=1, resumable=True,
                  threads="CPU platform threads (default: 1, which makes runs bit-reproducible)")
