@@ -171,3 +171,29 @@ def test_a_killed_worker_task_resumes_from_its_checkpoint_and_loses_nothing(tmp_
     for k in range(2):
         assert_same_arrays(reference / f"trajectory-{k:03d}.npz",
                            faulty / f"trajectory-{k:03d}.npz")
+
+
+def test_cg_train_folds_on_a_local_cluster_equal_the_serial_run(tmp_path):
+    """One fold per task: the trained ensemble is the same wherever the folds ran."""
+    import torch
+
+    data = tmp_path / "data"
+    run_cli("datagen", ALANINE, "--trajectories", "1", "--frames", "60", "--interval-ps", "0.05",
+            "--equilibration-ps", "0.01", "--threads", "1", "--out", data)
+    tiny = ["--quick", "--epochs", "2", "--folds", "3", "--gap-frames", "2", "--features", "8",
+            "--filters", "8", "--n-rbf", "8", "--output-hidden", "8", "--threads", "1",
+            "--data", data / "trajectory-000.npz"]
+    run_cli("cg", "train", *tiny, "--out", tmp_path / "serial")
+    done = run_cli("cg", "train", *tiny, "--out", tmp_path / "local", "--cluster", "local:2")
+    assert "running on a local cluster of 2 processes" in done.stderr
+    histories = [json.loads((tmp_path / d / "training.json").read_text())
+                 for d in ("serial", "local")]
+    assert histories[0] == histories[1] and len(histories[0]) == 3
+    from openmm_geom.training.checkpoints import load_cgschnet
+
+    first, second = (load_cgschnet(tmp_path / d / "cg_model.pt")[0].state_dict()
+                     for d in ("serial", "local"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert sorted(p.name for p in (tmp_path / "local" / "logs").iterdir()) == [
+        "fold0.log", "fold1.log", "fold2.log"]

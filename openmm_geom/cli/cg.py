@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_standard, emit, show_progress, summary_text
+from .common import add_cluster, add_standard, emit, show_progress, summary_text
 
 __all__ = ["add_commands"]
 
@@ -30,10 +30,15 @@ def run_cg(args) -> int:
     progress = show_progress(args)
     command = args.cg_command
     if command == "train":
+        from ..parallel import TaskRunner, parse_cluster
+
+        spec = parse_cluster(args.cluster, args.cluster_file, args.threads)
         set_threads(args.threads)
         data = cg.load_cg_data(args.data, pdb=args.pdb, mapping=args.mapping,
                                force_map=settings.force_map)
-        result = cg.train(data, args.out, settings, seed=args.seed, progress=progress)
+        runner = TaskRunner(spec, timeout=args.cluster_timeout, announce=True)
+        result = cg.train(data, args.out, settings, seed=args.seed, progress=progress,
+                          runner=runner)
     elif command == "simulate":
         set_threads(args.threads)
         result = cg.simulate_from(args.model, args.start, args.out, settings, pdb=args.pdb,
@@ -92,6 +97,7 @@ def add_commands(sub) -> None:
                    help="all-atom npz with positions, forces and masses (required)")
     mapping(q)
     common(q, resumable=True)
+    add_cluster(q)
     settings(q, ["train"])
     q = cgsub.add_parser("simulate", help="batched Langevin simulation of a trained model "
                                           "(resumable)")

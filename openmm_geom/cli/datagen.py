@@ -57,7 +57,7 @@ def run_datagen(args) -> int:
 
 
 def _run_ensemble(args, options: dict, water: bool) -> int:
-    from ..data.datagen import generate_ensemble
+    from ..data.ensemble import generate_ensemble
     from ..parallel import TaskRunner, parse_cluster
 
     spec = parse_cluster(args.cluster, args.cluster_file, args.threads)

@@ -68,15 +68,15 @@ from ..errors import FileFormatError, SimulationBlowUp
 from .. import arguments as check
 from ..threads import cpu_platform_properties
 from ..io import (atomic_open, atomic_savez, atomic_write_bytes, check_format, format_tag,
-                  npy_member, read_npz, write_json)
+                  npy_member, read_npz)
 from ..progress import progress_bar
 
 __all__ = [
     "UNITS",
     "check_reference_settings",
+    "check_structure_file",
     "generate_reference",
-    "generate_ensemble",
-    "ENSEMBLE_MANIFEST",
+
     "load_reference",
     "reference_topology",
 ]
@@ -833,6 +833,12 @@ def _checked_settings(*, forcefield, n_frames, save_interval_ps, timestep_fs, te
     return recipe, threads, checkpoint_every
 
 
+def check_structure_file(pdb: Union[str, os.PathLike]) -> None:
+    """Refuse a missing or unreadable structure file with the error :func:`generate_reference`
+    would give, before any work."""
+    _read_structure(pdb)
+
+
 def check_reference_settings(*, n_frames: int, forcefield=("amber14-all.xml",),
                              save_interval_ps: float = 1.0, timestep_fs: float = 1.0,
                              temperature_K: float = 300.0, friction_per_ps: float = 1.0,
@@ -990,80 +996,3 @@ def reference_topology(data: Union[dict, str, os.PathLike]) -> app.Topology:
                          f"have {n_atoms}")
     return topology
 
-
-# --- independent trajectories (one task each) ----------------------------------------------
-
-ENSEMBLE_MANIFEST = "manifest.json"
-
-
-def _ensemble_member(kind: str, source, out: str, options: dict) -> dict:
-    """One trajectory of :func:`generate_ensemble` (a task: runs here or on a Dask worker)."""
-    if kind == "water":
-        from .water import generate_water_reference
-
-        generate_water_reference(int(source), out, **options)
-    else:
-        generate_reference(source, out, **options)
-    with np.load(out, allow_pickle=False) as archive:
-        frames = int(archive["positions"].shape[0])
-    digest = hashlib.sha256(Path(out).read_bytes()).hexdigest()
-    return {"file": Path(out).name, "seed": int(options["seed"]), "frames": frames,
-            "sha256": digest}
-
-
-def generate_ensemble(source, out_dir: Union[str, os.PathLike], trajectories: int, *,
-                      water: bool = False, runner=None, progress: bool = False,
-                      **options) -> Path:
-    """``trajectories`` independent reference runs with seeds ``seed, seed + 1, ...``.
-
-    Each is :func:`generate_reference` of ``source`` (a PDB), or with ``water``
-    :func:`~openmm_geom.data.water.generate_water_reference` of ``source`` waters, written to
-    ``out_dir/trajectory-KKK.npz`` and resumable on its own (``.partial/`` beside it). A
-    ``runner`` (:class:`~openmm_geom.parallel.TaskRunner`) runs them as tasks, e.g. on a Dask
-    cluster; without one they run in turn here. ``out_dir/manifest.json`` lists the files
-    with their seeds, frames and sha256, the settings and the versions.
-
-    Every setting (and the PDB) is checked before anything is written; a run interrupted at
-    any point resumes with the same call (finished trajectories are kept).
-
-    Returns
-    -------
-    pathlib.Path
-        The manifest.
-    """
-    from ..parallel import Task, TaskRunner
-    from ..version import __version__
-
-    trajectories = check.count("trajectories", trajectories)
-    seed = check.count("seed", options.pop("seed", 1), maximum=2**31 - trajectories)
-    if water:
-        check.count("water molecules", source)
-        check_reference_settings(**{**options, "seed": seed + trajectories - 1})
-        described = {"water_box": int(source), **{k: options[k] for k in ("density", "ion_pairs")
-                                                  if k in options}}
-    else:
-        _read_structure(source)  # missing or unreadable: refused here
-        check_reference_settings(**{**options, "seed": seed + trajectories - 1})
-        described = {"pdb": str(source), "pdb_sha256": hashlib.sha256(
-            Path(source).read_bytes()).hexdigest()}
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a directory")
-    options = {**options, "progress": False}
-    tasks = [Task(f"trajectory-{k:03d}", ("water" if water else "pdb",
-                                          int(source) if water else str(source),
-                                          str(out_dir / f"trajectory-{k:03d}.npz"),
-                                          {**options, "seed": seed + k}))
-             for k in range(trajectories)]
-    with (runner if runner is not None else TaskRunner(None)) as active:
-        out_dir.mkdir(parents=True, exist_ok=True)  # once the cluster is up
-        members = active.run(_ensemble_member, tasks, log_dir=out_dir / "logs",
-                             progress=progress, description="trajectories")
-        where = active.spec.describe() if active.spec is not None else "this process"
-    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()
-                if k not in ("progress", "on_checkpoint")}
-    return write_json(out_dir / ENSEMBLE_MANIFEST, {
-        "format": format_tag("datagen-ensemble", 1), "source": described,
-        "trajectories": members, "first_seed": seed, "settings": settings,
-        "ran_on": where, "openmm_version": openmm.__version__,
-        "openmm_geom_version": __version__})

@@ -136,8 +136,14 @@ def train_fold(make_model: Callable[[int], CGSchNet], positions: torch.Tensor,
 
 
 def train_ensemble(make_model: Callable[[int], CGSchNet], positions, forces, config: TrainConfig,
-                   out_dir: Optional[Path] = None, progress: bool = True):
-    """Train ``config.folds`` models by time-block cross-validation; returns (ensemble, results)."""
+                   out_dir: Optional[Path] = None, progress: bool = True, runner=None):
+    """Train ``config.folds`` models by time-block cross-validation; returns (ensemble, results).
+
+    ``runner`` (a :class:`~openmm_geom.parallel.TaskRunner` on a cluster) trains the folds as
+    tasks, one per fold (each resumable from its checkpoint in ``out_dir``; task logs in
+    ``out_dir/logs``); without one they train here one after the other. Each fold's result
+    depends only on its data, settings and seed, not on where it ran.
+    """
     x = torch.as_tensor(np.asarray(positions))
     f = torch.as_tensor(np.asarray(forces), dtype=x.dtype)
     if x.shape != f.shape or x.dim() != 3 or x.shape[-1] != 3:
@@ -145,12 +151,25 @@ def train_ensemble(make_model: Callable[[int], CGSchNet], positions, forces, con
                          "(frames, beads, 3)")
     if not (torch.isfinite(x).all() and torch.isfinite(f).all()):
         raise ValueError("training data contain NaN or infinite values")
+    folds = list(enumerate(time_block_folds(len(x), config.folds, config.gap_frames)))
+
+    def checkpoint(fold):
+        return None if out_dir is None else Path(out_dir) / f"fold{fold}.ckpt"
+
+    if runner is not None and runner.spec is not None:
+        from ..parallel import Task
+
+        tasks = [Task(f"fold{fold}", (make_model, x, f, train_idx, val_idx, config, fold,
+                                      checkpoint(fold), False))
+                 for fold, (train_idx, val_idx) in folds]
+        fold_results = runner.run(train_fold, tasks, progress=progress, description="folds",
+                                  log_dir=None if out_dir is None else Path(out_dir) / "logs")
+    else:
+        fold_results = [train_fold(make_model, x, f, train_idx, val_idx, config, fold,
+                                   checkpoint(fold), progress)
+                        for fold, (train_idx, val_idx) in folds]
     results, models = [], []
-    for fold, (train_idx, val_idx) in enumerate(time_block_folds(len(x), config.folds,
-                                                                 config.gap_frames)):
-        checkpoint = None if out_dir is None else Path(out_dir) / f"fold{fold}.ckpt"
-        result = train_fold(make_model, x, f, train_idx, val_idx, config, fold, checkpoint,
-                            progress)
+    for fold, result in enumerate(fold_results):
         model = make_model(config.seed + fold)
         model.load_state_dict(result.state)
         results.append(result)

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..parallel import TaskRunner
 from ..threads import set_threads
 from ..analysis import (ALANINE_CG_PHI_PSI, dihedrals, kl_divergence, mse_bin_energies,
                         noise_curve, noise_equivalent_sigma, ramachandran_histogram,
@@ -139,17 +140,25 @@ def _make_model_factory(data: CGData, priors, settings: CGSettings):
 
 
 def train(data: CGData, out: Path, settings: CGSettings = PRODUCTION, *, seed: int = 0,
-          progress: bool = True) -> dict:
-    """Fit priors, train the k-fold ensemble, write cg_model.pt (+ OpenMM export, curves)."""
-    from ..analysis.plots import plot_learning_curves
+          progress: bool = True, runner=None) -> dict:
+    """Fit priors, train the k-fold ensemble, write cg_model.pt (+ OpenMM export, curves).
 
+    ``runner``: a :class:`~openmm_geom.parallel.TaskRunner` that trains the folds as tasks
+    (e.g. on a Dask cluster); it is started before ``out`` is created."""
     check_settings(settings)
     seed = check.count("seed", seed, minimum=0)
     if data.forces is None:
         raise ValueError(f"{data.source} has no forces: force matching needs them")
     time_block_folds(len(data.positions), settings.training.folds,
                      settings.training.gap_frames)  # too few frames: refuse before writing
-    out = Path(out)
+    with (runner if runner is not None else TaskRunner(None)) as active:
+        return _train(data, Path(out), settings, seed, progress, active)
+
+
+def _train(data: CGData, out: Path, settings: CGSettings, seed: int, progress: bool,
+           runner) -> dict:
+    from ..analysis.plots import plot_learning_curves
+
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     priors = fit_priors(data.positions, data.temperature_K, bonds=data.bonds,
@@ -161,8 +170,7 @@ def train(data: CGData, out: Path, settings: CGSettings = PRODUCTION, *, seed: i
     f = torch.as_tensor(data.forces, dtype=dtype)
     ensemble, results = train_ensemble(_make_model_factory(data, priors, settings), x, f,
                                        dataclasses.replace(settings.training, seed=seed),
-                                       out_dir=out,
-                                       progress=progress)
+                                       out_dir=out, progress=progress, runner=runner)
     metadata = {"mapping": data.mapping.to_dict(), "masses_amu": data.masses.tolist(),
                 "temperature_K": data.temperature_K, "training_data_hash": data.data_hash,
                 "training_data": data.source, "settings": dataclasses.asdict(settings),
