@@ -19,7 +19,7 @@ from .. import arguments as check
 from ..io import format_tag, write_json
 from ..parallel import Task, TaskRunner
 from ..version import __version__
-from .datagen import check_reference_settings, generate_reference, check_structure_file
+from .datagen import check_reference_settings, check_structure_file, generate_reference
 from .water import generate_water_reference
 
 __all__ = ["generate_ensemble", "ENSEMBLE_MANIFEST"]
