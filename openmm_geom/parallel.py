@@ -144,6 +144,50 @@ def _import_distributed():
     return distributed
 
 
+_PROGRESS_TOPIC = "openmm-geom-task-progress"
+_PROGRESS_SECONDS = 1.0
+
+
+class _ProgressPublisher:
+    """On a Dask worker: while a task runs, send how far its outermost progress bar got
+    (:func:`openmm_geom.progress.completed_fraction`) to the client as worker events, at
+    most once a second. Assumes one task at a time per worker process."""
+
+    def __init__(self, name: str):
+        import threading
+
+        from distributed import get_worker
+
+        from .progress import reset_position
+
+        self.name, self.worker = name, get_worker()
+        reset_position()  # the bars of an earlier task on this worker
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        from .progress import completed_fraction
+
+        last = None
+        while not self.stop.wait(_PROGRESS_SECONDS):
+            fraction = completed_fraction()
+            if fraction is not None and fraction != last:
+                self.worker.log_event(_PROGRESS_TOPIC, {"task": self.name, "fraction": fraction})
+                last = fraction
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
+def _publisher(name: str):
+    try:
+        return _ProgressPublisher(name)
+    except (ImportError, ValueError):  # not on a Dask worker (get_worker raises ValueError)
+        return None
+
+
 def _run_task(function: Callable, arguments: tuple, name: str, threads: int,
               log_dir: Optional[str]):
     """On a worker (or here): set the threads, run the task, log start, end and errors."""
@@ -156,6 +200,7 @@ def _run_task(function: Callable, arguments: tuple, name: str, threads: int,
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} start {name} on {socket.gethostname()} "
               f"pid {os.getpid()}, {threads} thread(s)", file=log, flush=True)
     started = time.perf_counter()
+    publisher = _publisher(name)  # None unless on a Dask worker
     try:
         result = function(*arguments)
     except BaseException:
@@ -163,6 +208,9 @@ def _run_task(function: Callable, arguments: tuple, name: str, threads: int,
             print(traceback.format_exc(), file=log, flush=True)
             log.close()
         raise
+    finally:
+        if publisher is not None:
+            publisher.close()
     if log is not None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done {name} in "
               f"{time.perf_counter() - started:.1f} s", file=log, flush=True)
@@ -202,6 +250,7 @@ class TaskRunner:
         self.client = None
         self._cluster = None
         self._config = None
+        self.task_progress: dict = {}  # task name -> last fraction done a worker reported
 
     @property
     def dashboard(self) -> Optional[str]:
@@ -287,18 +336,35 @@ class TaskRunner:
             bar.close()
 
     def _run_on_cluster(self, function, tasks, logs, bar) -> list:
-        from distributed import as_completed
+        from distributed import wait
 
-        futures = [self.client.submit(_run_task, function, tuple(task.arguments), task.name,
+        def on_progress(event):
+            _, message = event
+            self.task_progress[message["task"]] = float(message["fraction"])
+
+        self.client.subscribe_topic(_PROGRESS_TOPIC, on_progress)
+        futures = {self.client.submit(_run_task, function, tuple(task.arguments), task.name,
                                       self.threads, logs, key=f"{task.name}-{id(self)}",
-                                      pure=False)
-                   for task in tasks]
+                                      pure=False): task.name
+                   for task in tasks}
+        pending = set(futures)
         try:
-            for future in as_completed(futures):
-                future.result()  # raises the task's exception
-                bar.update(1)
+            while pending:
+                try:
+                    done, pending = wait(pending, timeout=_PROGRESS_SECONDS,
+                                         return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done = set()
+                for future in done:
+                    future.result()  # raises the task's exception
+                    bar.update(1)
+                running = [self.task_progress.get(futures[f], 0.0) for f in pending]
+                if running:  # the slowest unfinished task's own progress
+                    bar.set_postfix_str(f"slowest task {100 * min(running):.0f}%", refresh=False)
             return [future.result() for future in futures]
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+        finally:
+            self.client.unsubscribe_topic(_PROGRESS_TOPIC)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-__all__ = ["show_progress", "progress_bar", "position", "reset_position", "ProgressReporter"]
+__all__ = ["show_progress", "progress_bar", "position", "completed_fraction", "reset_position",
+           "ProgressReporter"]
 
 # bar id -> [description, count, total, unit] of every open bar (and of bars closed by an
 # exception), oldest first
@@ -85,6 +86,15 @@ def position() -> Optional[str]:
              for description, count, total, unit in _UNFINISHED.values()
              if total and count < total]
     return "; ".join(parts) or None
+
+
+def completed_fraction() -> Optional[float]:
+    """How far the outermost unfinished bar with a total got (0..1); None if there is none.
+    Safe to call from another thread (a task's progress is read this way on Dask workers)."""
+    for _, count, total, _ in list(_UNFINISHED.values()):
+        if total:
+            return min(count / total, 1.0)
+    return None
 
 
 def reset_position() -> None:

@@ -143,6 +143,22 @@ def test_datagen_trajectories_on_a_local_cluster_equal_the_serial_run(tmp_path):
     assert logs == ["trajectory-000.log", "trajectory-001.log", "trajectory-002.log"]
 
 
+def _half_then_wait(name):
+    from openmm_geom.progress import progress_bar
+
+    bar = progress_bar(4, name, enabled=False)
+    bar.update(2)
+    time.sleep(3.5)  # the worker reports once a second
+    return name
+
+
+def test_a_cluster_run_reports_each_task_s_own_progress():
+    """The tasks' progress bars reach the client (the overall bar shows the slowest task)."""
+    with TaskRunner(parse_cluster("local:2")) as runner:
+        assert runner.run(_half_then_wait, [Task(n, (n,)) for n in ("a", "b")]) == ["a", "b"]
+    assert runner.task_progress == {"a": 0.5, "b": 0.5}
+
+
 LONG = ["--frames", "400", "--interval-ps", "0.1", "--equilibration-ps", "0.01",
         "--checkpoint-every", "40", "--threads", "1"]
 
