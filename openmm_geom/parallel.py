@@ -237,7 +237,8 @@ class TaskRunner:
         dashboard is (the command line does).
 
     Use as a context manager: the cluster starts (or is reached) on entry, which is where an
-    unreachable scheduler is refused, and is closed on exit.
+    unreachable scheduler is refused, and is closed on exit. Nested ``with`` blocks share
+    the cluster of the outermost one.
     """
 
     def __init__(self, spec: Optional[ClusterSpec], threads: int = 1, timeout: float = 20.0,
@@ -251,6 +252,7 @@ class TaskRunner:
         self._cluster = None
         self._config = None
         self.task_progress: dict = {}  # task name -> last fraction done a worker reported
+        self._depth = 0  # nested `with` blocks: the outermost starts and closes the cluster
 
     @property
     def dashboard(self) -> Optional[str]:
@@ -258,7 +260,8 @@ class TaskRunner:
         return getattr(self.client, "dashboard_link", None) if self.client is not None else None
 
     def __enter__(self) -> "TaskRunner":
-        if self.spec is None:
+        self._depth += 1
+        if self.spec is None or self._depth > 1:  # nested use: the cluster is already up
             return self
         distributed = _import_distributed()
         import dask
@@ -277,6 +280,7 @@ class TaskRunner:
                            else _scheduler_address(Path(self.spec.path)))
                 self.client = distributed.Client(address, timeout=self.timeout)
         except (OSError, TimeoutError, RuntimeError) as error:  # RuntimeError: workers did not start
+            self._depth = 0
             self.close()
             where = self.spec.describe()
             raise ClusterError(f"cannot reach the {where} within {self.timeout:g} s: {error}",
@@ -291,7 +295,9 @@ class TaskRunner:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self._depth -= 1
+        if self._depth == 0:
+            self.close()
 
     def close(self) -> None:
         for thing in (self.client, self._cluster):

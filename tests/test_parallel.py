@@ -213,3 +213,24 @@ def test_cg_train_folds_on_a_local_cluster_equal_the_serial_run(tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert sorted(p.name for p in (tmp_path / "local" / "logs").iterdir()) == [
         "fold0.log", "fold1.log", "fold2.log"]
+
+
+def test_signature_train_method_fold_tasks_equal_the_serial_run(tmp_path):
+    """Every (method, fold) a task: the fold records and the summary equal a serial run's."""
+    run_cli("signature", "generate-gene", "--out", tmp_path / "g.npz", "--trajectories", "6",
+            "--test", "2", "--nodes", "12", "--frames", "40", "--no-progress")
+    common = ["signature", "train", "--data", tmp_path / "g.npz", "--methods",
+              "deep-signature,head-tail", "--epochs", "2", "--groups", "2", "--folds", "2",
+              "--threads", "1", "--no-progress", "--json"]
+    serial = json.loads(run_cli(*common, "--out", tmp_path / "serial").stdout)
+    local = json.loads(run_cli(*common, "--out", tmp_path / "local",
+                               "--cluster", "local:2").stdout)
+    assert serial["accuracy"] == local["accuracy"] and serial["recall"] == local["recall"]
+    for method in ("deep-signature", "head-tail"):
+        for k in range(2):
+            records = [json.loads((tmp_path / d / "folds" / method / f"fold{k}.json").read_text())
+                       for d in ("serial", "local")]
+            for record in records:
+                record.pop("seconds", None)
+            assert records[0] == records[1]
+    assert len(list((tmp_path / "local" / "logs").iterdir())) == 4

@@ -2,7 +2,7 @@
 featurize | reproduce); the work is :mod:`openmm_geom.workflows.signature`."""
 from __future__ import annotations
 
-from .common import add_standard, emit, show_progress, summary_text
+from .common import add_cluster, add_standard, emit, show_progress, summary_text
 
 __all__ = ["add_commands"]
 
@@ -19,6 +19,13 @@ def _settings(args):
     from ..training.config import TrainingSettings
 
     return override(_base(args.signature_command), **overrides_from(args, TrainingSettings))
+
+
+def _runner(args):
+    from ..parallel import TaskRunner, parse_cluster
+
+    return TaskRunner(parse_cluster(args.cluster, args.cluster_file, args.threads),
+                      timeout=args.cluster_timeout, announce=True)
 
 
 def run_signature(args) -> int:
@@ -45,7 +52,8 @@ def run_signature(args) -> int:
         result = {"out": str(path), "trajectories": args.trajectories, "test": args.test}
     elif command == "train":
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        result = workflow.train(args.data, args.out, methods, _settings(args), progress=progress)
+        result = workflow.train(args.data, args.out, methods, _settings(args), progress=progress,
+                                runner=_runner(args))
     elif command == "evaluate":
         result = workflow.evaluate(args.model, args.data)
     elif command == "featurize":
@@ -55,7 +63,8 @@ def run_signature(args) -> int:
     else:  # reproduce
         settings = _settings(args)
         result = workflow.reproduce_gene(args.out, seed=settings.seed, settings=settings,
-                                         rate_spread=args.rate_spread, progress=progress)
+                                         rate_spread=args.rate_spread, progress=progress,
+                                         runner=_runner(args))
     text = summary_text(result)
     if isinstance(result.get("accuracy"), dict):
         text += "\n" + "\n".join(f"{m}: test accuracy {100 * a:.2f}%, recall "
@@ -113,6 +122,7 @@ def add_commands(sub) -> None:
                    help="comma-separated: deep-signature, graph-lstm, graph-trans, head, tail, "
                         "head-tail, dihedral-svm (default: deep-signature)")
     add_standard(q, run_signature, out="output directory", resumable=True)
+    add_cluster(q)
     training_options(q, "train")
     q = sgsub.add_parser("evaluate", help="a saved fold model on a dataset's test trajectories")
     q.add_argument("--model", required=True, metavar="FILE",
@@ -142,4 +152,5 @@ def add_commands(sub) -> None:
                         "give the class away, as in the paper's Table 4; 1: fixed B = R = 1 "
                         "(default: 2.0)")
     add_standard(q, run_signature, out="output directory", resumable=True)
+    add_cluster(q)
     training_options(q, "reproduce")

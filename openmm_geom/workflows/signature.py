@@ -25,6 +25,7 @@ from openmm_geom.training.signature_classifier import (ALL_METHODS, SVM_METHOD, 
                                                        cross_validate)
 
 from .. import arguments as check
+from ..parallel import Task, TaskRunner
 from ..settings import check_settings
 from .config import GENE_PRODUCTION
 
@@ -76,10 +77,25 @@ def _write_json(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, json.dumps(payload, indent=2, default=float).encode())
 
 
+def _fold_task(dataset: str, method: str, settings: TrainingSettings, hyper: dict, out: str,
+               fold: int) -> int:
+    """One (method, fold) of :func:`train` as a task: trains the fold and writes its record
+    (``out/METHOD/foldK.json``, ``.pt``), which the summary then reads."""
+    cross_validate(dataset, method, settings, hyper=hyper, out=out, progress=False,
+                   folds_to_run=[fold])
+    return fold
+
+
 def train(dataset: Union[str, os.PathLike, PathDataset], out: Union[str, os.PathLike],
           methods: Sequence[str] = ("deep-signature",), settings: Optional[TrainingSettings] = None,
-          *, hyper: Optional[Dict[str, dict]] = None, progress: bool = True) -> dict:
+          *, hyper: Optional[Dict[str, dict]] = None, progress: bool = True,
+          runner=None) -> dict:
     """Cross-validate ``methods`` on a path dataset; per-fold files, figures, ``metrics.json``.
+
+    ``runner``: a :class:`~openmm_geom.parallel.TaskRunner` on a cluster trains every
+    (method, fold) as a task (the workers need the dataset file and ``out`` on a shared file
+    system); the records they write are the same as a serial run's, which then only
+    summarises them. It is started before ``out`` is created.
 
     Returns
     -------
@@ -99,11 +115,23 @@ def train(dataset: Union[str, os.PathLike, PathDataset], out: Union[str, os.Path
             raise ValueError(f"unknown method {method!r}; choose from {list(ALL_METHODS)}")
     data = dataset if isinstance(dataset, PathDataset) else PathDataset(dataset)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    hypers = {}
+    for method in methods:
+        hypers[method] = dict(hyper_for(data, method))
+        hypers[method].update((hyper or {}).get(method, {}))
+    with (runner if runner is not None else TaskRunner(None)) as active:
+        out.mkdir(parents=True, exist_ok=True)
+        if active.spec is not None:
+            if isinstance(dataset, PathDataset):
+                raise ValueError("a cluster run needs the dataset as a file path")
+            tasks = [Task(f"{method}-fold{k}", (str(dataset), method, settings, hypers[method],
+                                                str(out / "folds"), k))
+                     for method in methods for k in range(settings.folds)]
+            active.run(_fold_task, tasks, log_dir=out / "logs", progress=progress,
+                       description="folds")
     summaries = {}
     for method in methods:
-        method_hyper = dict(hyper_for(data, method))
-        method_hyper.update((hyper or {}).get(method, {}))
+        method_hyper = hypers[method]
         summaries[method] = cross_validate(data, method, settings, hyper=method_hyper,
                                            out=out / "folds", progress=progress)
         summaries[method]["hyper"] = {k: list(v) if isinstance(v, tuple) else v
@@ -133,8 +161,11 @@ def reproduce_gene(out: Union[str, os.PathLike], *, seed: int = 0,
                    settings: TrainingSettings = GENE_PRODUCTION,
                    methods: Sequence[str] = GENE_METHODS, n_trajectories: int = 100,
                    n_test: int = 40, n_nodes: int = 100, n_frames: int = 500,
-                   rate_spread: float = GENE_RATE_SPREAD, progress: bool = True) -> dict:
+                   rate_spread: float = GENE_RATE_SPREAD, progress: bool = True,
+                   runner=None) -> dict:
     """The paper's gene-regulatory benchmark (Table 4) regenerated from ``seed``.
+
+    ``runner``: see :func:`train` (the dataset is generated here first).
 
     Generates the dataset (100 cross-validation + 40 independent test trajectories of 100
     nodes and 500 frames; Dormand-Prince; ``rate_spread`` as in
@@ -152,11 +183,12 @@ def reproduce_gene(out: Union[str, os.PathLike], *, seed: int = 0,
     out = Path(out)
     data_file = out / (f"gene_seed{seed}.npz" if rate_spread == 1.0
                        else f"gene_seed{seed}_spread{rate_spread:g}.npz")
-    generate_gene_dataset(data_file, n_trajectories=n_trajectories, n_test=n_test,
-                          n_nodes=n_nodes, n_frames=n_frames, seed=seed,
-                          rate_spread=rate_spread, progress=progress)
     settings = dataclasses.replace(settings, seed=seed)
-    result = train(data_file, out, methods, settings, progress=progress)
+    with (runner if runner is not None else TaskRunner(None)) as active:  # before any output
+        generate_gene_dataset(data_file, n_trajectories=n_trajectories, n_test=n_test,
+                              n_nodes=n_nodes, n_frames=n_frames, seed=seed,
+                              rate_spread=rate_spread, progress=progress)
+        result = train(data_file, out, methods, settings, progress=progress, runner=active)
     result = {"task": "gene", "seed": seed, "rate_spread": rate_spread, **result,
               "seconds": time.perf_counter() - started}
     _write_json(out / "metrics.json", result)
