@@ -234,3 +234,36 @@ def test_signature_train_method_fold_tasks_equal_the_serial_run(tmp_path):
                 record.pop("seconds", None)
             assert records[0] == records[1]
     assert len(list((tmp_path / "local" / "logs").iterdir())) == 4
+
+
+def test_cg_simulate_replica_chunks_on_a_local_cluster_equal_the_serial_chunks(tmp_path):
+    """Replica batches as tasks: the merged trajectory equals a serial run with the same
+    chunks, and has the layout of an unsplit run."""
+    from openmm_geom.simulate import read_trajectory
+
+    data = tmp_path / "data"
+    run_cli("datagen", ALANINE, "--trajectories", "1", "--frames", "40", "--interval-ps", "0.05",
+            "--equilibration-ps", "0.01", "--threads", "1", "--out", data)
+    npz = data / "trajectory-000.npz"
+    run_cli("cg", "train", "--quick", "--epochs", "1", "--folds", "2", "--gap-frames", "2",
+            "--features", "8", "--filters", "8", "--n-rbf", "8", "--output-hidden", "8",
+            "--threads", "1", "--data", npz, "--out", tmp_path / "model")
+    common = ["cg", "simulate", "--quick", "--model", tmp_path / "model" / "cg_model.pt",
+              "--start", npz, "--replicas", "5", "--steps", "200", "--save-interval", "50",
+              "--threads", "1", "--seed", "3"]
+    run_cli(*common, "--replica-chunks", "2", "--out", tmp_path / "serial")
+    done = run_cli(*common, "--replica-chunks", "2", "--out", tmp_path / "local",
+                   "--cluster", "local:2", "--json")
+    assert json.loads(done.stdout)["seeds"] == [3, 4]
+    run_cli(*common, "--out", tmp_path / "whole")
+    serial, local, whole = (read_trajectory(tmp_path / d / "cg_trajectory.h5")
+                            for d in ("serial", "local", "whole"))
+    for name in ("positions", "energies", "spread", "time", "step"):
+        assert np.array_equal(getattr(serial, name), getattr(local, name)), name
+        assert getattr(serial, name).shape == getattr(whole, name).shape, name
+    assert serial.positions.shape[1] == 5
+    # an unsplit run has the same frames and attributes (its random streams differ)
+    assert np.array_equal(serial.step, whole.step)
+    assert set(whole.attributes) <= set(serial.attributes)
+    done = run_cli(*common, "--out", tmp_path / "bad", "--cluster", "local:2", expect=2)
+    assert "--replica-chunks K >= 2" in done.stderr and not (tmp_path / "bad").exists()

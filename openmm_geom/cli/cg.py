@@ -40,9 +40,13 @@ def run_cg(args) -> int:
         result = cg.train(data, args.out, settings, seed=args.seed, progress=progress,
                           runner=runner)
     elif command == "simulate":
+        from ..parallel import TaskRunner, parse_cluster
+
+        spec = parse_cluster(args.cluster, args.cluster_file, args.threads)
         set_threads(args.threads)
+        runner = TaskRunner(spec, timeout=args.cluster_timeout, announce=True)
         result = cg.simulate_from(args.model, args.start, args.out, settings, pdb=args.pdb,
-                                  seed=args.seed, progress=progress)
+                                  seed=args.seed, progress=progress, runner=runner)
     elif command == "evaluate":
         set_threads(args.threads)
         result = cg.evaluate_files(args.reference, args.trajectory, args.out, settings=settings,
@@ -106,6 +110,7 @@ def add_commands(sub) -> None:
     q.add_argument("--start", required=True, metavar="FILE",
                    help="all-atom npz whose mapped frames seed the replicas (required)")
     common(q, resumable=True)
+    add_cluster(q)
     settings(q, ["simulate"])
     q = cgsub.add_parser("evaluate", help="KL, MSE, noise-equivalent sigma, figures")
     q.add_argument("--reference", required=True, metavar="FILE",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..parallel import TaskRunner
+from ..parallel import Task, TaskRunner
 from ..threads import set_threads
 from ..analysis import (ALANINE_CG_PHI_PSI, dihedrals, kl_divergence, mse_bin_energies,
                         noise_curve, noise_equivalent_sigma, ramachandran_histogram,
@@ -193,23 +194,31 @@ def start_configurations(positions: np.ndarray, replicas: int) -> np.ndarray:
 
 
 def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettings = PRODUCTION,
-             *, seed: int = 0, progress: bool = True) -> dict:
+             *, seed: int = 0, progress: bool = True, runner=None) -> dict:
     """Batched Langevin simulation of the ensemble from ``starts`` (replicas, beads, 3) nm.
 
     Writes ``cg_trajectory.h5`` and the checkpoint ``cg_simulation.ckpt`` into ``out``;
     calling again with the same arguments resumes from the checkpoint. Every argument is
     checked before ``out`` is touched.
+
+    With ``settings.replica_chunks`` = K > 1 the replicas are split into K batches, batch
+    ``k`` simulated with seed ``seed + k`` in ``out/chunks/chunkKKK/`` (each resumable), one
+    task each on ``runner`` (a :class:`~openmm_geom.parallel.TaskRunner`; in turn here
+    without one); ``out/cg_trajectory.h5`` then holds all replicas in the layout of an
+    unsplit run. The same K gives the same files with or without a cluster.
     """
     check_settings(settings)
+    if settings.replica_chunks > 1 or (runner is not None and runner.spec is not None):
+        return _simulate_chunks(model_path, starts, Path(out), settings, seed, progress, runner)
+    return _simulate_batch(model_path, starts, out, settings, seed, progress)
+
+
+def _simulate_batch(model_path, starts, out, settings: CGSettings, seed: int,
+                    progress: bool) -> dict:
     seed = check.count("seed", seed, minimum=0)
     model, metadata = load_cgschnet(model_path)
     model.eval()
-    starts = np.asarray(starts, dtype=np.float64)
-    if starts.ndim != 3 or starts.shape[1:] != (model.n_beads, 3):
-        raise ValueError(f"start configurations must be (replicas, {model.n_beads}, 3), "
-                         f"got {starts.shape}: a model file for a different bead count?")
-    if not np.isfinite(starts).all():
-        raise ValueError("start configurations contain NaN or infinite values")
+    starts = _checked_starts(starts, model.n_beads)
     forces = EnsembleForces(model, compile=settings.compile)
     sim = BatchedLangevin(forces, metadata["masses_amu"], metadata["temperature_K"],
                           friction=settings.friction_per_ps, timestep=settings.timestep_fs / 1000,
@@ -236,8 +245,81 @@ def simulate(model_path: Path, starts: np.ndarray, out: Path, settings: CGSettin
     return result
 
 
+def _checked_starts(starts, n_beads: int) -> np.ndarray:
+    starts = np.asarray(starts, dtype=np.float64)
+    if starts.ndim != 3 or starts.shape[1:] != (n_beads, 3):
+        raise ValueError(f"start configurations must be (replicas, {n_beads}, 3), "
+                         f"got {starts.shape}: a model file for a different bead count?")
+    if not np.isfinite(starts).all():
+        raise ValueError("start configurations contain NaN or infinite values")
+    return starts
+
+
+def _simulate_chunk(model_path: str, starts: np.ndarray, out: str, settings: CGSettings,
+                    seed: int) -> dict:
+    """One batch of replicas of a split :func:`simulate` (a task)."""
+    return _simulate_batch(model_path, starts, out, settings, seed, False)
+
+
+def _simulate_chunks(model_path, starts, out: Path, settings: CGSettings, seed: int,
+                     progress: bool, runner) -> dict:
+    chunks = settings.replica_chunks
+    seed = check.count("seed", seed, minimum=0)
+    starts = _checked_starts(starts, load_cgschnet(model_path)[0].n_beads)
+    if chunks < 2:
+        raise ValueError("a cluster run of `cg simulate` needs --replica-chunks K >= 2 (one "
+                         "task per batch of replicas)")
+    if starts.ndim != 3 or len(starts) < chunks:
+        raise ValueError(f"{chunks} replica chunks need at least {chunks} replicas, got "
+                         f"start configurations of shape {starts.shape}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out must be a directory, but {out} is a file")
+    bounds = np.array_split(np.arange(len(starts)), chunks)
+    tasks = [Task(f"chunk{k:03d}", (str(model_path), starts[index[0]:index[-1] + 1],
+                                    str(out / "chunks" / f"chunk{k:03d}"), settings, seed + k))
+             for k, index in enumerate(bounds)]
+    started = time.perf_counter()
+    with (runner if runner is not None else TaskRunner(None)) as active:
+        out.mkdir(parents=True, exist_ok=True)
+        summaries = active.run(_simulate_chunk, tasks, log_dir=out / "logs", progress=progress,
+                               description="replica chunks")
+    trajectory = out / "cg_trajectory.h5"
+    _merge_trajectories([Path(summary["trajectory"]) for summary in summaries], trajectory,
+                        seeds=[seed + k for k in range(chunks)])
+    return {"trajectory": str(trajectory), "replicas": len(starts), "replica_chunks": chunks,
+            "seeds": [seed + k for k in range(chunks)],
+            "simulated_ns_total": sum(s["simulated_ns_total"] for s in summaries),
+            "wall_seconds": time.perf_counter() - started, "chunks": summaries}
+
+
+def _merge_trajectories(parts, path: Path, seeds) -> None:
+    """The replica batches' trajectories as one file (replicas concatenated in order), in the
+    layout of an unsplit run; written beside ``path`` and renamed into place."""
+    pieces = [read_trajectory(part) for part in parts]
+    steps = pieces[0].step
+    for part, piece in zip(parts, pieces):
+        if not np.array_equal(piece.step, steps):
+            raise ValueError(f"{part} has other frames than {parts[0]}: not one run's chunks")
+    attributes = {k: v for k, v in pieces[0].attributes.items()
+                  if k not in ("format", "n_replicas", "n_beads", "n_frames")}
+    attributes.update(seed=seeds[0], chunk_seeds=np.asarray(seeds),
+                      temperature_K=np.concatenate([np.atleast_1d(p.attributes["temperature_K"])
+                                                    for p in pieces]))
+    replicas = sum(p.positions.shape[1] for p in pieces)
+    temporary = path.with_name(path.name + ".merging")
+    spread = all(p.spread is not None for p in pieces)
+    with TrajectoryWriter(temporary, replicas, pieces[0].positions.shape[2], spread=spread,
+                          mode="w", attributes=attributes) as writer:
+        for frame in range(len(steps)):
+            writer.append(int(steps[frame]), float(pieces[0].time[frame]),
+                          np.concatenate([p.positions[frame] for p in pieces]),
+                          np.concatenate([p.energies[frame] for p in pieces]),
+                          np.concatenate([p.spread[frame] for p in pieces]) if spread else None)
+    os.replace(temporary, path)
+
+
 def simulate_from(model_path, start_path, out, settings: CGSettings = PRODUCTION, *,
-                  pdb=None, seed: int = 0, progress: bool = True) -> dict:
+                  pdb=None, seed: int = 0, progress: bool = True, runner=None) -> dict:
     """``openmm-geom cg simulate``: :func:`simulate` a trained model from all-atom frames.
 
     Parameters
@@ -274,7 +356,7 @@ def simulate_from(model_path, start_path, out, settings: CGSettings = PRODUCTION
         raise ValueError(f"{model_path} is a {model.n_beads}-bead model but {start_path} maps "
                          f"to {start.mapping.n_beads} beads")
     return simulate(model_path, start_configurations(start.positions, settings.replicas), out,
-                    settings, seed=seed, progress=progress)
+                    settings, seed=seed, progress=progress, runner=runner)
 
 
 def evaluate_files(reference_path, trajectory, out, *, settings: CGSettings = PRODUCTION,

@@ -72,6 +72,10 @@ class CGSettings:
     # C7eq and C5 basins ~10 times per 40 ps, so the replicas forget where they started)
     replicas: int = setting(100, help="independent replicas simulated as one batch",
                             stage="simulate", check="count")
+    replica_chunks: int = setting(1, help="split the replicas into this many batches, each "
+                                  "with its own seed (seed + k) and one task on --cluster; the "
+                                  "merged trajectory has the layout of one batch's",
+                                  stage="simulate", check="count")
     steps: int = setting(50_000, help="integration steps per replica", stage="simulate",
                          check="non-negative")
     timestep_fs: float = setting(2.0, help="integration time step, fs", stage="simulate",
