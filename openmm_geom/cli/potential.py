@@ -6,7 +6,7 @@ The settings options are the fields of :class:`~openmm_geom.workflows.config.Pot
 """
 from __future__ import annotations
 
-from .common import add_standard, emit, show_progress, summary_text
+from .common import add_cluster, add_standard, emit, show_progress, summary_text
 
 __all__ = ["add_commands"]
 
@@ -31,13 +31,16 @@ def run_potential(args) -> int:
     progress = show_progress(args)
     command = args.potential_command
     if command == "pareto":
+        from ..parallel import TaskRunner, parse_cluster
         from ..workflows.potential_pareto import pareto
 
+        runner = TaskRunner(parse_cluster(args.cluster, args.cluster_file, args.threads),
+                            timeout=args.cluster_timeout, announce=True)
         result = pareto(args.data, args.out, models=[_model_size(m) for m in args.models],
                         seeds=args.seeds, atoms=args.atoms, threads=args.speed_threads,
                         budget_name="quick" if args.quick else "production",
                         training_threads=args.threads, speed_seconds=args.speed_seconds,
-                        progress=progress)
+                        progress=progress, runner=runner)
         emit(args, result, _pareto_text(result))
         return 0
     settings = _settings(args)
@@ -187,3 +190,4 @@ def add_commands(sub) -> None:
                    help="tiny models and training, for smoke tests")
     add_standard(q, run_potential, out="output directory", resumable=True,
                  threads="torch threads for training (default: all cores)")
+    add_cluster(q)

@@ -26,6 +26,7 @@ from .. import arguments as check
 from ..threads import (cpu_platform_properties, memory_status_bytes, release_freed_memory,
                        retain_freed_memory, set_threads)
 from ..data.potential_data import load_potential_data, time_block_split
+from ..parallel import Task, TaskRunner
 from ..progress import progress_bar
 from .config import MODEL_SIZES, PARETO_GRID, SIZES, budget
 from ..io import write_json
@@ -180,6 +181,11 @@ def in_fresh_process(function, *arguments) -> dict:
                               "memory)"}
 
 
+def _train_task(data_path: str, run_dir: str, settings, seed: int) -> dict:
+    """One (model, seed) training of :func:`pareto` (a task on a cluster worker)."""
+    return train(load_potential_data(data_path), run_dir, settings, seed=seed, progress=False)
+
+
 def _run_name(architecture: str, size: str, seed: int) -> str:
     return f"{architecture}-{size}-s{seed}"
 
@@ -205,7 +211,7 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
            seeds: Sequence[int] = (0, 1), atoms: Sequence[int] = (300, 3000),
            threads: Sequence[int] = (1, 2), budget_name: str = "production",
            training_threads: Optional[int] = None, speed_seconds: float = 4.0,
-           progress: bool = True) -> dict:
+           progress: bool = True, runner=None) -> dict:
     """Train every (architecture, size) of ``models`` with each seed, time each in OpenMM at
     each box size and thread count, and plot accuracy against speed.
 
@@ -228,6 +234,10 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
         torch threads for training (default: all cores).
     speed_seconds : float
         Timed seconds per model, box and thread count (in 3 blocks).
+    runner : TaskRunner, optional
+        A :class:`~openmm_geom.parallel.TaskRunner` on a cluster trains every (model, seed)
+        as a task (each resumable from its run directory); the OpenMM timings always run
+        here, one after the other, since they measure this machine.
 
     Returns
     -------
@@ -254,32 +264,43 @@ def pareto(data_path, out, *, models: Sequence[Tuple[str, str]] = PARETO_GRID,
         time_block_split(len(data.energies), validation_fraction=s.validation_fraction,
                          test_fraction=s.test_fraction, gap=s.gap_frames)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    with (runner if runner is not None else TaskRunner(None)) as active:
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        grid = [(architecture, size, seed) for (architecture, size) in models for seed in seeds]
+        if active.spec is not None:
+            tasks = [Task(_run_name(*run), (str(data_path), str(out / "runs" / _run_name(*run)),
+                                            settings[run[:2]], run[2]))
+                     for run in grid]
+            all_metrics = active.run(_train_task, tasks, log_dir=out / "logs",
+                                     progress=progress, description="training")
+        else:
+            all_metrics = []
+            bar = progress_bar(len(grid), "training", enabled=progress, unit="model")
+            for architecture, size, seed in grid:
+                set_threads(training_threads)
+                all_metrics.append(train(data, out / "runs" / _run_name(architecture, size, seed),
+                                         settings[architecture, size], seed=seed,
+                                         progress=False))
+                bar.update(1)
+            bar.close()
     boxes = speed_boxes(data.atomic_numbers, out / "boxes", atoms)
     # every model starts from the same box, minimised once here
     relaxed = {box["target"]: _relaxed(*read_structure(box["pdb"])) for box in boxes}
 
     runs, curves = [], {}
-    bar = progress_bar(len(models) * len(seeds), "training", enabled=progress, unit="model")
-    for (architecture, size) in models:
-        for seed in seeds:
-            set_threads(training_threads)
-            name = _run_name(architecture, size, seed)
-            metrics = train(data, out / "runs" / name, settings[architecture, size], seed=seed,
-                            progress=False)
-            history = _history(out / "runs" / name)
-            curves[name] = history
-            runs.append({"name": name, "architecture": architecture, "size": size,
-                         "seed": seed, "parameters": metrics["parameters"],
-                         "force_mae": metrics["test"]["force_mae"],
-                         "force_rmse": metrics["test"]["force_rmse"],
-                         "energy_mae_per_atom": metrics["test"]["energy_mae_per_atom"],
-                         "optimizer_steps": history["steps"][-1] if history.get("steps") else None,
-                         "training_seconds": (history["training_seconds"][-1]
-                                              if history.get("training_seconds") else None)})
-            bar.update(1)
-    bar.close()
+    for (architecture, size, seed), metrics in zip(grid, all_metrics):
+        name = _run_name(architecture, size, seed)
+        history = _history(out / "runs" / name)
+        curves[name] = history
+        runs.append({"name": name, "architecture": architecture, "size": size,
+                     "seed": seed, "parameters": metrics["parameters"],
+                     "force_mae": metrics["test"]["force_mae"],
+                     "force_rmse": metrics["test"]["force_rmse"],
+                     "energy_mae_per_atom": metrics["test"]["energy_mae_per_atom"],
+                     "optimizer_steps": history["steps"][-1] if history.get("steps") else None,
+                     "training_seconds": (history["training_seconds"][-1]
+                                          if history.get("training_seconds") else None)})
 
     speed_bar = progress_bar(len(models) * len(boxes) * len(threads), "OpenMM speed",
                              enabled=progress, unit="run")

@@ -241,3 +241,20 @@ def test_a_timing_process_that_dies_is_recorded_not_waited_for():
     assert list(result) == ["failed"] and "died" in result["failed"]
     with pytest.raises(ValueError, match="clear error"):
         in_fresh_process(_refuses)
+
+
+def test_pareto_trainings_on_a_local_cluster_equal_the_serial_ones(salt_data, tmp_path):
+    """--cluster: one training per task; the trained models' test errors are the serial
+    run's (same seeds, one thread each); the timings run here either way."""
+    common = ["potential", "pareto", "--data", salt_data, "--quick", "--models",
+              "attention:small", "--seeds", "0", "1", "--atoms", "110", "--speed-threads", "1",
+              "--speed-seconds", "0.2", "--threads", "1", "--no-progress", "--json"]
+    serial = json.loads(run_cli(*common, "--out", tmp_path / "serial").stdout)
+    done = run_cli(*common, "--out", tmp_path / "local", "--cluster", "local:2")
+    local = json.loads(done.stdout)
+    assert "running on a local cluster of 2 processes" in done.stderr
+    assert ([(r["name"], r["force_mae"], r["optimizer_steps"]) for r in serial["runs"]]
+            == [(r["name"], r["force_mae"], r["optimizer_steps"]) for r in local["runs"]])
+    assert sorted(p.name for p in (tmp_path / "local" / "logs").iterdir()) == [
+        "attention-small-s0.log", "attention-small-s1.log"]
+    assert local["models"][0]["steps_per_second_openmm"]["110"]["1"] > 0
