@@ -188,17 +188,19 @@ def _publisher(name: str):
         return None
 
 
-def _run_task(function: Callable, arguments: tuple, name: str, threads: int,
+def _run_task(function: Callable, arguments: tuple, name: str, threads: Optional[int],
               log_dir: Optional[str]):
-    """On a worker (or here): set the threads, run the task, log start, end and errors."""
+    """On a worker (or here): set the threads (None: leave them), run the task, log start,
+    end and errors."""
     from .threads import set_threads
 
-    set_threads(threads)
+    if threads is not None:
+        set_threads(threads)
     log = None
     if log_dir is not None:
         log = open(Path(log_dir) / f"{name}.log", "a", encoding="utf-8")
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} start {name} on {socket.gethostname()} "
-              f"pid {os.getpid()}, {threads} thread(s)", file=log, flush=True)
+              f"pid {os.getpid()}, {threads or 'default'} thread(s)", file=log, flush=True)
     started = time.perf_counter()
     publisher = _publisher(name)  # None unless on a Dask worker
     try:
@@ -225,9 +227,9 @@ class TaskRunner:
     ----------
     spec : ClusterSpec or None
         From :func:`parse_cluster`.
-    threads : int
-        Threads per task when running in this process (a cluster's tasks use
-        ``spec.threads``).
+    threads : int, optional
+        Threads per task when running in this process (None: as they are); a cluster's
+        tasks use ``spec.threads``.
     timeout : float
         Seconds to wait for a scheduler (or a local cluster) before giving up.
     allowed_failures : int
@@ -241,11 +243,13 @@ class TaskRunner:
     the cluster of the outermost one.
     """
 
-    def __init__(self, spec: Optional[ClusterSpec], threads: int = 1, timeout: float = 20.0,
+    def __init__(self, spec: Optional[ClusterSpec], threads: Optional[int] = None,
+                 timeout: float = 20.0,
                  allowed_failures: int = 3, announce: bool = False):
         self.spec = spec
         self.announce = bool(announce)
-        self.threads = spec.threads if spec is not None else int(threads)
+        self.threads = spec.threads if spec is not None else (
+            None if threads is None else check.count("threads", threads))
         self.timeout = check.number("cluster timeout", timeout)
         self.allowed_failures = int(allowed_failures)
         self.client = None

@@ -36,7 +36,8 @@ def run_cg(args) -> int:
         set_threads(args.threads)
         data = cg.load_cg_data(args.data, pdb=args.pdb, mapping=args.mapping,
                                force_map=settings.force_map)
-        runner = TaskRunner(spec, timeout=args.cluster_timeout, announce=True)
+        runner = TaskRunner(spec, threads=args.threads, timeout=args.cluster_timeout,
+                            announce=True)
         result = cg.train(data, args.out, settings, seed=args.seed, progress=progress,
                           runner=runner)
     elif command == "simulate":
@@ -44,7 +45,8 @@ def run_cg(args) -> int:
 
         spec = parse_cluster(args.cluster, args.cluster_file, args.threads)
         set_threads(args.threads)
-        runner = TaskRunner(spec, timeout=args.cluster_timeout, announce=True)
+        runner = TaskRunner(spec, threads=args.threads, timeout=args.cluster_timeout,
+                            announce=True)
         result = cg.simulate_from(args.model, args.start, args.out, settings, pdb=args.pdb,
                                   seed=args.seed, progress=progress, runner=runner)
     elif command == "evaluate":

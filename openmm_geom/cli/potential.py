@@ -35,7 +35,7 @@ def run_potential(args) -> int:
         from ..workflows.potential_pareto import pareto
 
         runner = TaskRunner(parse_cluster(args.cluster, args.cluster_file, args.threads),
-                            timeout=args.cluster_timeout, announce=True)
+                            threads=args.threads, timeout=args.cluster_timeout, announce=True)
         result = pareto(args.data, args.out, models=[_model_size(m) for m in args.models],
                         seeds=args.seeds, atoms=args.atoms, threads=args.speed_threads,
                         budget_name="quick" if args.quick else "production",

@@ -25,7 +25,7 @@ def _runner(args):
     from ..parallel import TaskRunner, parse_cluster
 
     return TaskRunner(parse_cluster(args.cluster, args.cluster_file, args.threads),
-                      timeout=args.cluster_timeout, announce=True)
+                      threads=args.threads, timeout=args.cluster_timeout, announce=True)
 
 
 def run_signature(args) -> int:
