@@ -4,7 +4,7 @@ Writes DIR/neighbors.json (bench_neighbors.py), DIR/bridge.json (bench_bridge.py
 DIR/torchcv.json (bench_torchcv.py), DIR/cg.json (bench_cg.py), DIR/signature.json
 (bench_signature.py), DIR/potential.json (bench_potential.py), DIR/cv.json (bench_cv.py) and
 DIR/compile.json (bench_compile.py), DIR/opes.json (bench_opes.py), DIR/memory.json
-(bench_memory.py) and DIR/summary.json (headline numbers, pass/fail, machine load), and prints the tables. Exits
+(bench_memory.py), DIR/distributed.json (bench_distributed.py) and DIR/summary.json (headline numbers, pass/fail, machine load), and prints the tables. Exits
 non-zero if a benchmark fails, including any of its correctness checks.
 
 ``--omp-passive`` also repeats every benchmark (torchmd-net neighbour lists left out) with
@@ -163,6 +163,9 @@ def headline(data: dict) -> list:
                  "retained_system_fraction": round(r["retained"]["system_fraction"], 3),
                  "default_over_retained_time": round(r["default_over_retained_time"], 3)}
                 for run in data["runs"] for r in run["rows"]]
+    if data["benchmark"] == "distributed":
+        return [{"setting": r["setting"], "seconds": round(r["seconds"], 1)} for r in data["rows"]] + [
+            {f"speedup_{k}": round(v, 3) for k, v in data["speedups"].items()}]
     if data["benchmark"] == "opes":
         return [{"threads": r["threads"], "setup": r["setup"],
                  "us_per_step": round(r["us_per_step"], 1),
@@ -204,7 +207,8 @@ def main(argv=None) -> int:
             ("bench_cv.py", "cv.json", [], {}),
             ("bench_compile.py", "compile.json", [], {}),
             ("bench_opes.py", "opes.json", [], {}),
-            ("bench_memory.py", "memory.json", [], {})]
+            ("bench_memory.py", "memory.json", [], {}),
+            ("bench_distributed.py", "distributed.json", [], {})]
     if args.omp_passive:
         passive = {"OMP_WAIT_POLICY": "PASSIVE"}
         jobs += [("bench_neighbors.py", "neighbors_omp_passive.json", ["--no-torchmdnet"],

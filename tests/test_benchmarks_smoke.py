@@ -17,5 +17,5 @@ def test_run_all_quick(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     names = {Path(r["json"]).stem for r in summary["benchmarks"]}
     assert {"neighbors", "bridge", "torchcv", "cg", "signature", "potential",
-            "cv", "compile", "memory"} <= names
+            "cv", "compile", "memory", "distributed"} <= names
     assert all(r["ok"] for r in summary["benchmarks"])
