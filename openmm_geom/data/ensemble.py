@@ -7,7 +7,6 @@ manifest beside them.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Union
@@ -16,7 +15,7 @@ import numpy as np
 import openmm
 
 from .. import arguments as check
-from ..io import format_tag, write_json
+from ..io import format_tag, sha256_of_bytes, write_json
 from ..parallel import Task, TaskRunner
 from ..version import __version__
 from .datagen import check_reference_settings, check_structure_file, generate_reference
@@ -36,9 +35,8 @@ def _ensemble_member(kind: str, source, out: str, options: dict) -> dict:
         generate_reference(source, out, **options)
     with np.load(out, allow_pickle=False) as archive:
         frames = int(archive["positions"].shape[0])
-    digest = hashlib.sha256(Path(out).read_bytes()).hexdigest()
     return {"file": Path(out).name, "seed": int(options["seed"]), "frames": frames,
-            "sha256": digest}
+            "sha256": sha256_of_bytes(Path(out).read_bytes())}
 
 
 def generate_ensemble(source, out_dir: Union[str, os.PathLike], trajectories: int, *,
@@ -63,16 +61,15 @@ def generate_ensemble(source, out_dir: Union[str, os.PathLike], trajectories: in
     """
     trajectories = check.count("trajectories", trajectories)
     seed = check.count("seed", options.pop("seed", 1), maximum=2**31 - trajectories)
+    check_reference_settings(**{**options, "seed": seed + trajectories - 1})
     if water:
         check.count("water molecules", source)
-        check_reference_settings(**{**options, "seed": seed + trajectories - 1})
         described = {"water_box": int(source), **{k: options[k] for k in ("density", "ion_pairs")
                                                   if k in options}}
     else:
         check_structure_file(source)  # missing or unreadable: refused here
-        check_reference_settings(**{**options, "seed": seed + trajectories - 1})
-        described = {"pdb": str(source), "pdb_sha256": hashlib.sha256(
-            Path(source).read_bytes()).hexdigest()}
+        described = {"pdb": str(source),
+                     "pdb_sha256": sha256_of_bytes(Path(source).read_bytes())}
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a directory")
