@@ -19,7 +19,8 @@
 // Why native: the pure-torch recursion (a block cumulative sum and one BLAS product per
 // level) was 1.1-3.4x pysiglib's forward time at batch 256 x 1,000 steps; a step here is a
 // few hundred to a few thousand fused multiply-adds on data in L1 cache. The hot loops are
-// compiled for AVX-512, AVX2 and baseline x86-64 and picked at run time (GCC target_clones).
+// compiled for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and baseline x86-64 and picked
+// at run time (GCC target_clones; plain "avx2" would leave out FMA).
 #include <torch/script.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <ATen/Parallel.h>
@@ -70,10 +71,11 @@ inline int64_t paths_per_chunk(int64_t work_per_path) {
 template <typename T, int CC>
 struct Row {
     static constexpr bool vector = CC == 2 || CC == 4 || CC == 8 || CC == 16;
-    // a row is P chunks of at most 64 bytes (one AVX-512 register; GCC spilled wider
-    // vectors to the stack in every iteration)
+    // a row is P chunks of at most 32 bytes (one AVX2 register). GCC spills wider vectors
+    // to the stack in every iteration: 64-byte chunks (one AVX-512 register) ran 4-10x
+    // slower on an AVX2-only CPU (AMD Zen 3) through store-forwarding stalls.
     static constexpr int bytes = vector ? int(sizeof(T)) * CC : int(sizeof(T));
-    static constexpr int width = bytes > 64 ? 64 : bytes;
+    static constexpr int width = bytes > 32 ? 32 : bytes;
     static constexpr int P = bytes / width;
     static constexpr int K = width / int(sizeof(T));  // elements per chunk
     typedef T type __attribute__((vector_size(width)));
@@ -251,7 +253,7 @@ static inline __attribute__((always_inline)) void chen_step_backward(
 }
 
 // One path's forward sweep. The hot loops are cloned per instruction set (see the header).
-#define SIGNATURE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define SIGNATURE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 // Steps whose top-level products are summed at once (see forward_path).
 constexpr int64_t TOP_BLOCK = 32;
@@ -306,14 +308,14 @@ static inline __attribute__((always_inline)) void add_top_block(T* __restrict__ 
 
 // Depth 2 in one pass: with m_j = S^1 + x_j - x_0 + d_j/2 (the running level 1 at the
 // segment's midpoint), level 2 gains m_j ⊗ d_j at step j and level 1 gains d_j. The C x C
-// accumulator stays in registers (rows in groups of at most 16 vector registers; a group
+// accumulator stays in registers (rows in groups of at most 8 vector registers; a group
 // takes one pass over the path, which is in cache after the first), and the finiteness check
 // rides along (x - x is 0 for finite x, NaN otherwise). Returns false for a non-finite path.
 template <typename T, int CC>
 static inline __attribute__((always_inline)) bool depth2_path(const T* x, int64_t length, T* S) {
     using R = Row<T, CC>;
     typedef typename R::type V;
-    constexpr int G = (16 / R::P) < CC ? (16 / R::P) : CC;  // rows per pass
+    constexpr int G = (8 / R::P) < CC ? (8 / R::P) : CC;  // rows per pass (8 accumulators)
     T* top = S + CC;
     V base[R::P], check[R::P];
     alignas(64) T m[CC];
