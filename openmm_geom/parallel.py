@@ -315,6 +315,15 @@ class TaskRunner:
             self._config.__exit__(None, None, None)
             self._config = None
 
+    def shared(self, cls: type, *arguments):
+        """One object ``cls(*arguments)`` that every task can call: here, the object itself;
+        on a cluster, a Dask actor of it (held by one worker, one call at a time; its
+        methods return futures, whose ``result()`` is the value). Tasks receive it as an
+        argument. ``cls`` must be importable by name on the workers."""
+        if self.client is None:
+            return cls(*arguments)
+        return self.client.submit(cls, *arguments, actor=True, pure=False).result()
+
     def run(self, function: Callable, tasks: Sequence[Task], *, log_dir=None,
             progress: bool = False, description: str = "tasks") -> list:
         """``function(*task.arguments)`` for every task; the results in task order.

@@ -82,3 +82,34 @@ def jittered_lattice(n_side: int, spacing_nm: float, rng, jitter_nm: float = 0.0
 def chain_bonds(n_atoms: int, every: int = 2):
     """Bonds (i, i+1) for every ``every``-th atom: a few bonded pairs among LJ particles."""
     return [(i, i + 1) for i in range(0, n_atoms - 1, every)]
+
+
+# -- the exactly solvable 2D double well of the biasing tests (OPES, metadynamics, walkers) ---
+# One particle (1 amu) in U(x, y) = B (u^2 - 1)^2 + A u + 0.5 K0 (1 + 0.5 tanh u) y^2 with
+# u = x / 0.1 nm, z restrained, in kJ/mol and nm: a 25 kJ/mol barrier in x, basins tilted by
+# the linear term and by the y stiffness (entropy), which differs between them. F(x) is exact
+# by integrating over y.
+DW_B, DW_A, DW_LENGTH, DW_K0, DW_KZ = 25.0, 2.0, 0.1, 2800.0, 5000.0
+DOUBLE_WELL = (f"{DW_B}*((x/{DW_LENGTH})^2-1)^2 + {DW_A}*x/{DW_LENGTH} + "
+               f"0.5*{DW_K0}*(1+0.5*tanh(x/{DW_LENGTH}))*y^2 + 0.5*{DW_KZ}*z^2")
+KT_300 = 0.00831446261815324 * 300.0  # kJ/mol
+
+
+def double_well_density(x):
+    """The double well's marginal Boltzmann density in x at 300 K (unnormalised), on ``x``
+    (nm), integrated over y numerically."""
+    y = np.linspace(-0.2, 0.2, 801)
+    X, Y = np.meshgrid(np.asarray(x, dtype=float), y, indexing="ij")
+    u = X / DW_LENGTH
+    energy = DW_B * (u ** 2 - 1) ** 2 + DW_A * u + 0.5 * DW_K0 * (1 + 0.5 * np.tanh(u)) * Y ** 2
+    return np.trapezoid(np.exp(-energy / KT_300), y, axis=1)
+
+
+def double_well_delta_f() -> float:
+    """Exact F(x > 0) - F(x < 0) of the double well at 300 K, kJ/mol."""
+    import math
+
+    x = np.linspace(-0.25, 0.25, 4001)
+    p = double_well_density(x)
+    return -KT_300 * math.log(np.trapezoid(np.where(x > 0, p, 0), x)
+                              / np.trapezoid(np.where(x < 0, p, 0), x))

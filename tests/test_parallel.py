@@ -266,3 +266,28 @@ def test_cg_simulate_replica_chunks_on_a_local_cluster_equal_the_serial_chunks(t
     assert set(whole.attributes) <= set(serial.attributes)
     done = run_cli(*common, "--out", tmp_path / "bad", "--cluster", "local:2", expect=2)
     assert "--replica-chunks K >= 2" in done.stderr and not (tmp_path / "bad").exists()
+
+
+def test_cv_bias_walkers_share_one_bias_on_a_local_cluster(tmp_path):
+    # two metadynamics walkers as tasks on two worker processes, the shared depositions in a
+    # Dask actor: both finish, the ledger holds every hill of both, each walker applied the
+    # other's, and the analysis pools their frames
+    from openmm_geom.openmm.walkers import DepositionLedger
+
+    out = tmp_path / "walkers"
+    done = run_cli("cv", "bias", "--pdb", ALANINE, "--mode", "phipsi", "--method", "metad",
+                   "--deposit-ps", "0.1", "--exchange-ps", "0.2", "--walkers", "2",
+                   "--picoseconds", "1", "--checkpoint-ps", "0.5", "--threads", "1",
+                   "--cluster", "local:2", "--out", out, "--json", "--no-progress")
+    summary = json.loads(done.stdout)
+    assert summary["walkers"] == 2 and len(summary["per_walker"]) == 2
+    ledger = DepositionLedger(3, out / "ledger.npz")
+    assert sorted(map(tuple, ledger.origins())) == sorted(
+        (w, s) for w in (0, 1) for s in range(50, 501, 50))
+    for i in (0, 1):
+        exchanges = np.loadtxt(out / f"walker-{i}" / "exchanges.csv", delimiter=",",
+                               skiprows=1, ndmin=2)
+        assert exchanges[:, 1].sum() == 10  # its own hills, sent
+        assert exchanges[:, 2].sum() > 10  # and some of the other walker's, applied
+        assert (out / "logs" / f"walker-{i}.log").exists()
+    assert "running on a local cluster of 2 processes" in done.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_standard, emit, show_progress, summary_text
+from .common import add_cluster, add_standard, emit, show_progress, summary_text
 
 __all__ = ["add_commands"]
 
@@ -119,10 +119,23 @@ def run_cv(args) -> int:
         from ..workflows.config import BiasSettings
         from ..workflows.cv_bias import analyse_run, reference_phi, run_biased
 
+        from ..parallel import TaskRunner, parse_cluster
+
         settings = _settings(args, BiasSettings())
         modes = ["cv", "unbiased", "phipsi"] if args.compare else [args.mode]
         if "cv" in modes and args.model is None:
             raise ValueError("--model (an exported CV file) is needed to bias along learned CVs")
+        if args.compare and settings.walkers > 1:
+            raise ValueError("--compare includes an unbiased run, which has no bias to share; "
+                             "run --walkers without --compare")
+        if args.reference and settings.walkers > 1:
+            raise ValueError("--reference is compared with one run, not with --walkers")
+        spec = parse_cluster(args.cluster, args.cluster_file, args.threads)
+        if spec is not None and settings.walkers == 1:
+            raise ValueError("--cluster runs multiple walkers (--walkers N) as tasks; one "
+                             "biased run is one process")
+        runner = TaskRunner(spec, threads=args.threads, timeout=args.cluster_timeout,
+                            announce=True)
         reference = (reference_phi(args.reference, args.pdb, stride=args.reference_stride)
                      if args.reference else None)
         result = {}
@@ -130,7 +143,7 @@ def run_cv(args) -> int:
             out = Path(args.out) / mode if args.compare else Path(args.out)
             run = run_biased(args.pdb, out, mode=mode, cv_model=args.model, settings=settings,
                              seed=args.seed, threads=args.threads, progress=progress,
-                             resume=not args.restart)
+                             resume=not args.restart, runner=runner)
             if reference is not None:
                 run = analyse_run(out, settings.temperature_K, run=run, reference=reference)
             result[mode] = run
@@ -311,6 +324,7 @@ def add_commands(sub) -> None:
                    help="ignore existing checkpoints and start afresh")
     common(q, "output directory", resumable=True)
     add_options(q, cfg.BiasSettings)
+    add_cluster(q)
 
     def learning(q):
         q.add_argument("--backbone", metavar="FILE",

@@ -271,6 +271,9 @@ class Metadynamics(BiasedCVs):
         self.log_interval = int(log_interval) if log_interval is not None else self.frequency
         self._log = BiasLog(log, self.log_columns, "metadynamics")
         self._step = 0  # the last step count seen (step(), deposit(), save/load_state)
+        #: None: hills are applied at once; a list: appended to it as rows of
+        #: :meth:`deposition_at` instead (multiple walkers, :mod:`openmm_geom.openmm.walkers`)
+        self.outbox: Optional[list] = None
         k = len(axes)
         self._widths = np.array([axis.width for axis in axes], dtype=float)
         self._periods = np.array([axis.period for axis in axes], dtype=float)
@@ -450,15 +453,47 @@ class Metadynamics(BiasedCVs):
         self._heights = np.append(self._heights, height)
         self.hills.append((*point.tolist(), height))
 
+    @property
+    def depositions(self) -> int:
+        """Hills deposited so far (this walker's and, with multiple walkers, the others' it
+        has applied)."""
+        return len(self._heights)
+
+    @property
+    def deposition_width(self) -> int:
+        """Numbers per deposition row of :meth:`deposition_at`: ``k + 1``."""
+        return len(self.axes) + 1
+
+    def deposition_at(self, point) -> np.ndarray:
+        """The hill this bias deposits at ``point`` (one value per axis), as a row
+        ``(s_1, ..., s_k, height)``; the state is not changed. :meth:`add_depositions` applies
+        rows (any walker's, in one order for all walkers)."""
+        point = self._as_points(point)[0].copy()
+        height = self.height * math.exp(-self.bias_at(point) / self.delta_kT)
+        return np.append(point, height)
+
+    def add_depositions(self, rows, context: Optional[openmm.Context] = None) -> None:
+        """Apply deposition rows of :meth:`deposition_at` in order and update ``context``
+        (optional) once."""
+        rows = np.asarray(rows, dtype=float).reshape(-1, self.deposition_width)
+        for row in rows:
+            point = row[:-1].copy()
+            self._add_hill(point, float(row[-1]), self.bias_at(point))
+        if context is not None and len(rows):
+            self.force.updateParametersInContext(context)
+
     def deposit(self, context: openmm.Context) -> float:
-        """Add one hill at the current CVs and update the Context; returns its height."""
-        point = self.current_values(context)
-        bias_before = self.bias_at(point)
-        height = self.height * math.exp(-bias_before / self.delta_kT)
-        self._add_hill(point, height, bias_before)
-        self.force.updateParametersInContext(context)
+        """Add one hill at the current CVs and update the Context; returns its height.
+
+        With an ``outbox`` (a list; multiple walkers) the hill is appended to it as a row of
+        :meth:`deposition_at` instead, and nothing changes here."""
+        row = self.deposition_at(self.current_values(context))
         self._step = context.getStepCount()
-        return height
+        if self.outbox is not None:
+            self.outbox.append(row)
+        else:
+            self.add_depositions(row[None, :], context)
+        return float(row[-1])
 
     def step(self, simulation, steps: int, log: Union[str, os.PathLike, None] = None) -> None:
         """Advance ``simulation`` by ``steps``, depositing a hill every ``frequency`` steps

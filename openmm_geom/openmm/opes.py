@@ -232,6 +232,9 @@ class OPES(BiasedCVs):
         self._heights = np.zeros(0)
         self._step = 0
         self._log = BiasLog(log, self.log_columns, "OPES")
+        #: None: depositions are applied at once; a list: appended to it as rows of
+        #: :meth:`deposition_at` instead (multiple walkers, :mod:`openmm_geom.openmm.walkers`)
+        self.outbox: Optional[list] = None
 
         # -- the force --------------------------------------------------------------------------
         self.force = TorchCVForce(model, extra_energy or "0", **force_options)
@@ -444,8 +447,9 @@ class OPES(BiasedCVs):
         """What :meth:`step` does at ``step`` with the biased CVs at ``point``: a running-variance
         sample (adaptive sigma, every ``variance_interval`` steps), then a kernel if ``step`` is
         a multiple of ``pace`` and the adaptive-sigma stride is over (PLUMED's ``update()``).
-        Changes the numpy state and the force; returns whether a kernel was deposited (then
-        push it to a Context with ``force.updateParametersInContext``). Public for replays of
+        Changes the numpy state and the force; returns whether a kernel was added (then
+        push it to a Context with ``force.updateParametersInContext``; with an ``outbox`` the
+        kernel goes there as a row and nothing changes). Public for replays of
         a CV time series and for tests."""
         point = self._as_points(point)[0]
         if self._adaptive:
@@ -455,30 +459,49 @@ class OPES(BiasedCVs):
                 return False  # no bias before sigma has been measured
         if step % self.pace != 0:
             return False
-        self._deposit(point)
-        return True
+        return self._deposit(point)
 
-    def _deposit(self, point: np.ndarray) -> None:
+    # -- depositions: applied at once, or rows shared with other walkers ------------------------
+    @property
+    def adaptive_sigma(self) -> bool:
+        """Whether the kernels' initial widths come from the CVs' running variance."""
+        return self._adaptive
+
+    @property
+    def depositions(self) -> int:
+        """Kernels deposited so far, before compression (this walker's and, with multiple
+        walkers, the others' it has applied)."""
+        return self.counter - 1
+
+    @property
+    def deposition_width(self) -> int:
+        """Numbers per deposition row of :meth:`deposition_at`: ``2 k + 2``."""
+        return 2 * len(self._biased) + 2
+
+    def deposition_at(self, point) -> np.ndarray:
+        """The kernel this bias deposits at ``point`` (the biased CVs, OpenMM units), as a row
+        ``(centre_1..k, sigma_1..k, weight, height)`` with ``weight = exp(V(point)/kT)``; the
+        state is not changed. :meth:`add_depositions` applies rows (any walker's, in one order
+        for all walkers)."""
+        point = self._as_points(point)[0].copy()
         current_bias = float(self._bias(point[None, :])[0])
-        old_kde_norm, old_n = self.kde_norm, self.n_kernels
-        height = math.exp(current_bias / self.kT)
-        self.counter += 1
-        self.sum_weights += height
-        self.sum_weights2 += height * height
-        if self.explore:
-            height = 1.0
+        weight = math.exp(current_bias / self.kT)
+        counter = self.counter + 1
+        sum_weights = self.sum_weights + weight
+        sum_weights2 = self.sum_weights2 + weight * weight
+        height = 1.0 if self.explore else weight
         k = len(point)
         if self._adaptive:
             if self.explore:
                 sigma = np.sqrt(self._av_m2 / self.adaptive_counter)
             else:
-                if self.counter == 2:  # the first estimate is from the unbiased run
-                    self._av_m2 = self._av_m2 / (1.0 - self.prefactor / self.kT)
-                sigma = np.sqrt(self._av_m2 / self.adaptive_counter * (1.0 - self.prefactor / self.kT))
+                m2 = self._first_variance() if counter == 2 else self._av_m2
+                sigma = np.sqrt(m2 / self.adaptive_counter * (1.0 - self.prefactor / self.kT))
         else:
             sigma = self._sigma0.copy()
         if not self.fixed_sigma:
-            size = float(self.counter) if self.explore else self.neff
+            size = float(counter) if self.explore else (
+                (1.0 + sum_weights) ** 2 / (1.0 + sum_weights2))
             rescaling = (size * (k + 2.0) / 4.0) ** (-1.0 / (4 + k))
             if self._sigma_min is None:
                 sigma = sigma * rescaling
@@ -490,9 +513,40 @@ class OPES(BiasedCVs):
         if not np.all(np.isfinite(sigma) & (sigma > 0)):
             raise ValueError(f"OPES: kernel width {sigma.tolist()} is not positive (a CV that "
                              "did not move during the adaptive-sigma stride?); pass sigma")
-        delta, rebuilt = self._add_kernel(height, point.copy(), sigma)
-        self._update_zed(delta, old_kde_norm, old_n)
-        self._push_kernels(rebuilt)
+        return np.concatenate([point, sigma, [weight, height]])
+
+    def _first_variance(self) -> np.ndarray:
+        """The running variance at the first kernel, corrected for the unbiased start."""
+        return self._av_m2 / (1.0 - self.prefactor / self.kT)
+
+    def add_depositions(self, rows, context: Optional[openmm.Context] = None) -> None:
+        """Apply deposition rows of :meth:`deposition_at` in order (the sums of weights, the
+        kernels with compression, Z) and update ``context`` (optional) once."""
+        rows = np.asarray(rows, dtype=float).reshape(-1, self.deposition_width)
+        k = len(self._biased)
+        for row in rows:
+            old_kde_norm, old_n = self.kde_norm, self.n_kernels
+            weight, height = float(row[2 * k]), float(row[2 * k + 1])
+            self.counter += 1
+            self.sum_weights += weight
+            self.sum_weights2 += weight * weight
+            delta, rebuilt = self._add_kernel(height, row[:k].copy(), row[k:2 * k].copy())
+            self._update_zed(delta, old_kde_norm, old_n)
+            self._push_kernels(rebuilt)
+        if context is not None and len(rows):
+            self.force.updateParametersInContext(context)
+
+    def _deposit(self, point: np.ndarray) -> bool:
+        """Deposit at ``point``: applied now, or (``outbox`` a list) appended to it as a row
+        for a shared bias. Returns whether the force changed."""
+        row = self.deposition_at(point)
+        if self._adaptive and not self.explore and self.counter == 1:
+            self._av_m2 = self._first_variance()  # the first estimate is from the unbiased run
+        if self.outbox is not None:
+            self.outbox.append(row)
+            return False
+        self.add_depositions(row[None, :])
+        return True
 
     # -- stepping -------------------------------------------------------------------------------
     def _blow_up(self, what: str, step: int) -> SimulationBlowUp:

@@ -422,6 +422,13 @@ class BiasSettings:
     opes_compression_threshold: float = setting(1.0, help="opes: merge a new kernel into the "
                                                 "nearest one closer than this, in units of its "
                                                 "sigma", check="positive")
+    # multiple walkers (openmm_geom.openmm.walkers): one bias, N simulations
+    walkers: int = setting(1, help="metad, opes: this many simulations sharing one bias "
+                           "(seeds SEED...SEED+N-1, OUT/walker-I; with --cluster one task each)",
+                           check="count")
+    exchange_ps: float = setting(1.0, help="walkers: time between exchanges of the hills or "
+                                 "kernels, ps (a multiple of the deposition time)",
+                                 check="positive")
 
     def __post_init__(self):
         check_settings(self)

@@ -32,13 +32,13 @@ import numpy as np
 
 from ..arguments import openmm_seed
 from ..errors import SimulationBlowUp
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, write_json
 from ..units import MOLAR_GAS_CONSTANT_KJ
 from ..analysis.peptide import (PHI_NEGATIVE_CORE, PHI_POSITIVE_CORE, PHI_SHIFT_ABOVE,
                                backbone_dihedrals, phi_psi_quadruplets, shifted_phi)
 from .config import BiasSettings
 
-__all__ = ["BiasSettings", "run_biased", "analyse_run", "reference_phi", "run_weights",
+__all__ = ["BiasSettings", "run_biased", "run_walkers", "analyse_run", "analyse_walkers", "reference_phi", "run_weights",
            "compare_runs", "pooled_delta_f", "app_metad_delta_f",
            "STATE_FILES"]
 
@@ -228,34 +228,8 @@ def _opes_bias(system, model, settings: BiasSettings, sigma, log: Path, log_step
                 log_interval=log_steps, extra_energy=walls)
 
 
-def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
-               settings: Optional[BiasSettings] = None, seed: int = 1,
-               threads: Optional[int] = None, progress: bool = True,
-               resume: bool = True) -> dict:
-    """Run (or resume) a biased simulation and analyse it; returns the summary.
-
-    Parameters
-    ----------
-    pdb_path : PDB of the peptide (capped alanine for the phi analysis)
-    out : directory for the outputs (see module docstring)
-    mode : "cv" (bias ``cv_model``'s CVs), "phipsi", or "unbiased"
-    cv_model : exported CV file (``mode="cv"``)
-    settings : BiasSettings; ``settings.method`` picks metadynamics ("metad"), OPES ("opes")
-        or OpenMM's ``app.Metadynamics`` ("app-metad", phipsi only)
-    """
-    import openmm
-    import openmm.app as app
-    import openmm.unit as unit
-
-    from ..threads import set_threads
-    from ..threads import cpu_platform_properties
-    from ..export import export_model
-    from ..openmm import ExportedModel
-    from ..models import Dihedrals
-    from ..openmm import GridAxis, Metadynamics
-    from ..progress import progress_bar
-
-    settings = settings or BiasSettings()
+def _check_request(mode: str, cv_model, settings: BiasSettings) -> None:
+    """Every refusal of :func:`run_biased` that needs no file, before anything is written."""
     if mode not in ("cv", "phipsi", "unbiased"):
         raise ValueError(f"mode must be 'cv', 'phipsi' or 'unbiased', got {mode!r}")
     method = settings.method
@@ -268,110 +242,352 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
     if mode != "cv" and settings.cv_walls_kJmol is not None:
         raise ValueError("walls (cv_walls_kJmol) hold learned CVs in their training range; "
                          f"mode {mode!r} has no learned CVs")
-    out = Path(out)
-    checkpoint, series_file = out / "checkpoint.chk", out / "dihedrals.npz"
-    state_file = out / STATE_FILES[method]
-    if resume and checkpoint.exists() and series_file.exists() and mode != "unbiased":
-        if not state_file.exists():
+    if settings.walkers > 1:
+        if mode == "unbiased" or method == "app-metad":
+            raise ValueError("multiple walkers share a bias of method 'metad' or 'opes' "
+                             f"(--walkers {settings.walkers} with mode {mode!r}, method "
+                             f"{method!r})")
+        if method == "opes" and settings.opes_adaptive_sigma:
+            raise ValueError("multiple OPES walkers need fixed kernel widths (the adaptive "
+                             "sigma is one walker's running variance): add "
+                             "--no-opes-adaptive-sigma")
+        pace = settings.steps(settings.opes_pace_ps if method == "opes" else settings.deposit_ps)
+        exchange = settings.steps(settings.exchange_ps)
+        if exchange % pace:
+            raise ValueError(f"--exchange-ps {settings.exchange_ps:g} ({exchange} steps) must be "
+                             f"a multiple of the deposition time ({pace} steps)")
+
+
+class _BiasedRun:
+    """One simulation of :func:`run_biased` (or one walker of several), ready to step."""
+
+    def __init__(self, pdb_path, out, mode: str, cv_model, settings: BiasSettings, seed: int,
+                 threads: Optional[int], resume: bool, walker_index: Optional[int] = None,
+                 ledger=None):
+        import openmm
+        import openmm.app as app
+        import openmm.unit as unit
+
+        from ..export import export_model
+        from ..models import Dihedrals
+        from ..openmm import ExportedModel, GridAxis, Metadynamics
+        from ..openmm.walkers import Walker
+        from ..threads import cpu_platform_properties, set_threads
+
+        method = settings.method
+        out = Path(out)
+        self.out, self.mode, self.method, self.settings, self.seed = out, mode, method, settings, seed
+        self.checkpoint, self.series_file = out / "checkpoint.chk", out / "dihedrals.npz"
+        self.state_file = out / STATE_FILES[method]
+        if resume and self.checkpoint.exists() and self.series_file.exists() \
+                and mode != "unbiased" and not self.state_file.exists():
             others = [name for m, name in STATE_FILES.items() if (out / name).exists()]
             raise ValueError(f"{out} holds a checkpoint of another run ({', '.join(others) or 'no bias state'}"
                              f"), not of method {method!r}; use another --out or --restart")
-    n_threads = set_threads(threads)
-    pdb = app.PDBFile(str(pdb_path))
-    system = _alanine_system(pdb)
-    quads = phi_psi_quadruplets(pdb.topology)
-    temperature = settings.temperature_K * unit.kelvin
-    meta = None
-    walls = ""
-    log_steps = settings.steps(settings.log_ps)
-    if mode == "cv":
-        # read once; the bias takes it as it is (TorchScript, or an AOTInductor package)
-        model = ExportedModel.load(cv_model, allow_package=True)
-        model.require_kind("cv", "a biased run along learned CVs")
-        model.check_atom_count(system.getNumParticles())
-        axes = _learned_axes(model.metadata, settings)
-        walls = _cv_walls(model.metadata, settings)
-    elif mode == "phipsi" and method != "app-metad":
+        self.n_threads = set_threads(threads)
+        pdb = app.PDBFile(str(pdb_path))
+        system = _alanine_system(pdb)
+        self.quads = quads = phi_psi_quadruplets(pdb.topology)
+        temperature = settings.temperature_K * unit.kelvin
+        meta = None
+        walls = ""
+        self.log_steps = log_steps = settings.steps(settings.log_ps)
+        if mode == "cv":
+            # read once; the bias takes it as it is (TorchScript, or an AOTInductor package)
+            model = ExportedModel.load(cv_model, allow_package=True)
+            model.require_kind("cv", "a biased run along learned CVs")
+            model.check_atom_count(system.getNumParticles())
+            axes = _learned_axes(model.metadata, settings)
+            walls = _cv_walls(model.metadata, settings)
+        elif mode == "phipsi" and method != "app-metad":
+            out.mkdir(parents=True, exist_ok=True)
+            model_path = out / "phi_psi.pt"
+            if model_path.exists():
+                model = ExportedModel.load(model_path)
+            else:
+                model = export_model(Dihedrals(quads), model_path, kind="cv", length_unit="nm",
+                                     periodic=False, example_positions=pdb.positions,
+                                     cv_names=["phi", "psi"])
+            axes = [GridAxis(name, -math.pi, math.pi, width=settings.phipsi_width, periodic=True,
+                             points=61) for name in ("phi", "psi")]
         out.mkdir(parents=True, exist_ok=True)
-        model_path = out / "phi_psi.pt"
-        if model_path.exists():
-            model = ExportedModel.load(model_path)
-        else:
-            model = export_model(Dihedrals(quads), model_path, kind="cv", length_unit="nm",
-                                 periodic=False, example_positions=pdb.positions,
-                                 cv_names=["phi", "psi"])
-        axes = [GridAxis(name, -math.pi, math.pi, width=settings.phipsi_width, periodic=True,
-                         points=61) for name in ("phi", "psi")]
-    out.mkdir(parents=True, exist_ok=True)
-    if mode != "unbiased":
-        if method == "metad":
-            meta = Metadynamics(system, model, axes, temperature, settings.bias_factor,
-                                settings.height_kJmol, settings.steps(settings.deposit_ps),
-                                method=settings.metad_storage, log=out / "bias_log.csv",
-                                log_interval=log_steps, force_group=5, extra_energy=walls)
-        elif method == "opes":
-            meta = _opes_bias(system, model, settings, [axis.width for axis in axes],
-                              out / "bias_log.csv", log_steps, walls)
-        else:
-            meta = _AppMetadynamics(system, quads, settings, out / "bias_log.csv", log_steps)
-    integrator = openmm.LangevinMiddleIntegrator(temperature, settings.friction_per_ps / unit.picosecond,
-                                                 settings.timestep_fs * unit.femtosecond)
-    integrator.setRandomNumberSeed(openmm_seed(seed))
-    simulation = app.Simulation(pdb.topology, system, integrator,
-                                openmm.Platform.getPlatformByName("CPU"),
-                                cpu_platform_properties(n_threads))
-    steps_series, angles = [], []
-    resumed = resume and checkpoint.exists() and series_file.exists()
-    if resumed:
-        simulation.loadCheckpoint(str(checkpoint))
-        if meta is not None:
-            meta.load_state(state_file, simulation.context)
-        with np.load(series_file) as data:
-            keep = data["step"] <= simulation.currentStep
-            steps_series, angles = list(data["step"][keep]), list(data["phi_psi"][keep])
-    else:
-        if (out / "bias_log.csv").exists():
-            (out / "bias_log.csv").unlink()  # a fresh run (--restart) starts a fresh log
-        simulation.context.setPositions(pdb.positions)
-        simulation.minimizeEnergy()
-        simulation.context.setVelocitiesToTemperature(temperature, openmm_seed(seed))
-    total = settings.steps(settings.picoseconds)
-    chunk = settings.steps(settings.checkpoint_ps)
-    chunk -= chunk % log_steps or 0
-    chunk = max(chunk, log_steps)
-    start, start_step = time.perf_counter(), simulation.currentStep
-    with progress_bar(total, f"{mode} run", enabled=progress, unit="step") as bar:
-        bar.update(simulation.currentStep)
-        while simulation.currentStep < total:
-            target = min(total, simulation.currentStep + chunk)
-            while simulation.currentStep < target:
-                n = min(log_steps - simulation.currentStep % log_steps,
-                        target - simulation.currentStep)
+        if mode != "unbiased":
+            if method == "metad":
+                meta = Metadynamics(system, model, axes, temperature, settings.bias_factor,
+                                    settings.height_kJmol, settings.steps(settings.deposit_ps),
+                                    method=settings.metad_storage, log=out / "bias_log.csv",
+                                    log_interval=log_steps, force_group=5, extra_energy=walls)
+            elif method == "opes":
+                meta = _opes_bias(system, model, settings, [axis.width for axis in axes],
+                                  out / "bias_log.csv", log_steps, walls)
+            else:
+                meta = _AppMetadynamics(system, quads, settings, out / "bias_log.csv", log_steps)
+        self.meta = meta
+        integrator = openmm.LangevinMiddleIntegrator(
+            temperature, settings.friction_per_ps / unit.picosecond,
+            settings.timestep_fs * unit.femtosecond)
+        integrator.setRandomNumberSeed(openmm_seed(seed))
+        self.simulation = simulation = app.Simulation(
+            pdb.topology, system, integrator, openmm.Platform.getPlatformByName("CPU"),
+            cpu_platform_properties(self.n_threads))
+        self.walker = None
+        if walker_index is not None:
+            self.walker = Walker(walker_index, simulation, meta, ledger,
+                                 settings.steps(settings.exchange_ps), log=out / "exchanges.csv")
+        self.steps_series, self.angles = [], []
+        self.resumed = resume and self.checkpoint.exists() and self.series_file.exists()
+        if self.resumed:
+            if self.walker is not None:
+                self.walker.resume(self.checkpoint, self.state_file)
+            else:
+                simulation.loadCheckpoint(str(self.checkpoint))
                 if meta is not None:
-                    meta.step(simulation, n)
-                else:
-                    simulation.step(n)
-                if simulation.currentStep % log_steps == 0:
-                    state = simulation.context.getState(getPositions=True, getEnergy=True)
-                    positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-                    _check_sane(state, positions, simulation.currentStep, settings)
-                    steps_series.append(simulation.currentStep)
-                    angles.append(_phi_psi(positions, quads))
+                    meta.load_state(self.state_file, simulation.context)
+            with np.load(self.series_file) as data:
+                keep = data["step"] <= simulation.currentStep
+                self.steps_series = list(data["step"][keep])
+                self.angles = list(data["phi_psi"][keep])
+        else:
+            for stale in ("bias_log.csv", "exchanges.csv"):
+                if (out / stale).exists():
+                    (out / stale).unlink()  # a fresh run (--restart) starts fresh logs
+            simulation.context.setPositions(pdb.positions)
+            simulation.minimizeEnergy()
+            simulation.context.setVelocitiesToTemperature(temperature, openmm_seed(seed))
+        self.start_step = simulation.currentStep
+        self.started = time.perf_counter()
+
+    def advance(self, steps: int, bar=None) -> None:
+        """``steps`` more steps, a phi/psi frame every ``log_ps`` (checked for a blow-up)."""
+        import openmm.unit as unit
+
+        simulation, log_steps = self.simulation, self.log_steps
+        target = simulation.currentStep + steps
+        while simulation.currentStep < target:
+            n = min(log_steps - simulation.currentStep % log_steps,
+                    target - simulation.currentStep)
+            if self.walker is not None:
+                self.walker.advance(n)
+            elif self.meta is not None:
+                self.meta.step(simulation, n)
+            else:
+                simulation.step(n)
+            if simulation.currentStep % log_steps == 0:
+                state = simulation.context.getState(getPositions=True, getEnergy=True)
+                positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+                _check_sane(state, positions, simulation.currentStep, self.settings)
+                self.steps_series.append(simulation.currentStep)
+                self.angles.append(_phi_psi(positions, self.quads))
+            if bar is not None:
                 bar.update(n)
-            _save_series(series_file, steps_series, angles)
-            simulation.saveCheckpoint(str(checkpoint))
-            if meta is not None:
-                meta.save_state(state_file, simulation.context)
-    elapsed = time.perf_counter() - start
-    ran = simulation.currentStep - start_step
-    run = {"mode": mode, "method": None if mode == "unbiased" else method, "steps": total,
-           "simulated_ps": total * settings.timestep_fs / 1000,
-           "resumed": bool(resumed), "threads": n_threads,
-           "ns_per_day": (ran * settings.timestep_fs * 1e-6) / (elapsed / 86400) if ran else None,
-           "hills": _kernel_count(meta),
-           "metad_storage": meta.method if isinstance(meta, Metadynamics) else None,
-           "settings": dataclasses.asdict(settings), "seed": seed}
-    summary = analyse_run(out, settings.temperature_K, run=run)
+
+    def save(self) -> None:
+        """The frames, then the checkpoint and bias state (a walker: the ledger first)."""
+        _save_series(self.series_file, self.steps_series, self.angles)
+        if self.walker is not None:
+            self.walker.checkpoint(self.checkpoint, self.state_file)
+            return
+        self.simulation.saveCheckpoint(str(self.checkpoint))
+        if self.meta is not None:
+            self.meta.save_state(self.state_file, self.simulation.context)
+
+    def record(self, total: int) -> dict:
+        from ..openmm import Metadynamics
+
+        elapsed = time.perf_counter() - self.started
+        ran = self.simulation.currentStep - self.start_step
+        settings = self.settings
+        return {"mode": self.mode, "method": None if self.mode == "unbiased" else self.method,
+                "steps": total, "simulated_ps": total * settings.timestep_fs / 1000,
+                "resumed": bool(self.resumed), "threads": self.n_threads,
+                "ns_per_day": (ran * settings.timestep_fs * 1e-6) / (elapsed / 86400) if ran else None,
+                "hills": _kernel_count(self.meta),
+                "metad_storage": self.meta.method if isinstance(self.meta, Metadynamics) else None,
+                "settings": dataclasses.asdict(settings), "seed": self.seed}
+
+
+def _chunk_steps(settings: BiasSettings, log_steps: int) -> int:
+    """Steps between checkpoints: a multiple of the frame interval (and of the exchange
+    interval with multiple walkers)."""
+    chunk = settings.steps(settings.checkpoint_ps)
+    unit_steps = log_steps
+    if settings.walkers > 1:
+        unit_steps = math.lcm(log_steps, settings.steps(settings.exchange_ps))
+    return max(unit_steps, chunk - chunk % unit_steps)
+
+
+def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
+               settings: Optional[BiasSettings] = None, seed: int = 1,
+               threads: Optional[int] = None, progress: bool = True,
+               resume: bool = True, runner=None) -> dict:
+    """Run (or resume) a biased simulation and analyse it; returns the summary.
+
+    Parameters
+    ----------
+    pdb_path : PDB of the peptide (capped alanine for the phi analysis)
+    out : directory for the outputs (see module docstring)
+    mode : "cv" (bias ``cv_model``'s CVs), "phipsi", or "unbiased"
+    cv_model : exported CV file (``mode="cv"``)
+    settings : BiasSettings; ``settings.method`` picks metadynamics ("metad"), OPES ("opes")
+        or OpenMM's ``app.Metadynamics`` ("app-metad", phipsi only); ``settings.walkers`` > 1
+        runs that many walkers sharing one bias (:func:`run_walkers`)
+    runner : :class:`openmm_geom.parallel.TaskRunner`, optional
+        Multiple walkers only: run each walker as a task on its cluster (default: in this
+        process, in turn)
+    """
+    from ..progress import progress_bar
+
+    settings = settings or BiasSettings()
+    _check_request(mode, cv_model, settings)
+    if settings.walkers > 1:
+        return run_walkers(pdb_path, out, mode=mode, cv_model=cv_model, settings=settings,
+                           seed=seed, threads=threads, progress=progress, resume=resume,
+                           runner=runner)
+    run = _BiasedRun(pdb_path, out, mode, cv_model, settings, seed, threads, resume)
+    total = settings.steps(settings.picoseconds)
+    chunk = _chunk_steps(settings, run.log_steps)
+    with progress_bar(total, f"{mode} run", enabled=progress, unit="step") as bar:
+        bar.update(run.simulation.currentStep)
+        while run.simulation.currentStep < total:
+            run.advance(min(total, run.simulation.currentStep + chunk)
+                        - run.simulation.currentStep, bar)
+            run.save()
+    return analyse_run(out, settings.temperature_K, run=run.record(total))
+
+
+def _walker_task(pdb_path, out, mode, cv_model, settings, seed, threads, resume, index,
+                 ledger, progress) -> dict:
+    """One walker of :func:`run_walkers`, to its end (a task on a cluster)."""
+    from ..progress import progress_bar
+
+    run = _BiasedRun(pdb_path, out, mode, cv_model, settings, seed, threads, resume,
+                     walker_index=index, ledger=ledger)
+    total = settings.steps(settings.picoseconds)
+    chunk = _chunk_steps(settings, run.log_steps)
+    with progress_bar(total, f"walker {index}", enabled=progress, unit="step") as bar:
+        bar.update(run.simulation.currentStep)
+        while run.simulation.currentStep < total:
+            run.advance(min(total, run.simulation.currentStep + chunk)
+                        - run.simulation.currentStep, bar)
+            run.save()
+    return run.record(total)
+
+
+def run_walkers(pdb_path, out, *, mode: str = "cv", cv_model=None,
+                settings: Optional[BiasSettings] = None, seed: int = 1,
+                threads: Optional[int] = None, progress: bool = True, resume: bool = True,
+                runner=None) -> dict:
+    """``settings.walkers`` simulations sharing one metadynamics or OPES bias
+    (:mod:`openmm_geom.openmm.walkers`), then the analysis of their pooled frames.
+
+    Walker ``i`` starts from the same structure with seed ``seed + i`` and writes what a
+    single run writes into ``out/walker-i`` (plus ``exchanges.csv``); the shared depositions
+    are saved in ``out/ledger.npz`` at every checkpoint. Without ``runner`` (or with a runner
+    without a cluster) the walkers run in this process, one exchange interval at a time in
+    turn (deterministic); with a cluster each walker is a task and the ledger a Dask actor.
+    ``out/summary.json``: the pooled frames' phi transitions, dF(phi > 0 - phi < 0) with a
+    block error, and every walker's own summary.
+    """
+    from ..openmm.walkers import DepositionLedger
+    from ..parallel import Task, TaskRunner
+    from ..progress import progress_bar
+
+    settings = settings or BiasSettings()
+    _check_request(mode, cv_model, settings)
+    out = Path(out)
+    count = settings.walkers
+    directories = [out / f"walker-{i}" for i in range(count)]
+    ledger_path = out / "ledger.npz"
+    width = _deposition_width(mode, cv_model, settings)  # reads (and checks) the CV file
+    if not resume:
+        for stale in [ledger_path] + [d / "checkpoint.chk" for d in directories]:
+            if stale.exists():
+                stale.unlink()
+    runner = runner if runner is not None else TaskRunner(None)
+    with runner:
+        if runner.client is None:
+            runs = []
+            ledger = DepositionLedger(width, ledger_path)
+            for i, directory in enumerate(directories):
+                runs.append(_BiasedRun(pdb_path, directory, mode, cv_model, settings,
+                                       seed + i, threads, resume, walker_index=i,
+                                       ledger=ledger))
+            total = settings.steps(settings.picoseconds)
+            chunk = _chunk_steps(settings, runs[0].log_steps)
+            interval = settings.steps(settings.exchange_ps)
+            with progress_bar(count * total, f"{count} walkers", enabled=progress,
+                              unit="step") as bar:
+                bar.update(sum(r.simulation.currentStep for r in runs))
+                while any(r.simulation.currentStep < total for r in runs):
+                    for run in runs:  # one exchange interval each, in turn
+                        step = run.simulation.currentStep
+                        if step < total:
+                            run.advance(min(total, step + interval - step % interval) - step,
+                                        bar)
+                            if run.simulation.currentStep % chunk == 0 \
+                                    or run.simulation.currentStep == total:
+                                run.save()
+            records = [run.record(total) for run in runs]
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            ledger = runner.shared(DepositionLedger, width, str(ledger_path))
+            tasks = [Task(f"walker-{i}", (str(pdb_path), str(d), mode,
+                                          None if cv_model is None else str(cv_model), settings,
+                                          seed + i, runner.threads, resume, i, ledger, False))
+                     for i, d in enumerate(directories)]
+            records = runner.run(_walker_task, tasks, log_dir=out / "logs", progress=progress,
+                                 description=f"{count} walkers")
+    return analyse_walkers(out, settings.temperature_K, records)
+
+
+def _deposition_width(mode: str, cv_model, settings: BiasSettings) -> int:
+    """Numbers per deposition row of the bias :func:`run_walkers` builds."""
+    if mode == "cv":
+        from ..openmm import ExportedModel
+
+        k = len(ExportedModel.load(cv_model, allow_package=True).metadata.cv_names)
+    else:
+        k = 2  # phi, psi
+    return k + 1 if settings.method == "metad" else 2 * k + 2
+
+
+def analyse_walkers(out, temperature_K: float, records: Sequence[dict], *, bins: int = 36) -> dict:
+    """The pooled analysis of :func:`run_walkers`: every walker's :func:`analyse_run`, then
+    their frames together (each walker's weights normalised to 1, the bias being shared):
+    phi transitions, dF(phi > 0 - phi < 0) with a block error, the reweighted phi profile
+    (``phi_profile.png``). Writes and returns ``out/summary.json``."""
+    from ..analysis import reweight
+
+    out = Path(out)
+    walkers, phis, weights = [], [], []
+    for i, record in enumerate(records):
+        directory = out / f"walker-{i}"
+        walkers.append(analyse_run(directory, temperature_K, run=record))
+        _, angles, w = run_weights(directory, temperature_K, record["method"])
+        phis.append(angles[:, 0])
+        weights.append(w)
+    phi, w = np.concatenate(phis), np.concatenate(weights)
+    w = w / w.sum()
+    summary = {"walkers": len(records), "method": records[0]["method"],
+               "mode": records[0]["mode"], "frames": int(len(phi)),
+               "simulated_ps_total": float(sum(r["simulated_ps"] for r in records)),
+               "phi_transitions": int(sum(s["phi_transitions"] for s in walkers)),
+               "settings": records[0]["settings"]}
+    positive = shifted_phi(phi) > 0.0
+    if positive.any() and (~positive).any():
+        diff = reweight.free_energy_difference(
+            shifted_phi(phi), w, temperature_K, (-2 * math.pi, 0.0), (0.0, PHI_SHIFT_ABOVE))
+        summary["delta_f_phi_positive_minus_negative_kJmol"] = float(diff.delta_f)
+        summary["delta_f_error_kJmol"] = float(diff.error)
+    else:
+        summary["delta_f_phi_positive_minus_negative_kJmol"] = None
+    profile = reweight.reweighted_profile(phi, w, bins=bins, temperature=temperature_K,
+                                          periodic=True)
+    summary["figures"] = [str(reweight.plot_profile(
+        profile, out / "phi_profile.png", labels=["phi (rad)"],
+        title=f"reweighted phi profile, {len(records)} walkers"))]
+    summary["per_walker"] = walkers
+    write_json(out / "summary.json", summary)
     return summary
 
 

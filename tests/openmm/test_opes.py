@@ -13,11 +13,12 @@ import openmm.unit as unit
 import pytest
 import torch
 
+from analytic import (DOUBLE_WELL, DW_LENGTH, KT_300, double_well_delta_f,
+                      double_well_density)
 from openmm_geom.errors import CheckpointMismatchError, SimulationBlowUp
 from openmm_geom.openmm import OPES, GridAxis, Metadynamics
 
 KJ = unit.kilojoule_per_mole
-KT_300 = 0.00831446261815324 * 300.0  # kJ/mol
 
 
 # -- CV modules --------------------------------------------------------------------------------
@@ -433,12 +434,8 @@ def test_getters_follow_the_openmm_conventions():
 
 
 # -- the exactly solvable system ---------------------------------------------------------------
-# One particle (1 amu) in U(x, y) = B (u^2 - 1)^2 + A u + 0.5 K0 (1 + 0.5 tanh u) y^2 with
-# u = x / 0.1 nm, z restrained: a 25 kJ/mol barrier in x, basins tilted by the linear term and
-# by the y stiffness (entropy), which differs between them. F(x) is exact by integrating over y.
-B, A, LENGTH, K0, KZ = 25.0, 2.0, 0.1, 2800.0, 5000.0
-DOUBLE_WELL = (f"{B}*((x/{LENGTH})^2-1)^2 + {A}*x/{LENGTH} + "
-               f"0.5*{K0}*(1+0.5*tanh(x/{LENGTH}))*y^2 + 0.5*{KZ}*z^2")
+# The double well of tests/analytic.py.
+LENGTH = DW_LENGTH
 BINS = np.linspace(-0.2, 0.2, 41)
 
 
@@ -446,16 +443,11 @@ BINS = np.linspace(-0.2, 0.2, 41)
 def _exact_profile():
     """Exact basin difference F(x > 0) - F(x < 0) and F on BINS (min 0), kJ/mol."""
     x = np.linspace(-0.25, 0.25, 4001)
-    y = np.linspace(-0.2, 0.2, 801)
-    X, Y = np.meshgrid(x, y, indexing="ij")
-    u = X / LENGTH
-    energy = B * (u ** 2 - 1) ** 2 + A * u + 0.5 * K0 * (1 + 0.5 * np.tanh(u)) * Y ** 2
-    p = np.trapezoid(np.exp(-energy / KT_300), y, axis=1)
-    d_f = -KT_300 * math.log(np.trapezoid(np.where(x > 0, p, 0), x) / np.trapezoid(np.where(x < 0, p, 0), x))
+    p = double_well_density(x)
     per_bin = np.array([np.trapezoid(p[(x >= lo) & (x <= hi)], x[(x >= lo) & (x <= hi)])
                         for lo, hi in zip(BINS[:-1], BINS[1:])])
     profile = -KT_300 * np.log(per_bin)
-    return d_f, profile - profile.min()
+    return double_well_delta_f(), profile - profile.min()
 
 
 def _reweighted(xs, log_weights):

@@ -135,3 +135,62 @@ def test_app_metad_delta_f_from_a_known_bias_grid(tmp_path):
     # the psi term must not enter: swapping the axes changes the answer (the test has teeth)
     np.savez(tmp_path / STATE_FILES["app-metad"], bias=-(1 - 1 / gamma) * free.T)
     assert abs(app_metad_delta_f(tmp_path, 300.0, gamma) - expected) > 1.0
+
+
+def _walkers(out, method, picoseconds, **changes):
+    settings = BiasSettings(picoseconds=picoseconds, checkpoint_ps=0.5, method=method, walkers=2,
+                            exchange_ps=0.2, opes_adaptive_sigma=False, **FAST[method],
+                            **changes)
+    return run_biased(PDB, out, mode="phipsi", settings=settings, seed=3, threads=1,
+                      progress=False)
+
+
+@pytest.mark.parametrize("method", ["metad", "opes"])
+def test_walkers_share_one_bias_and_a_resumed_group_equals_an_uninterrupted_one(method, tmp_path):
+    from openmm_geom.openmm.walkers import DepositionLedger
+
+    straight = _walkers(tmp_path / "straight", method, 2.0)
+    _walkers(tmp_path / "resumed", method, 1.0)
+    resumed = _walkers(tmp_path / "resumed", method, 2.0)
+    assert straight["walkers"] == resumed["walkers"] == 2
+    assert [w["resumed"] for w in resumed["per_walker"]] == [True, True]
+    width = 3 if method == "metad" else 6  # phi, psi (+ sigmas), height (+ weight)
+    ledgers = [DepositionLedger(width, tmp_path / run / "ledger.npz")
+               for run in ("straight", "resumed")]
+    assert np.array_equal(ledgers[0].rows(), ledgers[1].rows())
+    # one row per walker and deposition (every 0.1 ps = 50 steps for 1000 steps)
+    assert sorted(map(tuple, ledgers[0].origins())) == sorted(
+        (w, s) for w in (0, 1) for s in range(50, 1001, 50))
+    for i in (0, 1):
+        for name in ("bias_log.csv", "exchanges.csv"):
+            assert (tmp_path / "straight" / f"walker-{i}" / name).read_text() == \
+                (tmp_path / "resumed" / f"walker-{i}" / name).read_text(), (i, name)
+        exchanges = np.loadtxt(tmp_path / "straight" / f"walker-{i}" / "exchanges.csv",
+                               delimiter=",", skiprows=1)
+        # each walker applies its own rows and the other's; walker 0 exchanges last before
+        # walker 1's last two hills or kernels
+        assert exchanges[:, 2].sum() == len(ledgers[0]) - (2 if i == 0 else 0)
+        assert exchanges[:, 1].sum() == 20
+    assert straight["delta_f_phi_positive_minus_negative_kJmol"] == \
+        resumed["delta_f_phi_positive_minus_negative_kJmol"]
+    assert (tmp_path / "straight" / "phi_profile.png").stat().st_size > 0
+
+
+def test_walker_settings_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="no-opes-adaptive-sigma"):
+        run_biased(PDB, tmp_path / "a", mode="phipsi", threads=1, progress=False,
+                   settings=BiasSettings(method="opes", walkers=2))
+    with pytest.raises(ValueError, match="multiple of the deposition time"):
+        run_biased(PDB, tmp_path / "a", mode="phipsi", threads=1, progress=False,
+                   settings=BiasSettings(method="metad", walkers=2, deposit_ps=0.5,
+                                         exchange_ps=0.7))
+    with pytest.raises(ValueError, match="'metad' or 'opes'"):
+        run_biased(PDB, tmp_path / "a", mode="unbiased", threads=1, progress=False,
+                   settings=BiasSettings(walkers=2))
+    assert not (tmp_path / "a").exists()
+    done = subprocess.run([sys.executable, "-m", "openmm_geom.cli", "cv", "bias", "--pdb", PDB,
+                           "--model", str(tmp_path / "cv.pt"), "--walkers", "2", "--compare",
+                           "--out", str(tmp_path / "c"), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--compare" in done.stderr
+    assert not (tmp_path / "c").exists()
