@@ -284,10 +284,14 @@ def test_cv_bias_walkers_share_one_bias_on_a_local_cluster(tmp_path):
     ledger = DepositionLedger(3, out / "ledger.npz")
     assert sorted(map(tuple, ledger.origins())) == sorted(
         (w, s) for w in (0, 1) for s in range(50, 501, 50))
+    received = []
     for i in (0, 1):
         exchanges = np.loadtxt(out / f"walker-{i}" / "exchanges.csv", delimiter=",",
                                skiprows=1, ndmin=2)
         assert exchanges[:, 1].sum() == 10  # its own hills, sent
-        assert exchanges[:, 2].sum() > 10  # and some of the other walker's, applied
+        received.append(exchanges[:, 2].sum())
         assert (out / "logs" / f"walker-{i}.log").exists()
+    # the walkers do not wait for each other: however they overlapped, the one that finished
+    # last applied all 20 hills, and the other at least its own 10
+    assert max(received) == 20 and sum(received) >= 30
     assert "running on a local cluster of 2 processes" in done.stderr

@@ -73,6 +73,9 @@ class DepositionLedger:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def __bool__(self) -> bool:  # an empty ledger is still a ledger
+        return True
+
     def exchange(self, walker: int, step: int, rows, steps: Sequence[int], start: int) -> tuple:
         """Append ``walker``'s ``rows`` (deposited at ``steps``), then return what it lacks.
 
