@@ -160,10 +160,14 @@ def run_cv(args) -> int:
         from ..workflows.config import QUICK_REPRODUCE, ReproduceSettings
         from ..workflows.cv import reproduce
 
+        from ..parallel import TaskRunner, parse_cluster
+
         settings = _settings(args, QUICK_REPRODUCE if args.quick else ReproduceSettings())
+        runner = TaskRunner(parse_cluster(args.cluster, args.cluster_file, args.threads),
+                            threads=args.threads, timeout=args.cluster_timeout, announce=True)
         result = reproduce(args.train, args.validate, args.topology, args.out,
                            settings=settings, backbone=args.backbone, seed=args.seed,
-                           progress=progress)
+                           progress=progress, runner=runner)
     emit(args, result, summary_text(result) or str(result))
     return 0
 
@@ -343,6 +347,7 @@ def add_commands(sub) -> None:
                    help="PDB of the system (required)")
     learning(q)
     add_options(q, cfg.ReproduceSettings, also={"--quick": cfg.QUICK_REPRODUCE})
+    add_cluster(q)
 
     q = cvsub.add_parser("explore", help="hot unbiased OpenMM runs -> reproduce on them -> a CV "
                                          "that knows the rare event (default 700 K, 2 x 5 ns, "

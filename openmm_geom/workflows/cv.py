@@ -496,6 +496,23 @@ def dihedral_baseline(train_positions, validate_positions, topology, lag, settin
                             [features(p) for p in validate_positions], lag, settings, seed)
 
 
+def _reproduce_training(kind: str, features, out, topology_path, train_positions,
+                        validate_positions, lag: int, settings: VampSettings, seed: int,
+                        progress: bool) -> dict:
+    """One of :func:`reproduce`'s three VAMPnet trainings (a task): ``geom2vec`` on the
+    token features, or deeptime's on heavy-atom ``distance`` s or backbone ``dihedral`` s."""
+    import mdtraj
+
+    if kind == "geom2vec":
+        return train_vamp(features["train"], features["validate"], Path(out) / "vamp", settings,
+                          seed=seed, progress=progress)
+    top = mdtraj.load_topology(str(topology_path))
+    if kind == "distance":
+        return distance_baseline([train_positions], [validate_positions],
+                                 top.select("not element H"), lag, settings, seed)
+    return dihedral_baseline([train_positions], [validate_positions], top, lag, settings, seed)
+
+
 # ------------------------------------------------------------------------------- reproduce
 def obtain_backbone(out: Path, settings: ReproduceSettings, *, backbone=None, seed: int = 0,
                     progress: bool = True) -> tuple:
@@ -530,14 +547,18 @@ def obtain_backbone(out: Path, settings: ReproduceSettings, *, backbone=None, se
 
 def reproduce(train_path, validate_path, topology_path, out, *,
               settings: Optional[ReproduceSettings] = None, backbone=None, seed: int = 0,
-              progress: bool = True, temperature_K: float = 300.0) -> dict:
+              progress: bool = True, temperature_K: float = 300.0, runner=None) -> dict:
     """The acceptance run: pretrain (or reuse) -> featurize -> VAMPnet vs deeptime baselines.
 
     ``train_path``/``validate_path``: npz (or mdtraj) trajectories of the system in
     ``topology_path``; the validation block is the first ``validation_frames`` frames of
     ``validate_path`` (a contiguous time block of an independent run). ``temperature_K`` is
-    that of the data (it labels the CVs' free-energy plot).
+    that of the data (it labels the CVs' free-energy plot). ``runner``
+    (:class:`openmm_geom.parallel.TaskRunner`, optional): the three VAMPnet trainings (ours
+    and the two deeptime baselines) run as its tasks (default: here, one after the other).
     """
+    from ..parallel import Task, TaskRunner
+
     import mdtraj
 
     from ..data.trajectories import read_positions
@@ -582,13 +603,15 @@ def reproduce(train_path, validate_path, topology_path, out, *,
                                    progress=progress)
     featurize_seconds = time.perf_counter() - t0
     frames_per_second = (len(features["train"].tokens) + len(validate_positions)) / featurize_seconds
-    ours = train_vamp(features["train"], features["validate"], out / "vamp", vamp_settings,
-                      seed=seed, progress=progress)
-    heavy = top.select("not element H")
-    distance = distance_baseline([train_positions], [validate_positions], heavy, lag,
-                                 vamp_settings, seed)
-    dihedral = dihedral_baseline([train_positions], [validate_positions], top, lag,
-                                 vamp_settings, seed)
+    runner = runner if runner is not None else TaskRunner(None)
+    with runner:
+        local = runner.client is None
+        ours, distance, dihedral = runner.run(_reproduce_training, [
+            Task(kind, (kind, features, str(out), str(topology_path), train_positions,
+                        validate_positions, lag, vamp_settings, seed, progress and local))
+            for kind in ("geom2vec", "distance", "dihedral")],
+            log_dir=None if local else out / "logs", progress=progress and not local,
+            description="VAMPnet trainings")
     cv_file = out / "cv.pt"
     export = export_cv(backbone_path, ours["checkpoint"], cv_file, validate_positions[0])
     figures = plot_cvs_against_dihedrals(ours["checkpoint"], features["validate"],

@@ -240,10 +240,17 @@ def test_bad_inputs_are_clear_errors(pipeline, tmp_path):
 
 
 def test_quick_reproduce_reports_every_score(pipeline, tmp_path):
+    # the three VAMPnet trainings run here, then as tasks on two Dask workers: same scores
     train, validate = pipeline["trajectories"]
-    result = _cli("cv", "reproduce", "--train", train, "--validate", validate, "--topology", PDB,
-                  "--out", tmp_path / "rep", "--quick", "--lag-ps", "1.0",
-                  "--backbone", pipeline["dir"] / "backbone.pt")
+    runs = [_cli("cv", "reproduce", "--train", train, "--validate", validate, "--topology", PDB,
+                 "--out", tmp_path / name, "--quick", "--lag-ps", "1.0",
+                 "--backbone", pipeline["dir"] / "backbone.pt", *cluster)
+            for name, cluster in (("rep", ()), ("rep2", ("--cluster", "local:2")))]
+    result = runs[0]
+    for key in ("vamp2_geom2vec", "vamp2_distance_baseline", "vamp2_dihedral_baseline",
+                "vamp2_train", "cv_resolution_nm"):
+        assert runs[1][key] == result[key], key
+    assert (tmp_path / "rep2" / "logs" / "distance.log").exists()
     for key in ("vamp2_geom2vec", "vamp2_distance_baseline", "vamp2_dihedral_baseline"):
         assert 1.0 <= result[key] <= 3.0
     assert result["lag_ps"] == 1.0 and result["k"] == 2
