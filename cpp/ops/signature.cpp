@@ -118,6 +118,30 @@ static inline __attribute__((always_inline)) void horner_product(
     }
 }
 
+// out[i, :] = (a[i] + s[i]) scale d[:] + add[i, :]   (the last Horner product of the top
+// level's v_j, with S^(N-1) added in the same pass)
+template <typename T, int CC>
+static inline __attribute__((always_inline)) void horner_product_plus(
+        T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ s, const T* __restrict__ d,
+        const T* __restrict__ add, T scale, int64_t len, int64_t C_runtime) {
+    using R = Row<T, CC>;
+    if constexpr (R::vector) {
+        typename R::type dv[R::P];
+        for (int q = 0; q < R::P; q++) dv[q] = R::load(d + q * R::K);
+        for (int64_t i = 0; i < len; i++) {
+            const T v = (a[i] + s[i]) * scale;
+            for (int q = 0; q < R::P; q++)
+                R::store(out + i * CC + q * R::K, dv[q] * v + R::load(add + i * CC + q * R::K));
+        }
+    } else {
+        const int64_t C = CC > 0 ? CC : C_runtime;
+        for (int64_t i = 0; i < len; i++) {
+            const T v = (a[i] + s[i]) * scale;
+            for (int64_t c = 0; c < C; c++) out[i * C + c] = v * d[c] + add[i * C + c];
+        }
+    }
+}
+
 // next[i, :] = b[i] scale d[:] + s[i, :]   (B_(k+1) = B_k ⊗ d scale + S^(k+1))
 template <typename T, int CC>
 static inline __attribute__((always_inline)) void horner_partial(
@@ -269,8 +293,9 @@ static inline __attribute__((always_inline)) void add_top_block(T* __restrict__ 
                                                                 int64_t steps, int64_t C_runtime) {
     using R = Row<T, CC>;
     if constexpr (R::vector) {
-        // four rows at a time: four independent multiply-add chains share each D row
-        constexpr int G = 4;
+        // rows in groups (independent multiply-add chains share each D row) of at most 8
+        // accumulator registers
+        constexpr int G = R::P >= 4 ? 2 : 4;
         int64_t i = 0;
         for (; i + G <= rows; i += G) {
             typename R::type o[G][R::P];
@@ -382,14 +407,21 @@ static inline __attribute__((always_inline)) void forward_path(const T* x, int64
         const T inverse_n = T(L.reciprocal[N]);
         for (int64_t c = 0; c < C; c++) a[c] = d[c] * inverse_n;
         int64_t len = C;
+        T* v = V + filled * rows;
+        const T* s = S + L.offset[N - 1];
+        if (N == 2) {
+            for (int64_t i = 0; i < rows; i++) v[i] = a[i] + s[i];
+        }
         for (int64_t k = 1; k + 1 < N; k++) {
+            if (k + 2 == N) {  // the last product: S^(N-1) added as it is written
+                horner_product_plus<T, CC>(v, a, S + L.offset[k], d, s, T(L.reciprocal[N - k]),
+                                           len, C);
+                break;
+            }
             horner_product<T, CC>(b, a, S + L.offset[k], d, T(L.reciprocal[N - k]), len, C, false);
             std::swap(a, b);
             len *= C;
         }
-        const T* s = S + L.offset[N - 1];
-        T* v = V + filled * rows;
-        for (int64_t i = 0; i < rows; i++) v[i] = a[i] + s[i];
         chen_step<T, CC>(S, d, L, a, b, N - 1);
         if (++filled == TOP_BLOCK) {
             add_top_block<T, CC>(S + L.offset[N], V, D, rows, filled, C);
