@@ -435,7 +435,6 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
         Multiple walkers only: run each walker as a task on its cluster (default: in this
         process, in turn)
     """
-    from ..progress import progress_bar
 
     settings = settings or BiasSettings()
     _check_request(mode, cv_model, settings)
@@ -444,33 +443,32 @@ def run_biased(pdb_path, out, *, mode: str = "cv", cv_model=None,
                            seed=seed, threads=threads, progress=progress, resume=resume,
                            runner=runner)
     run = _BiasedRun(pdb_path, out, mode, cv_model, settings, seed, threads, resume)
-    total = settings.steps(settings.picoseconds)
-    chunk = _chunk_steps(settings, run.log_steps)
-    with progress_bar(total, f"{mode} run", enabled=progress, unit="step") as bar:
-        bar.update(run.simulation.currentStep)
-        while run.simulation.currentStep < total:
-            run.advance(min(total, run.simulation.currentStep + chunk)
-                        - run.simulation.currentStep, bar)
-            run.save()
-    return analyse_run(out, settings.temperature_K, run=run.record(total))
+    return analyse_run(out, settings.temperature_K,
+                       run=_run_to_end(run, f"{mode} run", progress))
 
 
-def _walker_task(pdb_path, out, mode, cv_model, settings, seed, threads, resume, index,
-                 ledger, progress) -> dict:
-    """One walker of :func:`run_walkers`, to its end (a task on a cluster)."""
+def _run_to_end(run: _BiasedRun, label: str, progress: bool) -> dict:
+    """Step ``run`` to ``settings.picoseconds``, saving it every checkpoint interval; its
+    record."""
     from ..progress import progress_bar
 
-    run = _BiasedRun(pdb_path, out, mode, cv_model, settings, seed, threads, resume,
-                     walker_index=index, ledger=ledger)
-    total = settings.steps(settings.picoseconds)
-    chunk = _chunk_steps(settings, run.log_steps)
-    with progress_bar(total, f"walker {index}", enabled=progress, unit="step") as bar:
+    total = run.settings.steps(run.settings.picoseconds)
+    chunk = _chunk_steps(run.settings, run.log_steps)
+    with progress_bar(total, label, enabled=progress, unit="step") as bar:
         bar.update(run.simulation.currentStep)
         while run.simulation.currentStep < total:
             run.advance(min(total, run.simulation.currentStep + chunk)
                         - run.simulation.currentStep, bar)
             run.save()
     return run.record(total)
+
+
+def _walker_task(pdb_path, out, mode, cv_model, settings, seed, threads, resume, index,
+                 ledger, progress) -> dict:
+    """One walker of :func:`run_walkers`, to its end (a task on a cluster)."""
+    run = _BiasedRun(pdb_path, out, mode, cv_model, settings, seed, threads, resume,
+                     walker_index=index, ledger=ledger)
+    return _run_to_end(run, f"walker {index}", progress)
 
 
 def run_walkers(pdb_path, out, *, mode: str = "cv", cv_model=None,
